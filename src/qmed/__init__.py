@@ -1,0 +1,3 @@
+"""qmed: medical image segmentation and classification when annotations are scarce."""
+
+__version__ = "0.1.0"

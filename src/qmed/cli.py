@@ -1,0 +1,173 @@
+"""The `qmed` command: verbs follow the user's steps (inspect -> train -> predict -> evaluate)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+
+from .errors import QmedInputError  # noqa: E402
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="qmed: segmentation and classification of medical images from few annotations.")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("qmed").setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def handle_errors(fn):
+    """Bad input ends with one line naming the file and the problem, and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except QmedInputError as exc:
+            err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(2)
+        except KeyboardInterrupt:
+            err_console.print("interrupted", markup=False)
+            raise typer.Exit(130)
+
+    return wrapper
+
+
+@app.command()
+@handle_errors
+def inspect(
+    data_dir: Path = typer.Argument(..., help="Dataset folder (images/ + masks/) or a CSV list of pairs."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the fingerprint as JSON here."),
+):
+    """Print the dataset fingerprint: sizes, channels, foreground, empty images, objects; suggest crop and preset."""
+    _setup_logging()
+    from .data.dataset import find_pairs, fingerprint
+    from .fileio import write_json
+    from .report_text import fingerprint_table
+
+    pairs = find_pairs(data_dir)
+    fp = fingerprint(pairs)
+    console.print(fingerprint_table(fp, str(data_dir)))
+    if json_out:
+        write_json(json_out, fp)
+
+
+@app.command()
+@handle_errors
+def evaluate(
+    pred: Path = typer.Option(..., "--pred", help="Folder of predicted masks (0/1, 0/255) or probability maps, one per NAME."),
+    truth: Path = typer.Option(..., "--truth", help="Ground truth: a dataset folder (masks/ inside) or a folder of masks."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the summary and per-image figures as JSON here (and a per-image CSV beside it)."),
+    threshold: float = typer.Option(0.5, help="Probability threshold for probability maps."),
+    n_boot: int = typer.Option(2000, help="Bootstrap resamples for the 95 % confidence intervals."),
+    seed: int = typer.Option(0, help="Bootstrap seed."),
+):
+    """Score predictions from any tool against ground truth (the three Dice figures, IoU, HD95, objects, CIs)."""
+    _setup_logging()
+    from .evaluate import evaluate_folders, summary_table, write_outputs
+
+    summary, rows = evaluate_folders(pred, truth, threshold=threshold, n_boot=n_boot, seed=seed)
+    console.print(summary_table(summary))
+    if out:
+        j, c = write_outputs(summary, rows, out)
+        console.print(f"wrote {j} and {c}")
+
+
+def _config(preset: str, config: Optional[Path], overrides: List[str], extra: dict | None = None):
+    from .config import _deep_merge, parse_overrides, resolve_config
+
+    over = parse_overrides(overrides or [])
+    if extra:
+        over = _deep_merge(extra, over)
+    return resolve_config(preset, config, over)
+
+
+@app.command()
+@handle_errors
+def train(
+    data: Optional[Path] = typer.Option(None, "--data", help="Training dataset folder (images/ + masks/)."),
+    val: Optional[Path] = typer.Option(None, "--val", help="Validation dataset folder. Without it, a seeded split of --data is used."),
+    out: Path = typer.Option(Path("runs/qmed"), "--out", help="Run directory: config.yaml, metrics.csv, checkpoints/, train.log."),
+    preset: str = typer.Option("cpu", help="Named preset: paper (the paper's exact settings, GPU), cpu, tiny."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML file overriding preset fields."),
+    set_: List[str] = typer.Option([], "--set", help="Override one field, e.g. --set train.epochs=50 --set model.encoder=resnet34."),
+    epochs: Optional[int] = typer.Option(None, help="Shortcut for --set train.epochs=N."),
+    encoder_weights: Optional[str] = typer.Option(None, help="imagenet, a local .pth file, offline-mobilenet, or none."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from checkpoints/last.pt."),
+    force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out directory."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+):
+    """Train the paper's recipe (edge channel, 4->3 projection, UNet++/SCSE, stabilised loss, weighted sampling)."""
+    _setup_logging(verbose=True)
+    from .train import resume as resume_run
+    from .train import train as train_run
+
+    if resume is not None:
+        run = resume_run(resume, device=device, quiet=quiet, train_source=data, val_source=val)
+    else:
+        if data is None:
+            raise QmedInputError(None, "--data is required (a folder with images/ and masks/)")
+        extra: dict = {}
+        if epochs is not None:
+            extra.setdefault("train", {})["epochs"] = epochs
+        if encoder_weights is not None:
+            extra.setdefault("model", {})["encoder_weights"] = None if encoder_weights.lower() == "none" else encoder_weights
+        cfg = _config(preset, config, set_, extra)
+        run = train_run(cfg, data, val, out, force=force, device=device, quiet=quiet)
+    console.print(f"run written to {run} (checkpoints/best.pt, metrics.csv, config.yaml, train.log)")
+
+
+@app.command()
+@handle_errors
+def predict(
+    model: Path = typer.Option(..., "--model", help="Run directory (uses checkpoints/best.pt) or a .pt checkpoint."),
+    input: Path = typer.Option(..., "--input", help="Folder of images (or one image file)."),
+    out: Path = typer.Option(..., "--out", help="Output folder: NAME.png masks (0/255) and probabilities/NAME.png (16-bit)."),
+    tta: bool = typer.Option(False, "--tta/--no-tta", help="7-fold dihedral test-time augmentation."),
+    threshold: Optional[float] = typer.Option(None, help="Probability threshold (default: the run's, 0.5)."),
+    tile: Optional[int] = typer.Option(None, help="Sliding-window size in px for large images (default: the run's)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out folder."),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda if available)."),
+):
+    """Predict masks and probability maps for new images of any size."""
+    _setup_logging()
+    from .predict import predict_folder
+
+    n = predict_folder(model, input, out, tta=tta, threshold=threshold, tile=tile, force=force, device=device)
+    console.print(f"wrote {n} masks to {out} and probability maps to {out / 'probabilities'}")
+
+
+@app.command()
+@handle_errors
+def demo(
+    out: Path = typer.Option(Path("qmed-demo"), "--out", help="Where the synthetic data, run and predictions go."),
+    minutes: float = typer.Option(3.0, help="Training time budget in minutes (CPU)."),
+    n_train: int = typer.Option(48, help="Synthetic training images."),
+    n_val: int = typer.Option(12, help="Synthetic validation images."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing --out folder."),
+):
+    """Generate synthetic fluorescence nuclei, train the cpu recipe for a few minutes, predict and evaluate."""
+    _setup_logging(verbose=True)
+    from .demo import run_demo
+
+    run_demo(out, minutes=minutes, n_train=n_train, n_val=n_val, force=force, console=console)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

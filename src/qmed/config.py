@@ -1,0 +1,209 @@
+"""One typed config object and the named presets (src/qmed/configs/*.yaml).
+
+Every field can be overridden from the CLI with `--set section.field=value` (YAML syntax for the
+value). Unknown keys and wrong types are refused with a one-line message (pydantic, extra=forbid).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import QmedInputError
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class EdgeConfig(_Section):
+    """The Gabor bank of eq. (4): 8 orientations x 3 wavelengths, sigma 5, gamma 0.5."""
+
+    n_orientations: int = 8
+    wavelengths: list[float] = Field(default_factory=lambda: [4.0, 10.0, 20.0])
+    sigma: float = 5.0
+    gamma: float = 0.5
+    psi: float = 0.0
+    ksize: int = 31
+
+
+class ModelConfig(_Section):
+    arch: Literal["unetplusplus", "unet"] = "unetplusplus"
+    encoder: str = "efficientnet-b7"
+    # "imagenet" (hub download), a path to a .pth state dict, "offline-mobilenet" (the local
+    # torchvision MobileNetV2 file, if installed) or null for random init.
+    encoder_weights: Optional[str] = "imagenet"
+    decoder_channels: list[int] = Field(default_factory=lambda: [256, 128, 64, 32, 16])
+    attention: Optional[Literal["scse"]] = "scse"
+    # How the 4th (edge) channel reaches the encoder: the paper's learnable projection, smp's own
+    # 4-channel stem, or not at all (plain RGB; the "channel dropping" ablation).
+    input_mode: Literal["projection", "stem4", "none"] = "projection"
+    projection_mid: int = 16
+    edge: EdgeConfig = Field(default_factory=EdgeConfig)
+
+
+class AugmentConfig(_Section):
+    flip_p: float = 0.5
+    rot90_p: float = 0.5
+    elastic_p: float = 0.3
+    elastic_alpha: float = 120.0
+    elastic_sigma: float = 9.0
+    brightness_contrast: float = 0.2
+    brightness_contrast_p: float = 0.5
+
+
+class DataConfig(_Section):
+    crop: int = 512
+    val_fraction: float = 0.2
+    split_seed: int = 0
+    group_pattern: Optional[str] = None
+    sampler: Literal["complexity", "uniform"] = "complexity"
+    small_boost: float = 1.5
+    # Random crops drawn per epoch; null = one per training image.
+    samples_per_epoch: Optional[int] = None
+    # Crops are centred on foreground with this probability (the rest uniformly at random), so
+    # sparse images still show the model their cells. 0 = purely random crops.
+    fg_crop_p: float = 0.0
+    cache: bool = True
+
+
+class TrainConfig(_Section):
+    epochs: int = 200
+    batch_size: int = 4
+    accumulate: int = 2
+    optimizer: Literal["adamw", "adam"] = "adamw"
+    lr: float = 3e-4
+    final_lr: float = 3e-7
+    warmup: float = 0.1
+    weight_decay: float = 1e-4
+    clip_grad: Optional[float] = 0.5
+    loss: Literal["stabilized", "dice_bce"] = "stabilized"
+    amp: bool = True
+    seed: int = 0
+    # EMA of the validation Dice that selects best.pt (paper eq. 6).
+    val_ema_alpha: float = 0.9
+    # Outlier rule: an epoch whose validation Dice lies more than `outlier_z` robust z-scores
+    # (median/MAD of the last `outlier_window` accepted epochs) below the median is rejected.
+    outlier_window: int = 5
+    outlier_z: float = 3.5
+    outlier_min_drop: float = 0.05
+    # Polyak EMA of the weights, evaluated instead of the raw weights when enabled.
+    weight_ema: bool = False
+    weight_ema_decay: float = 0.999
+    val_every: int = 1
+    val_tta: bool = False
+    max_minutes: Optional[float] = None
+    num_workers: int = 0
+    # Numerical safeguards: this many non-finite steps in a row restore the last good state.
+    max_bad_steps: int = 5
+    recovery_lr_factor: float = 0.5
+
+
+class PredictConfig(_Section):
+    tta: int = 7
+    threshold: float = 0.5
+    tile: int = 512
+    overlap: float = 0.25
+    batch_size: int = 4
+
+
+class QmedConfig(_Section):
+    name: str = "custom"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    predict: PredictConfig = Field(default_factory=PredictConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return v.strip() or "custom"
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _validate(data: dict, source: str | Path | None) -> QmedConfig:
+    try:
+        return QmedConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(x) for x in err["loc"])
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        more = f" (and {len(exc.errors()) - 1} more problems)" if len(exc.errors()) > 1 else ""
+        raise QmedInputError(source, f"config field '{where}': {msg}{more}") from None
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise QmedInputError(path, "config file does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise QmedInputError(path, f"not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise QmedInputError(path, "config must be a YAML mapping of sections")
+    return data
+
+
+def load_preset(name: str) -> QmedConfig:
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise QmedInputError(None, f"unknown preset {name!r}; choose one of {', '.join(available_presets())}")
+    return _validate(load_yaml(path), path)
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """['train.epochs=3', 'model.encoder=resnet18'] -> nested dict (values parsed as YAML)."""
+    out: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise QmedInputError(None, f"override {item!r} must look like section.field=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return out
+
+
+def resolve_config(preset: str = "cpu", config_file: str | Path | None = None, overrides: list[str] | dict | None = None) -> QmedConfig:
+    """preset <- config file <- overrides, validated once at the end."""
+    base = load_preset(preset).model_dump()
+    source: str | Path | None = PRESET_DIR / f"{preset}.yaml"
+    if config_file is not None:
+        base = _deep_merge(base, load_yaml(config_file))
+        source = config_file
+    if overrides:
+        over = parse_overrides(overrides) if isinstance(overrides, list) else overrides
+        base = _deep_merge(base, over)
+        source = source if config_file is not None else "--set"
+    return _validate(base, source)
+
+
+def config_from_dict(data: dict, source: str | Path | None = None) -> QmedConfig:
+    return _validate(data, source)
+
+
+def dump_yaml(cfg: QmedConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(), sort_keys=False)

@@ -1,0 +1,1 @@
+"""Data: reading files, folder datasets, augmentation and sampling."""

@@ -1,0 +1,115 @@
+"""Torch datasets: random training crops (seeded per draw) and whole validation images.
+
+Every draw is seeded by (seed, epoch, position in the epoch), so a run resumed at an epoch
+boundary sees exactly the crops and augmentations an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from ..config import QmedConfig
+from .augment import train_transform
+from .dataset import Pair, load_pair
+from .sampling import complexity_score, complexity_weights, make_sampler
+
+
+def to_rgb(img: np.ndarray) -> np.ndarray:
+    """HxWxC float -> HxWx3 (gray repeated), as the ImageNet encoders expect."""
+    return np.repeat(img, 3, axis=2) if img.shape[2] == 1 else img
+
+
+class LoadedPairs:
+    """Images and masks read once (and kept in memory when caching is on)."""
+
+    def __init__(self, pairs: list[Pair], cache: bool = True):
+        self.pairs = pairs
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self.cache = cache
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if i in self._cache:
+            return self._cache[i]
+        img, fg, labels = load_pair(self.pairs[i])
+        item = (to_rgb(img).astype(np.float32), fg, labels)
+        if self.cache:
+            self._cache[i] = item
+        return item
+
+
+def _pad_to(img: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    h, w = mask.shape
+    ph, pw = max(0, size - h), max(0, size - w)
+    if ph == 0 and pw == 0:
+        return img, mask
+    pads = ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2))
+    # Reflection keeps the local texture; for a 1-pixel image fall back to edge replication.
+    mode = "reflect" if min(h, w) > 1 and ph < h and pw < w else "edge"
+    return np.pad(img, pads + ((0, 0),), mode=mode), np.pad(mask, pads, mode=mode)
+
+
+class TrainCrops(Dataset):
+    """Yields (image 3xSxS, mask 1xSxS) random crops; items are (index, draw position)."""
+
+    def __init__(self, data: LoadedPairs, cfg: QmedConfig):
+        self.data = data
+        self.crop = cfg.data.crop
+        self.fg_crop_p = cfg.data.fg_crop_p
+        self.seed = cfg.train.seed
+        self.epoch = 0
+        self.aug = train_transform(cfg.augment)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx, pos = item
+        rng = np.random.default_rng([self.seed, self.epoch, pos])
+        img, fg, _ = self.data[idx]
+        img, fg = _pad_to(img, fg, self.crop)
+        h, w = fg.shape
+        s = self.crop
+        if self.fg_crop_p > 0 and fg.any() and rng.random() < self.fg_crop_p:
+            ys, xs = np.nonzero(fg)
+            k = rng.integers(len(ys))
+            y0 = int(np.clip(ys[k] - s // 2 + rng.integers(-s // 4, s // 4 + 1), 0, h - s))
+            x0 = int(np.clip(xs[k] - s // 2 + rng.integers(-s // 4, s // 4 + 1), 0, w - s))
+        else:
+            y0, x0 = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
+        img_c = np.ascontiguousarray(img[y0 : y0 + s, x0 : x0 + s])
+        m_c = np.ascontiguousarray(fg[y0 : y0 + s, x0 : x0 + s]).astype(np.uint8)
+        self.aug.set_random_seed(int(rng.integers(2**31 - 1)))
+        out = self.aug(image=img_c, mask=m_c)
+        x = torch.from_numpy(np.clip(out["image"], 0.0, 1.0).transpose(2, 0, 1).copy()).float()
+        y = torch.from_numpy(out["mask"][None].astype(np.float32))
+        return x, y
+
+
+class EpochDraws(Sampler):
+    """Weighted (or uniform) draws for one epoch, as (index, position) pairs; reseeded per epoch."""
+
+    def __init__(self, weights: np.ndarray, num_samples: int, seed: int):
+        self.weights = np.asarray(weights, dtype=np.float64)
+        self.num_samples = num_samples
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self):
+        sampler = make_sampler(self.weights, self.num_samples, seed=self.seed * 100003 + self.epoch)
+        for pos, idx in enumerate(sampler):
+            yield int(idx), pos
+
+
+def sampling_weights(data: LoadedPairs, cfg: QmedConfig) -> tuple[np.ndarray, list[dict]]:
+    feats = [complexity_score(data[i][2]) for i in range(len(data))]
+    if cfg.data.sampler == "uniform":
+        return np.ones(len(data)), feats
+    return complexity_weights(feats, small_boost=cfg.data.small_boost), feats

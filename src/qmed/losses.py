@@ -1,0 +1,117 @@
+"""Segmentation losses: the paper's stabilised hybrid loss (Algorithm 1) and a Dice+BCE baseline.
+
+StabilizedLoss, per Algorithm 1 (eps = 1e-7, smooth = 1):
+
+    Pc = clamp(logits, -10, 10);  P = clamp(sigmoid(Pc), eps, 1 - eps)
+    per sample i:  TP = Σ P·T,  FP = Σ P·(1-T),  FN = Σ (1-P)·T,  u = Σ P + Σ T
+                   dice_i = (2 TP + smooth) / (u + smooth)
+                   tversky_i = (TP + smooth) / (TP + α FP + β FN + smooth),  α = 0.7 (FP), β = 0.3 (FN)
+    L_dice = 1 - mean_i dice_i;   L_tv = 1 - mean_i tversky_i
+    r = Σ T / (B·H·W) over the batch;  pos_weight = clamp((1 - r) / r, 1, 50)
+    L_bce = BCEWithLogits(logits, T, pos_weight)     (mean over pixels)
+    L = 0.5 L_dice + 0.3 L_bce + 0.2 L_tv
+
+Choices the paper leaves open:
+
+* All-empty batch (r = 0): pos_weight = 1 ((1 - r)/r is undefined; there are no positives to weight).
+* BCE gets the *raw* logits (as the paper writes it; `bce_on_clamped=False`). BCEWithLogits is already
+  numerically stable (log-sum-exp) and its gradient σ(z) - t is bounded, so clamping buys nothing
+  there — and it would zero the gradient of confidently wrong pixels (|z| > 10), which the Dice and
+  Tversky terms (computed on clamped logits) already cannot correct. Set bce_on_clamped=True for the
+  other reading.
+* The loss is computed in float32 even under autocast (the sums over H·W pixels are not half-safe).
+* pos_weight comes from the target only, so it carries no gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def _check(logits: torch.Tensor, target: torch.Tensor) -> None:
+    if logits.shape != target.shape or logits.dim() != 4:
+        raise ValueError(f"expected logits and target of the same (B, 1, H, W) shape, got {tuple(logits.shape)} and {tuple(target.shape)}")
+
+
+class StabilizedLoss(nn.Module):
+    """The paper's hybrid 0.5·Dice + 0.3·weighted BCE + 0.2·Tversky loss with logit/probability clamping.
+
+    After each call, `self.last` holds the detached components as floats for logging:
+    {"dice", "bce", "tversky", "pos_weight", "loss"} (dice/tversky are the *loss* terms 1 - mean score).
+    """
+
+    def __init__(self, w_dice: float = 0.5, w_bce: float = 0.3, w_tversky: float = 0.2,
+                 alpha: float = 0.7, beta: float = 0.3, logit_clamp: float = 10.0, eps: float = 1e-7,
+                 smooth: float = 1.0, max_pos_weight: float = 50.0, bce_on_clamped: bool = False):
+        super().__init__()
+        self.w_dice, self.w_bce, self.w_tversky = w_dice, w_bce, w_tversky
+        self.alpha, self.beta = alpha, beta
+        self.logit_clamp, self.eps, self.smooth = logit_clamp, eps, smooth
+        self.max_pos_weight = max_pos_weight
+        self.bce_on_clamped = bce_on_clamped
+        self.last: dict[str, float] = {}
+
+    def pos_weight(self, target: torch.Tensor) -> torch.Tensor:
+        r = target.sum() / target.numel()
+        pw = ((1 - r) / r.clamp_min(1e-12)).clamp(1.0, self.max_pos_weight)
+        return torch.where(r > 0, pw, torch.ones_like(pw))  # all-empty batch -> 1 (torch.where: no device sync)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        _check(logits, target)
+        logits, target = logits.float(), target.float()
+        pc = logits.clamp(-self.logit_clamp, self.logit_clamp)
+        p = torch.sigmoid(pc).clamp(self.eps, 1 - self.eps)
+        dims = tuple(range(1, p.dim()))  # per sample
+        tp = (p * target).sum(dims)
+        fp = (p * (1 - target)).sum(dims)
+        fn = ((1 - p) * target).sum(dims)
+        u = p.sum(dims) + target.sum(dims)
+        dice = (2 * tp + self.smooth) / (u + self.smooth)
+        tversky = (tp + self.smooth) / (tp + self.alpha * fp + self.beta * fn + self.smooth)
+        l_dice = 1 - dice.mean()
+        l_tv = 1 - tversky.mean()
+        pw = self.pos_weight(target).detach()
+        l_bce = F.binary_cross_entropy_with_logits(pc if self.bce_on_clamped else logits, target, pos_weight=pw)
+        loss = self.w_dice * l_dice + self.w_bce * l_bce + self.w_tversky * l_tv
+        vals = torch.stack([l_dice, l_bce, l_tv, pw, loss]).detach().tolist()  # one device sync, not five
+        self.last = dict(zip(("dice", "bce", "tversky", "pos_weight", "loss"), vals))
+        return loss
+
+
+class DiceBCELoss(nn.Module):
+    """Baseline: 0.5·(1 - soft Dice) + 0.5·BCEWithLogits, Dice pooled over the whole batch (smp-style).
+
+    Dice = (2 Σ σ(z)·T + smooth) / (Σ σ(z) + Σ T + smooth), smooth = 1, sums over all pixels of all
+    samples. Unlike smp's DiceLoss we do not zero the Dice term for an all-empty batch: with smooth = 1
+    it then still (gently) pushes predictions towards 0. No logit clamping, no pos_weight.
+    """
+
+    def __init__(self, w_dice: float = 0.5, w_bce: float = 0.5, smooth: float = 1.0):
+        super().__init__()
+        self.w_dice, self.w_bce, self.smooth = w_dice, w_bce, smooth
+        self.last: dict[str, float] = {}
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        _check(logits, target)
+        logits, target = logits.float(), target.float()
+        p = torch.sigmoid(logits)
+        dice = (2 * (p * target).sum() + self.smooth) / (p.sum() + target.sum() + self.smooth)
+        l_dice = 1 - dice
+        l_bce = F.binary_cross_entropy_with_logits(logits, target)
+        loss = self.w_dice * l_dice + self.w_bce * l_bce
+        self.last = dict(zip(("dice", "bce", "loss"), torch.stack([l_dice, l_bce, loss]).detach().tolist()))
+        return loss
+
+
+LOSSES = {"stabilized": StabilizedLoss, "dice_bce": DiceBCELoss}
+
+
+def build_loss(name: str, **kw) -> nn.Module:
+    """Loss by name: "stabilized" (the paper's) or "dice_bce" (baseline); kw go to the constructor."""
+    try:
+        cls = LOSSES[name]
+    except KeyError:
+        raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}") from None
+    return cls(**kw)

@@ -1,0 +1,1 @@
+"""Models: the 4->3 projection, the segmenter, and (later) quantum layers and classifiers."""

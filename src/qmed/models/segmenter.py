@@ -1,0 +1,93 @@
+"""build(config) -> the segmenter: [edge channel] -> [4->3 projection] -> smp encoder/decoder.
+
+The model takes RGB in [0, 1] (gray repeated to 3 channels) and computes the Gabor edge channel
+itself, on its own device, after augmentation; so training, validation and prediction all see the
+same input path and nothing is cached that augmentation could invalidate.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import segmentation_models_pytorch as smp
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from ..enhance import GaborEdge
+from ..errors import QmedInputError
+from .projection import EdgeProjection
+from .weights import load_encoder_file, resolve_weights
+
+log = logging.getLogger("qmed")
+
+ARCHS = {"unetplusplus": "UnetPlusPlus", "unet": "Unet"}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Segmenter(nn.Module):
+    def __init__(self, cfg: ModelConfig, net: nn.Module):
+        super().__init__()
+        self.input_mode = cfg.input_mode
+        e = cfg.edge
+        self.edge = None if cfg.input_mode == "none" else GaborEdge(
+            ksize=e.ksize, sigma=e.sigma, gamma=e.gamma, psi=e.psi,
+            thetas_deg=tuple(180.0 * i / e.n_orientations for i in range(e.n_orientations)), lambdas=tuple(e.wavelengths),
+        )
+        self.projection = EdgeProjection(cfg.projection_mid) if cfg.input_mode == "projection" else None
+        self.net = net
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        if self.input_mode == "none":
+            return self.net((x - self.mean) / self.std)
+        edge = self.edge(x)
+        if self.input_mode == "projection":
+            z = self.projection(torch.cat([x, edge], dim=1))
+            return self.net((z - self.mean) / self.std)
+        # smp's own 4-channel stem: the edge channel, centred like the normalised RGB ones.
+        return self.net(torch.cat([(x - self.mean) / self.std, (edge - 0.5) / 0.25], dim=1))
+
+
+def build(cfg: ModelConfig, pretrained: bool = True) -> Segmenter:
+    """Build the segmenter. `pretrained=False` skips weight loading (e.g. before a checkpoint load)."""
+    hub_name, local = resolve_weights(cfg.encoder_weights, cfg.encoder) if pretrained else (None, None)
+    if cfg.arch not in ARCHS:
+        raise QmedInputError(None, f"unknown architecture {cfg.arch!r}; choose one of {', '.join(ARCHS)}")
+    if len(cfg.decoder_channels) != 5:
+        raise QmedInputError(None, f"model.decoder_channels needs 5 values (one per decoder stage), got {cfg.decoder_channels}")
+    kwargs = dict(
+        encoder_name=cfg.encoder,
+        in_channels=3,
+        classes=1,
+        decoder_channels=list(cfg.decoder_channels),
+        decoder_attention_type=cfg.attention,
+    )
+    if hub_name is not None and cfg.encoder.startswith("tu-"):
+        hub_name = True  # timm encoders take a bool; the variant is part of the name
+    try:
+        net = getattr(smp, ARCHS[cfg.arch])(encoder_weights=hub_name, **kwargs)
+    except KeyError:
+        raise QmedInputError(None, f"unknown encoder {cfg.encoder!r} (see segmentation_models_pytorch's encoder list)") from None
+    except (OSError, RuntimeError, ValueError) as exc:
+        if hub_name is None:
+            raise
+        raise QmedInputError(
+            None,
+            f"could not fetch {hub_name!r} weights for encoder {cfg.encoder!r} ({type(exc).__name__}); offline? "
+            "pass a local file with --set model.encoder_weights=/path/to/weights.pth, or null for random init",
+        ) from None
+    if local is not None:
+        load_encoder_file(net.encoder, local)
+    if cfg.input_mode == "stem4":
+        # smp re-uses the pretrained RGB kernels for the new channel (cycled and rescaled).
+        net.encoder.set_in_channels(4, pretrained=hub_name is not None or local is not None)
+    return Segmenter(cfg, net)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

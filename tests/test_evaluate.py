@@ -1,0 +1,208 @@
+"""evaluate_folders / write_outputs / summary_table on tiny datasets built in tmp_path."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from qmed.errors import QmedInputError
+from qmed.evaluate import default_csv_path, evaluate_folders, summary_table, write_outputs
+
+REAL_VAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018-fluo" / "val"
+
+
+def save_png(path: Path, arr: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+def make_masks() -> dict[str, np.ndarray]:
+    """Four 16x16 masks: two with foreground, one with two objects, one empty."""
+    a = np.zeros((16, 16), bool)
+    a[2:8, 2:8] = True
+    b = np.zeros((16, 16), bool)
+    b[1:4, 1:4] = True
+    b[9:14, 6:12] = True
+    c = np.zeros((16, 16), bool)
+    c[5:11, 4:15] = True
+    return {"a": a, "b": b, "c": c, "empty": np.zeros((16, 16), bool)}
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
+    masks = make_masks()
+    root = tmp_path / "data"
+    for name, m in masks.items():
+        save_png(root / "images" / f"{name}.png", np.full((16, 16), 90, np.uint8))
+        save_png(root / "masks" / f"{name}.png", np.where(m, 255, 0).astype(np.uint8))
+    return root, masks
+
+
+def write_preds(folder: Path, masks: dict[str, np.ndarray], make) -> Path:
+    for name, m in masks.items():
+        save_png(folder / f"{name}.png", make(m))
+    return folder
+
+
+def test_truth_as_prediction_is_perfect(dataset, tmp_path):
+    root, masks = dataset
+    pred = write_preds(tmp_path / "pred", masks, lambda m: m.astype(np.uint8))  # 0/1 masks
+    s, rows = evaluate_folders(pred, root, n_boot=100)
+    assert [r["name"] for r in rows] == sorted(masks)
+    assert s["dice_mean_empty1"]["mean"] == 1.0 and s["dice_mean_fg"]["mean"] == 1.0 and s["dice_pooled"] == 1.0
+    assert s["hd95"]["mean"] == 0.0 and s["boundary_f1"]["mean"] == 1.0 and s["aji"]["mean"] == 1.0
+    assert s["object_recall"] == 1.0 and s["small_object_recall"] == 1.0  # b's 9 px square is small
+    assert s["fp_rate_empty"] == 0.0 and s["n_empty_truth"] == 1 and s["n_fg_images"] == 3
+
+
+def test_empty_predictions(dataset, tmp_path):
+    root, masks = dataset
+    pred = write_preds(tmp_path / "pred", masks, lambda m: np.zeros(m.shape, np.uint8))
+    s, _ = evaluate_folders(pred, root, n_boot=100)
+    assert s["dice_mean_fg"]["mean"] == 0.0
+    assert s["dice_pooled"] == 0.0
+    assert s["dice_mean_empty1"]["mean"] == pytest.approx(1 / 4)  # the one empty-truth image scores 1
+    assert s["hd95"]["n_undefined"] == 3 and s["hd95"]["n"] == 1
+    assert s["object_recall"] == 0.0
+
+
+def test_probability_maps_thresholded(dataset, tmp_path):
+    import tifffile
+
+    root, masks = dataset
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for name, m in masks.items():  # float TIFF: 0.7 inside, 0.3 outside
+        tifffile.imwrite(pred / f"{name}.tif", np.where(m, 0.7, 0.3).astype(np.float32))
+    s, _ = evaluate_folders(pred, root, threshold=0.5, n_boot=100)
+    assert s["dice_mean_empty1"]["mean"] == 1.0 and s["dice_pooled"] == 1.0
+    s, _ = evaluate_folders(pred, root, threshold=0.8, n_boot=100)  # nothing above 0.8
+    assert s["dice_pooled"] == 0.0 and s["dice_mean_empty1"]["mean"] == pytest.approx(1 / 4)
+    s, _ = evaluate_folders(pred, root, threshold=0.2, n_boot=100)  # everything above 0.2
+    assert s["fp_rate_empty"] == 1.0 and s["fp_empty_counts"]["mean_fp_fraction"] == 1.0
+
+
+def test_16bit_probability_png(dataset, tmp_path):
+    root, masks = dataset
+    pred = write_preds(tmp_path / "pred", masks, lambda m: np.where(m, 40000, 20000).astype(np.uint16))
+    s, _ = evaluate_folders(pred, root, n_boot=100)  # 40000/65535 = 0.61 > 0.5 > 0.31
+    assert s["dice_pooled"] == 1.0
+
+
+def test_masks_only_folder_and_extra_predictions(dataset, tmp_path, caplog):
+    root, masks = dataset
+    pred = write_preds(tmp_path / "pred", masks, lambda m: np.where(m, 255, 0).astype(np.uint8))
+    save_png(pred / "stray.png", np.zeros((16, 16), np.uint8))
+    with caplog.at_level(logging.WARNING, logger="qmed"):
+        s, rows = evaluate_folders(pred, root / "masks", n_boot=100)  # folder holding masks directly
+    assert len(rows) == 4 and s["dice_pooled"] == 1.0
+    assert "stray" in caplog.text
+    shutil.rmtree(root / "images")  # DATA_DIR with masks/ but no images/
+    s, rows = evaluate_folders(pred, root, n_boot=100)
+    assert len(rows) == 4
+
+
+def _expect_error(pred, root, fragment: str):
+    with pytest.raises(QmedInputError) as ei:
+        evaluate_folders(pred, root, n_boot=10)
+    assert fragment in str(ei.value), str(ei.value)
+    return ei.value
+
+
+def test_missing_prediction(dataset, tmp_path):
+    root, masks = dataset
+    pred = write_preds(tmp_path / "pred", masks, lambda m: m.astype(np.uint8))
+    (pred / "b.png").unlink()
+    err = _expect_error(pred, root, "b.png")  # names the truth mask ...
+    assert "b.*" in str(err)  # ... and the prediction it looked for
+
+
+def test_size_mismatch(dataset, tmp_path):
+    root, masks = dataset
+    pred = write_preds(tmp_path / "pred", masks, lambda m: m.astype(np.uint8))
+    save_png(pred / "c.png", np.zeros((10, 12), np.uint8))
+    err = _expect_error(pred, root, "c.png")
+    assert err.path == pred / "c.png" and "12x10" in str(err)
+
+
+def test_nan_probability(dataset, tmp_path):
+    import tifffile
+
+    root, masks = dataset
+    pred = write_preds(tmp_path / "pred", masks, lambda m: m.astype(np.uint8))
+    (pred / "a.png").unlink()
+    bad = np.full((16, 16), 0.2, np.float32)
+    bad[3, 3] = np.nan
+    tifffile.imwrite(pred / "a.tif", bad)
+    err = _expect_error(pred, root, "a.tif")
+    assert "NaN" in str(err)
+
+
+def test_missing_or_empty_pred_dir(dataset, tmp_path):
+    root, _ = dataset
+    _expect_error(tmp_path / "nope", root, "nope")
+    (tmp_path / "empty").mkdir()
+    _expect_error(tmp_path / "empty", root, "empty")
+
+
+def test_write_outputs(dataset, tmp_path):
+    root, masks = dataset
+    pred = write_preds(tmp_path / "pred", masks, lambda m: np.zeros(m.shape, np.uint8))
+    out = tmp_path / "out" / "eval.json"
+    # The CLI order: a failing evaluation raises before anything is written.
+    with pytest.raises(QmedInputError):
+        write_outputs(*evaluate_folders(tmp_path / "nope", root), out)
+    assert not (tmp_path / "out").exists()
+
+    s, rows = evaluate_folders(pred, root, n_boot=100)
+    j, c = write_outputs(s, rows, out)
+    assert c == default_csv_path(out) == tmp_path / "out" / "eval.per_image.csv"
+    text = j.read_text()
+    assert "NaN" not in text  # strict JSON: undefined figures are null
+    doc = json.loads(text)
+    assert doc["summary"]["dice_mean_fg"]["mean"] == 0.0
+    assert "dice_mean_empty1" in doc["conventions"]
+    assert [r["name"] for r in doc["per_image"]] == sorted(masks)
+    assert doc["per_image"][0]["hd95"] is None  # a: empty prediction on foreground
+    with open(c, newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert len(table) == 4 and table[0]["name"] == "a" and table[0]["hd95"] == ""
+    assert sorted(p.name for p in out.parent.iterdir()) == ["eval.json", "eval.per_image.csv"]  # no temp files
+
+
+def test_summary_table_labels(dataset, tmp_path):
+    from rich.console import Console
+
+    root, masks = dataset
+    pred = write_preds(tmp_path / "pred", masks, lambda m: m.astype(np.uint8))
+    s, _ = evaluate_folders(pred, root, n_boot=100)
+    console = Console(record=True, width=200)
+    console.print(summary_table(s))
+    out = console.export_text()
+    for label in ("Dice, per image, empty=1 (paper)", "Dice, per image, foreground images (nnU-Net/MONAI)",
+                  "Dice, pooled over pixels", "FP rate on empty images", "HD95 (px)", "Boundary F1 @3px",
+                  "Small-object recall (<50 px)", "AJI"):
+        assert label in out
+
+
+@pytest.mark.skipif(not (REAL_VAL / "masks").is_dir(), reason=f"real data not present at {REAL_VAL}")
+def test_real_data_ground_truth_as_prediction(tmp_path):
+    masks = sorted((REAL_VAL / "masks").iterdir())[:8]
+    truth = tmp_path / "truth" / "masks"
+    pred = tmp_path / "pred"
+    truth.mkdir(parents=True)
+    pred.mkdir()
+    for m in masks:
+        shutil.copy(m, truth / m.name)
+        shutil.copy(m, pred / m.name)
+    s, rows = evaluate_folders(pred, tmp_path / "truth", n_boot=100)
+    assert len(rows) == len(masks)
+    assert all(r["dice_empty1"] == 1.0 and r["hd95"] == 0.0 for r in rows)
+    assert s["dice_pooled"] == 1.0 and s["object_recall"] == 1.0
