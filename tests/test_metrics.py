@@ -176,6 +176,27 @@ def test_boundary_f1(pred, truth, tol, expected):
     assert M.boundary_f1(pred, truth, tol=tol) == pytest.approx(expected)
 
 
+def test_boundary_metrics_against_brute_force():
+    """Full pairwise distances between boundary pixels (no distance transform, no cropping)."""
+    from scipy import ndimage
+    from scipy.spatial.distance import cdist
+
+    def ring(m):
+        return np.argwhere(m & ~ndimage.binary_erosion(m, border_value=0))
+
+    rng = np.random.default_rng(1)
+    for _ in range(10):
+        t = ndimage.binary_opening(rng.random((30, 40)) < 0.5)
+        p = ndimage.binary_dilation(t) if rng.random() < 0.5 else ndimage.binary_opening(rng.random((30, 40)) < 0.5)
+        if rng.random() < 0.5:  # small masks in a larger image: exercises the bounding-box crop
+            p, t = (np.pad(a, ((7, 20), (0, 33))) for a in (p, t))
+        d = cdist(ring(p), ring(t))
+        d1, d2 = d.min(axis=1), d.min(axis=0)
+        assert M.hd95(p, t) == pytest.approx(np.percentile(np.concatenate([d1, d2]), 95))
+        bp, br = np.mean(d1 <= 3), np.mean(d2 <= 3)
+        assert M.boundary_f1(p, t) == pytest.approx(2 * bp * br / (bp + br))
+
+
 # ------------------------------------------------------------------ objects
 
 # truth 1 (4 px) predicted exactly by A=1; truth 2 (6 px) covered 4/6 by B=2 (IoU 4/6);

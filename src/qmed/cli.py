@@ -154,6 +154,7 @@ def predict(
 def demo(
     out: Path = typer.Option(Path("qmed-demo"), "--out", help="Where the synthetic data, run and predictions go."),
     minutes: float = typer.Option(3.0, help="Training time budget in minutes (CPU)."),
+    preset: str = typer.Option("cpu", help="Preset to train (tiny for a smoke test)."),
     n_train: int = typer.Option(48, help="Synthetic training images."),
     n_val: int = typer.Option(12, help="Synthetic validation images."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --out folder."),
@@ -162,7 +163,7 @@ def demo(
     _setup_logging(verbose=True)
     from .demo import run_demo
 
-    run_demo(out, minutes=minutes, n_train=n_train, n_val=n_val, force=force, console=console)
+    run_demo(out, minutes=minutes, n_train=n_train, n_val=n_val, force=force, console=console, preset=preset)
 
 
 def main() -> None:  # pragma: no cover

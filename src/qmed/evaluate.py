@@ -3,7 +3,8 @@
 Predictions: PRED_DIR/NAME.{png,tif,tiff,jpg,jpeg,bmp}, one per ground-truth mask, either binary
 masks (0/1, 0/255) or probability maps (8-bit /255, 16-bit /65535, float in [0, 1]). Foreground is
 ``probability > threshold`` (default 0.5); binary masks read as 0/1, so they come out the same
-for any threshold in [0, 1).
+for any threshold in [0, 1). Instance label maps are not a prediction format (their labels 1..N
+would read as tiny probabilities); such a file scores as empty, with a warning naming it.
 
 Ground truth: a dataset folder (TRUTH_DIR/images + TRUTH_DIR/masks, paired by find_pairs), a
 folder with only a masks/ subfolder, or a folder that directly holds the masks.
@@ -97,7 +98,12 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, threshold: flo
         prob = read_probability(pred_path)  # refuses NaN/inf and values outside [0, 1]
         if prob.shape != truth_fg.shape:
             raise QmedInputError(pred_path, f"prediction is {prob.shape[1]}x{prob.shape[0]} but its ground truth {mask.name} is {truth_fg.shape[1]}x{truth_fg.shape[0]}")
-        rows.append({"name": name, **score_image(prob > threshold, truth_fg, truth_labels)})
+        fg = prob > threshold
+        if not fg.any() and prob.max() > 0 and np.unique(prob).size > 2:
+            # An instance label map (1..N) read as a probability map scores as empty: say so.
+            log.warning("%s: non-zero values but none above threshold %g (max %.3g); scored as an empty prediction. "
+                        "If this is an instance label map, save the prediction as a 0/255 mask or a probability map", pred_path, threshold, prob.max())
+        rows.append({"name": name, **score_image(fg, truth_fg, truth_labels)})
     summary = summarize(rows, n_boot=n_boot, seed=seed)
     summary["settings"] = {"pred_dir": str(pred_dir), "truth_dir": str(truth_dir), "threshold": threshold, "n_boot": n_boot, "seed": seed}
     return summary, rows

@@ -153,8 +153,12 @@ def generate_sample(rng: np.random.Generator, size: int | tuple[int, int] = (256
     if not empty:
         p = _draw_regime(rng, shape)
         centers = _centers(rng, shape, p["n"], p["radius"], p["clustered"])
+        # Fallbacks near the middle so that a non-empty image always holds a nucleus.
+        centers = np.concatenate([centers, np.array([[h / 2, w / 2]]) + rng.uniform(-0.2, 0.2, (5, 2)) * (h, w)])
         placed = 0
-        for cy, cx in centers:
+        for k, (cy, cx) in enumerate(centers):
+            if k >= len(centers) - 5 and placed > 0:
+                break
             if placed >= p["n"]:
                 break
             mitotic = rng.random() < p["mitotic_rate"]

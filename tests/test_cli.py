@@ -1,0 +1,107 @@
+"""Tiny end-to-end runs of every CLI verb on real data from ../shared/data (and synthetic data)."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from qmed.cli import app
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def tiny_run(fluo_subset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "fluo"
+    res = run("train", "--preset", "tiny", "--data", fluo_subset["train"], "--val", fluo_subset["val"], "--out", out, "--quiet")
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_inspect_real(shared_data):
+    res = run("inspect", shared_data / "dsb2018-fluo" / "val")
+    assert res.exit_code == 0, res.output
+    assert "66" in res.output and "suggested crop" in res.output
+
+
+def test_train_writes_run(tiny_run):
+    for f in ("config.yaml", "metrics.csv", "train.log", "run.json", "fingerprint.json", "summary.json",
+              "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (tiny_run / f).is_file(), f
+    lines = (tiny_run / "metrics.csv").read_text().strip().splitlines()
+    assert len(lines) == 3  # header + 2 epochs
+    header = lines[0].split(",")
+    row = dict(zip(header, lines[-1].split(",")))
+    assert 0.0 <= float(row["val_dice_empty1"]) <= 1.0
+    assert np.isfinite(float(row["train_loss"]))
+
+
+def test_predict_then_evaluate(tiny_run, fluo_subset, tmp_path):
+    preds = tmp_path / "preds"
+    res = run("predict", "--model", tiny_run, "--input", fluo_subset["val"] / "images", "--out", preds, "--tta")
+    assert res.exit_code == 0, res.output
+    names = sorted(p.stem for p in (fluo_subset["val"] / "images").iterdir())
+    assert sorted(p.stem for p in preds.glob("*.png")) == names
+    for n in names:
+        m = np.array(Image.open(preds / f"{n}.png"))
+        assert m.dtype == np.uint8 and set(np.unique(m)) <= {0, 255}
+        p = np.array(Image.open(preds / "probabilities" / f"{n}.png"))
+        assert p.dtype == np.uint16 and p.shape == m.shape
+    out = tmp_path / "eval.json"
+    res = run("evaluate", "--pred", preds, "--truth", fluo_subset["val"], "--out", out, "--n-boot", 50)
+    assert res.exit_code == 0, res.output
+    summary = json.loads(out.read_text())["summary"]
+    for key in ("dice_mean_empty1", "dice_mean_fg", "dice_pooled", "hd95", "small_object_recall"):
+        assert key in summary
+
+
+def test_predict_refuses_existing_output(tiny_run, fluo_subset, tmp_path):
+    out = tmp_path / "preds"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    res = run("predict", "--model", tiny_run, "--input", fluo_subset["val"] / "images", "--out", out)
+    assert res.exit_code == 2
+    assert "--force" in res.output and (out / "keep.txt").exists()
+
+
+def test_predict_large_image_sliding_window(tiny_run, tmp_path):
+    img = (np.random.default_rng(0).random((300, 420)) * 255).astype(np.uint8)
+    (tmp_path / "in").mkdir()
+    Image.fromarray(img).save(tmp_path / "in" / "big.png")
+    res = run("predict", "--model", tiny_run, "--input", tmp_path / "in", "--out", tmp_path / "p")
+    assert res.exit_code == 0, res.output
+    assert np.array(Image.open(tmp_path / "p" / "big.png")).shape == (300, 420)
+
+
+def test_train_bad_data_folder(tmp_path):
+    res = run("train", "--preset", "tiny", "--data", tmp_path / "nope", "--out", tmp_path / "r")
+    assert res.exit_code == 2
+    assert "nope" in res.output and "Traceback" not in res.output
+
+
+def test_train_refuses_existing_out(fluo_subset, tmp_path):
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "x").write_text("1")
+    res = run("train", "--preset", "tiny", "--data", fluo_subset["train"], "--out", out)
+    assert res.exit_code == 2 and "--force" in res.output
+
+
+def test_config_unknown_key_and_wrong_type(fluo_subset, tmp_path):
+    res = run("train", "--preset", "tiny", "--data", fluo_subset["train"], "--out", tmp_path / "r", "--set", "train.epoch=3")
+    assert res.exit_code == 2 and "train.epoch" in res.output and "unknown key" in res.output
+    res = run("train", "--preset", "tiny", "--data", fluo_subset["train"], "--out", tmp_path / "r", "--set", "train.epochs=lots")
+    assert res.exit_code == 2 and "train.epochs" in res.output
+
+
+def test_demo_tiny(tmp_path):
+    res = run("demo", "--preset", "tiny", "--minutes", 0.2, "--n-train", 6, "--n-val", 3, "--out", tmp_path / "demo")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "demo" / "evaluation.json").is_file()
+    assert (tmp_path / "demo" / "run" / "checkpoints" / "best.pt").is_file()
