@@ -107,7 +107,7 @@ class TrainConfig(_Section):
 class PredictConfig(_Section):
     tta: int = 7
     threshold: float = 0.5
-    tile: int = 512
+    tile: int = 1024
     overlap: float = 0.25
     batch_size: int = 4
 

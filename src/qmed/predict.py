@@ -45,12 +45,24 @@ def _pad_multiple(x: torch.Tensor, multiple: int = 32, min_size: int = 0) -> tup
     return x, (h, w)
 
 
-def _gaussian_weight(size: int, device) -> torch.Tensor:
-    sigma = size / 8.0
-    r = torch.arange(size, device=device, dtype=torch.float32) - (size - 1) / 2
-    g = torch.exp(-(r**2) / (2 * sigma**2))
-    w = g[:, None] * g[None, :]
-    return (w / w.max()).clamp_min(1e-3)
+def _gaussian_weight(h: int, w: int) -> torch.Tensor:
+    def g(n: int) -> torch.Tensor:
+        r = torch.arange(n, dtype=torch.float32) - (n - 1) / 2
+        return torch.exp(-(r**2) / (2 * (n / 8.0) ** 2))
+
+    wt = g(h)[:, None] * g(w)[None, :]
+    return (wt / wt.max()).clamp_min(1e-3)
+
+
+def _starts(total: int, size: int, overlap: float) -> list[int]:
+    """Window origins covering [0, total) with at least `overlap` overlap; the last one flush."""
+    if size >= total:
+        return [0]
+    stride = max(32, int(size * (1 - overlap)) // 32 * 32)
+    starts = list(range(0, total - size + 1, stride))
+    if starts[-1] != total - size:
+        starts.append(total - size)
+    return starts
 
 
 @torch.no_grad()
@@ -87,26 +99,20 @@ def predict_probability(
         xp, _ = _pad_multiple(x)
         p = _forward_views(model, xp.to(device), tta, amp)
         return p[0, 0, :h, :w].cpu().numpy()
-    xp, _ = _pad_multiple(x, 32, min_size=tile)
+    xp, _ = _pad_multiple(x, 32)
     H, W = xp.shape[-2:]
-    stride = max(32, int(tile * (1 - overlap)))
-    ys = list(range(0, H - tile + 1, stride))
-    xs = list(range(0, W - tile + 1, stride))
-    if ys[-1] != H - tile:
-        ys.append(H - tile)
-    if xs[-1] != W - tile:
-        xs.append(W - tile)
+    th, tw = min(tile, H), min(tile, W)  # rectangular windows for long, thin images
     acc = torch.zeros((H, W), dtype=torch.float32)
     norm = torch.zeros((H, W), dtype=torch.float32)
-    weight = _gaussian_weight(tile, "cpu")
-    coords = [(y, x0) for y in ys for x0 in xs]
+    weight = _gaussian_weight(th, tw)
+    coords = [(y, x0) for y in _starts(H, th, overlap) for x0 in _starts(W, tw, overlap)]
     for i in range(0, len(coords), batch_size):
         chunk = coords[i : i + batch_size]
-        batch = torch.cat([xp[:, :, y : y + tile, x0 : x0 + tile] for y, x0 in chunk]).to(device)
+        batch = torch.cat([xp[:, :, y : y + th, x0 : x0 + tw] for y, x0 in chunk]).to(device)
         probs = _forward_views(model, batch, tta, amp).cpu()
         for (y, x0), pr in zip(chunk, probs):
-            acc[y : y + tile, x0 : x0 + tile] += pr[0] * weight
-            norm[y : y + tile, x0 : x0 + tile] += weight
+            acc[y : y + th, x0 : x0 + tw] += pr[0] * weight
+            norm[y : y + th, x0 : x0 + tw] += weight
     return (acc / norm)[:h, :w].numpy()
 
 

@@ -48,7 +48,7 @@ log = logging.getLogger("qmed")
 CSV_FIELDS = [
     "epoch", "opt_steps", "lr", "train_loss", "loss_dice", "loss_bce", "loss_tversky", "bad_steps",
     "val_dice_empty1", "val_dice_fg", "val_dice_pooled", "val_iou_fg", "val_hd95", "val_small_recall",
-    "val_fp_rate_empty", "val_score", "val_ema", "outlier", "selected", "restored", "epoch_seconds",
+    "val_fp_rate_empty", "val_score", "val_ema", "outlier", "selected", "restored", "epoch_seconds", "val_seconds",
 ]
 
 
@@ -165,10 +165,12 @@ class Trainer:
         opt_cls = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = opt_cls(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         steps_per_epoch = math.ceil(self.micro_per_epoch / cfg.train.accumulate)
-        self.total_steps = max(1, steps_per_epoch * cfg.train.epochs)
+        # OneCycleLR needs each phase to span at least one step; tiny runs get a short warm-up.
+        self.total_steps = max(4, steps_per_epoch * cfg.train.epochs)
+        pct = min(max(cfg.train.warmup, 1.5 / self.total_steps), 0.5)
         div = 25.0
         self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            self.optimizer, max_lr=cfg.train.lr, total_steps=self.total_steps, pct_start=cfg.train.warmup,
+            self.optimizer, max_lr=cfg.train.lr, total_steps=self.total_steps, pct_start=pct,
             anneal_strategy="cos", div_factor=div, final_div_factor=max(1.0, (cfg.train.lr / div) / cfg.train.final_lr),
             cycle_momentum=False,
         )
@@ -282,7 +284,9 @@ class Trainer:
                    "loss_bce": sums["bce"] / max(1, n_ok), "loss_tversky": sums["tversky"] / max(1, n_ok),
                    "bad_steps": bad_epoch, "outlier": 0, "selected": 0, "restored": restored}
             if epoch % cfg.train.val_every == 0 or epoch == cfg.train.epochs:
+                tv = time.time()
                 restored = self._validate_epoch(st, row, good) or restored
+                row["val_seconds"] = round(time.time() - tv, 2)
                 row["restored"] = restored
                 if not row["outlier"]:
                     good = self._snapshot(st)
