@@ -108,6 +108,9 @@ def train(
     force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out directory."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    stop_after: Optional[int] = typer.Option(None, "--stop-after-epochs", help="Leave after N epochs of this invocation (continue later with --resume)."),
+    no_report: bool = typer.Option(False, "--no-report", help="Skip writing report.md/report.html at the end."),
+    tensorboard: bool = typer.Option(False, "--tensorboard", help="Also log scalars to RUN_DIR/tensorboard (needs the tensorboard package)."),
 ):
     """Train the paper's recipe (edge channel, 4->3 projection, UNet++/SCSE, stabilised loss, weighted sampling)."""
     _setup_logging(verbose=True)
@@ -115,7 +118,7 @@ def train(
     from .train import train as train_run
 
     if resume is not None:
-        run = resume_run(resume, device=device, quiet=quiet, train_source=data, val_source=val)
+        run = resume_run(resume, device=device, quiet=quiet, train_source=data, val_source=val, tensorboard=tensorboard, stop_after=stop_after)
     else:
         if data is None:
             raise QmedInputError(None, "--data is required (a folder with images/ and masks/)")
@@ -125,8 +128,20 @@ def train(
         if encoder_weights is not None:
             extra.setdefault("model", {})["encoder_weights"] = None if encoder_weights.lower() == "none" else encoder_weights
         cfg = _config(preset, config, set_, extra)
-        run = train_run(cfg, data, val, out, force=force, device=device, quiet=quiet)
-    console.print(f"run written to {run} (checkpoints/best.pt, metrics.csv, config.yaml, train.log)")
+        run = train_run(cfg, data, val, out, force=force, device=device, quiet=quiet, tensorboard=tensorboard, stop_after=stop_after)
+    finished = _finished(run)
+    if not no_report and finished:
+        from .report import build_report
+
+        build_report(run, device=device)
+    if finished:
+        console.print(f"run written to {run} (checkpoints/best.pt, metrics.csv, config.yaml, train.log, report.md/html)")
+    else:
+        console.print(f"stopped early; continue with: qmed train --resume {run}")
+
+
+def _finished(run: Path) -> bool:
+    return (Path(run) / "summary.json").is_file()
 
 
 @app.command()
@@ -147,6 +162,22 @@ def predict(
 
     n = predict_folder(model, input, out, tta=tta, threshold=threshold, tile=tile, force=force, device=device)
     console.print(f"wrote {n} masks to {out} and probability maps to {out / 'probabilities'}")
+
+
+@app.command()
+@handle_errors
+def report(
+    run_dir: Path = typer.Argument(..., help="A run directory written by qmed train."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Images + masks to show (default: the run's --val folder)."),
+    tta: bool = typer.Option(False, "--tta/--no-tta", help="Score with 7-fold test-time augmentation."),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda if available)."),
+):
+    """Write report.md and a self-contained report.html: curves, metrics with CIs, best/worst cases."""
+    _setup_logging()
+    from .report import build_report
+
+    md = build_report(run_dir, data, tta=tta, device=device)
+    console.print(f"wrote {md} and {md.with_suffix('.html')} (figures in {md.parent / 'figures'})")
 
 
 @app.command()

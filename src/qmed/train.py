@@ -96,6 +96,8 @@ def prepare_run_dir(out: Path, force: bool) -> None:
         if not force:
             raise QmedInputError(out, "output directory exists and is not empty; pass --force to overwrite it or --resume to continue it")
         shutil.rmtree(out)
+    if out.exists() and not out.is_dir():
+        raise QmedInputError(out, "output path exists and is not a directory")
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
 
 
@@ -126,7 +128,10 @@ def _scale_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
 
 class Trainer:
     def __init__(self, cfg: QmedConfig, train_source: str | Path, val_source: str | Path | None, out: str | Path,
-                 device: str | None = None, quiet: bool = False):
+                 device: str | None = None, quiet: bool = False, tensorboard: bool = False, stop_after: int | None = None):
+        self.tensorboard = tensorboard
+        self.stop_after = stop_after
+        self.tb = None
         self.cfg = cfg
         self.out = Path(out)
         self.device = pick_device(device)
@@ -146,6 +151,9 @@ class Trainer:
             log.warning("no --val given: validating on %d of %d images split off %s (seed %d)", len(val_pairs), len(pairs), self.train_source, cfg.data.split_seed)
         self.train_data = LoadedPairs(train_pairs, cache=cfg.data.cache)
         self.val_data = LoadedPairs(val_pairs, cache=cfg.data.cache)
+        for data in (self.train_data, self.val_data):
+            for i in range(len(data)):
+                data[i]  # reads, checks sizes and (by default) caches every pair now
         self.weights, _ = sampling_weights(self.train_data, cfg)
         n = cfg.data.samples_per_epoch or len(train_pairs)
         n = max(cfg.train.batch_size, n // cfg.train.batch_size * cfg.train.batch_size)
@@ -198,13 +206,20 @@ class Trainer:
             last = out / "checkpoints" / "last.pt"
             state = checkpoint.read(last)
             self.cfg = config_from_dict(state["config"], last)
+            for stale in out.rglob(".*.tmp*"):  # a write cut short by a kill: the real file is intact
+                stale.unlink()
         else:
-            prepare_run_dir(out, force)
+            if out.exists() and any(out.iterdir()) and not force:
+                raise QmedInputError(out, "output directory exists and is not empty; pass --force to overwrite it or --resume to continue it")
             state = None
+        # Read and check every image before the run directory is touched: bad data fails fast and
+        # leaves no half-made run behind.
+        self._data()
+        self._model(pretrained=state is None)
+        if state is None:
+            prepare_run_dir(out, force)
         handler = _file_logger(out)
         try:
-            self._data()
-            self._model(pretrained=state is None)
             st = RunState()
             if state is not None:
                 self.model.load_state_dict(state["model"])
@@ -220,12 +235,15 @@ class Trainer:
                 write_json(out / "run.json", {"train": str(self.train_source.resolve()),
                                               "val": str(self.val_source.resolve()) if self.val_source else None,
                                               "device": str(self.device), "torch": torch.__version__})
-                fp = fingerprint(self.train_data.pairs)
-                write_json(out / "fingerprint.json", fp)
+                write_json(out / "fingerprint.json", fingerprint(self.train_data.pairs))
                 log.info("train %d images, val %d images, %s on %s, %.2fM parameters", len(self.train_data), len(self.val_data),
                          self.cfg.model.encoder, self.device, count_parameters(self.model) / 1e6)
+            if self.tensorboard:
+                self.tb = _tensorboard_writer(out)
             self._loop(st)
         finally:
+            if self.tb is not None:
+                self.tb.close()
             log.removeHandler(handler)
             handler.close()
         return out
@@ -235,12 +253,13 @@ class Trainer:
         cfg, out = self.cfg, self.out
         good = self._snapshot(st)
         start = time.time()
-        for epoch in range(st.epoch + 1, cfg.train.epochs + 1):
+        first_epoch = st.epoch + 1
+        for epoch in range(first_epoch, cfg.train.epochs + 1):
             t0 = time.time()
             self.crops.epoch = self.draws.epoch = epoch
             self.model.train()
             sums = {"loss": 0.0, "dice": 0.0, "bce": 0.0, "tversky": 0.0}
-            n_ok, bad_epoch, streak = 0, 0, 0
+            n_ok, bad_epoch, streak, pending = 0, 0, 0, 0
             self.optimizer.zero_grad(set_to_none=True)
             bar = tqdm(self.loader, total=self.micro_per_epoch, desc=f"epoch {epoch}/{cfg.train.epochs}", leave=False,
                        disable=self.quiet, dynamic_ncols=True)
@@ -261,17 +280,21 @@ class Trainer:
                 else:
                     self.scaler.scale(loss / cfg.train.accumulate).backward()
                     n_ok += 1
+                    pending += 1
                     sums["loss"] += float(loss.detach())
                     for k in ("dice", "bce", "tversky"):
                         sums[k] += float(getattr(self.loss_fn, "last", {}).get(k, float("nan")))
                 last_micro = (i + 1) % cfg.train.accumulate == 0 or i + 1 == self.micro_per_epoch
-                if last_micro:
+                if last_micro and pending:
+                    pending = 0
                     if self._optimizer_step():
                         st.opt_steps += 1
                         streak = 0 if torch.isfinite(loss) else streak
                     else:
                         bad_epoch += 1
                         streak += 1
+                elif last_micro:
+                    self.optimizer.zero_grad(set_to_none=True)
                 if streak >= cfg.train.max_bad_steps:
                     restored = self._restore(good, st, f"{streak} non-finite steps in a row at epoch {epoch}")
                     streak = 0
@@ -298,9 +321,16 @@ class Trainer:
                 shutil.copyfile(out / "checkpoints" / "last.pt", out / "checkpoints" / ".best.pt.tmp")
                 (out / "checkpoints" / ".best.pt.tmp").replace(out / "checkpoints" / "best.pt")
             _write_csv(out / "metrics.csv", st.rows)
+            if self.tb is not None:
+                for k, v in row.items():
+                    if isinstance(v, (int, float)) and k != "epoch" and math.isfinite(v):
+                        self.tb.add_scalar(k, v, epoch)
             log.info("epoch %d: loss %.4f, val dice %s (ema %s)%s%s, %.0fs", epoch, row["train_loss"],
                      _fmt(row.get("val_score")), _fmt(row.get("val_ema")), " OUTLIER" if row["outlier"] else "",
                      " best" if row["selected"] else "", row["epoch_seconds"])
+            if self.stop_after is not None and epoch - first_epoch + 1 >= self.stop_after and epoch < cfg.train.epochs:
+                log.warning("stopping after epoch %d as asked; continue with: qmed train --resume %s", epoch, out)
+                return
             if cfg.train.max_minutes is not None and (time.time() - start) / 60 > cfg.train.max_minutes:
                 st.events.append(f"stopped after epoch {epoch}: max_minutes={cfg.train.max_minutes} reached")
                 log.warning(st.events[-1])
@@ -382,6 +412,14 @@ class Trainer:
         return f"{epoch}:{i}" in {s.strip() for s in spec.split(",")}
 
 
+def _tensorboard_writer(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise QmedInputError(None, "--tensorboard needs the tensorboard package: pip install tensorboard") from None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
 def _nan_to(v, default: float) -> float:
     return default if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
@@ -390,11 +428,15 @@ def _fmt(v) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
 
 
-def train(cfg: QmedConfig, train_source, val_source, out, force: bool = False, device: str | None = None, quiet: bool = False) -> Path:
-    return Trainer(cfg, train_source, val_source, out, device=device, quiet=quiet).fit(resume=False, force=force)
+def train(cfg: QmedConfig, train_source, val_source, out, force: bool = False, device: str | None = None, quiet: bool = False,
+          tensorboard: bool = False, stop_after: int | None = None) -> Path:
+    """Train into run directory `out`. `stop_after`: leave after this many epochs (resumable)."""
+    return Trainer(cfg, train_source, val_source, out, device=device, quiet=quiet, tensorboard=tensorboard,
+                   stop_after=stop_after).fit(resume=False, force=force)
 
 
-def resume(out, device: str | None = None, quiet: bool = False, train_source=None, val_source=None) -> Path:
+def resume(out, device: str | None = None, quiet: bool = False, train_source=None, val_source=None, tensorboard: bool = False,
+           stop_after: int | None = None) -> Path:
     """Continue a run from checkpoints/last.pt; data folders default to those recorded in the run."""
     import json
 
@@ -405,5 +447,6 @@ def resume(out, device: str | None = None, quiet: bool = False, train_source=Non
     meta = json.loads(meta_path.read_text())
     cfg_state = checkpoint.read(out / "checkpoints" / "last.pt")["config"]
     cfg = config_from_dict(cfg_state, out / "checkpoints" / "last.pt")
-    t = Trainer(cfg, train_source or meta["train"], val_source or meta.get("val"), out, device=device, quiet=quiet)
+    t = Trainer(cfg, train_source or meta["train"], val_source or meta.get("val"), out, device=device, quiet=quiet, tensorboard=tensorboard,
+                stop_after=stop_after)
     return t.fit(resume=True)
