@@ -197,6 +197,43 @@ def demo(
     run_demo(out, minutes=minutes, n_train=n_train, n_val=n_val, force=force, console=console, preset=preset)
 
 
+@app.command()
+@handle_errors
+def convert(
+    to: Optional[str] = typer.Option(None, "--to", help="Write another tool's format: nnunet."),
+    from_: Optional[str] = typer.Option(None, "--from", help="Read another tool's format into qmed's layout: nnunet."),
+    data: Path = typer.Option(..., "--data", help="--to: a qmed dataset folder. --from: an nnU-Net DatasetXXX_Name folder."),
+    val: Optional[Path] = typer.Option(None, "--val", help="--to: a qmed dataset written as imagesTs/labelsTs. --from: where imagesTs/labelsTs go."),
+    out: Path = typer.Option(..., "--out", help="--to: the nnUNet_raw folder (DatasetXXX_Name is made inside). --from: the qmed dataset folder."),
+    dataset_id: int = typer.Option(501, "--dataset-id", help="nnU-Net dataset ID (1-999; custom datasets start at 500)."),
+    name: str = typer.Option("Qmed", "--name", help="nnU-Net dataset name: DatasetXXX_NAME."),
+    label_name: str = typer.Option("foreground", "--label-name", help="Name of label 1 in dataset.json (e.g. nucleus)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite a non-empty output folder."),
+):
+    """Convert a dataset to or from nnU-Net v2's raw format (2-D PNG; masks 0/1 there, 0/255 here)."""
+    _setup_logging()
+    from .convert import from_nnunet, to_nnunet
+
+    if (to is None) == (from_ is None):
+        raise QmedInputError(None, "give exactly one of --to nnunet or --from nnunet")
+    fmt = (to or from_).lower()
+    if fmt != "nnunet":
+        raise QmedInputError(None, f"unknown format {fmt!r}; qmed converts to and from: nnunet")
+    if to is not None:
+        ds = to_nnunet(data, out, dataset_id=dataset_id, name=name, val=val, label_name=label_name, force=force)
+        console.print(f"wrote {ds} (imagesTr/, labelsTr/{', imagesTs/, labelsTs/' if val else ''}, dataset.json)")
+    else:
+        n_tr, n_ts = from_nnunet(data, out, val_out=val, force=force)
+        console.print(f"wrote {n_tr} pairs to {out}" + (f" and {n_ts} images to {val}" if val is not None else ""))
+
+
+from .bench_cli import benchmark_app  # noqa: E402
+from .classify_cli import classify_app  # noqa: E402
+
+app.add_typer(classify_app, name="classify")
+app.add_typer(benchmark_app, name="benchmark")
+
+
 def main() -> None:  # pragma: no cover
     app()
 

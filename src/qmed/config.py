@@ -81,8 +81,13 @@ class TrainConfig(_Section):
     final_lr: float = 3e-7
     warmup: float = 0.1
     weight_decay: float = 1e-4
+    # Learning-rate schedule: the paper's OneCycleLR (peak `lr`, floor `final_lr`), or `lr` held
+    # constant (the plain smp baseline of `qmed benchmark quality`).
+    schedule: Literal["onecycle", "constant"] = "onecycle"
     clip_grad: Optional[float] = 0.5
     loss: Literal["stabilized", "dice_bce"] = "stabilized"
+    # Upper clamp of the stabilised loss's automatic pos_weight (Algorithm 1: 50; 1 = unweighted BCE).
+    pos_weight_max: float = 50.0
     amp: bool = True
     seed: int = 0
     # EMA of the validation Dice that selects best.pt (paper eq. 6).

@@ -169,7 +169,7 @@ class Trainer:
         self.model = build(cfg.model, pretrained=pretrained).to(self.device)
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.loss_fn = build_loss(cfg.train.loss)
+        self.loss_fn = build_loss(cfg.train.loss, **({"max_pos_weight": cfg.train.pos_weight_max} if cfg.train.loss == "stabilized" else {}))
         opt_cls = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = opt_cls(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         steps_per_epoch = math.ceil(self.micro_per_epoch / cfg.train.accumulate)
@@ -177,11 +177,15 @@ class Trainer:
         self.total_steps = max(4, steps_per_epoch * cfg.train.epochs)
         pct = min(max(cfg.train.warmup, 1.5 / self.total_steps), 0.5)
         div = 25.0
-        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            self.optimizer, max_lr=cfg.train.lr, total_steps=self.total_steps, pct_start=pct,
-            anneal_strategy="cos", div_factor=div, final_div_factor=max(1.0, (cfg.train.lr / div) / cfg.train.final_lr),
-            cycle_momentum=False,
-        )
+        if cfg.train.schedule == "constant":
+            # Chainable: keeps whatever lr the param groups hold, so _scale_lr's recovery cut sticks.
+            self.scheduler = torch.optim.lr_scheduler.ConstantLR(self.optimizer, factor=1.0, total_iters=0)
+        else:
+            self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                self.optimizer, max_lr=cfg.train.lr, total_steps=self.total_steps, pct_start=pct,
+                anneal_strategy="cos", div_factor=div, final_div_factor=max(1.0, (cfg.train.lr / div) / cfg.train.final_lr),
+                cycle_momentum=False,
+            )
         self.ema_model = None
         if cfg.train.weight_ema:
             self.ema_model = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.weight_ema_decay), use_buffers=True)
