@@ -24,20 +24,4 @@ NPZ="$DATA/pneumoniamnist/pneumoniamnist.npz"
 qmed classify train --data "$NPZ:train" --val "$NPZ:val" --model mobilenet_v2 --weights imagenet --pqc --qubits 4 --layers 2 \
   --image-size 64 --batch-size 64 --epochs 30 --patience 6 --minutes "$MIN" --seed 0 --force --out "$OUT/pneumoniamnist-mobilenet_v2-pqc"
 
-python - "$OUT" <<'PY'
-import json, sys
-from pathlib import Path
-out = Path(sys.argv[1])
-print(f"{'run':34s} {'AUC [95% CI]':26s} {'acc':>6s} {'bal':>6s} {'F1':>6s} {'sens':>6s} {'spec':>6s} {'best':>4s} {'ep':>3s} {'steps':>5s} {'sec':>5s} {'step ms':>8s} {'PQC ms':>7s} {'PQC %':>6s} {'alpha':>7s}")
-for run in ("busi-mobilenet_v2", "busi-mobilenet_v2-pqc", "pneumoniamnist-mobilenet_v2-pqc"):
-    s = json.loads((out / run / "summary.json").read_text())
-    m, p = s["val_metrics"], s["profile"]
-    auc = m["auc"]
-    pq = f"{p['pqc_ms']:7.1f} {100 * p['pqc_share']:5.1f}%" if "pqc_ms" in p else f"{'-':>7s} {'-':>6s}"
-    alpha = f"{s['alpha']:+7.3f}" if s["alpha"] is not None else f"{'-':>7s}"
-    print(f"{run:34s} {auc['value']:.4f} [{auc['ci_low']:.4f}, {auc['ci_high']:.4f}] "
-          f"{m['accuracy']['value']:6.3f} {m['balanced_accuracy']['value']:6.3f} {m['f1']['value']:6.3f} "
-          f"{m['sensitivity']['value']:6.3f} {m['specificity']['value']:6.3f} {s['best_epoch']:4d} {s['epochs_run']:3d} "
-          f"{s['steps']:5d} {s['train_seconds']:5.0f} {p['step_ms']:8.0f} {pq} {alpha}")
-    print(f"{'':34s} val n={s['val']['n']} {s['val']['counts']}; {s['stop_reason']}")
-PY
+python "$(dirname "$0")/classification_summary.py" "$OUT"

@@ -319,7 +319,7 @@ def test_config_rejects_unknown_keys():
 def test_vectorised_auc_matches_sklearn():
     from sklearn.metrics import roc_auc_score
 
-    from qmed.classify import _metric_rows
+    from qmed.classify import metric_rows
 
     rng = np.random.default_rng(0)
     for k in (2, 3):
@@ -332,7 +332,7 @@ def test_vectorised_auc_matches_sklearn():
                 p[:, 1] = np.round(p[:, 1], 1)
                 p[:, 0] = 1 - p[:, 1]
             ref = roc_auc_score(y, p[:, 1]) if k == 2 else roc_auc_score(y, p, multi_class="ovr", average="macro")
-            assert _metric_rows(y[None], p[None], 0.5)["auc"][0] == pytest.approx(ref, abs=1e-12)
+            assert metric_rows(y[None], p[None], 0.5)["auc"][0] == pytest.approx(ref, abs=1e-12)
 
 
 def test_cli_hub_failure_exits_2(tmp_path, monkeypatch):

@@ -5,7 +5,7 @@ Data sources (`spec` strings):
   class are searched too). Classes are the folder names, sorted.
 - a MedMNIST-style ``.npz`` with ``{split}_images`` (N, H, W) or (N, H, W, 3) uint8 and
   ``{split}_labels`` (N, 1) integer arrays. Choose the split with ``FILE.npz:SPLIT``; without one,
-  training reads ``train``, validation ``val``, evaluation ``test`` when present, else ``val``.
+  training reads ``train``, validation ``val``, evaluation and prediction ``test`` when present, else ``val``.
   Class names are the label values as strings ("0", "1", ...).
 
 Binary tasks: ``positive="malignant"`` makes the labels positive-vs-rest (class names
@@ -352,7 +352,7 @@ def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.where(b > 0, a / np.where(b > 0, b, 1.0), np.nan)
 
 
-def _auc_rows(pos: np.ndarray, score: np.ndarray) -> np.ndarray:
+def auc_rows(pos: np.ndarray, score: np.ndarray) -> np.ndarray:
     """ROC AUC of each row (Mann-Whitney U with average ranks for ties; equals sklearn's
     roc_auc_score). pos: (B, n) bool, score: (B, n). NaN for a row with one class only."""
     from scipy.stats import rankdata
@@ -372,7 +372,7 @@ def _nanmean(a: np.ndarray, axis: int) -> np.ndarray:
         return np.nanmean(a, axis=axis)
 
 
-def _metric_rows(y: np.ndarray, prob: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
+def metric_rows(y: np.ndarray, prob: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
     """Metrics of B sets at once: y (B, n) int, prob (B, n, K) -> {metric: (B,)}; NaN where undefined."""
     k = prob.shape[2]
     pred = (prob[..., 1] >= threshold).astype(np.int64) if k == 2 else prob.argmax(axis=2)
@@ -383,7 +383,7 @@ def _metric_rows(y: np.ndarray, prob: np.ndarray, threshold: float) -> dict[str,
         fn, tn = (~p & t).sum(1), (~p & ~t).sum(1)
         sens, spec = _div(tp, tp + fn), _div(tn, tn + fp)
         out.update(sensitivity=sens, specificity=spec, balanced_accuracy=(sens + spec) / 2, f1=_div(2 * tp, 2 * tp + fp + fn),
-                   auc=_auc_rows(t, prob[..., 1]))
+                   auc=auc_rows(t, prob[..., 1]))
         return out
     rec, spc, f1s, aucs = [], [], [], []
     for c in range(k):
@@ -393,7 +393,7 @@ def _metric_rows(y: np.ndarray, prob: np.ndarray, threshold: float) -> dict[str,
         rec.append(_div(tp, tp + fn))
         spc.append(_div(tn, tn + fp))
         f1s.append(_div(2 * tp, 2 * tp + fp + fn))
-        aucs.append(_auc_rows(t, prob[..., c]))
+        aucs.append(auc_rows(t, prob[..., c]))
     rec_m = _nanmean(np.stack(rec, 1), 1)
     # macro one-vs-rest AUC is defined only when every class occurs (as in sklearn)
     out.update(sensitivity=rec_m, balanced_accuracy=rec_m, specificity=_nanmean(np.stack(spc, 1), 1),
@@ -415,7 +415,7 @@ def classification_metrics(y: np.ndarray, prob: np.ndarray, threshold: float = 0
 
     y = np.asarray(y, dtype=np.int64)
     prob = np.asarray(prob, dtype=np.float64)
-    rows = _metric_rows(y[None], prob[None], threshold)
+    rows = metric_rows(y[None], prob[None], threshold)
     out = {m: float(v[0]) for m, v in rows.items()}
     k = prob.shape[1]
     if len(np.unique(y)) == k and len(y) > 0:
@@ -443,7 +443,7 @@ def bootstrap_metrics(y: np.ndarray, prob: np.ndarray, threshold: float = 0.5, n
     chunk = max(1, 4_000_000 // max(1, n * prob.shape[1]))
     for s in range(0, total, chunk):
         idx = rng.integers(0, n, size=(min(chunk, total - s), n))
-        for m, v in _metric_rows(y[idx], prob[idx], threshold).items():
+        for m, v in metric_rows(y[idx], prob[idx], threshold).items():
             parts[m].append(v)
     a = (1.0 - ci) / 2.0
     summary, arrays = {}, {}
