@@ -105,3 +105,12 @@ def test_demo_tiny(tmp_path):
     assert res.exit_code == 0, res.output
     assert (tmp_path / "demo" / "evaluation.json").is_file()
     assert (tmp_path / "demo" / "run" / "checkpoints" / "best.pt").is_file()
+
+
+def test_inspect_classification_data(shared_data):
+    res = run("inspect", shared_data / "busi" / "train", "--positive", "malignant")
+    assert res.exit_code == 0, res.output
+    assert "malignant" in res.output and "majority:minority" in res.output
+    res = run("inspect", shared_data / "pneumoniamnist" / "pneumoniamnist.npz")
+    assert res.exit_code == 0, res.output
+    assert "train: 4707 images" in res.output

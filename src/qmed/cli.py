@@ -49,10 +49,21 @@ def handle_errors(fn):
 def inspect(
     data_dir: Path = typer.Argument(..., help="Dataset folder (images/ + masks/) or a CSV list of pairs."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the fingerprint as JSON here."),
+    positive: Optional[str] = typer.Option(None, help="Classification data: report this class's share (positive vs rest)."),
 ):
-    """Print the dataset fingerprint: sizes, channels, foreground, empty images, objects; suggest crop and preset."""
+    """Print the dataset fingerprint: sizes, channels, foreground, empty images, objects; suggest crop and preset.
+
+    For classification data (class folders, or a MedMNIST-style .npz) it prints the class counts and imbalance."""
     _setup_logging()
-    from .data.dataset import find_pairs, fingerprint
+    from .data.dataset import IMAGE_DIR_NAMES, find_pairs, fingerprint
+
+    root = Path(str(data_dir).split(":")[0])
+    if root.suffix.lower() == ".npz" or (
+        root.is_dir() and not any((root / n).is_dir() for n in IMAGE_DIR_NAMES) and any(q.is_dir() for q in root.iterdir())
+    ):
+        from .classify_cli import inspect_cmd
+
+        return inspect_cmd(data_dir, positive)
     from .fileio import write_json
     from .report_text import fingerprint_table
 
