@@ -20,7 +20,8 @@ def save(path: str | Path, state: dict[str, Any]) -> None:
         torch.save(state, tmp)
 
 
-def read(path: str | Path) -> dict[str, Any]:
+def read(path: str | Path, fmt: str = FORMAT, kind: str = "qmed checkpoint") -> dict[str, Any]:
+    """Load a checkpoint written by `save` (or another qmed writer with its own `fmt`)."""
     path = Path(path)
     if not path.is_file():
         raise QmedInputError(path, "checkpoint does not exist")
@@ -28,8 +29,8 @@ def read(path: str | Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
         raise QmedInputError(path, f"cannot be read as a checkpoint ({type(exc).__name__}); the file may be truncated") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise QmedInputError(path, "is not a qmed checkpoint")
+    if not isinstance(state, dict) or state.get("format") != fmt:
+        raise QmedInputError(path, f"is not a {kind}")
     return state
 
 

@@ -812,21 +812,10 @@ def load_classifier(model_path: str | Path, device: str | torch.device = "cpu"):
     """A run directory (checkpoints/best.pt, else last.pt) or a checkpoint file -> (model, config, state)."""
     from .models.classifier import build_classifier
 
-    p = Path(model_path)
-    if p.is_dir():
-        cands = [p / "checkpoints" / n for n in ("best.pt", "last.pt")]
-        found = [c for c in cands if c.is_file()]
-        if not found:
-            raise QmedInputError(p, "run directory holds no checkpoints/best.pt or checkpoints/last.pt")
-        p = found[0]
-    elif not p.exists():
-        raise QmedInputError(p, "model path does not exist (give a classify run directory or a .pt checkpoint)")
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise QmedInputError(p, f"cannot be read as a checkpoint ({type(exc).__name__}); the file may be truncated") from None
-    if not isinstance(state, dict) or state.get("format") != CKPT_FORMAT:
-        raise QmedInputError(p, "is not a qmed classifier checkpoint (written by qmed classify train)")
+    from .checkpoint import read, resolve_checkpoint
+
+    p = resolve_checkpoint(model_path)
+    state = read(p, CKPT_FORMAT, "qmed classifier checkpoint (written by qmed classify train)")
     cfg = ClassifyConfig.from_dict(state["config"])
     model = build_classifier(cfg.model, len(state["classes"]), None, cfg.pqc_dict(), cfg.dropout)
     try:

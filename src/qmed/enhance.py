@@ -33,7 +33,7 @@ Choices the paper leaves open (all are constructor arguments):
 Speed: the convolution is done with FFTs (one rFFT of the padded image, a cached rFFT of the 24
 kernels per (FFT size, device, dtype), a product, inverse rFFTs a few filters at a time); exact up to float32 rounding
 versus direct conv2d (tested). ~0.4 GFLOP instead of ~12 GFLOP for a (4, 3, 256, 256) batch; measured on
-2 CPU cores: ~25-30 ms per batch vs ~40 ms for oneDNN's direct conv2d. The value of the
+2 CPU cores (an ad-hoc timing; `qmed benchmark speed` measures it): ~25-30 ms per batch vs ~40 ms for oneDNN's direct conv2d. The value of the
 top-left pixel is subtracted before the FFT: that changes nothing mathematically (zero-mean kernels,
 and padding keeps constants constant) but makes a constant image give exactly 0, not FFT noise.
 """
