@@ -25,7 +25,7 @@ def main() -> None:
     ap.add_argument("--tta", action="store_true")
     args = ap.parse_args()
     model, cfg, ckpt = load_model(args.model)
-    data = LoadedPairs(find_pairs(args.data))
+    data = LoadedPairs(find_pairs(args.data), cfg)
     summary, rows, probs = validate(model, data, cfg, torch.device("cpu"), tta=cfg.predict.tta if args.tta else 1, keep_probs=True)
     print(f"checkpoint {ckpt}; dice_fg {summary['dice_mean_fg']['mean']:.4f} precision {summary['precision']['mean']:.4f} "
           f"recall {summary['recall']['mean']:.4f} dice_pooled {summary['dice_pooled']:.4f}")

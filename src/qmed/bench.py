@@ -160,11 +160,11 @@ def synthetic_pairs(size: int, n: int = 8, seed: int = 0) -> MemoryPairs:
     return MemoryPairs(items)
 
 
-def folder_pairs(data: Path, n: int = 32) -> MemoryPairs:
+def folder_pairs(data: Path, cfg, n: int = 32) -> MemoryPairs:
     from .data.batches import LoadedPairs
     from .data.dataset import find_pairs
 
-    lp = LoadedPairs(find_pairs(data)[:n], cache=False)
+    lp = LoadedPairs(find_pairs(data)[:n], cfg, cache=False)
     return MemoryPairs([lp[i] for i in range(len(lp))])
 
 
@@ -305,7 +305,7 @@ def run_speed(preset: str = "cpu", size: int = 256, batch: int | None = None, de
 
     base_cfg = smp_baseline_config(preset)
     base_cfg = base_cfg.model_copy(update={"data": base_cfg.data.model_copy(update={"crop": size})})
-    pairs = folder_pairs(Path(data)) if data is not None else synthetic_pairs(size)
+    pairs = folder_pairs(Path(data), cfg) if data is not None else synthetic_pairs(size)
 
     results: dict[str, dict] = {}
     mem_method = None

@@ -72,7 +72,7 @@ TRAINER_DIR = Path(__file__).parent / "nnunet_trainers"
 SMP_BASELINE = {
     "name": "smp-baseline",
     "model": {"input_mode": "none"},
-    "data": {"sampler": "uniform", "fg_crop_p": 0.0},
+    "data": {"sampler": "uniform", "fg_crop_p": 0.0, "normalize": "none"},
     "augment": {"flip_p": 0.5, "rot90_p": 0.5, "elastic_p": 0.0, "brightness_contrast_p": 0.0},
     "train": {"loss": "dice_bce", "optimizer": "adam", "lr": 1.0e-3, "weight_decay": 0.0, "schedule": "constant",
               "accumulate": 1, "clip_grad": None, "batch_size": 4, "val_ema_alpha": 0.0, "outlier_min_drop": 1.0,
@@ -148,7 +148,7 @@ def _calibrate(cfg, train_dir: Path, val_dir: Path, device: str | None, n_steps:
             next(iter(t.loader))
         t_data = (time.perf_counter() - t0) / 2
         n_val = len(t.val_data)
-        sub = LoadedPairs(t.val_data.pairs[:max_val_images], cache=True)
+        sub = LoadedPairs(t.val_data.pairs[:max_val_images], cfg, cache=True)
         for i in range(len(sub)):
             sub._cache[i] = t.val_data[i]
         t0 = time.perf_counter()

@@ -69,6 +69,11 @@ class DataConfig(_Section):
     # Crops are centred on foreground with this probability (the rest uniformly at random), so
     # sparse images still show the model their cells. 0 = purely random crops.
     fg_crop_p: float = 0.0
+    # Per-image intensity scaling before the model: `none` keeps the file's [0, 1] values;
+    # `percentile` maps the image's `norm_percentiles` (low, high; over all pixels and channels)
+    # to 0 and 1 and clips, so dim fluorescence images look like bright ones (as StarDist/CSBDeep do).
+    normalize: Literal["none", "percentile"] = "none"
+    norm_percentiles: tuple[float, float] = (1.0, 99.8)
     cache: bool = True
 
 

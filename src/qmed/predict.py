@@ -134,7 +134,7 @@ def predict_folder(model_path, input_path, out, tta: bool = False, threshold: fl
     import shutil
 
     from .checkpoint import load_model
-    from .data.batches import to_rgb
+    from .data.batches import model_input
     from .data.dataset import list_images
     from .data.io import read_image, write_mask_png, write_probability_png
     from .errors import QmedInputError
@@ -158,7 +158,7 @@ def predict_folder(model_path, input_path, out, tta: bool = False, threshold: fl
     try:
         (stage / "probabilities").mkdir()
         for f in files:
-            img = to_rgb(read_image(f))
+            img = model_input(read_image(f), cfg)
             prob = predict_probability(model, img, tile=tile or cfg.predict.tile, overlap=cfg.predict.overlap, tta=n_views,
                                        batch_size=cfg.predict.batch_size, device=dev, amp=cfg.train.amp)
             write_mask_png(stage / f"{f.stem}.png", prob > thr)

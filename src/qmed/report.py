@@ -194,7 +194,7 @@ def build_report(run_dir: str | Path, data: str | Path | None = None, tta: bool 
     curves = read_metrics_csv(run / "metrics.csv")
     dev = pick_device(device)
     model, cfg, ckpt = load_model(run, dev)
-    pairs = LoadedPairs(find_pairs(data))
+    pairs = LoadedPairs(find_pairs(data), cfg)
     n_views = cfg.predict.tta if tta else 1
     summary, rows, probs = validate(model, pairs, cfg, dev, tta=n_views, n_boot=2000, keep_probs=True)
     figs = run / "figures"

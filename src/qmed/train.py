@@ -149,8 +149,8 @@ class Trainer:
                 raise QmedInputError(self.train_source, f"holds {len(pairs)} image; training needs at least 2 (one for validation) or a separate --val folder")
             train_pairs, val_pairs = split_pairs(pairs, cfg.data.val_fraction, cfg.data.split_seed, cfg.data.group_pattern)
             log.warning("no --val given: validating on %d of %d images split off %s (seed %d)", len(val_pairs), len(pairs), self.train_source, cfg.data.split_seed)
-        self.train_data = LoadedPairs(train_pairs, cache=cfg.data.cache)
-        self.val_data = LoadedPairs(val_pairs, cache=cfg.data.cache)
+        self.train_data = LoadedPairs(train_pairs, cfg, cache=cfg.data.cache)
+        self.val_data = LoadedPairs(val_pairs, cfg, cache=cfg.data.cache)
         for data in (self.train_data, self.val_data):
             for i in range(len(data)):
                 data[i]  # reads, checks sizes and (by default) caches every pair now

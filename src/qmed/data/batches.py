@@ -21,11 +21,27 @@ def to_rgb(img: np.ndarray) -> np.ndarray:
     return np.repeat(img, 3, axis=2) if img.shape[2] == 1 else img
 
 
-class LoadedPairs:
-    """Images and masks read once (and kept in memory when caching is on)."""
+def normalize_intensity(img: np.ndarray, mode: str = "none", percentiles: tuple[float, float] = (1.0, 99.8)) -> np.ndarray:
+    """Per-image intensity scaling (DataConfig.normalize); a flat image is returned unchanged."""
+    if mode == "none":
+        return img
+    lo, hi = np.percentile(img, percentiles)
+    if hi - lo < 1e-6:
+        return img
+    return np.clip((img - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
-    def __init__(self, pairs: list[Pair], cache: bool = True):
+
+def model_input(img: np.ndarray, cfg: QmedConfig) -> np.ndarray:
+    """The one conversion from a file's image to what the model sees: train, validate and predict."""
+    return to_rgb(normalize_intensity(img, cfg.data.normalize, cfg.data.norm_percentiles)).astype(np.float32)
+
+
+class LoadedPairs:
+    """Images (as `model_input` makes them) and masks, read once (kept in memory when caching is on)."""
+
+    def __init__(self, pairs: list[Pair], cfg: QmedConfig, cache: bool = True):
         self.pairs = pairs
+        self.cfg = cfg
         self._cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self.cache = cache
 
@@ -36,7 +52,7 @@ class LoadedPairs:
         if i in self._cache:
             return self._cache[i]
         img, fg, labels = load_pair(self.pairs[i])
-        item = (to_rgb(img).astype(np.float32), fg, labels)
+        item = (model_input(img, self.cfg), fg, labels)
         if self.cache:
             self._cache[i] = item
         return item
