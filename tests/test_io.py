@@ -413,3 +413,21 @@ def test_read_probability_refused(tmp_path, writer, words):
     with pytest.raises(QmedInputError, match=words) as ei:
         read_probability(path)
     _assert_one_line_naming(ei.value, path)
+
+
+def test_atomic_writes_get_the_umask_mode(tmp_path):
+    """mkstemp's 0600 must not leak into outputs: with umask 022 a written file is 0644."""
+    import importlib
+    import os
+    import stat
+
+    import qmed.fileio as fileio
+
+    old = os.umask(0o022)
+    try:
+        importlib.reload(fileio)  # the module reads the umask once, at import
+        fileio.write_text(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(old)
+        importlib.reload(fileio)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644
