@@ -38,17 +38,22 @@ def main(out: Path) -> None:
         print(f"{'':34s} val n={s['val']['n']} {s['val']['counts']}; {s['stop_reason']}")
     a, b = (out / r / "eval" / "predictions.csv" for r in RUNS[:2])
     if a.is_file() and b.is_file():
-        pa, pb = _read(a), _read(b)
-        files = sorted(pa)
-        y = np.array([pa[f][1] for f in files])
-        sa = np.array([pa[f][0] for f in files])
-        sb = np.array([pb[f][0] for f in files])
-        idx = np.random.default_rng(0).integers(0, len(y), size=(1000, len(y)))
-        d = auc_rows(y[idx], sb[idx]) - auc_rows(y[idx], sa[idx])
-        d = d[np.isfinite(d)]
-        point = auc_rows(y[None], sb[None])[0] - auc_rows(y[None], sa[None])[0]
-        print(f"BUSI paired bootstrap AUC(pqc) - AUC(no pqc): {point:+.4f} [{np.quantile(d, 0.025):+.4f}, {np.quantile(d, 0.975):+.4f}] "
-              f"({len(d)} resamples; P(diff <= 0) = {np.mean(d <= 0):.2f})")
+        print(f"BUSI paired bootstrap AUC(pqc) - AUC(no pqc): {paired_auc_difference(a, b)}")
+
+
+def paired_auc_difference(a: Path, b: Path, n_boot: int = 1000, seed: int = 0) -> str:
+    """AUC(b) - AUC(a) over the same cases (two predictions.csv files), with a paired bootstrap CI."""
+    pa, pb = _read(a), _read(b)
+    files = sorted(pa)
+    y = np.array([pa[f][1] for f in files])
+    sa = np.array([pa[f][0] for f in files])
+    sb = np.array([pb[f][0] for f in files])
+    idx = np.random.default_rng(seed).integers(0, len(y), size=(n_boot, len(y)))
+    d = auc_rows(y[idx], sb[idx]) - auc_rows(y[idx], sa[idx])
+    d = d[np.isfinite(d)]
+    point = auc_rows(y[None], sb[None])[0] - auc_rows(y[None], sa[None])[0]
+    return (f"{point:+.4f} [{np.quantile(d, 0.025):+.4f}, {np.quantile(d, 0.975):+.4f}] "
+            f"({len(d)} resamples; P(diff <= 0) = {np.mean(d <= 0):.2f})")
 
 
 def _read(path: Path) -> dict:

@@ -25,6 +25,10 @@ ultrasound and X-ray images have a top), validation every epoch, early stopping 
 (patience in epochs), an epoch limit and a wall-clock budget (minutes). Checkpoints are atomic
 (checkpoints/best.pt: the best validation AUC; last.pt: the latest epoch).
 
+Synthetic images (``synthetic=DIR``, e.g. the output of ``qmed synthesize``): read like a folder to
+predict, labelled as ``synthetic_class`` (default: the positive class) and appended to the training
+set after the train/validation split, so validation (and evaluation) never sees them.
+
 Metrics (binary; threshold on the positive class's probability, default 0.5): accuracy, balanced
 accuracy, ROC AUC (sklearn), F1, sensitivity (recall of positives), specificity (recall of
 negatives). Multi-class: accuracy, balanced accuracy (= macro recall = sensitivity), macro one-vs-rest
@@ -276,6 +280,18 @@ def describe_dataset(spec: str | Path, positive: str | None = None) -> dict[str,
 # Config
 
 
+def check_run_limits(cfg: Any, min_batch: int = 2, why: str = "batch norm") -> None:
+    """Checks every training verb shares: cfg.image_size, batch_size, epochs, minutes (None = no budget)."""
+    if cfg.image_size < 16:
+        raise QmedInputError(None, f"image_size must be at least 16 px, got {cfg.image_size}")
+    if cfg.batch_size < min_batch:
+        raise QmedInputError(None, f"batch_size must be at least {min_batch} ({why}), got {cfg.batch_size}")
+    if cfg.epochs < 1:
+        raise QmedInputError(None, f"epochs must be at least 1, got {cfg.epochs}")
+    if cfg.minutes is not None and cfg.minutes <= 0:
+        raise QmedInputError(None, f"minutes must be positive, got {cfg.minutes}")
+
+
 @dataclass
 class ClassifyConfig:
     model: str = "mobilenet_v2"
@@ -308,6 +324,8 @@ class ClassifyConfig:
     intensity: float = 0.1
     seed: int = 0
     val_fraction: float = 0.2  # only without --val: a stratified seeded split of --data
+    synthetic: str | None = None  # images added to the training set only (e.g. qmed synthesize OUT)
+    synthetic_class: str | None = None  # their class (default: the positive class)
     threshold: float = 0.5
     n_boot: int = 1000
 
@@ -326,14 +344,7 @@ class ClassifyConfig:
                 "device": self.qdevice, "diff_method": self.diff_method, "alpha_init": self.alpha_init}
 
     def validate(self) -> None:
-        if self.image_size < 16:
-            raise QmedInputError(None, f"image_size must be at least 16 px, got {self.image_size}")
-        if self.batch_size < 2:
-            raise QmedInputError(None, f"batch_size must be at least 2 (batch norm), got {self.batch_size}")
-        if self.epochs < 1:
-            raise QmedInputError(None, f"epochs must be at least 1, got {self.epochs}")
-        if self.minutes is not None and self.minutes <= 0:
-            raise QmedInputError(None, f"minutes must be positive, got {self.minutes}")
+        check_run_limits(self)
         if not 0.0 < self.threshold < 1.0:
             raise QmedInputError(None, f"threshold must lie in (0, 1), got {self.threshold}")
 
@@ -590,7 +601,8 @@ def predict_proba(model: torch.nn.Module, images: torch.Tensor, device: torch.de
     return torch.cat(out).numpy() if out else np.zeros((0, 2), dtype=np.float32)
 
 
-def prepare_run_dir(out: Path, force: bool) -> None:
+def prepare_run_dir(out: Path, force: bool, subdirs: Sequence[str] = ("checkpoints",)) -> None:
+    """Make `out` (empty, or emptied with `force`) and its `subdirs`."""
     import shutil
 
     if out.exists() and not out.is_dir():
@@ -599,7 +611,9 @@ def prepare_run_dir(out: Path, force: bool) -> None:
         if not force:
             raise QmedInputError(out, "output directory exists and is not empty; pass --force to overwrite it")
         shutil.rmtree(out)
-    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    for d in subdirs:
+        (out / d).mkdir(parents=True, exist_ok=True)
 
 
 def save_checkpoint(path: Path, model: torch.nn.Module, cfg: ClassifyConfig, data: ClassData, extra: dict[str, Any]) -> None:
@@ -622,16 +636,49 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[li
 
 
 def load_split(train_spec, val_spec, cfg: ClassifyConfig) -> tuple[ClassData, ClassData]:
+    """(train, val); synthetic images (cfg.synthetic) join the training set after the split, never val."""
     train = load_dataset(train_spec, cfg.image_size, cfg.positive, default_split="train")
     if val_spec is None:
         tr, va = stratified_split(train.labels.numpy(), cfg.val_fraction, cfg.seed)
         log.warning("no --val given: validating on %d of %d images split off %s (stratified, seed %d)", len(va), len(train), train.source, cfg.seed)
-        return train.subset(tr), train.subset(va)
+        return add_synthetic(train.subset(tr), cfg), train.subset(va)
     val = load_dataset(val_spec, cfg.image_size, cfg.positive, source_classes=train.source_classes, default_split="val")
     if train.images.shape[1] != val.images.shape[1]:  # gray train, RGB val (or back): use RGB for both
         train.images = train.images.expand(-1, 3, -1, -1).contiguous() if train.images.shape[1] == 1 else train.images
         val.images = val.images.expand(-1, 3, -1, -1).contiguous() if val.images.shape[1] == 1 else val.images
-    return train, val
+    return add_synthetic(train, cfg), val
+
+
+def synthetic_folder(spec: str | Path) -> Path:
+    """A folder of images, or the output folder of `qmed synthesize` (its images/ sub-folder)."""
+    p = Path(spec)
+    return p / "images" if (p / "images").is_dir() else p
+
+
+def synthetic_class(cfg: ClassifyConfig, source_classes: list[str]) -> str:
+    cls = cfg.synthetic_class or cfg.positive or (source_classes[1] if len(source_classes) == 2 else None)
+    if cls is None:
+        raise QmedInputError(None, f"--synthetic needs --synthetic-class (or --positive) on a {len(source_classes)}-class dataset")
+    if cls not in source_classes:
+        raise QmedInputError(None, f"synthetic class {cls!r} not found; classes are: {', '.join(source_classes)}")
+    return cls
+
+
+def add_synthetic(train: ClassData, cfg: ClassifyConfig) -> ClassData:
+    """The training set plus cfg.synthetic's images, labelled as cfg.synthetic_class (default: the
+    positive class; a two-class dataset: its second class). Channels follow the training set."""
+    if not cfg.synthetic:
+        return train
+    cls = synthetic_class(cfg, train.source_classes)
+    folder = synthetic_folder(cfg.synthetic)
+    images, names = load_images(folder, cfg.image_size)
+    c = train.images.shape[1]
+    if images.shape[1] != c:  # gray synthetic into RGB training data, or back
+        images = images.expand(-1, 3, -1, -1) if c == 3 else images.float().mean(1, keepdim=True).round().to(torch.uint8)
+    label = _task_labels([cls], train.source_classes, cfg.positive)[0][0]
+    log.info("training set: + %d synthetic %s images from %s (never in validation)", len(names), cls, folder)
+    return ClassData(torch.cat([train.images, images.contiguous()]), torch.cat([train.labels, torch.full((len(names),), label)]),
+                     train.classes, train.source_classes, train.names + [f"synthetic:{n}" for n in names], train.source)
 
 
 def _param_groups(model, cfg: ClassifyConfig) -> list[dict]:
@@ -786,6 +833,8 @@ def _fit(cfg, model, train: ClassData, val: ClassData, out: Path, dev, model_inf
         "method": cfg.method, "model": model_info, "classes": train.classes, "positive": cfg.positive or (train.classes[1] if train.binary else None),
         "train": {"source": train.source, "n": len(train), "counts": dict(zip(train.classes, train.counts()))},
         "val": {"source": val.source, "n": len(val), "counts": dict(zip(val.classes, val.counts()))},
+        "synthetic": {"source": str(synthetic_folder(cfg.synthetic)), "n": sum(n.startswith("synthetic:") for n in train.names),
+                      "class": synthetic_class(cfg, train.source_classes)} if cfg.synthetic else None,
         "best_epoch": best_epoch, "epochs_run": len(rows), "steps": steps, "train_seconds": train_seconds,
         "mean_step_seconds": step_seconds / max(1, steps), "stop_reason": stop_reason, "profile": prof,
         "alpha": float(model.pqc.alpha.detach()) if model.pqc is not None else None,
@@ -895,18 +944,24 @@ def list_inputs(spec: str | Path) -> list[Path]:
     return files
 
 
+def load_images(spec: str | Path, image_size: int, default_split: str = "train") -> tuple[torch.Tensor, list[str]]:
+    """Unlabelled images -> ((N, C, S, S) uint8, names): a folder (searched recursively, so class
+    sub-folders are fine and their names are ignored), one image file, or FILE.npz[:SPLIT]."""
+    path, split = split_spec(spec)
+    if path.suffix.lower() == ".npz":
+        _, imgs, names, _ = _load_npz(path, split or default_split, image_size)
+    else:
+        files = list_inputs(path)
+        imgs = [_resize(read_image(f), image_size) for f in files]
+        names = [str(f) for f in files]
+    return _stack(imgs), names
+
+
 def predict_files(model_path, input_spec, out_csv: Path, threshold: float | None = None, device: str | None = None) -> int:
     """Class probabilities for every image under `input_spec` (folder, image, or FILE.npz:SPLIT) -> CSV."""
     dev = pick_device(device)
     model, cfg, state = load_classifier(model_path, dev)
-    path, split = split_spec(input_spec)
-    if path.suffix.lower() == ".npz":
-        _, imgs, names, _ = _load_npz(path, split or _eval_split(path), cfg.image_size)
-    else:
-        files = list_inputs(path)
-        imgs = [_resize(read_image(f), cfg.image_size) for f in files]
-        names = [str(f) for f in files]
-    x = _stack(imgs)
+    x, names = load_images(input_spec, cfg.image_size, _eval_split(input_spec))
     if x.shape[1] == 1 and state.get("channels", 1) == 3:
         x = x.expand(-1, 3, -1, -1)
     prob = predict_proba(model, x, dev)

@@ -85,7 +85,7 @@ def train_cmd(
     out: Path = typer.Option(..., "--out", help="Run directory: config.json, metrics.csv, train.log, checkpoints/, summary.json, eval/."),
     positive: Optional[str] = typer.Option(None, help="Binary task: this class vs the rest (e.g. malignant). Default: all classes."),
     model: str = typer.Option("mobilenet_v2", help="mobilenet_v2, resnet18, densenet121, vgg16, efficientnet_b0, or timm:NAME."),
-    weights: str = typer.Option("imagenet", help="imagenet (mobilenet_v2: the offline file when installed), a local .pth, offline-mobilenet, or none."),
+    weights: str = typer.Option("imagenet", help="imagenet (mobilenet_v2: the offline file when installed), a local .pth (e.g. qmed pretrain simclr's encoder.pth), offline-mobilenet, or none."),
     pqc: bool = typer.Option(True, "--pqc/--no-pqc", help="Quantum feature layer on the pooled features."),
     qubits: int = typer.Option(4, help="Qubits Q of the quantum layer."),
     layers: int = typer.Option(2, help="Variational entangling layers L."),
@@ -103,6 +103,8 @@ def train_cmd(
     patience: int = typer.Option(6, help="Early stopping: epochs without a better validation AUC."),
     class_weights: bool = typer.Option(False, "--class-weights/--no-class-weights", help="Inverse-frequency class-weighted cross-entropy."),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Flips, small rotations/scales/shifts, brightness/contrast."),
+    synthetic: Optional[str] = typer.Option(None, "--synthetic", help="Folder of extra images (or a `qmed synthesize` output folder) added to the training set only, never to validation."),
+    synthetic_class: Optional[str] = typer.Option(None, "--synthetic-class", help="Class of the --synthetic images (default: --positive, or the second class of a two-class set)."),
     seed: int = typer.Option(0),
     force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out directory."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, ... (default: cuda if available)."),
@@ -114,7 +116,8 @@ def train_cmd(
     cfg = _base_config(model=model, weights=_weights(weights), pqc=pqc, qubits=qubits, layers=layers, entangler=entangler,
                        rotation=rotation, qdevice=qdevice, diff_method=diff_method, positive=positive, image_size=image_size,
                        batch_size=batch_size, epochs=epochs, minutes=minutes, lr=lr, pqc_lr_mult=pqc_lr_mult,
-                       weight_decay=weight_decay, patience=patience, class_weights=class_weights, augment=augment, seed=seed)
+                       weight_decay=weight_decay, patience=patience, class_weights=class_weights, augment=augment, seed=seed,
+                       synthetic=synthetic, synthetic_class=synthetic_class)
     s = train_classifier(cfg, data, val, out, force=force, device=device)
     con = _console()
     con.print(_metrics_line(s["val_metrics"], f"val ({s['val']['n']} images, best epoch {s['best_epoch']})"), markup=False, highlight=False, soft_wrap=True)
