@@ -86,7 +86,7 @@ def test_quality_failing_method_gets_a_row(fluo_subset, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("simulated crash")
 
-    monkeypatch.setattr(bench_quality, "_run_qmed_like", boom)
+    monkeypatch.setattr(bench_quality, "train_to_budget", boom)
     doc = run_quality(fluo_subset["train"], fluo_subset["val"], tmp_path / "q", minutes=0.1, methods=["qmed", "nnunet"],
                       n_boot=10, say=lambda m: None)
     rows = {r["method"]: r for r in doc["results"]}

@@ -196,7 +196,8 @@ class BareSmp(nn.Module):
 
         from .models.segmenter import ARCHS, IMAGENET_MEAN, IMAGENET_STD
 
-        self.net = getattr(smp, ARCHS[model_cfg.arch])(encoder_name=model_cfg.encoder, encoder_weights=None, in_channels=3, classes=1,
+        # the Table II ladder's archs (qmed decoders) are compared with smp's plain Unet
+        self.net = getattr(smp, ARCHS.get(model_cfg.arch, "Unet"))(encoder_name=model_cfg.encoder, encoder_weights=None, in_channels=3, classes=1,
                                                        decoder_channels=list(model_cfg.decoder_channels),
                                                        decoder_attention_type=model_cfg.attention)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)

@@ -193,8 +193,11 @@ def _fit_config(cfg, train_dir: Path, val_dir: Path, budget_s: float, device: st
 
 # -- the three methods --------------------------------------------------------------------------
 
-def _run_qmed_like(cfg, train_dir: Path, val_dir: Path, out: Path, budget_s: float, device: str | None,
-                   tta_views: list[bool], say: Callable) -> dict:
+def train_to_budget(cfg, train_dir: Path, val_dir: Path, out: Path, budget_s: float, device: str | None,
+                    tta_views: list[bool], say: Callable) -> dict:
+    """Train `cfg` on TRAIN (a folder or CSV list) for `budget_s` seconds of training loop (fitted as
+    in the module docstring) into OUT/run, then predict VAL's images once per entry of `tta_views`
+    (True: the preset's TTA) into OUT/preds-tta or OUT/preds. Also used by `qmed ablate` and `qmed curve`."""
     from .predict import predict_folder
     from .train import train
 
@@ -215,10 +218,11 @@ def _run_qmed_like(cfg, train_dir: Path, val_dir: Path, out: Path, budget_s: flo
             "config": cfg.model_dump(), "preds": preds, "run": str(run)}
 
 
-def smp_baseline_config(preset: str = "cpu"):
-    from .config import resolve_config
+def smp_baseline_config(preset: str = "cpu", overrides: dict | None = None):
+    """The plain smp baseline: SMP_BASELINE's switches on `preset` (after `overrides`, e.g. parsed --set)."""
+    from .config import _deep_merge, resolve_config
 
-    return resolve_config(preset, overrides=json.loads(json.dumps(SMP_BASELINE)))
+    return resolve_config(preset, overrides=_deep_merge(overrides or {}, json.loads(json.dumps(SMP_BASELINE))))
 
 
 # -- nnU-Net ------------------------------------------------------------------------------------
@@ -395,6 +399,7 @@ def score(pred_dir: Path, val_dir: Path, n_boot: int, seed: int) -> dict:
         "dice_pooled": {"mean": summary["dice_pooled"], "ci": list(_boot_ci(rows, _pooled_dice, n_boot, seed)), "n": len(rows)},
         "iou_fg": per_image("iou_mean_fg"),
         "hd95": {**per_image("hd95"), "n_undefined": summary["hd95"].get("n_undefined", 0)},
+        "boundary_f1": per_image("boundary_f1"),
         "small_object_recall": {"mean": summary["small_object_recall"], "ci": list(_boot_ci(rows, _small_recall, n_boot, seed)),
                                 "n": summary["small_object_counts"]["n_small"]},
         "object_f1": {"mean": summary["object_f1"], "ci": [float("nan"), float("nan")], "n": len(rows)},
@@ -402,7 +407,7 @@ def score(pred_dir: Path, val_dir: Path, n_boot: int, seed: int) -> dict:
     return {"figures": figures, "summary": summary, "per_image": rows}
 
 
-def _fmt(fig: dict | None, digits: int = 3) -> str:
+def fmt_figure(fig: dict | None, digits: int = 3) -> str:
     if not fig:
         return "-"
     m = fig.get("mean")
@@ -424,8 +429,8 @@ def table_rows(results: list[dict]) -> list[list[str]]:
         out.append([
             r["method"], f"{r['budget_minutes']:g}", f"{r['train_seconds'] / 60:.1f}" if r.get("train_seconds") is not None else "-",
             f"{r['total_seconds'] / 60:.1f}" if r.get("total_seconds") is not None else "-", r.get("work") or "-",
-            _fmt(f.get("dice_empty1")), _fmt(f.get("dice_fg")), _fmt(f.get("dice_pooled")), _fmt(f.get("iou_fg")),
-            _fmt(f.get("hd95"), 1), _fmt(f.get("small_object_recall")),
+            fmt_figure(f.get("dice_empty1")), fmt_figure(f.get("dice_fg")), fmt_figure(f.get("dice_pooled")), fmt_figure(f.get("iou_fg")),
+            fmt_figure(f.get("hd95"), 1), fmt_figure(f.get("small_object_recall")),
             "ok" if r["status"] == "ok" else f"{r['status']}: {r.get('reason', '')}",
         ])
     return out
@@ -433,6 +438,35 @@ def table_rows(results: list[dict]) -> list[list[str]]:
 
 FIGURE_ROWS = [("Dice, empty=1 (paper)", "dice_empty1", 3), ("Dice, fg images", "dice_fg", 3), ("Dice, pooled", "dice_pooled", 3),
                ("IoU, fg images", "iou_fg", 3), ("HD95 (px)", "hd95", 1), ("small-object recall", "small_object_recall", 3)]
+
+
+def figure_cell(fig: dict | None, digits: int = 3, ci: bool = True) -> str:
+    """A terminal table cell: the mean, and (with `ci`) its CI on a second line, 2 decimals."""
+    if not fig or fig.get("mean") is None or not math.isfinite(fig["mean"]):
+        return "-" if not fig else "n/a"
+    lo, hi = fig.get("ci") or [None, None]
+    has_ci = ci and lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi)
+    return f"{fig['mean']:.{digits}f}" + (f"\n[{lo:.{min(digits, 2)}f}, {hi:.{min(digits, 2)}f}]" if has_ci else "")
+
+
+COMPACT_FIGURES = [("Dice\nempty=1", "dice_empty1", 3, True), ("Dice\npooled", "dice_pooled", 3, False), ("IoU\nfg", "iou_fg", 3, False),
+                   ("HD95\npx", "hd95", 1, False), ("BF1", "boundary_f1", 3, False), ("small\nrecall", "small_object_recall", 3, False)]
+
+
+def compact_table(title: str, lead: list[str], rows: list[tuple[list[str], dict]]):
+    """A terminal table that fits 80 columns: the `lead` columns (the first never wraps), then the main
+    figures, the CI under the per-image Dice only. `rows`: (lead cells, figures) per row."""
+    from rich import box
+    from rich.table import Table
+
+    t = Table(title=title, box=box.SIMPLE_HEAD, padding=0, pad_edge=False)
+    for i, name in enumerate(lead):
+        t.add_column(name, no_wrap=i == 0)
+    for label, *_ in COMPACT_FIGURES:
+        t.add_column(label, justify="right", no_wrap=True)
+    for cells, figures in rows:
+        t.add_row(*cells, *[figure_cell((figures or {}).get(key), digits, ci) for _, key, digits, ci in COMPACT_FIGURES])
+    return t
 
 
 def rich_table(results: list[dict], title: str):
@@ -444,13 +478,6 @@ def rich_table(results: list[dict], title: str):
     for r in results:
         t.add_column(r["method"], justify="right")
 
-    def cell(fig: dict | None, digits: int) -> str:
-        if not fig or fig.get("mean") is None or not math.isfinite(fig["mean"]):
-            return "-" if not fig else "n/a"
-        lo, hi = fig.get("ci") or [None, None]
-        ci = f"\n[{lo:.{min(digits, 2)}f}, {hi:.{min(digits, 2)}f}]" if lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi) else ""
-        return f"{fig['mean']:.{digits}f}{ci}"
-
     def mins(r: dict, key: str) -> str:
         return "-" if r.get(key) is None else f"{r[key] / 60:.1f}"
 
@@ -459,7 +486,7 @@ def rich_table(results: list[dict], title: str):
     t.add_row("total (min)", *[mins(r, "total_seconds") for r in results])
     t.add_row("work done", *[r.get("work") or "-" for r in results])
     for label, key, digits in FIGURE_ROWS:
-        t.add_row(label, *[cell((r.get("figures") or {}).get(key), digits) for r in results])
+        t.add_row(label, *[figure_cell((r.get("figures") or {}).get(key), digits) for r in results])
     t.add_row("status", *["ok" if r["status"] == "ok" else f"{r['status']} (below)" for r in results])
     return t
 
@@ -469,23 +496,42 @@ def failure_notes(results: list[dict]) -> list[str]:
 
 
 def markdown_table(results: list[dict]) -> str:
-    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
-    for row in table_rows(results):
-        lines.append("| " + " | ".join(c.replace("|", "/") for c in row) + " |")
+    return md_table(TABLE_COLUMNS, table_rows(results))
+
+
+def md_table(columns: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table; '|' inside a cell becomes '/'."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+# The figures of the `qmed ablate` / `qmed curve` Markdown tables: (column, figures key, digits).
+MD_FIGURES = [("Dice empty=1 [95% CI]", "dice_empty1", 3), ("Dice fg", "dice_fg", 3), ("Dice pooled [95% CI]", "dice_pooled", 3),
+              ("IoU fg", "iou_fg", 3), ("HD95 px", "hd95", 1), ("boundary F1", "boundary_f1", 3),
+              ("small-obj recall", "small_object_recall", 3)]
+
+
+def md_figures(row: dict) -> list[str]:
+    f = row.get("figures") or {}
+    return [fmt_figure(f.get(key), digits) for _, key, digits in MD_FIGURES]
+
+
+def status_text(row: dict) -> str:
+    return "ok" if row["status"] == "ok" else f"{row['status']}: {row.get('reason', '')}"
 
 
 # -- the benchmark ------------------------------------------------------------------------------
 
-def _json_safe(obj):
+def json_safe(obj):
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
+        return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     if isinstance(obj, (np.generic,)):
-        return _json_safe(obj.item())
+        return json_safe(obj.item())
     if isinstance(obj, Path):
         return str(obj)
     return obj
@@ -504,10 +550,6 @@ def run_quality(train_dir: str | Path, val_dir: str | Path, out: str | Path, min
                 nnunet_trainer: str = NNUNET_BUDGET_TRAINER, dataset_id: int = 501, n_boot: int = 2000, seed: int = 0,
                 force: bool = False, say: Callable = print) -> dict:
     """Train, predict and score every method; write OUT/quality.json and OUT/quality.md. Returns the JSON document."""
-    import platform
-
-    import torch
-
     from .config import resolve_config
     from .data.dataset import find_pairs
 
@@ -517,82 +559,116 @@ def run_quality(train_dir: str | Path, val_dir: str | Path, out: str | Path, min
     find_pairs(train_dir)  # bad data or a bad preset fails here, before any method runs
     find_pairs(val_dir)
     resolve_config(preset)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not force:
-            raise QmedInputError(out, "output folder exists and is not empty; pass --force to overwrite it")
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_out(out, force)
     budget_s = minutes * 60.0
     results: list[dict] = []
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     for method in methods:
         say(f"[{method}] {minutes:g} min budget")
-        t0 = time.time()
-        rows: list[dict] = []
-        try:
+
+        def run_method(method: str = method) -> list[dict]:
             if method == "qmed":
-                cfg = resolve_config(preset)
-                r = _run_qmed_like(cfg, train_dir, val_dir, out / "qmed", budget_s, device, [True, False], say)
-                rows = [{"method": "qmed", "tta": 7, **r, "pred_dir": r["preds"][True]},
+                r = train_to_budget(resolve_config(preset), train_dir, val_dir, out / "qmed", budget_s, device, [True, False], say)
+                return [{"method": "qmed", "tta": 7, **r, "pred_dir": r["preds"][True]},
                         {"method": "qmed-notta", "tta": 1, **r, "pred_dir": r["preds"][False]}]
-            elif method == "smp":
-                r = _run_qmed_like(smp_baseline_config(preset), train_dir, val_dir, out / "smp", budget_s, device, [False], say)
-                rows = [{"method": "smp", "tta": 1, **r, "pred_dir": r["preds"][False]}]
-            else:
-                r = _run_nnunet(train_dir, val_dir, out / "nnunet", budget_s, device, nnunet_trainer, dataset_id, say)
-                rows = [{"method": "nnunet", "tta": 4, **r, "pred_dir": r["preds"][True]}]
-            for row in rows:
-                row.update(score(row["pred_dir"], val_dir, n_boot, seed))
-                row["status"] = "ok"
-        except KeyboardInterrupt:
-            raise
-        except _Skip as exc:
-            rows = [{"method": method, "status": "skipped", "reason": str(exc)}]
-        except Exception as exc:  # one method failing must not stop the others
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            rows = [{"method": method, "status": "failed", "reason": f"{type(exc).__name__}: {msg}"[:300]}]
-            (out / method).mkdir(parents=True, exist_ok=True)
-            write_text(out / method / "error.txt", traceback.format_exc())
-        total = time.time() - t0
-        for row in rows:
-            row.pop("preds", None)
+            if method == "smp":
+                r = train_to_budget(smp_baseline_config(preset), train_dir, val_dir, out / "smp", budget_s, device, [False], say)
+                return [{"method": "smp", "tta": 1, **r, "pred_dir": r["preds"][False]}]
+            r = _run_nnunet(train_dir, val_dir, out / "nnunet", budget_s, device, nnunet_trainer, dataset_id, say)
+            return [{"method": "nnunet", "tta": 4, **r, "pred_dir": r["preds"][True]}]
+
+        for row in run_guarded(method, run_method, out / method, val_dir, n_boot, seed, say):
             row["budget_minutes"] = minutes
-            row["total_seconds"] = round(total, 1)
-            if row["status"] != "ok":
-                say(f"  {row['method']}: {row['status']}: {row['reason']}")
             results.append(row)
-        write_json(out / "quality.json", _json_safe(_document(results, train_dir, val_dir, minutes, preset, device, nnunet_trainer,
-                                                              n_boot, seed, started, platform, torch)))
-    doc = _json_safe(_document(results, train_dir, val_dir, minutes, preset, device, nnunet_trainer, n_boot, seed, started,
-                               platform, torch, finished=True))
+        write_json(out / "quality.json", json_safe(_document(results, train_dir, val_dir, minutes, preset, device, nnunet_trainer,
+                                                              n_boot, seed, started)))
+    doc = json_safe(_document(results, train_dir, val_dir, minutes, preset, device, nnunet_trainer, n_boot, seed, started,
+                               finished=True))
     write_json(out / "quality.json", doc)
     write_text(out / "quality.md", _markdown(doc, results))
     return doc
 
 
-def _document(results, train_dir, val_dir, minutes, preset, device, nnunet_trainer, n_boot, seed, started, platform, torch,
+def prepare_out(out: Path, force: bool) -> None:
+    """An empty output folder: a non-empty one is refused unless `force` (then cleared)."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not force:
+            raise QmedInputError(out, "output folder exists and is not empty; pass --force to overwrite it")
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def run_guarded(method: str, run: Callable[[], list[dict]], err_dir: Path, val_dir: Path, n_boot: int, seed: int,
+                say: Callable) -> list[dict]:
+    """Run one method and score its rows (`run` returns rows, each with a `pred_dir`) with `score`.
+
+    A method that cannot run (_Skip) or crashes becomes one row with the reason and the traceback
+    in ERR_DIR/error.txt, so one failure never stops the others. Every row gets `status` and
+    `total_seconds` (training, prediction and scoring)."""
+    t0 = time.time()
+    try:
+        rows = run()
+        for row in rows:
+            row.update(score(row["pred_dir"], val_dir, n_boot, seed))
+            row["status"] = "ok"
+    except KeyboardInterrupt:
+        raise
+    except _Skip as exc:
+        rows = [{"method": method, "status": "skipped", "reason": str(exc)}]
+    except Exception as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        rows = [{"method": method, "status": "failed", "reason": f"{type(exc).__name__}: {msg}"[:300]}]
+        err_dir.mkdir(parents=True, exist_ok=True)
+        write_text(err_dir / "error.txt", traceback.format_exc())
+    for row in rows:
+        row.pop("preds", None)
+        row["total_seconds"] = round(time.time() - t0, 1)
+        if row["status"] != "ok":
+            say(f"  {row['method']}: {row['status']}: {row['reason']}")
+    return rows
+
+
+def machine_info() -> dict:
+    import platform
+
+    import torch
+
+    return {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+
+
+def _document(results, train_dir, val_dir, minutes, preset, device, nnunet_trainer, n_boot, seed, started,
               finished: bool = False) -> dict:
-    slim = []
-    for r in results:
-        s = {k: v for k, v in r.items() if k not in ("per_image",)}
-        slim.append(s)
+    settings = {"train": str(Path(train_dir).resolve()), "val": str(Path(val_dir).resolve()), "minutes_per_method": minutes,
+                "preset": preset, "device": device or default_device(), "nnunet_trainer": nnunet_trainer, "n_boot": n_boot, "seed": seed}
+    return result_document("quality", results, settings, started, finished)
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def result_document(benchmark: str, results: list[dict], settings: dict, started: str, finished: bool) -> dict:
+    """The JSON document of a run of methods: settings, machine, one entry per row, per-image figures apart."""
     return {
-        "benchmark": "quality",
+        "benchmark": benchmark,
         "finished": finished,
         "started": started,
-        "settings": {"train": str(Path(train_dir).resolve()), "val": str(Path(val_dir).resolve()), "minutes_per_method": minutes,
-                     "preset": preset, "device": device or ("cuda" if torch.cuda.is_available() else "cpu"),
-                     "nnunet_trainer": nnunet_trainer, "n_boot": n_boot, "seed": seed},
-        "machine": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-                    "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()},
-        "results": slim,
+        "settings": settings,
+        "machine": machine_info(),
+        "results": [{k: v for k, v in r.items() if k != "per_image"} for r in results],
         "per_image": {r["method"]: r.get("per_image") for r in results if r.get("per_image")},
     }
 
 
 def _markdown(doc: dict, results: list[dict]) -> str:
+    return f"# qmed benchmark quality\n\n{settings_sentence(doc, doc['settings']['minutes_per_method'], 'method')}\n\n" + markdown_table(results)
+
+
+def settings_sentence(doc: dict, minutes: float, per: str) -> str:
+    """What a result document was run on, for the head of its Markdown table."""
     s = doc["settings"]
-    head = (f"# qmed benchmark quality\n\nstarted {doc['started']}; train {s['train']}, val {s['val']}; "
-            f"{s['minutes_per_method']:g} min training per method on {s['device']} ({doc['machine']['cpu_count']} CPUs); "
-            f"95 % bootstrap CIs ({s['n_boot']} resamples, seed {s['seed']}).\n\n")
-    return head + markdown_table(results)
+    return (f"started {doc['started']}; train {s['train']}, val {s['val']}; {minutes:g} min training per {per} on {s['device']} "
+            f"({doc['machine']['cpu_count']} CPUs); 95 % bootstrap CIs ({s['n_boot']} resamples, seed {s['seed']}).")

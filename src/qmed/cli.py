@@ -244,6 +244,17 @@ from .classify_cli import classify_app  # noqa: E402
 app.add_typer(classify_app, name="classify")
 app.add_typer(benchmark_app, name="benchmark")
 
+from .ladder_cli import ablate, curve  # noqa: E402
+
+app.command("ablate")(ablate)
+app.command("curve")(curve)
+
+from .pretrain_cli import pretrain_app  # noqa: E402
+from .synthesize_cli import synthesize_cmd  # noqa: E402
+
+app.add_typer(pretrain_app, name="pretrain")
+app.command("synthesize")(synthesize_cmd)
+
 
 def main() -> None:  # pragma: no cover
     app()

@@ -32,8 +32,28 @@ class EdgeConfig(_Section):
     ksize: int = 31
 
 
+class HQConfig(_Section):
+    """HQ-UNet's bottleneck layer (SPEC Q4; `qmed.models.hq_unet`): the Q1 PQC layer with Q qubits and L layers."""
+
+    qubits: int = 4
+    layers: int = 2
+    entangler: Literal["strong", "basic"] = "strong"
+    # `classical` is the twin for the equal-size comparison: the circuit replaced by a small MLP
+    # with (as nearly as integer widths allow) the circuit's parameter count.
+    core: Literal["quantum", "classical"] = "quantum"
+    # `positions`: the circuit at every bottleneck position (quanvolution-like); `pooled`: once on
+    # the globally averaged bottleneck, its output added at every position.
+    placement: Literal["positions", "pooled"] = "positions"
+    alpha_init: float = 0.01
+    device: str = "default.qubit"
+    diff_method: str = "backprop"
+
+
 class ModelConfig(_Section):
-    arch: Literal["unetplusplus", "unet"] = "unetplusplus"
+    # unetplusplus / unet: smp's. attention_unet, ms_attention_unet (Table II ladder) and hq_unet
+    # (Q4) use the same smp encoder (model.encoder, model.encoder_weights) with qmed's decoders
+    # (`qmed.models.ladder`, `qmed.models.hq_unet`).
+    arch: Literal["unetplusplus", "unet", "attention_unet", "ms_attention_unet", "hq_unet"] = "unetplusplus"
     encoder: str = "efficientnet-b7"
     # "imagenet" (hub download), a path to a .pth state dict, "offline-mobilenet" (the local
     # torchvision MobileNetV2 file, if installed) or null for random init.
@@ -45,6 +65,10 @@ class ModelConfig(_Section):
     input_mode: Literal["projection", "stem4", "none"] = "projection"
     projection_mid: int = 16
     edge: EdgeConfig = Field(default_factory=EdgeConfig)
+    # Dropout2d after each decoder block of attention_unet / ms_attention_unet (MC-Dropout active
+    # learning needs it > 0); the smp archs have no such layer and refuse a value > 0.
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    hq: HQConfig = Field(default_factory=HQConfig)
 
 
 class AugmentConfig(_Section):
@@ -90,7 +114,9 @@ class TrainConfig(_Section):
     # constant (the plain smp baseline of `qmed benchmark quality`).
     schedule: Literal["onecycle", "constant"] = "onecycle"
     clip_grad: Optional[float] = 0.5
-    loss: Literal["stabilized", "dice_bce"] = "stabilized"
+    # stabilized: Algorithm 1; dice_bce: the smp-style baseline; dice: soft Dice alone and hybrid:
+    # 0.5 Dice + 0.3 Focal + 0.2 Boundary (the Table II ladder's losses; `qmed.losses`).
+    loss: Literal["stabilized", "dice_bce", "dice", "hybrid"] = "stabilized"
     # Upper clamp of the stabilised loss's automatic pos_weight (Algorithm 1: 50; 1 = unweighted BCE).
     pos_weight_max: float = 50.0
     amp: bool = True

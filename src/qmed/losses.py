@@ -1,4 +1,5 @@
-"""Segmentation losses: the paper's stabilised hybrid loss (Algorithm 1) and a Dice+BCE baseline.
+"""Segmentation losses: the paper's stabilised hybrid loss (Algorithm 1), a Dice+BCE baseline, and
+the Table II ladder's Dice and Dice + Focal + Boundary losses (`HybridLoss`).
 
 StabilizedLoss, per Algorithm 1 (eps = 1e-7, smooth = 1):
 
@@ -25,9 +26,11 @@ Choices the paper leaves open:
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from scipy import ndimage
 
 
 def _check(logits: torch.Tensor, target: torch.Tensor) -> None:
@@ -96,20 +99,89 @@ class DiceBCELoss(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         _check(logits, target)
         logits, target = logits.float(), target.float()
-        p = torch.sigmoid(logits)
-        dice = (2 * (p * target).sum() + self.smooth) / (p.sum() + target.sum() + self.smooth)
-        l_dice = 1 - dice
+        l_dice = soft_dice_loss(torch.sigmoid(logits), target, self.smooth)
         l_bce = F.binary_cross_entropy_with_logits(logits, target)
         loss = self.w_dice * l_dice + self.w_bce * l_bce
         self.last = dict(zip(("dice", "bce", "loss"), torch.stack([l_dice, l_bce, loss]).detach().tolist()))
         return loss
 
 
-LOSSES = {"stabilized": StabilizedLoss, "dice_bce": DiceBCELoss}
+def soft_dice_loss(p: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """1 - (2 Σ p·T + smooth) / (Σ p + Σ T + smooth), pooled over every pixel of the batch."""
+    return 1 - (2 * (p * target).sum() + smooth) / (p.sum() + target.sum() + smooth)
+
+
+class DiceLoss(nn.Module):
+    """Soft Dice alone (pooled over the batch, smooth 1): the "U-Net + Dice loss" rung of Table II."""
+
+    def __init__(self, smooth: float = 1.0):
+        super().__init__()
+        self.smooth = smooth
+        self.last: dict[str, float] = {}
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        _check(logits, target)
+        loss = soft_dice_loss(torch.sigmoid(logits.float()), target.float(), self.smooth)
+        self.last = {"dice": float(loss.detach()), "loss": float(loss.detach())}
+        return loss
+
+
+def signed_distance(mask: np.ndarray) -> np.ndarray:
+    """Kervadec et al.'s signed distance map of one binary mask (their `one_hot2dist`), in pixels.
+
+    Outside the object: Euclidean distance to the nearest foreground pixel (>= 1). Inside:
+    -(distance to the nearest background pixel - 1), so the object's own boundary pixels are 0 and
+    deeper pixels negative. An empty mask (or an all-foreground one) has no boundary: all zeros,
+    as in the reference implementation."""
+    pos = np.asarray(mask, dtype=bool)
+    if not pos.any() or pos.all():
+        return np.zeros(pos.shape, dtype=np.float32)
+    neg = ~pos
+    return (ndimage.distance_transform_edt(neg) * neg - (ndimage.distance_transform_edt(pos) - 1) * pos).astype(np.float32)
+
+
+class HybridLoss(nn.Module):
+    """The Table II ladder's hybrid loss: L = 0.5·Dice + 0.3·Focal + 0.2·Boundary.
+
+    * Dice: `soft_dice_loss` on σ(logits), pooled over the batch, smooth 1 (as DiceBCELoss).
+    * Focal (Lin et al.): mean over pixels of -(1 - p_t)^γ · log p_t, p_t = σ(z) on foreground and
+      1 - σ(z) on background, γ = 2, no α class weight (the paper gives none); computed from
+      BCEWithLogits so it is stable for large |z|.
+    * Boundary (Kervadec et al., MIDL 2019): mean over pixels of σ(z)·φ_T, φ_T the `signed_distance`
+      map of each sample's target, in pixels, computed on the CPU from the target (no gradient).
+      The term is negative when probability sits inside objects, so L can be below 0; with an
+      empty target φ = 0 and the term is 0 (Dice and Focal still push such images to empty).
+    Computed in float32. `self.last` holds {"dice", "focal", "boundary", "loss"} after each call.
+    """
+
+    def __init__(self, w_dice: float = 0.5, w_focal: float = 0.3, w_boundary: float = 0.2, gamma: float = 2.0, smooth: float = 1.0):
+        super().__init__()
+        self.w_dice, self.w_focal, self.w_boundary = w_dice, w_focal, w_boundary
+        self.gamma, self.smooth = gamma, smooth
+        self.last: dict[str, float] = {}
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        _check(logits, target)
+        logits, target = logits.float(), target.float()
+        p = torch.sigmoid(logits)
+        l_dice = soft_dice_loss(p, target, self.smooth)
+        ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")  # = -log p_t
+        p_t = p * target + (1 - p) * (1 - target)
+        l_focal = ((1 - p_t) ** self.gamma * ce).mean()
+        t = target.detach().cpu().numpy() > 0.5
+        phi = torch.from_numpy(np.stack([signed_distance(m[0])[None] for m in t])).to(logits.device)
+        l_boundary = (p * phi).mean()
+        loss = self.w_dice * l_dice + self.w_focal * l_focal + self.w_boundary * l_boundary
+        self.last = dict(zip(("dice", "focal", "boundary", "loss"), torch.stack([l_dice, l_focal, l_boundary, loss]).detach().tolist()))
+        return loss
+
+
+LOSSES = {"stabilized": StabilizedLoss, "dice_bce": DiceBCELoss, "dice": DiceLoss, "hybrid": HybridLoss}
 
 
 def build_loss(name: str, **kw) -> nn.Module:
-    """Loss by name: "stabilized" (the paper's) or "dice_bce" (baseline); kw go to the constructor."""
+    """Loss by name: "stabilized" (the paper's), "dice_bce" (baseline), "dice" or "hybrid" (Table II
+    ladder); kw go to the constructor."""
     try:
         cls = LOSSES[name]
     except KeyError:

@@ -144,6 +144,21 @@ def _pairs_from_csv(path: Path) -> list[Pair]:
     return sorted(pairs, key=lambda p: p.name)
 
 
+def write_pairs_csv(path: str | Path, pairs: list[Pair]) -> Path:
+    """A CSV list of pairs (absolute paths) that `find_pairs` reads back: a subset of a dataset
+    without copying its files (learning curves, active learning)."""
+    import io
+
+    from ..fileio import write_text
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["image", "mask"])
+    w.writerows([str(p.image.resolve()), str(p.mask.resolve())] for p in pairs)
+    write_text(path, buf.getvalue())
+    return Path(path)
+
+
 def split_pairs(pairs: list[Pair], val_fraction: float = 0.2, seed: int = 0, group_pattern: str | None = None) -> tuple[list[Pair], list[Pair]]:
     """Deterministic train/val split. With `group_pattern` (a regex whose first match or group of a
     name is its group, e.g. patient ID), all images of a group land on the same side."""

@@ -1,4 +1,4 @@
-"""build(config) -> the segmenter: [edge channel] -> [4->3 projection] -> smp encoder/decoder.
+"""build(config) -> the segmenter: [edge channel] -> [4->3 projection] -> encoder/decoder.
 
 The model takes RGB in [0, 1] (gray repeated to 3 channels) and computes the Gabor edge channel
 itself, on its own device, after augmentation; so training, validation and prediction all see the
@@ -16,12 +16,15 @@ from torch import nn
 from ..config import ModelConfig
 from ..enhance import GaborEdge
 from ..errors import QmedInputError
+from .hq_unet import attach_bottleneck
+from .ladder import LADDER_ARCHS, LadderUNet
 from .projection import EdgeProjection
 from .weights import load_encoder_file, resolve_weights
 
 log = logging.getLogger("qmed")
 
-ARCHS = {"unetplusplus": "UnetPlusPlus", "unet": "Unet"}
+# smp model classes; hq_unet is smp's Unet with qmed's bottleneck layer attached.
+ARCHS = {"unetplusplus": "UnetPlusPlus", "unet": "Unet", "hq_unet": "Unet"}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -54,39 +57,52 @@ class Segmenter(nn.Module):
 
 
 def build(cfg: ModelConfig, pretrained: bool = True) -> Segmenter:
-    """Build the segmenter. `pretrained=False` skips weight loading (e.g. before a checkpoint load)."""
+    """Build the segmenter. `pretrained=False` skips weight loading (e.g. before a checkpoint load).
+
+    Every arch goes through the same front end (edge channel, projection / stem4 / none) and uses
+    smp's encoder `cfg.encoder`; unetplusplus and unet are smp's whole models, attention_unet and
+    ms_attention_unet smp's encoder with `qmed.models.ladder`'s decoders, hq_unet smp's unet with
+    `qmed.models.hq_unet`'s bottleneck layer."""
     hub_name, local = resolve_weights(cfg.encoder_weights, cfg.encoder) if pretrained else (None, None)
-    if cfg.arch not in ARCHS:
-        raise QmedInputError(None, f"unknown architecture {cfg.arch!r}; choose one of {', '.join(ARCHS)}")
     if len(cfg.decoder_channels) != 5:
         raise QmedInputError(None, f"model.decoder_channels needs 5 values (one per decoder stage), got {cfg.decoder_channels}")
-    kwargs = dict(
-        encoder_name=cfg.encoder,
-        in_channels=3,
-        classes=1,
-        decoder_channels=list(cfg.decoder_channels),
-        decoder_attention_type=cfg.attention,
-    )
+    if cfg.dropout > 0 and cfg.arch not in LADDER_ARCHS:
+        raise QmedInputError(None, f"model.dropout applies to {' and '.join(LADDER_ARCHS)} only, not arch {cfg.arch!r}; set it to 0")
     if hub_name is not None and cfg.encoder.startswith("tu-"):
         hub_name = True  # timm encoders take a bool; the variant is part of the name
-    try:
-        net = getattr(smp, ARCHS[cfg.arch])(encoder_weights=hub_name, **kwargs)
-    except KeyError:
-        raise QmedInputError(None, f"unknown encoder {cfg.encoder!r} (see segmentation_models_pytorch's encoder list)") from None
-    except (OSError, RuntimeError, ValueError) as exc:
-        if hub_name is None:
-            raise
-        raise QmedInputError(
-            None,
-            f"could not fetch {hub_name!r} weights for encoder {cfg.encoder!r} ({type(exc).__name__}); offline? "
-            "pass a local file with --set model.encoder_weights=/path/to/weights.pth, or null for random init",
-        ) from None
+
+    def make() -> nn.Module:
+        if cfg.arch in LADDER_ARCHS:
+            encoder = smp.encoders.get_encoder(cfg.encoder, in_channels=3, depth=5, weights=hub_name)
+            return LadderUNet(encoder, cfg.decoder_channels, dropout=cfg.dropout, **LADDER_ARCHS[cfg.arch])
+        return getattr(smp, ARCHS[cfg.arch])(encoder_name=cfg.encoder, encoder_weights=hub_name, in_channels=3, classes=1,
+                                             decoder_channels=list(cfg.decoder_channels), decoder_attention_type=cfg.attention)
+
+    net = _fetch(make, cfg.encoder, hub_name)
+    if cfg.arch == "hq_unet":
+        attach_bottleneck(net, cfg.hq)
     if local is not None:
         load_encoder_file(net.encoder, local)
     if cfg.input_mode == "stem4":
         # smp re-uses the pretrained RGB kernels for the new channel (cycled and rescaled).
         net.encoder.set_in_channels(4, pretrained=hub_name is not None or local is not None)
     return Segmenter(cfg, net)
+
+
+def _fetch(make, encoder: str, hub_name):
+    """make() with smp's errors for an unknown encoder or unreachable hub weights as one-line messages."""
+    try:
+        return make()
+    except KeyError:
+        raise QmedInputError(None, f"unknown encoder {encoder!r} (see segmentation_models_pytorch's encoder list)") from None
+    except (OSError, RuntimeError, ValueError) as exc:
+        if hub_name is None:
+            raise
+        raise QmedInputError(
+            None,
+            f"could not fetch {hub_name!r} weights for encoder {encoder!r} ({type(exc).__name__}); offline? "
+            "pass a local file with --set model.encoder_weights=/path/to/weights.pth, or null for random init",
+        ) from None
 
 
 def count_parameters(model: nn.Module) -> int:
