@@ -114,3 +114,20 @@ def test_inspect_classification_data(shared_data):
     res = run("inspect", shared_data / "pneumoniamnist" / "pneumoniamnist.npz")
     assert res.exit_code == 0, res.output
     assert "train: 4707 images" in res.output
+
+
+def test_train_minutes_fits_the_schedule_to_the_budget(fluo_subset, tmp_path):
+    import yaml
+
+    out = tmp_path / "r"
+    res = run("train", "--preset", "tiny", "--data", fluo_subset["train"], "--val", fluo_subset["val"], "--out", out,
+              "--quiet", "--no-report", "--minutes", "0.2")
+    assert res.exit_code == 0, res.output
+    assert "calibrated" in res.output
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["train"]["max_minutes"] == pytest.approx(1.05 * 0.2)
+    assert 1 <= cfg["train"]["epochs"] <= 2  # at most the preset's
+    assert cfg["data"]["samples_per_epoch"] % 2 == 0 and cfg["data"]["samples_per_epoch"] >= 2
+    assert (out / "summary.json").is_file()
+    res = run("train", "--resume", out, "--minutes", "1")
+    assert res.exit_code == 2 and "--minutes" in res.output

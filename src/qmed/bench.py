@@ -7,11 +7,12 @@ For a preset at a given crop size and batch, on CPU or CUDA:
   data = uniform image draw, random crop, flips and 90-degree rotations (the smp baseline of
   `qmed benchmark quality`).
 * train step, recipe: qmed's model (Gabor edge channel -> 4->3 projection -> the same smp net),
-  the stabilised loss, AdamW with the preset's accumulation and clipping; data = the complexity
+  the preset's loss (`train.loss`: Algorithm 1 in `paper`, Dice + BCE in `cpu`), AdamW with the
+  preset's accumulation and clipping; data = the complexity
   sampler's draw + crop + the full augmentation (elastic, brightness/contrast).
 * the recipe's parts, each timed alone on the same batch and device: edge channel (GaborEdge
   forward), projection (forward + backward), data pipeline per batch (recipe vs bare), loss
-  (stabilised vs Dice + BCE, forward + backward). Each is reported as a share of the recipe step
+  (the preset's vs Dice + BCE, forward + backward). Each is reported as a share of the recipe step
   and as a fraction of the bare step; "rest" is what the parts do not explain (optimizer, clipping,
   accumulation, measurement noise).
 * inference: the recipe model without and with 7-fold dihedral TTA, and the bare net, in eval mode
@@ -511,7 +512,7 @@ ROW_LABELS = [
     ("  edge channel (Gabor fwd)", "edge"),
     ("  projection 4->3 (fwd+bwd)", "projection"),
     ("  loss Dice+BCE (fwd+bwd)", "loss_bare"),
-    ("  loss stabilised (fwd+bwd)", "loss_recipe"),
+    ("  loss, recipe's train.loss (fwd+bwd)", "loss_recipe"),
     ("inference, bare smp", "infer_bare"),
     ("inference, recipe", "infer_recipe"),
     ("inference, recipe, TTA", "infer_recipe_tta"),

@@ -114,6 +114,7 @@ def train(
     config: Optional[Path] = typer.Option(None, "--config", help="YAML file overriding preset fields."),
     set_: List[str] = typer.Option([], "--set", help="Override one field, e.g. --set train.epochs=50 --set model.encoder=resnet34."),
     epochs: Optional[int] = typer.Option(None, help="Shortcut for --set train.epochs=N."),
+    minutes: Optional[float] = typer.Option(None, "--minutes", help="Fit the run to this wall-clock budget on this machine: a short calibration, then epochs (at most the preset's) and crops per epoch are set so the whole schedule completes in time."),
     encoder_weights: Optional[str] = typer.Option(None, help="imagenet, a local .pth file, offline-mobilenet, or none."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from checkpoints/last.pt."),
     force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out directory."),
@@ -128,6 +129,10 @@ def train(
     from .train import resume as resume_run
     from .train import train as train_run
 
+    if resume is not None and minutes is not None:
+        raise QmedInputError(resume, "--minutes cannot be combined with --resume (the resumed run keeps its own schedule)")
+    if minutes is not None and minutes <= 0:
+        raise QmedInputError(None, f"--minutes must be positive, got {minutes}")
     if resume is not None:
         run = resume_run(resume, device=device, quiet=quiet, train_source=data, val_source=val, tensorboard=tensorboard, stop_after=stop_after)
     else:
@@ -139,6 +144,10 @@ def train(
         if encoder_weights is not None:
             extra.setdefault("model", {})["encoder_weights"] = None if encoder_weights.lower() == "none" else encoder_weights
         cfg = _config(preset, config, set_, extra)
+        if minutes is not None:
+            from .budget import fit_to_budget
+
+            cfg, _ = fit_to_budget(cfg, data, val, minutes * 60.0, device, console.print)
         run = train_run(cfg, data, val, out, force=force, device=device, quiet=quiet, tensorboard=tensorboard, stop_after=stop_after)
     finished = _finished(run)
     if not no_report and finished:
