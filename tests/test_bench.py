@@ -72,6 +72,16 @@ def test_speed_tiny_prints_all_rows(tmp_path):
     assert "recipe / bare step" in res.output
 
 
+def test_speed_channels_last_on_cpu(tmp_path):
+    """The GPU preset's --channels-last path, run on the CPU (AMP itself needs CUDA)."""
+    out = tmp_path / "speed.json"
+    res = run("benchmark", "speed", "--preset", "tiny", "--size", 64, "--steps", 1, "--channels-last", "--json", out)
+    assert res.exit_code == 0, res.output
+    doc = json.loads(out.read_text())
+    assert doc["settings"]["channels_last"] is True
+    assert doc["recipe_over_bare"] > 0
+
+
 def test_speed_refuses_bad_options():
     assert run("benchmark", "speed", "--preset", "tiny", "--size", 50).exit_code == 2
     res = run("benchmark", "speed", "--preset", "tiny", "--size", 64, "--amp")

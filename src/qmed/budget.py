@@ -37,8 +37,11 @@ def plan_budget(budget_s: float, t_micro: float, t_val: float, batch_size: int, 
             "optimizer_steps": epochs * math.ceil(micro / accumulate), "estimated_seconds": round(est, 1)}
 
 
-def calibrate(cfg, train_dir: Path, val_dir: Path, device: str | None, n_steps: int = 2, max_val_images: int = 4) -> dict:
-    """Time `n_steps` training micro-steps (after one warm-up), one validation pass (on at most
+def calibrate(cfg, train_dir: Path, val_dir: Path, device: str | None, n_steps: int = 2, max_val_images: int = 4,
+              warmup: int = 3) -> dict:
+    """Time `n_steps` training micro-steps (after `warmup` untimed ones: on CPU the first three
+    run 1.1-3x slower than the steady state, which made one warm-up over-estimate the step by
+    15-40 % and leave a tenth of the budget unused), one validation pass (on at most
     `max_val_images` images, scaled by pixel count) and one checkpoint write of qmed's trainer for
     this config (model, data pipeline, loss, optimizer) on this machine."""
     import tempfile
@@ -59,7 +62,7 @@ def calibrate(cfg, train_dir: Path, val_dir: Path, device: str | None, n_steps: 
         it = iter(t.loader)
         acc = cfg.train.accumulate
         times = []
-        for i in range(1 + n_steps):
+        for i in range(warmup + n_steps):
             try:
                 x, y = next(it)
             except StopIteration:
@@ -75,7 +78,7 @@ def calibrate(cfg, train_dir: Path, val_dir: Path, device: str | None, n_steps: 
                 t._optimizer_step()
             if t.device.type == "cuda":
                 torch.cuda.synchronize()
-            if i:
+            if i >= warmup:
                 times.append(time.perf_counter() - t0)
         # data loading happens in the iterator: time it separately and add it
         t0 = time.perf_counter()
