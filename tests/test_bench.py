@@ -8,7 +8,8 @@ from typer.testing import CliRunner
 
 from qmed import bench_quality
 from qmed.bench import PeakMemory, speed_rows
-from qmed.bench_quality import plan_budget, run_quality
+from qmed.bench_quality import run_quality
+from qmed.budget import plan_budget
 from qmed.cli import app
 
 runner = CliRunner()

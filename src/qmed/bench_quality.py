@@ -58,7 +58,7 @@ from typing import Callable
 
 import numpy as np
 
-from .budget import fit_to_budget, plan_budget  # noqa: F401  (plan_budget: re-exported)
+from .budget import fit_to_budget
 from .errors import QmedInputError
 from .fileio import write_json, write_text
 

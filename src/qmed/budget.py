@@ -39,9 +39,9 @@ def plan_budget(budget_s: float, t_micro: float, t_val: float, batch_size: int, 
 
 def calibrate(cfg, train_dir: Path, val_dir: Path, device: str | None, n_steps: int = 2, max_val_images: int = 4,
               warmup: int = 3) -> dict:
-    """Time `n_steps` training micro-steps (after `warmup` untimed ones: on CPU the first three
-    run 1.1-3x slower than the steady state, which made one warm-up over-estimate the step by
-    15-40 % and leave a tenth of the budget unused), one validation pass (on at most
+    """Time `n_steps` training micro-steps (after `warmup` untimed ones: on CPU the first few steps
+    run markedly slower than the steady state, and with a single warm-up the estimate came out too
+    high and left part of the budget unused; docs/benchmarks.md section 5), one validation pass (on at most
     `max_val_images` images, scaled by pixel count) and one checkpoint write of qmed's trainer for
     this config (model, data pipeline, loss, optimizer) on this machine."""
     import tempfile
