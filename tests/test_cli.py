@@ -131,3 +131,21 @@ def test_train_minutes_fits_the_schedule_to_the_budget(fluo_subset, tmp_path):
     assert (out / "summary.json").is_file()
     res = run("train", "--resume", out, "--minutes", "1")
     assert res.exit_code == 2 and "--minutes" in res.output
+
+
+def test_predict_rescale_records_scales(tiny_run, fluo_subset, tmp_path):
+    import torch
+
+    state = torch.load(tiny_run / "checkpoints" / "best.pt", map_location="cpu", weights_only=False)
+    assert state["config"]["predict"]["object_diameter"] > 1  # qmed train measured the training masks
+    res = run("predict", "--model", tiny_run, "--input", fluo_subset["val"] / "images", "--out", tmp_path / "p", "--rescale")
+    assert res.exit_code == 0, res.output
+    scales = json.loads((tmp_path / "p" / "scales.json").read_text())
+    assert sorted(scales["scales"]) == sorted(p.name for p in (fluo_subset["val"] / "images").iterdir())
+    assert all(0.5 <= f <= 2.0 for f in scales["scales"].values())
+    # A checkpoint without the training diameter (an older run) gets a one-line error, not a guess.
+    state["config"]["predict"]["object_diameter"] = None
+    torch.save(state, tmp_path / "old.pt")
+    res = run("predict", "--model", tmp_path / "old.pt", "--input", fluo_subset["val"] / "images", "--out", tmp_path / "q", "--rescale")
+    assert res.exit_code == 2 and "--object-diameter" in res.output
+    assert not (tmp_path / "q").exists()

@@ -274,6 +274,9 @@ def test_fingerprint_small_hand_made_set(tmp_path):
     assert fp["object_size_px"]["n"] == 5
     assert fp["object_size_px"]["small_lt_50"] == 3  # 20, 30, 49; not 50 or 100
     assert fp["object_size_px"]["median"] == 49.0
+    # diameter: a's components 100 and 20 px (median 60), c's median 49; empty images left out
+    d_a, d_c = (4 * 60 / np.pi) ** 0.5, (4 * 49 / np.pi) ** 0.5
+    assert fp["object_diameter_px"] == pytest.approx((d_a + d_c) / 2)
     assert fp["foreground_fraction"]["max"] == pytest.approx(120 / 320)
     assert fp["foreground_fraction"]["min"] == 0.0
     assert fp["suggested_crop"] == 64 and fp["suggested_preset"] == "cpu"

@@ -175,12 +175,18 @@ def predict(
     tile: Optional[int] = typer.Option(None, help="Sliding-window size in px for large images (default: the run's)."),
     force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out folder."),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda if available)."),
+    rescale: Optional[bool] = typer.Option(None, "--rescale/--no-rescale", help=(
+        "Resize each image so its objects' median diameter (measured on a first pass) matches the training "
+        "masks' (default: the run's predict.rescale); OUT/scales.json lists the factors.")),
+    object_diameter: Optional[float] = typer.Option(None, "--object-diameter", min=1.0, help=(
+        "Target object diameter in px for --rescale (default: the training masks' median, recorded by qmed train).")),
 ):
     """Predict masks and probability maps for new images of any size."""
     _setup_logging()
     from .predict import predict_folder
 
-    n = predict_folder(model, input, out, tta=tta, threshold=threshold, tile=tile, force=force, device=device)
+    n = predict_folder(model, input, out, tta=tta, threshold=threshold, tile=tile, force=force, device=device, rescale=rescale,
+                       object_diameter=object_diameter)
     console.print(f"wrote {n} masks to {out} and probability maps to {out / 'probabilities'}")
 
 

@@ -79,6 +79,18 @@ class AugmentConfig(_Section):
     elastic_sigma: float = 9.0
     brightness_contrast: float = 0.2
     brightness_contrast_p: float = 0.5
+    # Scale augmentation (not in the paper; nnU-Net draws 0.7-1.4): with probability scale_p a
+    # window of crop/f px is cut and resized to the crop, f log-uniform in scale_range, so the
+    # model sees objects larger (f > 1) and smaller (f < 1) than the training images hold.
+    scale_p: float = 0.0
+    scale_range: tuple[float, float] = (0.7, 1.4)
+
+    @field_validator("scale_range")
+    @classmethod
+    def _scale_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1]:
+            raise ValueError(f"scale_range needs 0 < low <= high, got {list(v)}")
+        return v
 
 
 class DataConfig(_Section):
@@ -146,6 +158,13 @@ class PredictConfig(_Section):
     tile: int = 1024
     overlap: float = 0.25
     batch_size: int = 4
+    # Object-size normalisation (as Cellpose rescales to a diameter): a first pass without TTA
+    # measures the median diameter of the predicted objects, the image is resized so it matches
+    # `object_diameter` (the training masks' median, filled in by qmed train) within
+    # `rescale_limits`, predicted again, and the probabilities resized back. Off in the paper.
+    rescale: bool = False
+    object_diameter: Optional[float] = None
+    rescale_limits: tuple[float, float] = (0.5, 2.0)
 
 
 class QmedConfig(_Section):

@@ -116,6 +116,37 @@ def predict_probability(
     return (acc / norm)[:h, :w].numpy()
 
 
+def predict_image(model: nn.Module, image: np.ndarray, cfg, tta: int = 1, device: torch.device | str = "cpu",
+                  threshold: float | None = None, rescale: bool | None = None,
+                  object_diameter: float | None = None) -> tuple[np.ndarray, float]:
+    """One image through the run's settings -> (probability HxW, scale factor used).
+
+    With rescaling on (PredictConfig.rescale), a first pass without TTA measures the predicted
+    objects' median diameter; if it differs from the training diameter by more than 10 %, the
+    image is resized by their ratio (clipped to `rescale_limits`), predicted with TTA, and the
+    probabilities resized back to the image's size."""
+    import cv2
+
+    from .data.objects import object_diameter as measure
+
+    p = cfg.predict
+    kw = dict(tile=p.tile, overlap=p.overlap, batch_size=p.batch_size, device=device, amp=cfg.train.amp)
+    rescale = p.rescale if rescale is None else rescale
+    target = p.object_diameter if object_diameter is None else object_diameter
+    if not rescale or not target:
+        return predict_probability(model, image, tta=tta, **kw), 1.0
+    first = predict_probability(model, image, tta=1, **kw)
+    found = measure(first > (p.threshold if threshold is None else threshold))
+    f = 1.0 if found is None else float(np.clip(target / found, *p.rescale_limits))
+    if abs(math.log(f)) < math.log(1.1):
+        return (first if tta <= 1 else predict_probability(model, image, tta=tta, **kw)), 1.0
+    h, w = image.shape[:2]
+    big = cv2.resize(image, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_LINEAR if f > 1 else cv2.INTER_AREA)
+    big = big[..., None] if big.ndim == 2 else big
+    prob = predict_probability(model, big, tta=tta, **kw)
+    return cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR if f > 1 else cv2.INTER_CUBIC).clip(0.0, 1.0), f
+
+
 def _staging_dir(out: Path, force: bool) -> Path:
     """Outputs go to a hidden sibling folder renamed into place at the end: no half-written output."""
     import tempfile
@@ -129,8 +160,10 @@ def _staging_dir(out: Path, force: bool) -> Path:
 
 
 def predict_folder(model_path, input_path, out, tta: bool = False, threshold: float | None = None, tile: int | None = None,
-                   force: bool = False, device: str | None = None) -> int:
-    """Write OUT/NAME.png (0/255 mask) and OUT/probabilities/NAME.png (16-bit) per input image."""
+                   force: bool = False, device: str | None = None, rescale: bool | None = None,
+                   object_diameter: float | None = None) -> int:
+    """Write OUT/NAME.png (0/255 mask) and OUT/probabilities/NAME.png (16-bit) per input image;
+    with rescaling, OUT/scales.json records each image's scale factor."""
     import shutil
 
     from .checkpoint import load_model
@@ -138,6 +171,7 @@ def predict_folder(model_path, input_path, out, tta: bool = False, threshold: fl
     from .data.dataset import list_images
     from .data.io import read_image, write_mask_png, write_probability_png
     from .errors import QmedInputError
+    from .fileio import write_json
     from .train import pick_device
 
     input_path, out = Path(input_path), Path(out)
@@ -154,15 +188,23 @@ def predict_folder(model_path, input_path, out, tta: bool = False, threshold: fl
     model, cfg, _ = load_model(model_path, dev)
     thr = cfg.predict.threshold if threshold is None else threshold
     n_views = cfg.predict.tta if tta else 1
+    if tile:
+        cfg.predict.tile = tile
+    rescale = cfg.predict.rescale if rescale is None else rescale
+    if rescale and not (object_diameter or cfg.predict.object_diameter):
+        raise QmedInputError(model_path, "rescaling needs the training objects' diameter, which this model does not record; pass --object-diameter PX")
     stage = _staging_dir(out, force)
+    scales = {}
     try:
         (stage / "probabilities").mkdir()
         for f in files:
             img = model_input(read_image(f), cfg)
-            prob = predict_probability(model, img, tile=tile or cfg.predict.tile, overlap=cfg.predict.overlap, tta=n_views,
-                                       batch_size=cfg.predict.batch_size, device=dev, amp=cfg.train.amp)
+            prob, scales[f.name] = predict_image(model, img, cfg, tta=n_views, device=dev, threshold=thr, rescale=rescale,
+                                                 object_diameter=object_diameter)
             write_mask_png(stage / f"{f.stem}.png", prob > thr)
             write_probability_png(stage / "probabilities" / f"{f.stem}.png", prob)
+        if rescale:
+            write_json(stage / "scales.json", {"object_diameter": object_diameter or cfg.predict.object_diameter, "scales": scales})
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         stage.replace(out)

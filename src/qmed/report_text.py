@@ -20,6 +20,8 @@ def fingerprint_table(fp: dict, title: str) -> Table:
     t.add_row("empty images", f"{fp['empty_fraction']:.1%}")
     t.add_row("objects per image", f"min {op['min']} / median {op['median']:.0f} / max {op['max']}")
     t.add_row("object size (px)", f"median {os_['median']:.0f}, 5-95 % {os_['p5']:.0f}-{os_['p95']:.0f}; {os_['small_lt_50']} of {os_['n']} objects < 50 px")
+    if fp.get("object_diameter_px"):
+        t.add_row("object diameter (px)", f"{fp['object_diameter_px']:.1f} (median over images of the mask components' median)")
     t.add_row("suggested crop", f"{fp['suggested_crop']} px")
     t.add_row("suggested preset", f"{fp['suggested_preset']}  ({fp['suggestion_note']})")
     t.add_row("fingerprint hash", fp["hash"])

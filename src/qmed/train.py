@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from . import checkpoint
 from .config import QmedConfig, config_from_dict, dump_yaml
 from .data.batches import EpochDraws, LoadedPairs, TrainCrops, sampling_weights
+from .data.objects import dataset_diameter
 from .data.dataset import fingerprint, find_pairs, split_pairs
 from .errors import QmedInputError
 from .fileio import write_json, write_text
@@ -155,6 +156,10 @@ class Trainer:
             for i in range(len(data)):
                 data[i]  # reads, checks sizes and (by default) caches every pair now
         self.weights, _ = sampling_weights(self.train_data, cfg)
+        # Saved with the model for `predict.rescale`; measured on the binary masks (touching objects
+        # merged) because that is all a first-pass prediction offers to compare it with.
+        if cfg.predict.object_diameter is None:
+            cfg.predict.object_diameter = dataset_diameter(self.train_data[i][1] for i in range(len(self.train_data)))
         n = cfg.data.samples_per_epoch or len(train_pairs)
         n = max(cfg.train.batch_size, n // cfg.train.batch_size * cfg.train.batch_size)
         self.crops = TrainCrops(self.train_data, cfg)

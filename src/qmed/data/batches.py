@@ -6,6 +6,7 @@ boundary sees exactly the crops and augmentations an uninterrupted run would hav
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
@@ -79,6 +80,7 @@ class TrainCrops(Dataset):
         self.seed = cfg.train.seed
         self.epoch = 0
         self.aug = train_transform(cfg.augment)
+        self.scale_p, self.scale_range = cfg.augment.scale_p, cfg.augment.scale_range
 
     def __len__(self) -> int:
         return len(self.data)
@@ -87,9 +89,12 @@ class TrainCrops(Dataset):
         idx, pos = item
         rng = np.random.default_rng([self.seed, self.epoch, pos])
         img, fg, _ = self.data[idx]
-        img, fg = _pad_to(img, fg, self.crop)
-        h, w = fg.shape
         s = self.crop
+        if self.scale_p > 0 and rng.random() < self.scale_p:
+            lo, hi = np.log(self.scale_range)
+            s = max(8, int(round(self.crop / np.exp(rng.uniform(lo, hi)))))  # window resized to the crop below
+        img, fg = _pad_to(img, fg, s)
+        h, w = fg.shape
         if self.fg_crop_p > 0 and fg.any() and rng.random() < self.fg_crop_p:
             ys, xs = np.nonzero(fg)
             k = rng.integers(len(ys))
@@ -99,6 +104,11 @@ class TrainCrops(Dataset):
             y0, x0 = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
         img_c = np.ascontiguousarray(img[y0 : y0 + s, x0 : x0 + s])
         m_c = np.ascontiguousarray(fg[y0 : y0 + s, x0 : x0 + s]).astype(np.uint8)
+        if s != self.crop:
+            size = (self.crop, self.crop)
+            img_c = cv2.resize(img_c, size, interpolation=cv2.INTER_AREA if s > self.crop else cv2.INTER_LINEAR)
+            img_c = img_c[..., None] if img_c.ndim == 2 else img_c
+            m_c = cv2.resize(m_c, size, interpolation=cv2.INTER_NEAREST)
         self.aug.set_random_seed(int(rng.integers(2**31 - 1)))
         out = self.aug(image=img_c, mask=m_c)
         x = torch.from_numpy(np.clip(out["image"], 0.0, 1.0).transpose(2, 0, 1).copy()).float()

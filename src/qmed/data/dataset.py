@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import QmedInputError
 from .io import IMAGE_EXTENSIONS, is_image_file, read_image, read_mask
+from .objects import median_diameter, object_diameter
 
 log = logging.getLogger("qmed")
 
@@ -217,7 +218,7 @@ def fingerprint(pairs: list[Pair]) -> dict:
     Drives the suggested preset and crop size (the start of automatic configuration)."""
     if not pairs:
         raise QmedInputError(None, "cannot fingerprint an empty dataset (no image/mask pairs)")
-    sizes, channels, fg_frac, n_objects, obj_sizes = [], [], [], [], []
+    sizes, channels, fg_frac, n_objects, obj_sizes, diameters = [], [], [], [], [], []
     digest = hashlib.sha1()
     for pair in pairs:
         img, fg, labels = load_pair(pair)
@@ -227,6 +228,7 @@ def fingerprint(pairs: list[Pair]) -> dict:
         ids, counts = np.unique(labels[labels > 0], return_counts=True)
         n_objects.append(int(ids.size))
         obj_sizes.extend(counts.tolist())
+        diameters.append(object_diameter(fg))
         digest.update(pair.name.encode())
         digest.update(np.packbits(fg).tobytes())
     sizes_arr = np.array(sizes)
@@ -255,6 +257,8 @@ def fingerprint(pairs: list[Pair]) -> dict:
             "p95": float(np.percentile(obj_arr, 95)) if obj_arr.size else 0.0,
             "small_lt_50": int(np.sum(obj_arr < 50)),
         },
+        # What `qmed train` records as predict.object_diameter (binary masks, median of image medians).
+        "object_diameter_px": median_diameter(diameters),
         "suggested_crop": crop,
         "suggested_preset": "paper" if crop >= 512 else "cpu",
         "hash": digest.hexdigest()[:12],

@@ -1,0 +1,39 @@
+"""Object size: the median equivalent diameter of the objects in a mask or a set of masks.
+
+`qmed train` records the training masks' figure; `qmed predict` with `predict.rescale` measures
+it again on a first-pass prediction and resizes the image so the two agree (Cellpose's diameter
+idea), because a network trained on 20 px nuclei segments 10 px ones less well.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+import numpy as np
+from scipy import ndimage
+
+
+def object_diameter(mask: np.ndarray, min_area: int = 4) -> Optional[float]:
+    """Median equivalent diameter (px) of one mask's objects: a bool mask is split into
+    8-connected components, an int map is taken as instance labels. Objects under `min_area`
+    pixels (speckle) are ignored; None when no object is left."""
+    labels = np.asarray(mask)
+    if labels.dtype == bool:
+        labels, _ = ndimage.label(labels, structure=np.ones((3, 3), dtype=int))
+    labels = labels.astype(np.int64, copy=False)
+    areas = np.bincount(labels[labels > 0].ravel()) if (labels > 0).any() else np.zeros(0, np.int64)
+    areas = areas[areas >= min_area]
+    if areas.size == 0:
+        return None
+    return float(np.sqrt(4.0 * np.median(areas) / np.pi))
+
+
+def median_diameter(per_image: Iterable[Optional[float]]) -> Optional[float]:
+    """Median over images of each image's median diameter (so one crowded image does not
+    dominate); images without objects (None) are left out, None when none has any."""
+    found = [d for d in per_image if d is not None]
+    return float(np.median(found)) if found else None
+
+
+def dataset_diameter(masks: Iterable[np.ndarray]) -> Optional[float]:
+    return median_diameter(object_diameter(m) for m in masks)

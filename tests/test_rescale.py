@@ -1,0 +1,140 @@
+"""Object-size measurement, scale augmentation and size-normalised prediction (hand-made cases)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from qmed.config import QmedConfig
+from qmed.data.batches import TrainCrops
+from qmed.data.objects import dataset_diameter, object_diameter
+from qmed.predict import predict_image
+
+
+def d(area):
+    return math.sqrt(4 * area / math.pi)
+
+
+def test_object_diameter_hand_computed():
+    m = np.zeros((40, 40), bool)
+    m[1:5, 1:5] = True  # area 16
+    m[10:12, 10:12] = True  # area 4
+    m[20:26, 20:26] = True  # area 36
+    assert object_diameter(m) == pytest.approx(d(16))  # median of 4, 16, 36
+    m[35, 35] = True  # a 1-pixel speck is below min_area and ignored: median of 4, 16, 36 again
+    assert object_diameter(m) == pytest.approx(d(16))
+
+
+def test_object_diameter_instance_labels_and_empty():
+    lab = np.zeros((10, 10), np.int32)
+    lab[0:2, 0:5] = 1  # area 10
+    lab[2:6, 0:5] = 2  # area 20, touching object 1: labels keep them apart
+    assert object_diameter(lab) == pytest.approx(d(15))
+    assert object_diameter(np.zeros((8, 8), bool)) is None
+    speck = np.zeros((8, 8), bool)
+    speck[3, 3] = True
+    assert object_diameter(speck) is None
+
+
+def test_dataset_diameter_is_the_median_of_image_medians():
+    a, b, c = (np.zeros((20, 20), bool) for _ in range(3))
+    a[0:2, 0:2] = True  # 4
+    b[0:4, 0:4] = True  # 16
+    b[10:12, 10:12] = True  # 4 -> image median area 10
+    c[0:6, 0:6] = True  # 36
+    assert dataset_diameter([a, b, c, np.zeros((5, 5), bool)]) == pytest.approx(d(10))
+    assert dataset_diameter([np.zeros((5, 5), bool)]) is None
+
+
+class _Data:
+    """One 64x64 image holding a 16x16 bright square with its mask."""
+
+    def __init__(self):
+        img = np.zeros((64, 64, 3), np.float32)
+        fg = np.zeros((64, 64), bool)
+        img[16:32, 16:32] = 1.0
+        fg[16:32, 16:32] = True
+        self.item = (img, fg, fg.astype(np.int32))
+
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, i):
+        return self.item
+
+
+def _crops(scale_p, scale_range):
+    cfg = QmedConfig()
+    cfg.data.crop = 32
+    cfg.augment.elastic_p = 0.0
+    cfg.augment.brightness_contrast_p = 0.0
+    cfg.augment.scale_p = scale_p
+    cfg.augment.scale_range = scale_range
+    return TrainCrops(_Data(), cfg)
+
+
+def test_scale_augmentation_zooms_out():
+    # f = 0.5: a 64 px window (the whole image) is resized to the 32 px crop, so the 16x16 square
+    # becomes 8x8 (flips and rotations keep its area).
+    x, y = _crops(1.0, (0.5, 0.5))[(0, 0)]
+    assert x.shape == (3, 32, 32) and y.shape == (1, 32, 32)
+    assert y.sum().item() == 64
+    assert set(torch.unique(y).tolist()) <= {0.0, 1.0}
+
+
+def test_scale_augmentation_off_keeps_pixels():
+    for pos in range(5):
+        _, y = _crops(0.0, (0.5, 0.5))[(0, pos)]
+        assert y.sum().item() <= 256  # a plain 32 px crop holds at most the whole 16x16 square
+
+
+def test_scale_range_must_be_ordered():
+    with pytest.raises(ValueError):
+        QmedConfig(augment={"scale_range": (1.4, 0.7)})
+
+
+class _Bright(nn.Module):
+    """Logits from the first channel: bright pixels are foreground (a stand-in for a trained net)."""
+
+    def forward(self, x):
+        return 40.0 * (x[:, :1] - 0.5)
+
+
+def _disks(radius, n=3, size=96):
+    yy, xx = np.mgrid[:size, :size]
+    img = np.zeros((size, size, 3), np.float32)
+    for k in range(n):
+        cy, cx = 20 + 28 * k, 20 + 28 * k
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = 1.0
+    return img
+
+
+def _cfg(diameter, rescale=True):
+    cfg = QmedConfig()
+    cfg.train.amp = False
+    cfg.predict.rescale = rescale
+    cfg.predict.object_diameter = diameter
+    return cfg
+
+
+def test_rescaled_prediction_resizes_to_the_training_diameter_and_back():
+    img = _disks(5)  # diameter about 11 px
+    found = object_diameter(img[..., 0] > 0.5)
+    prob, f = predict_image(_Bright(), img, _cfg(2 * found), tta=3)
+    assert f == pytest.approx(2.0)
+    assert prob.shape == img.shape[:2]
+    truth = img[..., 0] > 0.5
+    inter = ((prob > 0.5) & truth).sum()
+    assert 2 * inter / ((prob > 0.5).sum() + truth.sum()) > 0.95  # resized back onto the same disks
+
+
+def test_rescale_limits_and_dead_band():
+    img = _disks(5)
+    found = object_diameter(img[..., 0] > 0.5)
+    assert predict_image(_Bright(), img, _cfg(100 * found))[1] == pytest.approx(2.0)  # clipped to rescale_limits
+    assert predict_image(_Bright(), img, _cfg(found / 100))[1] == pytest.approx(0.5)
+    assert predict_image(_Bright(), img, _cfg(1.05 * found))[1] == 1.0  # within 10 %: no resize
+    assert predict_image(_Bright(), np.zeros((64, 64, 3), np.float32), _cfg(20.0))[1] == 1.0  # nothing found
+    assert predict_image(_Bright(), img, _cfg(2 * found, rescale=False))[1] == 1.0
