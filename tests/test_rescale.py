@@ -90,9 +90,11 @@ def test_scale_augmentation_off_keeps_pixels():
         assert y.sum().item() <= 256  # a plain 32 px crop holds at most the whole 16x16 square
 
 
-def test_scale_range_must_be_ordered():
-    with pytest.raises(ValueError):
-        QmedConfig(augment={"scale_range": (1.4, 0.7)})
+def test_factor_ranges_must_be_ordered_and_positive():
+    for bad in ({"augment": {"scale_range": (1.4, 0.7)}}, {"augment": {"scale_range": (0.0, 1.0)}},
+                {"predict": {"rescale_limits": (2.0, 0.5)}}):
+        with pytest.raises(ValueError, match="0 < low <= high"):
+            QmedConfig(**bad)
 
 
 class _Bright(nn.Module):

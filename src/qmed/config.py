@@ -17,6 +17,13 @@ from .errors import QmedInputError
 PRESET_DIR = Path(__file__).parent / "configs"
 
 
+def _ordered_positive(v: tuple[float, float]) -> tuple[float, float]:
+    """A (low, high) factor range: 0 < low <= high."""
+    if not 0 < v[0] <= v[1]:
+        raise ValueError(f"needs 0 < low <= high, got {list(v)}")
+    return v
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -88,9 +95,7 @@ class AugmentConfig(_Section):
     @field_validator("scale_range")
     @classmethod
     def _scale_range(cls, v: tuple[float, float]) -> tuple[float, float]:
-        if not 0 < v[0] <= v[1]:
-            raise ValueError(f"scale_range needs 0 < low <= high, got {list(v)}")
-        return v
+        return _ordered_positive(v)
 
 
 class DataConfig(_Section):
@@ -165,6 +170,11 @@ class PredictConfig(_Section):
     rescale: bool = False
     object_diameter: Optional[float] = None
     rescale_limits: tuple[float, float] = (0.5, 2.0)
+
+    @field_validator("rescale_limits")
+    @classmethod
+    def _rescale_limits(cls, v: tuple[float, float]) -> tuple[float, float]:
+        return _ordered_positive(v)
 
 
 class QmedConfig(_Section):
