@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Iterable, Optional
 
 import numpy as np
-from scipy import ndimage
+
+from ..metrics import label_components
 
 
 def object_diameter(mask: np.ndarray, min_area: int = 4) -> Optional[float]:
@@ -18,11 +19,9 @@ def object_diameter(mask: np.ndarray, min_area: int = 4) -> Optional[float]:
     8-connected components, an int map is taken as instance labels. Objects under `min_area`
     pixels (speckle) are ignored; None when no object is left."""
     labels = np.asarray(mask)
-    if labels.dtype == bool:
-        labels, _ = ndimage.label(labels, structure=np.ones((3, 3), dtype=int))
-    labels = labels.astype(np.int64, copy=False)
-    areas = np.bincount(labels[labels > 0].ravel()) if (labels > 0).any() else np.zeros(0, np.int64)
-    areas = areas[areas >= min_area]
+    labels = label_components(labels) if labels.dtype == bool else labels.astype(np.int64, copy=False)
+    areas = np.bincount(labels.ravel())[1:]
+    areas = areas[areas >= max(min_area, 1)]
     if areas.size == 0:
         return None
     return float(np.sqrt(4.0 * np.median(areas) / np.pi))
