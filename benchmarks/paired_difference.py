@@ -5,6 +5,7 @@ replacement, seeded), which is far tighter than comparing two separate CIs.
 
 Usage: python benchmarks/paired_difference.py OUT/quality.json qmed smp [--metric dice] [--n-boot 2000]
    or: python benchmarks/paired_difference.py A.per_image.csv B.per_image.csv   (two `qmed evaluate` outputs)
+   A or B may also be DOC.json:METHOD, one method of a quality/ablate document.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def main() -> None:
         b = {r["name"]: r[args.metric] for r in per_image[args.b]}
     elif len(args.sources) == 2:
         args.a, args.b = args.sources
-        a, b = (_csv_column(Path(f), args.metric) for f in args.sources)
+        a, b = (_column(f, args.metric) for f in args.sources)
     else:
         ap.error("give DOC.json A B, or two per_image.csv files")
     names = sorted(n for n in a.keys() & b.keys() if a[n] is not None and b[n] is not None)
@@ -43,6 +44,14 @@ def main() -> None:
     print(f"{args.metric}({args.a}) - {args.metric}({args.b}) over {len(diff)} images: {diff.mean():+.4f} "
           f"[{lo:+.4f}, {hi:+.4f}] (paired bootstrap, {args.n_boot} resamples); {args.a} better on "
           f"{int((diff > 0).sum())}, worse on {int((diff < 0).sum())}; P(diff <= 0) = {(boots <= 0).mean():.2f}")
+
+
+def _column(source: str, metric: str) -> dict:
+    """name -> metric from a per-image CSV, or from DOC.json:METHOD."""
+    doc, _, method = source.rpartition(":")
+    if doc.endswith(".json"):
+        return {r["name"]: r[metric] for r in json.load(open(doc, encoding="utf-8"))["per_image"][method]}
+    return _csv_column(Path(source), metric)
 
 
 def _csv_column(path: Path, metric: str) -> dict:

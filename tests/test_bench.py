@@ -6,7 +6,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from qmed import bench_quality
+from qmed import bench_quality, precision
 from qmed.bench import PeakMemory, speed_rows
 from qmed.bench_quality import run_quality
 from qmed.budget import plan_budget
@@ -85,9 +85,21 @@ def test_speed_channels_last_on_cpu(tmp_path):
 
 def test_speed_refuses_bad_options():
     assert run("benchmark", "speed", "--preset", "tiny", "--size", 50).exit_code == 2
-    res = run("benchmark", "speed", "--preset", "tiny", "--size", 64, "--amp")
-    assert res.exit_code == 2 and "--amp needs" in res.output
     assert run("benchmark", "quality", "--data", "x", "--val", "y", "--out", "z", "--methods", "qmed,monai").exit_code == 2
+
+
+def test_speed_amp_on_cpu_needs_native_bf16(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    res = run("benchmark", "speed", "--preset", "tiny", "--size", 64, "--amp")
+    assert res.exit_code == 2 and "native bfloat16" in res.output
+
+
+@pytest.mark.skipif(not precision.cpu_has_native_bf16(), reason="this CPU has no native bfloat16 (AVX512-BF16/AMX)")
+def test_speed_amp_on_cpu_with_native_bf16(tmp_path):
+    out = tmp_path / "speed.json"
+    res = run("benchmark", "speed", "--preset", "tiny", "--size", 64, "--steps", 1, "--amp", "--channels-last", "--json", out)
+    assert res.exit_code == 0, res.output
+    assert json.loads(out.read_text())["settings"]["amp"] is True
 
 
 def test_quality_failing_method_gets_a_row(fluo_subset, tmp_path, monkeypatch):

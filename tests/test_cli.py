@@ -149,3 +149,35 @@ def test_predict_rescale_records_scales(tiny_run, fluo_subset, tmp_path):
     res = run("predict", "--model", tmp_path / "old.pt", "--input", fluo_subset["val"] / "images", "--out", tmp_path / "q", "--rescale")
     assert res.exit_code == 2 and "--object-diameter" in res.output
     assert not (tmp_path / "q").exists()
+
+
+@pytest.mark.skipif(not __import__("qmed.precision").precision.cpu_has_native_bf16(),
+                    reason="this CPU has no native bfloat16 (AVX512-BF16/AMX)")
+def test_train_cpu_bf16_budgeted(fluo_subset, tmp_path):
+    """bfloat16 training steps, calibration and validation on the CPU; the checkpoint stays float32."""
+    import torch
+
+    out = tmp_path / "bf16"
+    res = run("train", "--preset", "tiny", "--data", fluo_subset["train"], "--val", fluo_subset["val"], "--out", out,
+              "--quiet", "--no-report", "--minutes", "0.2", "--set", "train.cpu_bf16=true")
+    assert res.exit_code == 0, res.output
+    rows = (out / "metrics.csv").read_text().strip().splitlines()
+    row = dict(zip(rows[0].split(","), rows[-1].split(",")))
+    assert np.isfinite(float(row["train_loss"])) and 0.0 <= float(row["val_dice_empty1"]) <= 1.0
+    state = torch.load(out / "checkpoints" / "best.pt", map_location="cpu", weights_only=False)
+    weights = state["model"] if "model" in state else state
+    assert all(v.dtype in (torch.float32, torch.int64) for v in weights.values() if torch.is_tensor(v))
+
+
+def test_train_hard_sampler_tracks_per_image_loss(fluo_subset, tmp_path):
+    """data.sampler=hard: the run state carries a running loss for every image drawn so far."""
+    import torch
+
+    out = tmp_path / "hard"
+    res = run("train", "--preset", "tiny", "--data", fluo_subset["train"], "--val", fluo_subset["val"], "--out", out,
+              "--quiet", "--no-report", "--set", "data.sampler=hard")
+    assert res.exit_code == 0, res.output
+    state = torch.load(out / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    hard = state["run"]["hardness"]
+    seen = [h for h in hard if h is not None]
+    assert seen and all(0.0 <= h <= 1.0 for h in seen)

@@ -92,3 +92,38 @@ def test_sampler_deterministic_and_weighted():
     assert expected[3] > 2 * expected[0]
     assert np.allclose(counts, expected, atol=0.03)  # binomial sd <= 0.008 at n = 4000
     assert counts[3] > 2 * counts[0]
+
+
+# -- data.sampler=hard -----------------------------------------------------------------------------
+
+def test_hardness_weights_hand_computed():
+    from qmed.data.sampling import hardness_weights
+
+    # seen losses 0.1, 0.2, 0.4, 1.2 -> median 0.3 -> ratios 1/3, 2/3, 4/3, 4 -> clipped to [1/3, 3];
+    # the unseen image (NaN) gets 1. Raw [1/3, 2/3, 4/3, 3, 1], sum 19/3, mean 19/15.
+    w = hardness_weights(np.array([0.1, 0.2, 0.4, 1.2, np.nan]))
+    raw = np.array([1 / 3, 2 / 3, 4 / 3, 3.0, 1.0])
+    np.testing.assert_allclose(w, raw / (19 / 15))
+    assert w.mean() == pytest.approx(1.0)
+
+
+def test_hardness_weights_degenerate():
+    from qmed.data.sampling import hardness_weights
+
+    np.testing.assert_allclose(hardness_weights(np.full(3, np.nan)), np.ones(3))  # first epoch: uniform
+    np.testing.assert_allclose(hardness_weights(np.zeros(4)), np.ones(4))  # all perfect: median 0, uniform
+    assert hardness_weights(np.zeros(0)).size == 0
+
+
+def test_per_sample_dice_loss_hand_computed():
+    import torch
+
+    from qmed.data.sampling import per_sample_dice_loss
+
+    big = 40.0  # sigmoid(±40) is 1 or 0 to float precision
+    t = torch.zeros(2, 1, 2, 2)
+    t[0, 0, 0, :] = 1  # sample 0: 2 foreground pixels
+    logits = torch.full((2, 1, 2, 2), -big)
+    logits[0, 0, 0, 0] = big  # predicts 1 of the 2 -> 1 - (2*1 + 1) / (1 + 2 + 1) = 0.25
+    # sample 1: empty truth, empty prediction -> 1 - (0 + 1) / (0 + 0 + 1) = 0
+    np.testing.assert_allclose(per_sample_dice_loss(logits, t).numpy(), [0.25, 0.0], atol=1e-6)

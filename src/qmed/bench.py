@@ -61,6 +61,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import precision
 from .errors import QmedInputError
 
 WARMUP = 2
@@ -230,9 +231,8 @@ class StepSetup:
 
 
 def _autocast(device: torch.device, amp: bool):
-    if amp and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.float16)
-    return contextlib.nullcontext()
+    """--amp: float16 on CUDA, bfloat16 on a CPU with native support (qmed.precision)."""
+    return precision.autocast(device, precision.autocast_dtype(device, amp, cpu_bf16=amp))
 
 
 def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
@@ -270,8 +270,8 @@ def _check_device(device: str, amp: bool) -> torch.device:
                              f"built for CUDA {torch.version.cuda or 'none'})")
     if dev.type not in ("cpu", "cuda"):
         raise QmedInputError(None, f"--device {device}: choose cpu or cuda[:N]")
-    if amp and dev.type != "cuda":
-        raise QmedInputError(None, "--amp needs --device cuda (qmed trains in float32 on the CPU)")
+    if amp and dev.type == "cpu" and not precision.cpu_has_native_bf16():
+        raise QmedInputError(None, "--amp on the CPU needs native bfloat16 (AVX512-BF16 or AMX), which this CPU lacks")
     return dev
 
 
@@ -413,7 +413,7 @@ def run_speed(preset: str = "cpu", size: int = 256, batch: int | None = None, de
         def infer(i: int, kind=kind, views=views) -> None:
             m = st[kind].model
             m.eval()
-            _forward_views(m, xi, views, amp)
+            _forward_views(m, xi, views, amp, cpu_bf16=amp)
 
         add(name, infer, ibs, every=2 if views > 1 else 1, views=views)
 

@@ -37,7 +37,7 @@ def speed(
     batch: Optional[int] = typer.Option(None, help="Training batch (default: the preset's)."),
     infer_batch: Optional[int] = typer.Option(None, "--infer-batch", help="Inference batch (default: --batch)."),
     device: str = typer.Option("cpu", help="cpu or cuda[:N]."),
-    amp: bool = typer.Option(False, "--amp", help="Mixed precision (float16 autocast + GradScaler); CUDA only."),
+    amp: bool = typer.Option(False, "--amp", help="Mixed precision: float16 autocast + GradScaler on CUDA; bfloat16 autocast on a CPU with native bfloat16 (AVX512-BF16 or AMX)."),
     channels_last: bool = typer.Option(False, "--channels-last", help="Channels-last memory format for models and inputs."),
     steps: int = typer.Option(10, help="Timed rounds: every task (train steps, parts, inference) is timed once per round, round-robin, after 2 warm-up calls; medians are reported."),
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset folder for the data pipeline (default: synthetic images)."),

@@ -48,6 +48,7 @@ def calibrate(cfg, train_dir: Path, val_dir: Path, device: str | None, n_steps: 
 
     import torch
 
+    from . import precision
     from .data.batches import LoadedPairs
     from .train import Trainer
     from .validate import validate
@@ -69,8 +70,8 @@ def calibrate(cfg, train_dir: Path, val_dir: Path, device: str | None, n_steps: 
                 it = iter(t.loader)
                 x, y = next(it)
             t0 = time.perf_counter()
-            x, y = x.to(t.device), y.to(t.device)
-            with torch.autocast(device_type=t.device.type, enabled=t.use_amp):
+            x, y = precision.channels_last(x.to(t.device)), y.to(t.device)
+            with precision.autocast(t.device, t.amp_dtype):
                 logits = t.model(x)
             loss = t.loss_fn(logits.float(), y)
             t.scaler.scale(loss / acc).backward()
@@ -90,7 +91,7 @@ def calibrate(cfg, train_dir: Path, val_dir: Path, device: str | None, n_steps: 
         for i in range(len(sub)):
             sub._cache[i] = t.val_data[i]
         t0 = time.perf_counter()
-        validate(t.model, sub, cfg, t.device)
+        validate(t.model, sub, cfg, t.device, cpu_bf16=cfg.train.cpu_bf16)
         t_sub = time.perf_counter() - t0
         px_sub = sum(sub[i][1].size for i in range(len(sub)))
         px_all = sum(t.val_data[i][1].size for i in range(n_val))

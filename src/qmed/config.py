@@ -103,7 +103,10 @@ class DataConfig(_Section):
     val_fraction: float = 0.2
     split_seed: int = 0
     group_pattern: Optional[str] = None
-    sampler: Literal["complexity", "uniform"] = "complexity"
+    # complexity: static weights from the masks (the paper's S6; qmed.data.sampling); uniform;
+    # hard: online hard-image mining, weights from each image's running training loss, re-set
+    # every epoch (first epoch uniform).
+    sampler: Literal["complexity", "uniform", "hard"] = "complexity"
     small_boost: float = 1.5
     # Random crops drawn per epoch; null = one per training image.
     samples_per_epoch: Optional[int] = None
@@ -136,7 +139,12 @@ class TrainConfig(_Section):
     loss: Literal["stabilized", "dice_bce", "dice", "hybrid"] = "stabilized"
     # Upper clamp of the stabilised loss's automatic pos_weight (Algorithm 1: 50; 1 = unweighted BCE).
     pos_weight_max: float = 50.0
+    # Mixed precision on CUDA: float16 autocast + loss scaling.
     amp: bool = True
+    # bfloat16 autocast for training steps and per-epoch validation on the CPU, where the CPU has
+    # native bfloat16 (AVX512-BF16 or AMX); ignored elsewhere (emulated bf16 is slower than
+    # float32). `qmed predict` stays float32. qmed.precision; docs/benchmarks.md section 3b.
+    cpu_bf16: bool = False
     seed: int = 0
     # EMA of the validation Dice that selects best.pt (paper eq. 6).
     val_ema_alpha: float = 0.9

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import precision
+
 # (forward, inverse) pairs on (..., H, W) tensors.
 DIHEDRAL: list[tuple[Callable, Callable]] = [
     (lambda t: t, lambda t: t),
@@ -66,12 +68,13 @@ def _starts(total: int, size: int, overlap: float) -> list[int]:
 
 
 @torch.no_grad()
-def _forward_views(model: nn.Module, x: torch.Tensor, tta: int, amp: bool) -> torch.Tensor:
+def _forward_views(model: nn.Module, x: torch.Tensor, tta: int, amp: bool, cpu_bf16: bool = False) -> torch.Tensor:
     """Mean sigmoid probability over `tta` dihedral views; x (B,3,H,W) with H, W multiples of 32."""
     acc = None
     n = max(1, min(tta, len(DIHEDRAL)))
+    dtype = precision.autocast_dtype(x.device, amp, cpu_bf16)
     for fwd, inv in DIHEDRAL[:n]:
-        with torch.autocast(device_type=x.device.type, enabled=amp and x.device.type == "cuda"):
+        with precision.autocast(x.device, dtype):
             logits = model(fwd(x))
         p = inv(torch.sigmoid(logits.float()))
         acc = p if acc is None else acc + p
@@ -88,8 +91,10 @@ def predict_probability(
     batch_size: int = 4,
     device: torch.device | str = "cpu",
     amp: bool = True,
+    cpu_bf16: bool = False,
 ) -> np.ndarray:
-    """image HxWx3 float32 in [0,1] -> foreground probability HxW float32."""
+    """image HxWx3 float32 in [0,1] -> foreground probability HxW float32. `amp`: float16 on CUDA;
+    `cpu_bf16`: bfloat16 on a CPU with native support (qmed.precision; per-epoch validation only)."""
     device = torch.device(device)
     model.eval()
     x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()[None]
@@ -97,7 +102,7 @@ def predict_probability(
     tile = max(32, int(tile) // 32 * 32)
     if h <= tile and w <= tile:
         xp, _ = _pad_multiple(x)
-        p = _forward_views(model, xp.to(device), tta, amp)
+        p = _forward_views(model, xp.to(device), tta, amp, cpu_bf16)
         return p[0, 0, :h, :w].cpu().numpy()
     xp, _ = _pad_multiple(x, 32)
     H, W = xp.shape[-2:]
@@ -109,7 +114,7 @@ def predict_probability(
     for i in range(0, len(coords), batch_size):
         chunk = coords[i : i + batch_size]
         batch = torch.cat([xp[:, :, y : y + th, x0 : x0 + tw] for y, x0 in chunk]).to(device)
-        probs = _forward_views(model, batch, tta, amp).cpu()
+        probs = _forward_views(model, batch, tta, amp, cpu_bf16).cpu()
         for (y, x0), pr in zip(chunk, probs):
             acc[y : y + th, x0 : x0 + tw] += pr[0] * weight
             norm[y : y + th, x0 : x0 + tw] += weight

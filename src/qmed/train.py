@@ -33,10 +33,11 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from . import checkpoint
+from . import checkpoint, precision
 from .config import QmedConfig, config_from_dict, dump_yaml
 from .data.batches import EpochDraws, LoadedPairs, TrainCrops, sampling_weights
 from .data.objects import dataset_diameter
+from .data.sampling import hardness_weights, per_sample_dice_loss
 from .data.dataset import fingerprint, find_pairs, split_pairs
 from .errors import QmedInputError
 from .fileio import write_json, write_text
@@ -64,6 +65,8 @@ class RunState:
     bad_steps_total: int = 0
     lr_scale: float = 1.0
     events: list[str] = field(default_factory=list)
+    # data.sampler=hard: running training loss per image (None = not drawn yet).
+    hardness: list | None = None
 
 
 def pick_device(name: str | None = None) -> torch.device:
@@ -171,9 +174,7 @@ class Trainer:
     def _model(self, pretrained: bool) -> None:
         cfg = self.cfg
         seed_everything(cfg.train.seed)
-        self.model = build(cfg.model, pretrained=pretrained).to(self.device)
-        if self.device.type == "cuda":
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model = build(cfg.model, pretrained=pretrained).to(self.device).to(memory_format=torch.channels_last)
         self.loss_fn = build_loss(cfg.train.loss, **({"max_pos_weight": cfg.train.pos_weight_max} if cfg.train.loss == "stabilized" else {}))
         opt_cls = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = opt_cls(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
@@ -194,8 +195,9 @@ class Trainer:
         self.ema_model = None
         if cfg.train.weight_ema:
             self.ema_model = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.weight_ema_decay), use_buffers=True)
-        self.use_amp = cfg.train.amp and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.amp_dtype = precision.autocast_dtype(self.device, cfg.train.amp, cfg.train.cpu_bf16)
+        # Loss scaling only for float16; bfloat16 has float32's exponent range.
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
 
     def _state(self, st: RunState) -> dict:
         return {
@@ -266,6 +268,12 @@ class Trainer:
         for epoch in range(first_epoch, cfg.train.epochs + 1):
             t0 = time.time()
             self.crops.epoch = self.draws.epoch = epoch
+            hard = None
+            if cfg.data.sampler == "hard":
+                if st.hardness is None:
+                    st.hardness = [None] * len(self.train_data)
+                hard = np.array([np.nan if h is None else h for h in st.hardness])
+                self.draws.weights = hardness_weights(hard)
             self.model.train()
             sums = {"loss": 0.0, "dice": 0.0, "bce": 0.0, "tversky": 0.0}
             n_ok, bad_epoch, streak, pending = 0, 0, 0, 0
@@ -274,12 +282,12 @@ class Trainer:
                        disable=self.quiet, dynamic_ncols=True)
             restored = ""
             for i, (x, y) in enumerate(bar):
-                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-                if self.device.type == "cuda":
-                    x = x.to(memory_format=torch.channels_last)
-                with torch.autocast(device_type=self.device.type, enabled=self.use_amp):
+                x, y = precision.channels_last(x.to(self.device, non_blocking=True)), y.to(self.device, non_blocking=True)
+                with precision.autocast(self.device, self.amp_dtype):
                     logits = self.model(x)
                 loss = self.loss_fn(logits.float(), y)
+                if hard is not None:
+                    self._track_hardness(hard, i, logits, y)
                 if self._inject_nan(epoch, i):
                     loss = loss * float("nan")
                 if not torch.isfinite(loss):
@@ -325,6 +333,8 @@ class Trainer:
             row["epoch_seconds"] = round(time.time() - t0, 2)
             st.rows.append(row)
             st.epoch = epoch
+            if hard is not None:
+                st.hardness = [None if not np.isfinite(h) else float(h) for h in hard]
             checkpoint.save(out / "checkpoints" / "last.pt", self._state(st))
             if row["selected"]:
                 shutil.copyfile(out / "checkpoints" / "last.pt", out / "checkpoints" / ".best.pt.tmp")
@@ -353,6 +363,13 @@ class Trainer:
     def _snapshot(self, st: RunState) -> dict:
         """The last accepted state, kept in memory for recovery."""
         return copy.deepcopy({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "lr_scale": st.lr_scale})
+
+    def _track_hardness(self, hard: np.ndarray, i: int, logits: torch.Tensor, y: torch.Tensor) -> None:
+        """Running (EMA 0.5) per-image loss of micro-batch i's source images, for the next epoch's weights."""
+        bs = self.cfg.train.batch_size
+        for idx, l in zip(self.draws.drawn[i * bs:(i + 1) * bs], per_sample_dice_loss(logits, y).tolist()):
+            if np.isfinite(l):
+                hard[idx] = l if not np.isfinite(hard[idx]) else 0.5 * hard[idx] + 0.5 * l
 
     def _optimizer_step(self) -> bool:
         """Clip and step; a non-finite gradient skips the step. Returns whether it stepped."""
@@ -390,7 +407,8 @@ class Trainer:
     def _validate_epoch(self, st: RunState, row: dict, good: dict) -> str:
         cfg = self.cfg
         model = self.ema_model.module if self.ema_model is not None else self.model
-        summary, _ = validate(model, self.val_data, cfg, self.device, tta=cfg.predict.tta if cfg.train.val_tta else 1)
+        summary, _ = validate(model, self.val_data, cfg, self.device, tta=cfg.predict.tta if cfg.train.val_tta else 1,
+                              cpu_bf16=cfg.train.cpu_bf16)
         score = _nan_to(summary["dice_mean_empty1"]["mean"], 0.0)
         row.update({
             "val_dice_empty1": summary["dice_mean_empty1"]["mean"], "val_dice_fg": summary["dice_mean_fg"]["mean"],

@@ -12,13 +12,15 @@ from .metrics import score_image, summarize
 from .predict import predict_probability
 
 
-def validate(model: nn.Module, data: LoadedPairs, cfg: QmedConfig, device: torch.device, tta: int = 1, n_boot: int = 0, keep_probs: bool = False):
+def validate(model: nn.Module, data: LoadedPairs, cfg: QmedConfig, device: torch.device, tta: int = 1, n_boot: int = 0, keep_probs: bool = False,
+             cpu_bf16: bool = False):
     """-> (summary dict, per-image rows[, probabilities])."""
     rows, probs = [], []
     for i in range(len(data)):
         img, fg, labels = data[i]
         prob = predict_probability(model, img, tile=cfg.predict.tile, overlap=cfg.predict.overlap, tta=tta,
-                                   batch_size=cfg.predict.batch_size, device=device, amp=cfg.train.amp)
+                                   batch_size=cfg.predict.batch_size, device=device, amp=cfg.train.amp,
+                                   cpu_bf16=cpu_bf16)
         row = score_image(prob, fg, labels, threshold=cfg.predict.threshold)
         row["name"] = data.pairs[i].name
         rows.append(row)

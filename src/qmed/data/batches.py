@@ -124,18 +124,21 @@ class EpochDraws(Sampler):
         self.num_samples = num_samples
         self.seed = seed
         self.epoch = 0
+        self.drawn: list[int] = []  # this epoch's image indices so far, in draw (= batch) order
 
     def __len__(self) -> int:
         return self.num_samples
 
     def __iter__(self):
         sampler = make_sampler(self.weights, self.num_samples, seed=self.seed * 100003 + self.epoch)
+        self.drawn = []
         for pos, idx in enumerate(sampler):
+            self.drawn.append(int(idx))
             yield int(idx), pos
 
 
 def sampling_weights(data: LoadedPairs, cfg: QmedConfig) -> tuple[np.ndarray, list[dict]]:
     feats = [complexity_score(data[i][2]) for i in range(len(data))]
-    if cfg.data.sampler == "uniform":
+    if cfg.data.sampler in ("uniform", "hard"):  # hard starts uniform; the trainer re-weights each epoch
         return np.ones(len(data)), feats
     return complexity_weights(feats, small_boost=cfg.data.small_boost), feats

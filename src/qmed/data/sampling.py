@@ -80,6 +80,27 @@ def complexity_weights(features: list[dict], small_boost: float = 1.5, base: flo
     return w / w.mean()
 
 
+def hardness_weights(hardness: np.ndarray, cap: float = 3.0) -> np.ndarray:
+    """Weights for `data.sampler: hard` (online hard-image mining): each image's running training
+    loss over the median running loss, clipped to [1/cap, cap]; an image not drawn yet (NaN) gets 1.
+    Mean 1. Unlike the complexity weights, which read the masks once, these follow what the model
+    still gets wrong, e.g. a source whose annotators drew the outlines wider than the others did."""
+    h = np.asarray(hardness, dtype=float)
+    w = np.ones(h.size)
+    seen = np.isfinite(h)
+    if seen.any():
+        med = np.median(h[seen])
+        w[seen] = np.clip(h[seen] / med, 1.0 / cap, cap) if med > 0 else 1.0
+    return w / w.mean() if w.size else w
+
+
+def per_sample_dice_loss(logits, target, smooth: float = 1.0):
+    """1 - soft Dice of each sample of a (B,1,H,W) batch, detached: the hardness that `hard` sampling tracks."""
+    p = torch.sigmoid(logits.detach().float()).flatten(1)
+    t = target.detach().float().flatten(1)
+    return 1.0 - (2.0 * (p * t).sum(1) + smooth) / (p.sum(1) + t.sum(1) + smooth)
+
+
 def make_sampler(weights, num_samples: int, seed: int) -> WeightedRandomSampler:
     """Sampler drawing `num_samples` indices with replacement, ∝ weights, reproducibly for a seed.
 
