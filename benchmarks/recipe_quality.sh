@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # The `cpu` preset on DSB2018 fluorescence: train with the default budget, then predict the val
 # split with and without 7-fold TTA and score both with `qmed evaluate`.
-# Usage: bash benchmarks/recipe_quality.sh [DATA_ROOT] [OUT]   (defaults: ../shared/data/dsb2018-fluo, bench-out/recipe)
+# Usage: bash benchmarks/recipe_quality.sh [DATA_ROOT] [OUT] [TRAIN OPTIONS...]
+#   (defaults: ../shared/data/dsb2018-fluo, bench-out/recipe; TRAIN OPTIONS go to `qmed train`,
+#   e.g. --minutes 30 --no-report --set data.sampler=uniform)
 set -euo pipefail
 DATA=${1:-../shared/data/dsb2018-fluo}
 OUT=${2:-bench-out/recipe}
+shift $(( $# < 2 ? $# : 2 ))
 export HF_HUB_OFFLINE=1 NO_ALBUMENTATIONS_UPDATE=1
 mkdir -p "$OUT"
 start=$(date +%s)
-qmed train --preset cpu --data "$DATA/train" --val "$DATA/val" --out "$OUT/run" --force --quiet
+qmed train --preset cpu --data "$DATA/train" --val "$DATA/val" --out "$OUT/run" --force --quiet "$@"
 echo "train_wall_seconds $(( $(date +%s) - start ))"
 for mode in tta no-tta; do
   qmed predict --model "$OUT/run" --input "$DATA/val/images" --out "$OUT/preds-$mode" --$mode --force

@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 
 from qmed import crf
 from qmed.ablate import ROWS, row_config, select_rows
+from qmed.bench_quality import smp_baseline_config
 from qmed.cli import app
 from qmed.config import resolve_config
 from qmed.curve import parse_fractions, subset_sizes
@@ -40,6 +41,10 @@ def test_every_row_has_a_valid_config_and_model():
     # --set reaches every row, the rows' own switches win
     over = {"data": {"crop": 96}, "model": {"input_mode": "stem4"}}
     assert row_config(ROWS[0], "tiny", over).data.crop == 96 and row_config(ROWS[0], "tiny", over).model.input_mode == "none"
+    # every row trains in the preset's precision, the plain-baseline rows included
+    cpu_rows = {r.name: row_config(r, "cpu", {}) for r in ROWS}
+    assert resolve_config("cpu").train.cpu_bf16 and all(c.train.cpu_bf16 for c in cpu_rows.values())
+    assert not smp_baseline_config("cpu").train.cpu_bf16  # `qmed benchmark quality`'s plain smp stays float32
 
 
 def test_select_rows():

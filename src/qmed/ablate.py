@@ -21,7 +21,8 @@ sampling, flips/rotations only, no TTA) and change what the paper names:
 ablations (each the Enhanced recipe with one part switched):
   no_edge                model.input_mode none: no edge channel (= dropping the 4th channel)
   stem4                  model.input_mode stem4: smp's 4-channel first convolution instead of the projection
-  uniform_sampler        data.sampler uniform instead of complexity weighting
+  uniform_sampler        data.sampler uniform instead of the preset's weighted sampler (paper:
+                         complexity weights; cpu: hard-image mining)
   other_loss             the loss the preset does not use: stabilised (Algorithm 1) <-> Dice + BCE
   no_tta                 the Enhanced model predicted without TTA (no training of its own)
 hq (SPEC Q4, not run by default):
@@ -85,7 +86,7 @@ ROWS = [
     Row("enhanced", "ladder", "Enhanced (qmed recipe)", "recipe", tta=True, paper=95.5),
     Row("no_edge", "ablations", "edge channel off (input_mode none)", "recipe", {"model": {"input_mode": "none"}}, tta=True),
     Row("stem4", "ablations", "smp 4-channel stem, no projection", "recipe", {"model": {"input_mode": "stem4"}}, tta=True),
-    Row("uniform_sampler", "ablations", "uniform sampling, no complexity weights", "recipe", {"data": {"sampler": "uniform"}}, tta=True),
+    Row("uniform_sampler", "ablations", "uniform sampling instead of the preset's weighted sampler", "recipe", {"data": {"sampler": "uniform"}}, tta=True),
     Row("other_loss", "ablations", "other loss (stabilised <-> Dice+BCE)", "recipe", _other_loss, tta=True),
     Row("no_tta", "ablations", "Enhanced without TTA", "recipe", tta=False),
     Row("hq_unet", "hq", "HQ-UNet (PQC bottleneck)", "baseline", {"model": {"arch": "hq_unet", "attention": None}}),
@@ -123,7 +124,13 @@ def select_rows(spec: str) -> list[Row]:
 
 
 def row_config(row: Row, preset: str, overrides: dict) -> QmedConfig:
-    base = smp_baseline_config(preset, overrides) if row.base == "baseline" else resolve_config(preset, overrides=overrides)
+    recipe = resolve_config(preset, overrides=overrides)
+    base = recipe
+    if row.base == "baseline":
+        # Every row trains in the preset's precision: at equal minutes the table compares methods,
+        # not arithmetic (the plain baseline alone, in `qmed benchmark quality`, stays float32).
+        base = smp_baseline_config(preset, overrides)
+        base = config_from_dict(_deep_merge(base.model_dump(), {"train": {"cpu_bf16": recipe.train.cpu_bf16}}), "qmed ablate")
     switches = row.switches(base) if callable(row.switches) else row.switches
     return config_from_dict(_deep_merge(base.model_dump(), {**switches, "name": f"ablate-{row.name}"}), f"qmed ablate row {row.name}")
 

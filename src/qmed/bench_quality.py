@@ -15,7 +15,7 @@ against the same VAL masks:
   decay, no accumulation, no clipping), batches of 4 random 256 px crops with flips and 90-degree
   rotations, uniform sampling, no edge channel, no elastic/brightness augmentation, no EMA of the
   validation score and no outlier rule (the checkpoint with the best raw validation Dice is kept,
-  as a user with a validation set would), no TTA. It runs on qmed's own trainer with config
+  as a user with a validation set would), no TTA, float32. It runs on qmed's own trainer with config
   switches (listed in SMP_BASELINE), sized to the budget like qmed.
 * ``nnunet``: nnU-Net v2 (`pip install nnunetv2`, >= 2.8), 2d configuration, fold ``all`` (all of
   TRAIN, as the other two): the data are exported with `qmed.convert.to_nnunet` (VAL as imagesTs),
@@ -77,7 +77,7 @@ SMP_BASELINE = {
     "augment": {"flip_p": 0.5, "rot90_p": 0.5, "elastic_p": 0.0, "brightness_contrast_p": 0.0},
     "train": {"loss": "dice_bce", "optimizer": "adam", "lr": 1.0e-3, "weight_decay": 0.0, "schedule": "constant",
               "accumulate": 1, "clip_grad": None, "batch_size": 4, "val_ema_alpha": 0.0, "outlier_min_drop": 1.0,
-              "weight_ema": False, "val_tta": False},
+              "weight_ema": False, "val_tta": False, "cpu_bf16": False},
 }
 
 
