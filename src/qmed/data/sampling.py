@@ -84,7 +84,8 @@ def hardness_weights(hardness: np.ndarray, cap: float = 3.0) -> np.ndarray:
     """Weights for `data.sampler: hard` (online hard-image mining): each image's running training
     loss over the median running loss, clipped to [1/cap, cap]; an image not drawn yet (NaN) gets 1.
     Mean 1. Unlike the complexity weights, which read the masks once, these follow what the model
-    still gets wrong, e.g. a source whose annotators drew the outlines wider than the others did."""
+    still gets wrong (on DSB2018 fluorescence: the embryo images, whose diffuse glow the ground
+    truth leaves out; docs/benchmarks.md 1g)."""
     h = np.asarray(hardness, dtype=float)
     w = np.ones(h.size)
     seen = np.isfinite(h)
