@@ -97,9 +97,10 @@ def hardness_weights(hardness: np.ndarray, cap: float = 3.0) -> np.ndarray:
 
 def per_sample_dice_loss(logits, target, smooth: float = 1.0):
     """1 - soft Dice of each sample of a (B,1,H,W) batch, detached: the hardness that `hard` sampling tracks."""
-    p = torch.sigmoid(logits.detach().float()).flatten(1)
-    t = target.detach().float().flatten(1)
-    return 1.0 - (2.0 * (p * t).sum(1) + smooth) / (p.sum(1) + t.sum(1) + smooth)
+    from ..losses import soft_dice_loss
+
+    p, t = torch.sigmoid(logits.detach().float()), target.detach().float()
+    return torch.stack([soft_dice_loss(pi, ti, smooth) for pi, ti in zip(p, t)])
 
 
 def make_sampler(weights, num_samples: int, seed: int) -> WeightedRandomSampler:
