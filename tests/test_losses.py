@@ -1,9 +1,10 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from qmed.losses import DiceBCELoss, StabilizedLoss, build_loss
+from qmed.losses import DiceBCELoss, StabilizedLoss, boundary_distance, build_loss
 
 L3 = math.log(3.0)
 LN43 = math.log(4 / 3)
@@ -129,6 +130,28 @@ def test_dice_bce_hand_case():
     assert loss2.item() == pytest.approx(expected2, abs=1e-6)
 
 
+def test_boundary_distance_hand_case():
+    # outline rings: foreground pixels 2 and 4 (next to background) and background pixels 1 and 5
+    d = boundary_distance(np.array([[0, 0, 1, 1, 1, 0]]))
+    assert d.tolist() == [[1, 0, 0, 1, 0, 0]]
+    assert np.isinf(boundary_distance(np.zeros((3, 3)))).all()
+    assert np.isinf(boundary_distance(np.ones((3, 3)))).all()
+
+
+def test_dice_bce_border_weighted_bce_hand_case():
+    target = torch.tensor([1.0, 0.0, 0.0]).view(1, 1, 1, 3)
+    logits = torch.tensor([0.0, 0.0, 2.0]).view(1, 1, 1, 3)
+    loss_fn = DiceBCELoss(boundary_weight=1.0, boundary_sigma=1.0)
+    loss_fn(logits, target)
+    # d = [0, 0, 1] -> w = [2, 2, 1 + e^-0.5]; bce = [ln 2, ln 2, ln(1 + e^2)]
+    w3 = 1 + math.exp(-0.5)
+    expected = (4 * LN2 + w3 * math.log(1 + math.e ** 2)) / (4 + w3)
+    assert loss_fn.last["bce"] == pytest.approx(expected, abs=1e-6)
+    # no outline (empty or all-foreground target): w = 1, the plain BCE
+    for t in (torch.zeros_like(target), torch.ones_like(target)):
+        assert DiceBCELoss(boundary_weight=5.0)(logits, t).item() == pytest.approx(DiceBCELoss()(logits, t).item(), abs=1e-6)
+
+
 def test_build_loss():
     assert isinstance(build_loss("stabilized"), StabilizedLoss)
     assert isinstance(build_loss("dice_bce"), DiceBCELoss)
@@ -137,3 +160,13 @@ def test_build_loss():
         build_loss("focal")
     with pytest.raises(ValueError):
         StabilizedLoss()(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 3))
+
+
+def test_trainer_builds_the_configured_border_weights():
+    from qmed.config import resolve_config
+    from qmed.train import loss_options
+
+    cfg = resolve_config("cpu", overrides=["train.boundary_weight=5", "train.boundary_sigma=2"])
+    fn = build_loss(cfg.train.loss, **loss_options(cfg.train))
+    assert isinstance(fn, DiceBCELoss) and (fn.boundary_weight, fn.boundary_sigma) == (5.0, 2.0)
+    assert loss_options(resolve_config("paper").train) == {"max_pos_weight": 50.0}

@@ -139,6 +139,10 @@ class TrainConfig(_Section):
     loss: Literal["stabilized", "dice_bce", "dice", "hybrid"] = "stabilized"
     # Upper clamp of the stabilised loss's automatic pos_weight (Algorithm 1: 50; 1 = unweighted BCE).
     pos_weight_max: float = 50.0
+    # dice_bce only: border emphasis of the BCE term, w = 1 + boundary_weight·exp(-d²/2σ²), d the
+    # distance to the mask outline (the U-Net paper's weight map; 0 = plain BCE). qmed.losses.
+    boundary_weight: float = Field(0.0, ge=0.0)
+    boundary_sigma: float = Field(3.0, gt=0.0)
     # Mixed precision on CUDA: float16 autocast + loss scaling.
     amp: bool = True
     # bfloat16 autocast for training steps and per-epoch validation on the CPU, where the CPU has

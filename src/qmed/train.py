@@ -130,6 +130,15 @@ def _scale_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
                 g[key] *= factor
 
 
+def loss_options(t) -> dict:
+    """The TrainConfig fields that the chosen loss takes."""
+    if t.loss == "stabilized":
+        return {"max_pos_weight": t.pos_weight_max}
+    if t.loss == "dice_bce":
+        return {"boundary_weight": t.boundary_weight, "boundary_sigma": t.boundary_sigma}
+    return {}
+
+
 class Trainer:
     def __init__(self, cfg: QmedConfig, train_source: str | Path, val_source: str | Path | None, out: str | Path,
                  device: str | None = None, quiet: bool = False, tensorboard: bool = False, stop_after: int | None = None):
@@ -175,7 +184,7 @@ class Trainer:
         cfg = self.cfg
         seed_everything(cfg.train.seed)
         self.model = build(cfg.model, pretrained=pretrained).to(self.device).to(memory_format=torch.channels_last)
-        self.loss_fn = build_loss(cfg.train.loss, **({"max_pos_weight": cfg.train.pos_weight_max} if cfg.train.loss == "stabilized" else {}))
+        self.loss_fn = build_loss(cfg.train.loss, **loss_options(cfg.train))
         opt_cls = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = opt_cls(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         steps_per_epoch = math.ceil(self.micro_per_epoch / cfg.train.accumulate)
