@@ -15,6 +15,7 @@ from .errors import QmedInputError
 
 
 def run_demo(out: Path, minutes: float = 3.0, n_train: int = 48, n_val: int = 12, force: bool = False, console=None, seed: int = 0, preset: str = "cpu") -> dict:
+    from .budget import fit_to_budget
     from .data.synthetic import write_demo_splits
     from .evaluate import evaluate_folders, summary_table, write_outputs
     from .predict import predict_folder
@@ -30,10 +31,9 @@ def run_demo(out: Path, minutes: float = 3.0, n_train: int = 48, n_val: int = 12
     t0 = time.time()
     train_dir, val_dir = write_demo_splits(out / "data", n_train, n_val, (256, 256), seed)
     say(f"synthetic data: {n_train} train / {n_val} val images in {out / 'data'}")
-    # Size the epochs to the time budget: about 2.5 s per 8 crops of 256 px on 2 CPU cores.
-    per_epoch = 64 if preset == "cpu" else 8
-    epochs = max(2, int(minutes * 60 / (per_epoch / 8 * 2.5 + 8)))
-    cfg = resolve_config(preset, overrides={"data": {"samples_per_epoch": per_epoch}, "train": {"epochs": epochs, "max_minutes": minutes}})
+    # Fit epochs and crops per epoch to the budget on this machine (as `qmed train --minutes`), so
+    # the demo uses its minutes whatever the CPU's speed or precision (bfloat16 halves a step).
+    cfg, _ = fit_to_budget(resolve_config(preset), train_dir, val_dir, minutes * 60.0, None, say)
     run = train(cfg, train_dir, val_dir, out / "run", quiet=False)
     preds = out / "predictions"
     predict_folder(run, val_dir / "images", preds, tta=True)
