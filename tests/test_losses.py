@@ -164,9 +164,13 @@ def test_build_loss():
 
 def test_trainer_builds_the_configured_border_weights():
     from qmed.config import resolve_config
-    from qmed.train import loss_options
+    from qmed.losses import loss_from_config
 
     cfg = resolve_config("cpu", overrides=["train.boundary_weight=5", "train.boundary_sigma=2"])
-    fn = build_loss(cfg.train.loss, **loss_options(cfg.train))
+    fn = loss_from_config(cfg.train)
     assert isinstance(fn, DiceBCELoss) and (fn.boundary_weight, fn.boundary_sigma) == (5.0, 2.0)
-    assert loss_options(resolve_config("paper").train) == {"max_pos_weight": 50.0}
+    paper = loss_from_config(resolve_config("paper").train)
+    assert isinstance(paper, StabilizedLoss) and paper.max_pos_weight == 50.0
+    # the border weights belong to Dice + BCE: asked for with another loss, the config refuses
+    with pytest.raises(Exception, match="boundary_weight"):
+        resolve_config("paper", overrides=["train.boundary_weight=5"])

@@ -57,7 +57,9 @@ Switches = Union[dict, Callable[[QmedConfig], dict]]
 
 
 def _other_loss(recipe: QmedConfig) -> dict:
-    return {"train": {"loss": "dice_bce" if recipe.train.loss == "stabilized" else "stabilized"}}
+    if recipe.train.loss == "stabilized":
+        return {"train": {"loss": "dice_bce"}}
+    return {"train": {"loss": "stabilized", "boundary_weight": 0.0}}  # border weights are Dice + BCE's own
 
 
 @dataclass(frozen=True)

@@ -280,7 +280,7 @@ def run_speed(preset: str = "cpu", size: int = 256, batch: int | None = None, de
               infer_batch: int | None = None, overrides: list[str] | None = None, say: Callable = print) -> dict:
     """Measure everything; returns the JSON document (see the module docstring)."""
     from .config import resolve_config
-    from .losses import build_loss
+    from .losses import build_loss, loss_from_config
     from .models.segmenter import build
     from .predict import _forward_views
 
@@ -318,7 +318,7 @@ def run_speed(preset: str = "cpu", size: int = 256, batch: int | None = None, de
         if kind == "recipe":
             model = build(cfg.model, pretrained=False)
             opt_cls = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
-            loss, acc, clip = build_loss(cfg.train.loss), cfg.train.accumulate, cfg.train.clip_grad
+            loss, acc, clip = loss_from_config(cfg.train), cfg.train.accumulate, cfg.train.clip_grad
             lr, wd = cfg.train.lr, cfg.train.weight_decay
         else:
             model, opt_cls, loss, acc, clip = BareSmp(cfg.model), torch.optim.Adam, build_loss("dice_bce"), 1, None
@@ -397,8 +397,8 @@ def run_speed(preset: str = "cpu", size: int = 256, batch: int | None = None, de
 
         add("projection", proj, bs)
     logits0 = torch.randn(y0.shape, device=dev) * 3
-    for name, loss_name in (("loss_recipe", cfg.train.loss), ("loss_bare", "dice_bce")):
-        def loss_step(i: int, fn=build_loss(loss_name)) -> None:
+    for name, loss_fn in (("loss_recipe", loss_from_config(cfg.train)), ("loss_bare", build_loss("dice_bce"))):
+        def loss_step(i: int, fn=loss_fn) -> None:
             z = logits0.clone().requires_grad_(True)
             fn(z, y0).backward()
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import QmedInputError
 
@@ -167,6 +167,13 @@ class TrainConfig(_Section):
     # Numerical safeguards: this many non-finite steps in a row restore the last good state.
     max_bad_steps: int = 5
     recovery_lr_factor: float = 0.5
+
+    @model_validator(mode="after")
+    def _border_weights_need_dice_bce(self):
+        # Only Dice + BCE takes them; silently ignoring them would mislead an ablation.
+        if self.boundary_weight > 0 and self.loss != "dice_bce":
+            raise ValueError(f"boundary_weight applies to loss 'dice_bce' only, not {self.loss!r}")
+        return self
 
 
 class PredictConfig(_Section):

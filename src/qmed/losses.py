@@ -220,3 +220,13 @@ def build_loss(name: str, **kw) -> nn.Module:
     except KeyError:
         raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}") from None
     return cls(**kw)
+
+
+def loss_from_config(t) -> nn.Module:
+    """The loss a TrainConfig names, with the fields that loss takes (the trainer's and the speed
+    benchmark's one way to build it)."""
+    if t.loss == "stabilized":
+        return build_loss(t.loss, max_pos_weight=t.pos_weight_max)
+    if t.loss == "dice_bce":
+        return build_loss(t.loss, boundary_weight=t.boundary_weight, boundary_sigma=t.boundary_sigma)
+    return build_loss(t.loss)

@@ -41,7 +41,7 @@ from .data.sampling import hardness_weights, per_sample_dice_loss
 from .data.dataset import fingerprint, find_pairs, split_pairs
 from .errors import QmedInputError
 from .fileio import write_json, write_text
-from .losses import build_loss
+from .losses import loss_from_config
 from .models.segmenter import build, count_parameters
 from .validate import validate
 
@@ -130,15 +130,6 @@ def _scale_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
                 g[key] *= factor
 
 
-def loss_options(t) -> dict:
-    """The TrainConfig fields that the chosen loss takes."""
-    if t.loss == "stabilized":
-        return {"max_pos_weight": t.pos_weight_max}
-    if t.loss == "dice_bce":
-        return {"boundary_weight": t.boundary_weight, "boundary_sigma": t.boundary_sigma}
-    return {}
-
-
 class Trainer:
     def __init__(self, cfg: QmedConfig, train_source: str | Path, val_source: str | Path | None, out: str | Path,
                  device: str | None = None, quiet: bool = False, tensorboard: bool = False, stop_after: int | None = None):
@@ -184,7 +175,7 @@ class Trainer:
         cfg = self.cfg
         seed_everything(cfg.train.seed)
         self.model = build(cfg.model, pretrained=pretrained).to(self.device).to(memory_format=torch.channels_last)
-        self.loss_fn = build_loss(cfg.train.loss, **loss_options(cfg.train))
+        self.loss_fn = loss_from_config(cfg.train)
         opt_cls = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = opt_cls(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         steps_per_epoch = math.ceil(self.micro_per_epoch / cfg.train.accumulate)
