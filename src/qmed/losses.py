@@ -128,7 +128,8 @@ def boundary_distance(mask: np.ndarray) -> np.ndarray:
     pos = np.asarray(mask, dtype=bool)
     if not pos.any() or pos.all():
         return np.full(pos.shape, np.inf, dtype=np.float32)
-    return (np.where(pos, ndimage.distance_transform_edt(pos), ndimage.distance_transform_edt(~pos)) - 1).astype(np.float32)
+    phi = signed_distance(pos)  # 0 on the inner ring, -(depth) inside, >= 1 outside
+    return np.where(phi > 0, phi - 1, -phi).astype(np.float32)
 
 
 def border_weights(target: torch.Tensor, w0: float, sigma: float) -> torch.Tensor:
