@@ -130,6 +130,18 @@ def test_dice_bce_hand_case():
     assert loss2.item() == pytest.approx(expected2, abs=1e-6)
 
 
+def test_dice_bce_per_image_dice_hand_case():
+    logits, target = case_a()
+    # sample 1 as in test_dice_bce_hand_case (Dice 2/3); sample 2 empty with logits 0: P = .5 on 4
+    # pixels, Dice = (0 + 1)/(2 + 0 + 1) = 1/3. Mean of the two Dice losses: (1/3 + 2/3)/2 = 1/2
+    fn = DiceBCELoss(per_image=True)
+    fn(torch.cat([logits, torch.zeros_like(logits)]), torch.cat([target, torch.zeros_like(target)]))
+    assert fn.last["dice"] == pytest.approx(0.5, abs=1e-6)
+    assert fn.last["bce"] == pytest.approx((3 * LN43 + 5 * LN2) / 8, abs=1e-6)  # BCE unchanged
+    # one sample: the same as the pooled Dice
+    assert DiceBCELoss(per_image=True)(logits, target).item() == pytest.approx(DiceBCELoss()(logits, target).item(), abs=1e-6)
+
+
 def test_boundary_distance_hand_case():
     # outline rings: foreground pixels 2 and 4 (next to background) and background pixels 1 and 5
     d = boundary_distance(np.array([[0, 0, 1, 1, 1, 0]]))
@@ -174,3 +186,6 @@ def test_trainer_builds_the_configured_border_weights():
     # the border weights belong to Dice + BCE: asked for with another loss, the config refuses
     with pytest.raises(Exception, match="boundary_weight"):
         resolve_config("paper", overrides=["train.boundary_weight=5"])
+    assert loss_from_config(resolve_config("cpu", overrides=["train.dice_per_image=true"]).train).per_image
+    with pytest.raises(Exception, match="dice_per_image"):
+        resolve_config("paper", overrides=["train.dice_per_image=true"])

@@ -59,7 +59,7 @@ Switches = Union[dict, Callable[[QmedConfig], dict]]
 def _other_loss(recipe: QmedConfig) -> dict:
     if recipe.train.loss == "stabilized":
         return {"train": {"loss": "dice_bce"}}
-    return {"train": {"loss": "stabilized", "boundary_weight": 0.0}}  # border weights are Dice + BCE's own
+    return {"train": {"loss": "stabilized", "boundary_weight": 0.0, "dice_per_image": False}}  # Dice + BCE's own options
 
 
 @dataclass(frozen=True)

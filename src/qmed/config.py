@@ -143,6 +143,9 @@ class TrainConfig(_Section):
     # distance to the mask outline (the U-Net paper's weight map; 0 = plain BCE). qmed.losses.
     boundary_weight: float = Field(0.0, ge=0.0)
     boundary_sigma: float = Field(3.0, gt=0.0)
+    # dice_bce only: mean of each sample's soft Dice (the per-image metric's weighting) instead of
+    # one Dice pooled over the batch. qmed.losses.DiceBCELoss.
+    dice_per_image: bool = False
     # Mixed precision on CUDA: float16 autocast + loss scaling.
     amp: bool = True
     # bfloat16 autocast for training steps and per-epoch validation on the CPU, where the CPU has
@@ -169,10 +172,12 @@ class TrainConfig(_Section):
     recovery_lr_factor: float = 0.5
 
     @model_validator(mode="after")
-    def _border_weights_need_dice_bce(self):
+    def _dice_bce_options_need_dice_bce(self):
         # Only Dice + BCE takes them; silently ignoring them would mislead an ablation.
         if self.boundary_weight > 0 and self.loss != "dice_bce":
             raise ValueError(f"boundary_weight applies to loss 'dice_bce' only, not {self.loss!r}")
+        if self.dice_per_image and self.loss != "dice_bce":
+            raise ValueError(f"dice_per_image applies to loss 'dice_bce' only, not {self.loss!r}")
         return self
 
 

@@ -87,7 +87,9 @@ class DiceBCELoss(nn.Module):
     """Baseline: 0.5·(1 - soft Dice) + 0.5·BCEWithLogits, Dice pooled over the whole batch (smp-style).
 
     Dice = (2 Σ σ(z)·T + smooth) / (Σ σ(z) + Σ T + smooth), smooth = 1, sums over all pixels of all
-    samples. Unlike smp's DiceLoss we do not zero the Dice term for an all-empty batch: with smooth = 1
+    samples. `per_image=True` instead averages each sample's own soft Dice, as the per-image Dice
+    metric averages images: a sparse crop's few nuclei then weigh as much as a dense crop's many
+    (an empty sample's Dice is 1 / (Σ σ(z) + 1), so it still pushes its false positives down). Unlike smp's DiceLoss we do not zero the Dice term for an all-empty batch: with smooth = 1
     it then still (gently) pushes predictions towards 0. No logit clamping, no pos_weight.
 
     `boundary_weight` w0 > 0 turns the BCE into a weighted mean Σ w·bce / Σ w with the U-Net paper's
@@ -98,16 +100,17 @@ class DiceBCELoss(nn.Module):
     """
 
     def __init__(self, w_dice: float = 0.5, w_bce: float = 0.5, smooth: float = 1.0,
-                 boundary_weight: float = 0.0, boundary_sigma: float = 3.0):
+                 boundary_weight: float = 0.0, boundary_sigma: float = 3.0, per_image: bool = False):
         super().__init__()
-        self.w_dice, self.w_bce, self.smooth = w_dice, w_bce, smooth
+        self.w_dice, self.w_bce, self.smooth, self.per_image = w_dice, w_bce, smooth, per_image
         self.boundary_weight, self.boundary_sigma = boundary_weight, boundary_sigma
         self.last: dict[str, float] = {}
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         _check(logits, target)
         logits, target = logits.float(), target.float()
-        l_dice = soft_dice_loss(torch.sigmoid(logits), target, self.smooth)
+        p = torch.sigmoid(logits)
+        l_dice = per_image_dice_loss(p, target, self.smooth).mean() if self.per_image else soft_dice_loss(p, target, self.smooth)
         if self.boundary_weight > 0:
             w = border_weights(target, self.boundary_weight, self.boundary_sigma)
             l_bce = (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * w).sum() / w.sum()
@@ -143,6 +146,12 @@ def border_weights(target: torch.Tensor, w0: float, sigma: float) -> torch.Tenso
 def soft_dice_loss(p: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
     """1 - (2 Σ p·T + smooth) / (Σ p + Σ T + smooth), pooled over every pixel of the batch."""
     return 1 - (2 * (p * target).sum() + smooth) / (p.sum() + target.sum() + smooth)
+
+
+def per_image_dice_loss(p: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """1 - soft Dice of each sample of a (B, 1, H, W) batch, shape (B,)."""
+    inter, total = (p * target).sum((1, 2, 3)), p.sum((1, 2, 3)) + target.sum((1, 2, 3))
+    return 1 - (2 * inter + smooth) / (total + smooth)
 
 
 class DiceLoss(nn.Module):
@@ -229,5 +238,5 @@ def loss_from_config(t) -> nn.Module:
     if t.loss == "stabilized":
         return build_loss(t.loss, max_pos_weight=t.pos_weight_max)
     if t.loss == "dice_bce":
-        return build_loss(t.loss, boundary_weight=t.boundary_weight, boundary_sigma=t.boundary_sigma)
+        return build_loss(t.loss, boundary_weight=t.boundary_weight, boundary_sigma=t.boundary_sigma, per_image=t.dice_per_image)
     return build_loss(t.loss)
