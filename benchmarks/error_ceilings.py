@@ -62,7 +62,8 @@ def main() -> None:
     print(f"{len(pairs)} images, per-image Dice (foreground images)")
     print(f"{'':44s} {'at 0.5':>8s} {'oracle threshold':>17s} {'oracle shift':>13s}")
     for d, probs in runs.items():
-        print(f"{str(d)[-44:]:44s} {score(probs):8.4f} {oracles(probs, truths)[0]:17.4f} {oracles(probs, truths)[1]:13.4f}")
+        t, s = oracles(probs, truths)
+        print(f"{str(d)[-44:]:44s} {score(probs):8.4f} {t:17.4f} {s:13.4f}")
     names = list(runs)
     for k in range(2, len(names) + 1):
         subsets = list(itertools.combinations(names, k))

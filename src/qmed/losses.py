@@ -87,10 +87,12 @@ class DiceBCELoss(nn.Module):
     """Baseline: 0.5·(1 - soft Dice) + 0.5·BCEWithLogits, Dice pooled over the whole batch (smp-style).
 
     Dice = (2 Σ σ(z)·T + smooth) / (Σ σ(z) + Σ T + smooth), smooth = 1, sums over all pixels of all
-    samples. `per_image=True` instead averages each sample's own soft Dice, as the per-image Dice
-    metric averages images: a sparse crop's few nuclei then weigh as much as a dense crop's many
-    (an empty sample's Dice is 1 / (Σ σ(z) + 1), so it still pushes its false positives down). Unlike smp's DiceLoss we do not zero the Dice term for an all-empty batch: with smooth = 1
-    it then still (gently) pushes predictions towards 0. No logit clamping, no pos_weight.
+    samples. Unlike smp's DiceLoss we do not zero the Dice term for an all-empty batch: with
+    smooth = 1 it then still (gently) pushes predictions towards 0. No logit clamping, no pos_weight.
+
+    `per_image=True` instead averages each sample's own soft Dice, as the per-image Dice metric
+    averages images: a sparse crop's few nuclei then weigh as much as a dense crop's many (an empty
+    sample's Dice is 1 / (Σ σ(z) + 1), so it still pushes its false positives down).
 
     `boundary_weight` w0 > 0 turns the BCE into a weighted mean Σ w·bce / Σ w with the U-Net paper's
     border emphasis, w = 1 + w0·exp(-d² / 2σ²), d = `boundary_distance` of each pixel to its
