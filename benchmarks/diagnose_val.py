@@ -11,11 +11,11 @@ import argparse
 import numpy as np
 import torch
 
-from qmed.checkpoint import load_model
 from qmed.data.batches import LoadedPairs
 from qmed.data.dataset import find_pairs
-from qmed.metrics import score_image
-from qmed.validate import validate
+from qmed.evaluate.metrics import score_image
+from qmed.segment.checkpoint import load_model
+from qmed.segment.validate import validate
 
 
 def main() -> None:

@@ -22,8 +22,8 @@ import numpy as np
 from scipy import ndimage
 
 from qmed.data.dataset import find_pairs
-from qmed.data.io import read_mask, read_probability
-from qmed.metrics import confusion, dice_mean_fg
+from qmed.evaluate.metrics import confusion, dice_mean_fg
+from qmed.io.images import read_mask, read_probability
 
 THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 SHIFTS = (-1, 0, 1, 2, 3)  # px: negative erodes, positive dilates

@@ -27,7 +27,7 @@ from sklearn.model_selection import cross_val_score
 
 from qmed.data.batches import normalize_intensity
 from qmed.data.dataset import find_pairs
-from qmed.data.io import read_image, read_mask
+from qmed.io.images import read_image, read_mask
 
 FEATURES = ("raw_background", "raw_p99.8", "foreground_fraction_0.3", "sharpness", "blobs")
 

@@ -17,8 +17,8 @@ import numpy as np
 from scipy import ndimage
 
 from qmed.data.dataset import find_pairs
-from qmed.data.io import read_mask, read_probability
-from qmed.metrics import confusion, dice_mean_fg, dice_pooled
+from qmed.evaluate.metrics import confusion, dice_mean_fg, dice_pooled
+from qmed.io.images import read_mask, read_probability
 
 
 def postprocess(fg: np.ndarray, min_px: int, fill: bool) -> np.ndarray:

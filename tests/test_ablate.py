@@ -6,14 +6,14 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from qmed import crf
-from qmed.ablate import ROWS, row_config, select_rows
-from qmed.bench_quality import smp_baseline_config
-from qmed.cli import app
+from qmed.cli.app import app
 from qmed.config import resolve_config
-from qmed.curve import parse_fractions, subset_sizes
 from qmed.errors import QmedInputError
+from qmed.experiments.ablate import ROWS, row_config, select_rows
+from qmed.experiments.curve import parse_fractions, subset_sizes
+from qmed.experiments.quality import smp_baseline_config
 from qmed.models.segmenter import build
+from qmed.segment import crf
 
 runner = CliRunner()
 

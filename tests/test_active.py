@@ -2,11 +2,10 @@
 
 import numpy as np
 import pytest
-import torch
 from torch import nn
 
-from qmed.active import enable_mc_dropout, mc_dropout_scores, select_most_uncertain
 from qmed.errors import QmedInputError
+from qmed.experiments.active import enable_mc_dropout, mc_dropout_scores, select_most_uncertain
 
 
 class Stub(nn.Module):

@@ -17,7 +17,7 @@ import tifffile
 from PIL import Image
 from typer.testing import CliRunner
 
-from qmed.cli import app
+from qmed.cli.app import app
 
 runner = CliRunner()
 RNG = np.random.default_rng(0)

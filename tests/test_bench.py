@@ -6,11 +6,12 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from qmed import bench_quality, precision
-from qmed.bench import PeakMemory, speed_rows
-from qmed.bench_quality import run_quality
-from qmed.budget import plan_budget
-from qmed.cli import app
+from qmed import runtime as precision
+from qmed.cli.app import app
+from qmed.experiments import quality as bench_quality
+from qmed.experiments.quality import run_quality
+from qmed.experiments.speed import PeakMemory, speed_rows
+from qmed.segment.budget import plan_budget
 
 runner = CliRunner()
 HAVE_NNUNET = importlib.util.find_spec("nnunetv2") is not None

@@ -15,14 +15,14 @@ from typer.testing import CliRunner
 
 pytest.importorskip("pennylane")
 
-from qmed.classify import (  # noqa: E402
+from qmed.classify.core import (  # noqa: E402
     ClassifyConfig,
     bootstrap_metrics,
     classification_metrics,
     load_dataset,
     stratified_split,
 )
-from qmed.cli import app  # noqa: E402
+from qmed.cli.app import app  # noqa: E402
 from qmed.errors import QmedInputError  # noqa: E402
 from qmed.models.classifier import build_classifier  # noqa: E402
 
@@ -118,8 +118,9 @@ def test_weights_errors_are_one_line(tmp_path):
 
 
 def test_hub_failure_is_an_input_error(monkeypatch):
-    import torchvision
     from urllib.error import URLError
+
+    import torchvision
 
     real = torchvision.models.resnet18
 
@@ -319,7 +320,7 @@ def test_config_rejects_unknown_keys():
 def test_vectorised_auc_matches_sklearn():
     from sklearn.metrics import roc_auc_score
 
-    from qmed.classify import metric_rows
+    from qmed.classify.core import metric_rows
 
     rng = np.random.default_rng(0)
     for k in (2, 3):
@@ -336,8 +337,9 @@ def test_vectorised_auc_matches_sklearn():
 
 
 def test_cli_hub_failure_exits_2(tmp_path, monkeypatch):
-    import torchvision
     from urllib.error import URLError
+
+    import torchvision
 
     real = torchvision.models.resnet18
     monkeypatch.setattr(torchvision.models, "resnet18", lambda **kw: (_ for _ in ()).throw(URLError("offline")) if kw.get("weights") else real(**kw))

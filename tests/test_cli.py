@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from qmed.cli import app
+from qmed.cli.app import app
 
 runner = CliRunner()
 
@@ -151,7 +151,7 @@ def test_predict_rescale_records_scales(tiny_run, fluo_subset, tmp_path):
     assert not (tmp_path / "q").exists()
 
 
-@pytest.mark.skipif(not __import__("qmed.precision").precision.cpu_has_native_bf16(),
+@pytest.mark.skipif(not __import__("qmed.runtime").runtime.cpu_has_native_bf16(),
                     reason="this CPU has no native bfloat16 (AVX512-BF16/AMX)")
 def test_train_cpu_bf16_budgeted(fluo_subset, tmp_path):
     """bfloat16 training steps, calibration and validation on the CPU; the checkpoint stays float32."""

@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from qmed.cli import app
-from qmed.convert import from_nnunet, to_nnunet
+from qmed.cli.app import app
 from qmed.errors import QmedInputError
+from qmed.io.nnunet import from_nnunet, to_nnunet
 
 runner = CliRunner()
 
@@ -145,7 +145,7 @@ def test_refusals(gray_dataset, tmp_path):
 
 def test_round_trip_real_images(fluo_subset, tmp_path):
     """Real DSB2018 images (8-bit gray, uint16 instance label maps): images identical, masks binarised."""
-    from qmed.data.io import read_mask
+    from qmed.io.images import read_mask
 
     ds = to_nnunet(fluo_subset["train"], tmp_path / "raw", 501, "Fluo", val=fluo_subset["val"])
     from_nnunet(ds, tmp_path / "back", tmp_path / "back_val")

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from qmed.enhance import GaborEdge, edge_channel_numpy, gabor_bank, gabor_kernel, gabor_params
+from qmed.models.edge import GaborEdge, edge_channel_numpy, gabor_bank, gabor_kernel, gabor_params
 
 
 def test_bank_is_24_filters_of_the_paper():

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from qmed.errors import QmedInputError
-from qmed.evaluate import default_csv_path, evaluate_folders, summary_table, write_outputs
+from qmed.evaluate.folders import default_csv_path, evaluate_folders, summary_table, write_outputs
 
 REAL_VAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018-fluo" / "val"
 
@@ -192,7 +192,7 @@ def test_summary_table_labels(dataset, tmp_path):
 
 @pytest.mark.skipif(not (REAL_VAL / "masks").is_dir(), reason=f"real data not present at {REAL_VAL}")
 def test_real_data_ground_truth_as_prediction(tmp_path):
-    from qmed.data.io import read_mask, write_mask_png
+    from qmed.io.images import read_mask, write_mask_png
 
     masks = sorted((REAL_VAL / "masks").iterdir())[:8]
     truth = tmp_path / "truth" / "masks"
@@ -212,7 +212,7 @@ def test_real_data_ground_truth_as_prediction(tmp_path):
 def test_label_map_prediction_warns(dataset, tmp_path, caplog):
     root, masks = dataset
     pred = write_preds(tmp_path / "pred", masks, lambda m: m.astype(np.uint8))
-    from qmed.metrics import label_components
+    from qmed.evaluate.metrics import label_components
 
     save_png(pred / "b.png", label_components(masks["b"]).astype(np.uint16))  # labels 1, 2 -> /65535
     with caplog.at_level(logging.WARNING, logger="qmed"):

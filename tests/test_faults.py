@@ -10,9 +10,9 @@ import time
 import torch
 import yaml
 
-from qmed import checkpoint
 from qmed.config import resolve_config
-from qmed.train import train
+from qmed.segment import checkpoint
+from qmed.segment.train import train
 
 
 def test_nan_injection_recovers(fluo_subset, tmp_path, monkeypatch):

@@ -9,8 +9,8 @@ import pytest
 import tifffile
 from PIL import Image, ImageDraw
 
-from qmed.data.io import read_array, read_image, read_mask, read_probability, write_mask_png, write_probability_png
 from qmed.errors import QmedInputError
+from qmed.io.images import read_array, read_image, read_mask, read_probability, write_mask_png, write_probability_png
 
 
 # --------------------------------------------------------------------------------------- helpers
@@ -421,7 +421,7 @@ def test_atomic_writes_get_the_umask_mode(tmp_path):
     import os
     import stat
 
-    import qmed.fileio as fileio
+    import qmed.io.files as fileio
 
     old = os.umask(0o022)
     try:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from qmed.losses import DiceBCELoss, StabilizedLoss, boundary_distance, build_loss
+from qmed.segment.losses import DiceBCELoss, StabilizedLoss, boundary_distance, build_loss
 
 L3 = math.log(3.0)
 LN43 = math.log(4 / 3)
@@ -176,7 +176,7 @@ def test_build_loss():
 
 def test_trainer_builds_the_configured_border_weights():
     from qmed.config import resolve_config
-    from qmed.losses import loss_from_config
+    from qmed.segment.losses import loss_from_config
 
     cfg = resolve_config("cpu", overrides=["train.boundary_weight=5", "train.boundary_sigma=2"])
     fn = loss_from_config(cfg.train)

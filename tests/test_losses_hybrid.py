@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from qmed.losses import HybridLoss, build_loss, signed_distance
+from qmed.segment.losses import HybridLoss, build_loss, signed_distance
 
 
 def t(rows) -> torch.Tensor:

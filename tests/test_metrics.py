@@ -1,4 +1,4 @@
-"""Hand-computed cases for qmed.metrics (each expected number is worked out in a comment)."""
+"""Hand-computed cases for qmed.evaluate.metrics (each expected number is worked out in a comment)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from qmed import metrics as M
+from qmed.evaluate import metrics as M
 
 nan = float("nan")
 

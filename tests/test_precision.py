@@ -1,9 +1,8 @@
-"""qmed.precision: which autocast dtype a training step gets, and that a bf16 CPU step trains."""
+"""qmed.runtime: which autocast dtype a training step gets, and that a bf16 CPU step trains."""
 
-import pytest
 import torch
 
-from qmed import precision
+from qmed import runtime as precision
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 

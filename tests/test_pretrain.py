@@ -10,9 +10,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from qmed.cli import app
+from qmed.classify.pretrain import nt_xent, save_encoder, simclr_view
+from qmed.cli.app import app
 from qmed.models.classifier import build_classifier
-from qmed.pretrain import nt_xent, save_encoder, simclr_view
 
 runner = CliRunner()
 

@@ -7,10 +7,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from qmed.cli import app
+from qmed.cli.app import app
 from qmed.config import resolve_config
-from qmed.report import select_cases
-from qmed.train import resume, train
+from qmed.report.run import select_cases
+from qmed.segment.train import resume, train
 
 runner = CliRunner()
 

@@ -10,7 +10,7 @@ from torch import nn
 from qmed.config import QmedConfig
 from qmed.data.batches import TrainCrops
 from qmed.data.objects import dataset_diameter, object_diameter
-from qmed.predict import predict_image
+from qmed.segment.predict import predict_image
 
 
 def d(area):

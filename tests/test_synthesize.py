@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 pytest.importorskip("diffusers")
 
-from qmed.cli import app  # noqa: E402
-from qmed.synthesize import build_unet, gray_if_equal, kid, nearest_rms, sample, train_step  # noqa: E402
+from qmed.classify.synthesize import build_unet, gray_if_equal, kid, nearest_rms, sample, train_step  # noqa: E402
+from qmed.cli.app import app  # noqa: E402
 
 runner = CliRunner()
 
@@ -128,7 +128,7 @@ def tiny_classes(tmp_path) -> dict[str, Path]:
 
 @pytest.mark.parametrize("with_val", [True, False])
 def test_synthetic_images_reach_training_only(tiny_classes, with_val):
-    from qmed.classify import ClassifyConfig, load_split
+    from qmed.classify.core import ClassifyConfig, load_split
 
     val = str(tiny_classes["val"]) if with_val else None
     base = ClassifyConfig(positive="malignant", image_size=32)

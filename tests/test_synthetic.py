@@ -7,9 +7,9 @@ import pytest
 from scipy import ndimage
 
 from qmed.data.dataset import find_pairs, fingerprint, load_pair
-from qmed.data.io import read_image, read_mask
 from qmed.data.synthetic import generate_sample, write_dataset, write_demo_splits
 from qmed.errors import QmedInputError
+from qmed.io.images import read_image, read_mask
 
 
 @pytest.mark.parametrize("size", [(256, 256), (64, 96), (40, 40)], ids=["256", "64x96", "40"])

@@ -12,7 +12,7 @@ from typing import Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import QmedInputError
+from qmed.errors import QmedInputError
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
@@ -135,22 +135,22 @@ class TrainConfig(_Section):
     schedule: Literal["onecycle", "constant"] = "onecycle"
     clip_grad: Optional[float] = 0.5
     # stabilized: Algorithm 1; dice_bce: the smp-style baseline; dice: soft Dice alone and hybrid:
-    # 0.5 Dice + 0.3 Focal + 0.2 Boundary (the Table II ladder's losses; `qmed.losses`).
+    # 0.5 Dice + 0.3 Focal + 0.2 Boundary (the Table II ladder's losses; `qmed.segment.losses`).
     loss: Literal["stabilized", "dice_bce", "dice", "hybrid"] = "stabilized"
     # Upper clamp of the stabilised loss's automatic pos_weight (Algorithm 1: 50; 1 = unweighted BCE).
     pos_weight_max: float = 50.0
     # dice_bce only: border emphasis of the BCE term, w = 1 + boundary_weight·exp(-d²/2σ²), d the
-    # distance to the mask outline (the U-Net paper's weight map; 0 = plain BCE). qmed.losses.
+    # distance to the mask outline (the U-Net paper's weight map; 0 = plain BCE). qmed.segment.losses.
     boundary_weight: float = Field(0.0, ge=0.0)
     boundary_sigma: float = Field(3.0, gt=0.0)
     # dice_bce only: mean of each sample's soft Dice (the per-image metric's weighting) instead of
-    # one Dice pooled over the batch. qmed.losses.DiceBCELoss.
+    # one Dice pooled over the batch. qmed.segment.losses.DiceBCELoss.
     dice_per_image: bool = False
     # Mixed precision on CUDA: float16 autocast + loss scaling.
     amp: bool = True
     # bfloat16 autocast for training steps and per-epoch validation on the CPU, where the CPU has
     # native bfloat16 (AVX512-BF16 or AMX); ignored elsewhere (emulated bf16 is slower than
-    # float32). `qmed predict` stays float32. qmed.precision; docs/benchmarks.md section 3b.
+    # float32). `qmed predict` stays float32. qmed.runtime; docs/benchmarks.md section 3b.
     cpu_bf16: bool = False
     seed: int = 0
     # EMA of the validation Dice that selects best.pt (paper eq. 6).
@@ -219,10 +219,10 @@ def available_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
-def _deep_merge(base: dict, over: dict) -> dict:
+def deep_merge(base: dict, over: dict) -> dict:
     out = dict(base)
     for k, v in over.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -281,11 +281,11 @@ def resolve_config(preset: str = "cpu", config_file: str | Path | None = None, o
     base = load_preset(preset).model_dump()
     source: str | Path | None = PRESET_DIR / f"{preset}.yaml"
     if config_file is not None:
-        base = _deep_merge(base, load_yaml(config_file))
+        base = deep_merge(base, load_yaml(config_file))
         source = config_file
     if overrides:
         over = parse_overrides(overrides) if isinstance(overrides, list) else overrides
-        base = _deep_merge(base, over)
+        base = deep_merge(base, over)
         source = source if config_file is not None else "--set"
     return _validate(base, source)
 

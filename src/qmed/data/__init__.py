@@ -1,1 +1,1 @@
-"""Data: reading files, folder datasets, augmentation and sampling."""
+"""Data: folder datasets and fingerprint, batches, augmentation, sampling, synthetic data."""

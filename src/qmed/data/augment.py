@@ -14,7 +14,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import albumentations as A  # noqa: E402
 import cv2  # noqa: E402
 
-from ..config import AugmentConfig  # noqa: E402
+from qmed.config import AugmentConfig  # noqa: E402
 
 
 def train_transform(cfg: AugmentConfig) -> A.Compose:

@@ -11,10 +11,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from ..config import QmedConfig
-from .augment import train_transform
-from .dataset import Pair, load_pair
-from .sampling import complexity_score, complexity_weights, make_sampler
+from qmed.config import QmedConfig
+from qmed.data.augment import train_transform
+from qmed.data.dataset import Pair, load_pair
+from qmed.data.sampling import complexity_score, complexity_weights, make_sampler
 
 
 def to_rgb(img: np.ndarray) -> np.ndarray:

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import QmedInputError
-from .io import IMAGE_EXTENSIONS, is_image_file, read_image, read_mask
-from .objects import median_diameter, object_diameter
+from qmed.data.objects import median_diameter, object_diameter
+from qmed.errors import QmedInputError
+from qmed.io.images import IMAGE_EXTENSIONS, is_image_file, read_image, read_mask
 
 log = logging.getLogger("qmed")
 
@@ -61,7 +61,7 @@ def _subdir(root: Path, names: tuple[str, ...]) -> Path | None:
     return None
 
 
-def _mask_stem(stem: str) -> str:
+def mask_stem(stem: str) -> str:
     for suf in MASK_SUFFIXES[1:]:
         if stem.endswith(suf):
             return stem[: -len(suf)]
@@ -93,7 +93,7 @@ def find_pairs(source: str | Path, require_masks: bool = True) -> list[Pair]:
     by_stem: dict[str, Path] = {}
     image_stems = {p.stem for p in images}
     for m in masks:
-        key = m.stem if m.stem in image_stems else _mask_stem(m.stem)
+        key = m.stem if m.stem in image_stems else mask_stem(m.stem)
         if key in by_stem:
             raise QmedInputError(m, f"a second mask for image {key!r} (also {by_stem[key].name})")
         by_stem[key] = m
@@ -150,7 +150,7 @@ def write_pairs_csv(path: str | Path, pairs: list[Pair]) -> Path:
     without copying its files (learning curves, active learning)."""
     import io
 
-    from ..fileio import write_text
+    from qmed.io.files import write_text
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")

@@ -11,7 +11,7 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from ..metrics import label_components
+from qmed.evaluate.metrics import label_components
 
 
 def object_diameter(mask: np.ndarray, min_area: int = 4) -> Optional[float]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from ..errors import QmedInputError
+from qmed.errors import QmedInputError
 
 NAME_PREFIX = "synth"
 _NAME_RX = re.compile(rf"^{NAME_PREFIX}_\d+\.png$")
@@ -209,7 +209,7 @@ def generate_sample(rng: np.random.Generator, size: int | tuple[int, int] = (256
 def _write_png(path: Path, arr: np.ndarray) -> None:
     from PIL import Image
 
-    from ..fileio import write_atomic
+    from qmed.io.files import write_atomic
 
     img = Image.fromarray(arr)  # uint8 -> L, uint16 -> I;16 (16-bit gray PNG)
     write_atomic(path, lambda p: img.save(p, format="PNG"))

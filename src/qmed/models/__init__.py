@@ -1,1 +1,1 @@
-"""Models: the 4->3 projection, the segmenter, and (later) quantum layers and classifiers."""
+"""Models: the edge channel, 4->3 projection, segmenter, ladder nets, HQ-UNet, classifier, quantum layers."""

@@ -27,9 +27,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import QmedInputError
-from .quantum import PQCConfig, PQCLayer
-from .weights import OFFLINE_MOBILENET, load_state_dict_file, resolve_weights
+from qmed.errors import QmedInputError
+from qmed.models.quantum import PQCConfig, PQCLayer
+from qmed.models.weights import OFFLINE_MOBILENET, load_state_dict_file, resolve_weights
 
 log = logging.getLogger("qmed")
 

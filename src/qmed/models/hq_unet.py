@@ -25,8 +25,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import HQConfig
-from .quantum import PQCConfig, PQCLayer
+from qmed.config import HQConfig
+from qmed.models.quantum import PQCConfig, PQCLayer
 
 
 def circuit_parameters(qubits: int, layers: int, entangler: str) -> int:

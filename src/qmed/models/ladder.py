@@ -15,10 +15,10 @@ ladder's rungs differ from smp's `unet` only in the parts the paper names.
   net), then 1x1, 3x3 dilation 2, 3x3 dilation 4 and image pooling branches, concatenated and
   projected. Dilations 2 and 4, not DeepLab's 6/12/18: at /32 a 256 px crop is 8 x 8 positions.
   The paper's rung also names dense-CRF post-processing and patch sampling; those are not part of
-  the network (`qmed.crf`, and `data.fg_crop_p` in `qmed ablate`).
+  the network (`qmed.segment.crf`, and `data.fg_crop_p` in `qmed ablate`).
 
 `model.attention` (smp's SCSE) does not apply here; `model.dropout` > 0 adds Dropout2d after every
-decoder block (what MC-Dropout active learning samples, `qmed.active`).
+decoder block (what MC-Dropout active learning samples, `qmed.experiments.active`).
 """
 
 from __future__ import annotations

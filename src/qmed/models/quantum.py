@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import QmedInputError
+from qmed.errors import QmedInputError
 
 ENTANGLERS = ("strong", "basic")
 ROTATIONS = ("Y", "X")

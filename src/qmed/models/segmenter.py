@@ -13,13 +13,13 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
-from ..config import ModelConfig
-from ..enhance import GaborEdge
-from ..errors import QmedInputError
-from .hq_unet import attach_bottleneck
-from .ladder import LADDER_ARCHS, LadderUNet
-from .projection import EdgeProjection
-from .weights import load_encoder_file, resolve_weights
+from qmed.config import ModelConfig
+from qmed.errors import QmedInputError
+from qmed.models.edge import GaborEdge
+from qmed.models.hq_unet import attach_bottleneck
+from qmed.models.ladder import LADDER_ARCHS, LadderUNet
+from qmed.models.projection import EdgeProjection
+from qmed.models.weights import load_encoder_file, resolve_weights
 
 log = logging.getLogger("qmed")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import QmedInputError
+from qmed.errors import QmedInputError
 
 log = logging.getLogger("qmed")
 

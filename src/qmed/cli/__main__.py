@@ -1,0 +1,5 @@
+"""`python -m qmed.cli ...` runs the `qmed` command."""
+
+from qmed.cli.app import main
+
+main()

@@ -1,0 +1,75 @@
+"""`qmed benchmark speed|quality`: the recipe's cost, and qmed against plain smp and nnU-Net.
+
+Registered on the main app by `qmed.cli.app`; the shared helpers come from `qmed.cli.common`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from qmed.cli.common import console, err_console, handle_errors, setup_logging
+
+benchmark_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                            help="Measure speed and memory (speed) or train qmed, plain smp and nnU-Net on one budget and score them (quality).")
+
+
+@benchmark_app.command()
+@handle_errors
+def speed(
+    preset: str = typer.Option("cpu", help="Preset to measure: cpu, paper, tiny."),
+    size: int = typer.Option(256, help="Crop / image size in px (multiple of 32)."),
+    batch: Optional[int] = typer.Option(None, help="Training batch (default: the preset's)."),
+    infer_batch: Optional[int] = typer.Option(None, "--infer-batch", help="Inference batch (default: --batch)."),
+    device: str = typer.Option("cpu", help="cpu or cuda[:N]."),
+    amp: bool = typer.Option(False, "--amp", help="Mixed precision: float16 autocast + GradScaler on CUDA; bfloat16 autocast on a CPU with native bfloat16 (AVX512-BF16 or AMX)."),
+    channels_last: bool = typer.Option(False, "--channels-last", help="Channels-last memory format for models and inputs."),
+    steps: int = typer.Option(10, help="Timed rounds: every task (train steps, parts, inference) is timed once per round, round-robin, after 2 warm-up calls; medians are reported."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset folder for the data pipeline (default: synthetic images)."),
+    set_: List[str] = typer.Option([], "--set", help="Override a preset field, e.g. --set model.encoder=resnet34."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write every figure as JSON here."),
+):
+    """Images/s and peak memory of a train step and of inference (with and without TTA), and the recipe's overhead over a bare smp step."""
+    from qmed.experiments.speed import rich_tables, run_speed
+    from qmed.io.files import write_json
+
+    setup_logging()
+    doc = run_speed(preset=preset, size=size, batch=batch, device=device, amp=amp, channels_last=channels_last, steps=steps,
+                    data=data, infer_batch=infer_batch, overrides=set_, say=lambda m: err_console.print(m, style="dim", markup=False))
+    for t in rich_tables(doc):
+        console.print(t)
+    console.print(f"memory: {doc['memory']['note']}")
+    if json_out:
+        write_json(json_out, doc)
+        console.print(f"wrote {json_out}")
+
+
+@benchmark_app.command()
+@handle_errors
+def quality(
+    data: Path = typer.Option(..., "--data", help="Training dataset folder (images/ + masks/)."),
+    val: Path = typer.Option(..., "--val", help="Validation dataset folder: every method is scored on it."),
+    out: Path = typer.Option(..., "--out", help="Output folder: quality.json, quality.md and one folder per method."),
+    minutes: float = typer.Option(30.0, help="Training budget per method, in minutes of wall-clock time."),
+    methods: str = typer.Option("qmed,smp,nnunet", help="Comma-separated: qmed, smp, nnunet."),
+    preset: str = typer.Option("cpu", help="qmed preset (the smp baseline uses its encoder, crop and batch)."),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda if available)."),
+    nnunet_trainer: str = typer.Option("nnUNetTrainer_qmedBudget", "--nnunet-trainer",
+                                       help="nnU-Net trainer: the budget-fitted stock trainer (default) or a stock variant such as nnUNetTrainer_1epoch."),
+    dataset_id: int = typer.Option(501, "--dataset-id", help="nnU-Net dataset ID for the export (inside --out)."),
+    n_boot: int = typer.Option(2000, help="Bootstrap resamples for the 95 % confidence intervals."),
+    force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out folder."),
+):
+    """Train and score qmed, a plain smp baseline and nnU-Net v2 on the same data and budget; print one table."""
+    from qmed.experiments.quality import failure_notes, parse_methods, rich_table, run_quality
+
+    setup_logging()
+    doc = run_quality(data, val, out, minutes=minutes, methods=parse_methods(methods), preset=preset, device=device,
+                      nnunet_trainer=nnunet_trainer, dataset_id=dataset_id, n_boot=n_boot, force=force,
+                      say=lambda m: err_console.print(m, style="dim", markup=False))
+    console.print(rich_table(doc["results"], f"quality on {val}, {minutes:g} min training per method, 95 % CIs"))
+    for note in failure_notes(doc["results"]):
+        console.print(note, markup=False, highlight=False, soft_wrap=True)
+    console.print(f"wrote {out / 'quality.json'} and {out / 'quality.md'}")

@@ -1,0 +1,194 @@
+"""`qmed classify ...`: inspect, train, evaluate, predict, compare (image classification, SPEC Q1-Q3).
+
+Registered on the main app by `qmed.cli.app`; the shared helpers come from `qmed.cli.common`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from qmed.cli.common import console, handle_errors, setup_logging, weights_option
+from qmed.errors import QmedInputError
+
+classify_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                           help="Image classification (class folders or MedMNIST .npz) with an optional quantum feature layer.")
+
+DATA_HELP = "Class-folder dataset (ROOT/CLASS/*.png) or a MedMNIST .npz (FILE.npz or FILE.npz:SPLIT)."
+
+
+def _base_config(**kw):
+    from qmed.classify.core import ClassifyConfig
+
+    cfg = ClassifyConfig.from_dict(kw)
+    cfg.validate()
+    return cfg
+
+
+@classify_app.command("inspect")
+@handle_errors
+def inspect_cmd(
+    data: Path = typer.Argument(..., help=DATA_HELP),
+    positive: Optional[str] = typer.Option(None, help="Report this class's share (positive vs rest)."),
+):
+    """Print the class counts and the imbalance of a classification dataset."""
+    setup_logging(False)
+    from qmed.classify.core import describe_dataset
+
+    d = describe_dataset(data, positive)
+    con = console
+    for split, s in d["splits"].items():
+        parts = ", ".join(f"{c} {k} ({100 * k / max(1, s['n']):.1f} %)" for c, k in s["counts"].items())
+        line = f"{split}: {s['n']} images; {parts}; majority:minority {s['majority_minority_ratio']:.2f}:1"
+        if "positive" in s:
+            line += f"; positive {positive}: {100 * s['positive']['fraction']:.1f} %"
+        con.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+@classify_app.command("train")
+@handle_errors
+def train_cmd(
+    data: str = typer.Option(..., "--data", help="Training set. " + DATA_HELP),
+    val: Optional[str] = typer.Option(None, "--val", help="Validation set (same forms). Without it: a stratified seeded 20 % split of --data."),
+    out: Path = typer.Option(..., "--out", help="Run directory: config.json, metrics.csv, train.log, checkpoints/, summary.json, eval/."),
+    positive: Optional[str] = typer.Option(None, help="Binary task: this class vs the rest (e.g. malignant). Default: all classes."),
+    model: str = typer.Option("mobilenet_v2", help="mobilenet_v2, resnet18, densenet121, vgg16, efficientnet_b0, or timm:NAME."),
+    weights: str = typer.Option("imagenet", help="imagenet (mobilenet_v2: the offline file when installed), a local .pth (e.g. qmed pretrain simclr's encoder.pth), offline-mobilenet, or none."),
+    pqc: bool = typer.Option(True, "--pqc/--no-pqc", help="Quantum feature layer on the pooled features."),
+    qubits: int = typer.Option(4, help="Qubits Q of the quantum layer."),
+    layers: int = typer.Option(2, help="Variational entangling layers L."),
+    entangler: str = typer.Option("strong", help="strong (StronglyEntanglingLayers) or basic (BasicEntanglerLayers)."),
+    rotation: str = typer.Option("Y", help="Angle encoding rotation: Y or X."),
+    qdevice: str = typer.Option("default.qubit", help="PennyLane device name."),
+    diff_method: str = typer.Option("backprop", help="PennyLane diff_method (backprop broadcasts on default.qubit)."),
+    image_size: int = typer.Option(128, help="Images are resized to SIZE x SIZE."),
+    batch_size: int = typer.Option(32),
+    epochs: int = typer.Option(30, help="Epoch limit."),
+    minutes: Optional[float] = typer.Option(None, help="Wall-clock training budget in minutes."),
+    lr: float = typer.Option(3e-4, help="Adam learning rate (the quantum branch uses lr x --pqc-lr-mult)."),
+    pqc_lr_mult: float = typer.Option(10.0, help="Learning-rate multiplier of the quantum branch."),
+    weight_decay: float = typer.Option(1e-4, help="L2 weight decay (Adam)."),
+    patience: int = typer.Option(6, help="Early stopping: epochs without a better validation AUC."),
+    class_weights: bool = typer.Option(False, "--class-weights/--no-class-weights", help="Inverse-frequency class-weighted cross-entropy."),
+    augment: bool = typer.Option(True, "--augment/--no-augment", help="Flips, small rotations/scales/shifts, brightness/contrast."),
+    synthetic: Optional[str] = typer.Option(None, "--synthetic", help="Folder of extra images (or a `qmed synthesize` output folder) added to the training set only, never to validation."),
+    synthetic_class: Optional[str] = typer.Option(None, "--synthetic-class", help="Class of the --synthetic images (default: --positive, or the second class of a two-class set)."),
+    seed: int = typer.Option(0),
+    force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out directory."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, ... (default: cuda if available)."),
+):
+    """Train a classifier (MobileNetV2 + quantum feature layer by default); keeps the best validation AUC."""
+    setup_logging(True)
+    from qmed.classify.core import train_classifier
+
+    cfg = _base_config(model=model, weights=weights_option(weights), pqc=pqc, qubits=qubits, layers=layers, entangler=entangler,
+                       rotation=rotation, qdevice=qdevice, diff_method=diff_method, positive=positive, image_size=image_size,
+                       batch_size=batch_size, epochs=epochs, minutes=minutes, lr=lr, pqc_lr_mult=pqc_lr_mult,
+                       weight_decay=weight_decay, patience=patience, class_weights=class_weights, augment=augment, seed=seed,
+                       synthetic=synthetic, synthetic_class=synthetic_class)
+    s = train_classifier(cfg, data, val, out, force=force, device=device)
+    con = console
+    con.print(_metrics_line(s["val_metrics"], f"val ({s['val']['n']} images, best epoch {s['best_epoch']})"), markup=False, highlight=False, soft_wrap=True)
+    if s["profile"].get("pqc_share") is not None:
+        p = s["profile"]
+        con.print(f"quantum layer: {p['pqc_ms']:.1f} ms of a {p['step_ms']:.0f} ms training step ({100 * p['pqc_share']:.1f} %), alpha {s['alpha']:+.4f}",
+                  markup=False, highlight=False, soft_wrap=True)
+    con.print(f"run written to {out} (checkpoints/best.pt, metrics.csv, summary.json, eval/metrics.json, eval/figures/)", markup=False, highlight=False, soft_wrap=True)
+
+
+def _metrics_line(m: dict, title: str) -> str:
+    parts = [f"{k} {m[k]['value']:.4f} [{m[k]['ci_low']:.4f}, {m[k]['ci_high']:.4f}]" for k in m]
+    return f"{title}: " + "; ".join(parts)
+
+
+@classify_app.command("evaluate")
+@handle_errors
+def evaluate_cmd(
+    model: Path = typer.Option(..., "--model", help="Run directory of qmed classify train, or a .pt checkpoint."),
+    data: str = typer.Option(..., "--data", help="Labelled set. " + DATA_HELP + " (.npz default split: test, else val)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write metrics.json, predictions.csv and figures/ here."),
+    threshold: Optional[float] = typer.Option(None, help="Decision threshold on the positive class (default: the run's, 0.5)."),
+    n_boot: Optional[int] = typer.Option(None, help="Bootstrap resamples (default: the run's, 1000)."),
+    seed: Optional[int] = typer.Option(None, help="Bootstrap seed (default: the run's)."),
+    device: Optional[str] = typer.Option(None),
+):
+    """Score a trained classifier: accuracy, balanced accuracy, AUC, F1, sensitivity, specificity with 95 % bootstrap CIs."""
+    setup_logging(False)
+    from qmed.classify.core import evaluate_run
+
+    r = evaluate_run(model, data, out, n_boot=n_boot, seed=seed, threshold=threshold, device=device)
+    con = console
+    counts = ", ".join(f"{c} {k}" for c, k in r["counts"].items())
+    con.print(f"{r['source']}: {r['n']} images ({counts})", markup=False, highlight=False, soft_wrap=True)
+    for k, v in r["metrics"].items():
+        con.print(f"  {k:18s} {v['value']:.4f}  [{v['ci_low']:.4f}, {v['ci_high']:.4f}]", markup=False, highlight=False, soft_wrap=True)
+    if out:
+        con.print(f"wrote {out / 'metrics.json'}, {out / 'predictions.csv'} and {out / 'figures'}", markup=False, highlight=False, soft_wrap=True)
+
+
+@classify_app.command("predict")
+@handle_errors
+def predict_cmd(
+    model: Path = typer.Option(..., "--model", help="Run directory of qmed classify train, or a .pt checkpoint."),
+    input: str = typer.Option(..., "--input", help="Folder of images (searched recursively), one image, or FILE.npz:SPLIT."),
+    out: Path = typer.Option(..., "--out", help="CSV: file, predicted class, one probability column per class."),
+    threshold: Optional[float] = typer.Option(None, help="Decision threshold on the positive class (default: the run's)."),
+    device: Optional[str] = typer.Option(None),
+):
+    """Predict the class of new images."""
+    setup_logging(False)
+    from qmed.classify.core import predict_files
+
+    n = predict_files(model, input, out, threshold=threshold, device=device)
+    console.print(f"wrote {n} predictions to {out}", markup=False, highlight=False, soft_wrap=True)
+
+
+@classify_app.command("compare")
+@handle_errors
+def compare_cmd(
+    data: str = typer.Option(..., "--data", help="Training set. " + DATA_HELP),
+    val: Optional[str] = typer.Option(None, "--val", help="Validation set (same split for every method)."),
+    out: Path = typer.Option(..., "--out", help="One run directory per method, plus compare.md and compare.json."),
+    minutes: float = typer.Option(5.0, help="Training budget per method, in minutes."),
+    methods: str = typer.Option("resnet18,mobilenet_v2,densenet121,vgg16,efficientnet_b0,mobilenet_v2+pqc",
+                                help="Comma-separated; NAME+pqc adds the quantum layer."),
+    weights: str = typer.Option("imagenet", help="imagenet, none, or a file (applies to every method)."),
+    weights_file: List[str] = typer.Option([], "--weights-file", help="Per-model local weights, e.g. resnet18=/path/resnet18.pth (repeatable)."),
+    positive: Optional[str] = typer.Option(None, help="Binary task: this class vs the rest."),
+    image_size: int = typer.Option(128),
+    batch_size: int = typer.Option(32),
+    epochs: int = typer.Option(30),
+    lr: float = typer.Option(3e-4),
+    weight_decay: float = typer.Option(1e-4),
+    patience: int = typer.Option(6),
+    qubits: int = typer.Option(4),
+    layers: int = typer.Option(2),
+    class_weights: bool = typer.Option(False, "--class-weights/--no-class-weights"),
+    seed: int = typer.Option(0),
+    force: bool = typer.Option(False, "--force"),
+    device: Optional[str] = typer.Option(None),
+):
+    """Train the baselines and the quantum model on the same split and budget; print one table.
+
+    A method whose ImageNet weights cannot be fetched (offline) is listed as skipped; give it a local
+    file with --weights-file NAME=PATH."""
+    setup_logging(True)
+    from qmed.classify.core import compare, compare_table
+
+    files = {}
+    for item in weights_file:
+        if "=" not in item:
+            raise QmedInputError(None, f"--weights-file {item!r}: expected NAME=PATH")
+        k, v = item.split("=", 1)
+        files[k.strip()] = v.strip()
+    ms = [m.strip() for m in methods.split(",") if m.strip()]
+    if not ms:
+        raise QmedInputError(None, "--methods is empty")
+    cfg = _base_config(weights=weights_option(weights), positive=positive, image_size=image_size, batch_size=batch_size, epochs=epochs,
+                       minutes=minutes, lr=lr, weight_decay=weight_decay, patience=patience, qubits=qubits, layers=layers,
+                       class_weights=class_weights, seed=seed)
+    rows = compare(cfg, data, val, out, ms, files, force=force, device=device)
+    console.print(compare_table(rows), markup=False, highlight=False, soft_wrap=True)
+    console.print(f"wrote {out / 'compare.md'} and {out / 'compare.json'}", markup=False, highlight=False, soft_wrap=True)

@@ -1,0 +1,205 @@
+"""The segmentation verbs, in the user's order: inspect -> train -> predict -> evaluate -> report;
+plus the demo and format conversion."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from qmed.cli.common import console, handle_errors, resolve_cli_config, setup_logging
+from qmed.errors import QmedInputError
+
+
+@handle_errors
+def inspect(
+    data_dir: Path = typer.Argument(..., help="Dataset folder (images/ + masks/) or a CSV list of pairs."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the fingerprint as JSON here."),
+    positive: Optional[str] = typer.Option(None, help="Classification data: report this class's share (positive vs rest)."),
+):
+    """Print the dataset fingerprint: sizes, channels, foreground, empty images, objects; suggest crop and preset.
+
+    For classification data (class folders, or a MedMNIST-style .npz) it prints the class counts and imbalance."""
+    setup_logging()
+    from qmed.data.dataset import IMAGE_DIR_NAMES, find_pairs, fingerprint
+
+    root = Path(str(data_dir).split(":")[0])
+    if root.suffix.lower() == ".npz" or (
+        root.is_dir() and not any((root / n).is_dir() for n in IMAGE_DIR_NAMES) and any(q.is_dir() for q in root.iterdir())
+    ):
+        from qmed.cli.classify import inspect_cmd
+
+        return inspect_cmd(data_dir, positive)
+    from qmed.io.files import write_json
+    from qmed.report.tables import fingerprint_table
+
+    pairs = find_pairs(data_dir)
+    fp = fingerprint(pairs)
+    console.print(fingerprint_table(fp, str(data_dir)))
+    if json_out:
+        write_json(json_out, fp)
+
+
+@handle_errors
+def evaluate(
+    pred: Path = typer.Option(..., "--pred", help="Folder of predicted masks (0/1, 0/255) or probability maps, one per NAME."),
+    truth: Path = typer.Option(..., "--truth", help="Ground truth: a dataset folder (masks/ inside) or a folder of masks."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the summary and per-image figures as JSON here (and a per-image CSV beside it)."),
+    threshold: float = typer.Option(0.5, help="Probability threshold for probability maps."),
+    n_boot: int = typer.Option(2000, help="Bootstrap resamples for the 95 % confidence intervals."),
+    seed: int = typer.Option(0, help="Bootstrap seed."),
+):
+    """Score predictions from any tool against ground truth (the three Dice figures, IoU, HD95, objects, CIs)."""
+    setup_logging()
+    from qmed.evaluate.folders import evaluate_folders, summary_table, write_outputs
+
+    summary, rows = evaluate_folders(pred, truth, threshold=threshold, n_boot=n_boot, seed=seed)
+    console.print(summary_table(summary))
+    if out:
+        j, c = write_outputs(summary, rows, out)
+        console.print(f"wrote {j} and {c}")
+
+
+@handle_errors
+def train(
+    data: Optional[Path] = typer.Option(None, "--data", help="Training dataset folder (images/ + masks/)."),
+    val: Optional[Path] = typer.Option(None, "--val", help="Validation dataset folder. Without it, a seeded split of --data is used."),
+    out: Path = typer.Option(Path("runs/qmed"), "--out", help="Run directory: config.yaml, metrics.csv, checkpoints/, train.log."),
+    preset: str = typer.Option("cpu", help="Named preset: paper (the paper's exact settings, GPU), cpu, tiny."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML file overriding preset fields."),
+    set_: List[str] = typer.Option([], "--set", help="Override one field, e.g. --set train.epochs=50 --set model.encoder=resnet34."),
+    epochs: Optional[int] = typer.Option(None, help="Shortcut for --set train.epochs=N."),
+    minutes: Optional[float] = typer.Option(None, "--minutes", help="Fit the run to this wall-clock budget on this machine: a short calibration, then epochs (at most the preset's) and crops per epoch are set so the whole schedule completes in time."),
+    encoder_weights: Optional[str] = typer.Option(None, help="imagenet, a local .pth file, offline-mobilenet, or none."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from checkpoints/last.pt."),
+    force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out directory."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    stop_after: Optional[int] = typer.Option(None, "--stop-after-epochs", help="Leave after N epochs of this invocation (continue later with --resume)."),
+    no_report: bool = typer.Option(False, "--no-report", help="Skip writing report.md/report.html at the end."),
+    tensorboard: bool = typer.Option(False, "--tensorboard", help="Also log scalars to RUN_DIR/tensorboard (needs the tensorboard package)."),
+):
+    """Train the paper's recipe (edge channel, 4->3 projection, UNet++/SCSE, stabilised loss, weighted sampling)."""
+    setup_logging(verbose=True)
+    from qmed.segment.train import resume as resume_run
+    from qmed.segment.train import train as train_run
+
+    if resume is not None and minutes is not None:
+        raise QmedInputError(resume, "--minutes cannot be combined with --resume (the resumed run keeps its own schedule)")
+    if minutes is not None and minutes <= 0:
+        raise QmedInputError(None, f"--minutes must be positive, got {minutes}")
+    if resume is not None:
+        run = resume_run(resume, device=device, quiet=quiet, train_source=data, val_source=val, tensorboard=tensorboard, stop_after=stop_after)
+    else:
+        if data is None:
+            raise QmedInputError(None, "--data is required (a folder with images/ and masks/)")
+        extra: dict = {}
+        if epochs is not None:
+            extra.setdefault("train", {})["epochs"] = epochs
+        if encoder_weights is not None:
+            extra.setdefault("model", {})["encoder_weights"] = None if encoder_weights.lower() == "none" else encoder_weights
+        cfg = resolve_cli_config(preset, config, set_, extra)
+        if minutes is not None:
+            from qmed.segment.budget import fit_to_budget
+
+            cfg, _ = fit_to_budget(cfg, data, val, minutes * 60.0, device, console.print)
+        run = train_run(cfg, data, val, out, force=force, device=device, quiet=quiet, tensorboard=tensorboard, stop_after=stop_after)
+    finished = _finished(run)
+    if not no_report and finished:
+        from qmed.report.run import build_report
+
+        build_report(run, device=device)
+    if finished:
+        console.print(f"run written to {run} (checkpoints/best.pt, metrics.csv, config.yaml, train.log, report.md/html)")
+    else:
+        console.print(f"stopped early; continue with: qmed train --resume {run}")
+
+
+def _finished(run: Path) -> bool:
+    return (Path(run) / "summary.json").is_file()
+
+
+@handle_errors
+def predict(
+    model: Path = typer.Option(..., "--model", help="Run directory (uses checkpoints/best.pt) or a .pt checkpoint."),
+    input: Path = typer.Option(..., "--input", help="Folder of images (or one image file)."),
+    out: Path = typer.Option(..., "--out", help="Output folder: NAME.png masks (0/255) and probabilities/NAME.png (16-bit)."),
+    tta: bool = typer.Option(False, "--tta/--no-tta", help="7-fold dihedral test-time augmentation."),
+    threshold: Optional[float] = typer.Option(None, help="Probability threshold (default: the run's, 0.5)."),
+    tile: Optional[int] = typer.Option(None, help="Sliding-window size in px for large images (default: the run's)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out folder."),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda if available)."),
+    rescale: Optional[bool] = typer.Option(None, "--rescale/--no-rescale", help=(
+        "Resize each image so its objects' median diameter (measured on a first pass) matches the training "
+        "masks' (default: the run's predict.rescale); OUT/scales.json lists the factors.")),
+    object_diameter: Optional[float] = typer.Option(None, "--object-diameter", min=1.0, help=(
+        "Target object diameter in px for --rescale (default: the training masks' median, recorded by qmed train).")),
+):
+    """Predict masks and probability maps for new images of any size."""
+    setup_logging()
+    from qmed.segment.predict import predict_folder
+
+    n = predict_folder(model, input, out, tta=tta, threshold=threshold, tile=tile, force=force, device=device, rescale=rescale,
+                       object_diameter=object_diameter)
+    console.print(f"wrote {n} masks to {out} and probability maps to {out / 'probabilities'}")
+
+
+@handle_errors
+def report(
+    run_dir: Path = typer.Argument(..., help="A run directory written by qmed train."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Images + masks to show (default: the run's --val folder)."),
+    tta: bool = typer.Option(False, "--tta/--no-tta", help="Score with 7-fold test-time augmentation."),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda if available)."),
+):
+    """Write report.md and a self-contained report.html: curves, metrics with CIs, best/worst cases."""
+    setup_logging()
+    from qmed.report.run import build_report
+
+    md = build_report(run_dir, data, tta=tta, device=device)
+    console.print(f"wrote {md} and {md.with_suffix('.html')} (figures in {md.parent / 'figures'})")
+
+
+@handle_errors
+def demo(
+    out: Path = typer.Option(Path("qmed-demo"), "--out", help="Where the synthetic data, run and predictions go."),
+    minutes: float = typer.Option(3.0, help="Training time budget in minutes (CPU)."),
+    preset: str = typer.Option("cpu", help="Preset to train (tiny for a smoke test)."),
+    n_train: int = typer.Option(48, help="Synthetic training images."),
+    n_val: int = typer.Option(12, help="Synthetic validation images."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing --out folder."),
+):
+    """Generate synthetic fluorescence nuclei, train the cpu recipe for a few minutes, predict and evaluate."""
+    setup_logging(verbose=True)
+    from qmed.experiments.demo import run_demo
+
+    run_demo(out, minutes=minutes, n_train=n_train, n_val=n_val, force=force, console=console, preset=preset)
+
+
+@handle_errors
+def convert(
+    to: Optional[str] = typer.Option(None, "--to", help="Write another tool's format: nnunet."),
+    from_: Optional[str] = typer.Option(None, "--from", help="Read another tool's format into qmed's layout: nnunet."),
+    data: Path = typer.Option(..., "--data", help="--to: a qmed dataset folder. --from: an nnU-Net DatasetXXX_Name folder."),
+    val: Optional[Path] = typer.Option(None, "--val", help="--to: a qmed dataset written as imagesTs/labelsTs. --from: where imagesTs/labelsTs go."),
+    out: Path = typer.Option(..., "--out", help="--to: the nnUNet_raw folder (DatasetXXX_Name is made inside). --from: the qmed dataset folder."),
+    dataset_id: int = typer.Option(501, "--dataset-id", help="nnU-Net dataset ID (1-999; custom datasets start at 500)."),
+    name: str = typer.Option("Qmed", "--name", help="nnU-Net dataset name: DatasetXXX_NAME."),
+    label_name: str = typer.Option("foreground", "--label-name", help="Name of label 1 in dataset.json (e.g. nucleus)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite a non-empty output folder."),
+):
+    """Convert a dataset to or from nnU-Net v2's raw format (2-D PNG; masks 0/1 there, 0/255 here)."""
+    setup_logging()
+    from qmed.io.nnunet import from_nnunet, to_nnunet
+
+    if (to is None) == (from_ is None):
+        raise QmedInputError(None, "give exactly one of --to nnunet or --from nnunet")
+    fmt = (to or from_).lower()
+    if fmt != "nnunet":
+        raise QmedInputError(None, f"unknown format {fmt!r}; qmed converts to and from: nnunet")
+    if to is not None:
+        ds = to_nnunet(data, out, dataset_id=dataset_id, name=name, val=val, label_name=label_name, force=force)
+        console.print(f"wrote {ds} (imagesTr/, labelsTr/{', imagesTs/, labelsTs/' if val else ''}, dataset.json)")
+    else:
+        n_tr, n_ts = from_nnunet(data, out, val_out=val, force=force)
+        console.print(f"wrote {n_tr} pairs to {out}" + (f" and {n_ts} images to {val}" if val is not None else ""))

@@ -1,0 +1,1 @@
+"""Scoring: metrics as plain functions with explicit empty-input conventions, folder scoring, statistics."""

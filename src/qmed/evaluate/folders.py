@@ -1,0 +1,190 @@
+"""Score a folder of predictions against a folder of ground-truth masks.
+
+Predictions: PRED_DIR/NAME.{png,tif,tiff,jpg,jpeg,bmp}, one per ground-truth mask, either binary
+masks (0/1, 0/255) or probability maps (8-bit /255, 16-bit /65535, float in [0, 1]). Foreground is
+``probability > threshold`` (default 0.5); binary masks read as 0/1, so they come out the same
+for any threshold in [0, 1). Instance label maps are not a prediction format (their labels 1..N
+would read as tiny probabilities); such a file scores as empty, with a warning naming it.
+
+Ground truth: a dataset folder (TRUTH_DIR/images + TRUTH_DIR/masks, paired by find_pairs), a
+folder with only a masks/ subfolder, or a folder that directly holds the masks.
+
+The CLI calls evaluate_folders first and write_outputs only after it returned, so a failed
+evaluation leaves no output files behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+
+from qmed.data.dataset import IMAGE_DIR_NAMES, MASK_DIR_NAMES, find_pairs, list_images, mask_stem
+from qmed.errors import QmedInputError
+from qmed.evaluate.metrics import BF1_TOL, CONVENTIONS, SMALL_MAX_SIZE, score_image, summarize
+from qmed.io.files import write_text
+from qmed.io.images import read_mask, read_probability
+
+log = logging.getLogger("qmed")
+
+
+def _truth_masks(truth_dir: Path) -> list[tuple[str, Path]]:
+    """(name, mask path) of every ground-truth mask, sorted by name."""
+    if truth_dir.is_file() or any((truth_dir / d).is_dir() for d in IMAGE_DIR_NAMES):
+        return [(p.name, p.mask) for p in find_pairs(truth_dir)]
+    if not truth_dir.is_dir():
+        raise QmedInputError(truth_dir, "ground-truth folder does not exist")
+    mask_dir = next((truth_dir / d for d in MASK_DIR_NAMES if (truth_dir / d).is_dir()), truth_dir)
+    masks = list_images(mask_dir)
+    if not masks:
+        raise QmedInputError(mask_dir, "folder holds no ground-truth masks")
+    return sorted((m.stem, m) for m in masks)
+
+
+def _prediction_files(pred_dir: Path) -> dict[str, Path]:
+    if not pred_dir.exists():
+        raise QmedInputError(pred_dir, "prediction folder does not exist")
+    files = list_images(pred_dir)
+    if not files:
+        raise QmedInputError(pred_dir, "prediction folder holds no images (expected NAME.png/.tif per ground-truth mask)")
+    by_stem: dict[str, Path] = {}
+    for f in files:
+        if f.stem in by_stem:  # NAME.png and NAME.tif: refuse to guess which one was meant
+            raise QmedInputError(f, f"a second prediction named {f.stem!r} (also {by_stem[f.stem].name})")
+        by_stem[f.stem] = f
+    return by_stem
+
+
+def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, threshold: float = 0.5, n_boot: int = 2000, seed: int = 0) -> tuple[dict, list[dict]]:
+    """Score every ground-truth mask against its prediction.
+
+    Returns (summary, rows): summary as metrics.summarize plus "settings"; one row per image
+    ("name" + metrics.score_image figures), sorted by name. Raises QmedInputError naming the file
+    for: a missing or empty prediction folder, a truth mask without a prediction, a prediction
+    whose size differs from its truth, NaN/inf or out-of-range values in a probability map.
+    Predictions without a truth mask are ignored with a warning."""
+    pred_dir, truth_dir = Path(pred_dir), Path(truth_dir)
+    if not 0.0 <= threshold < 1.0:
+        raise QmedInputError(None, f"threshold must be in [0, 1), got {threshold}")
+    truths = _truth_masks(truth_dir)
+    preds = _prediction_files(pred_dir)
+
+    # Pair everything before reading any pixels, so a missing file fails fast.
+    pairs, used = [], set()
+    missing = []
+    for name, mask in truths:
+        key = name if name in preds else mask_stem(name)  # masks may be NAME_mask.png
+        if key not in preds:
+            missing.append((name, mask))
+            continue
+        pairs.append((key, mask, preds[key]))
+        used.add(key)
+    if missing:
+        name, mask = missing[0]
+        more = f" ({len(missing)} masks lack a prediction)" if len(missing) > 1 else ""
+        raise QmedInputError(mask, f"ground-truth mask has no prediction {name}.* in {pred_dir}{more}")
+    extra = sorted(set(preds) - used)
+    if extra:
+        log.warning("%s: ignoring %d prediction(s) without ground truth: %s", pred_dir, len(extra), ", ".join(extra[:5]) + (" ..." if len(extra) > 5 else ""))
+
+    rows = []
+    for name, mask, pred_path in pairs:
+        truth_fg, truth_labels = read_mask(mask)
+        prob = read_probability(pred_path)  # refuses NaN/inf and values outside [0, 1]
+        if prob.shape != truth_fg.shape:
+            raise QmedInputError(pred_path, f"prediction is {prob.shape[1]}x{prob.shape[0]} but its ground truth {mask.name} is {truth_fg.shape[1]}x{truth_fg.shape[0]}")
+        fg = prob > threshold
+        if not fg.any() and prob.max() > 0 and np.unique(prob).size > 2:
+            # An instance label map (1..N) read as a probability map scores as empty: say so.
+            log.warning("%s: non-zero values but none above threshold %g (max %.3g); scored as an empty prediction. "
+                        "If this is an instance label map, save the prediction as a 0/255 mask or a probability map", pred_path, threshold, prob.max())
+        rows.append({"name": name, **score_image(fg, truth_fg, truth_labels)})
+    summary = summarize(rows, n_boot=n_boot, seed=seed)
+    summary["settings"] = {"pred_dir": str(pred_dir), "truth_dir": str(truth_dir), "threshold": threshold, "n_boot": n_boot, "seed": seed}
+    return summary, rows
+
+
+def default_csv_path(out_json: str | Path) -> Path:
+    """results.json -> results.per_image.csv (same folder)."""
+    out_json = Path(out_json)
+    return out_json.with_name(out_json.stem + ".per_image.csv")
+
+
+def _nan_to_none(obj):
+    # Strict JSON has no NaN; undefined figures become null.
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, np.generic):
+        return _nan_to_none(obj.item())
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_nan_to_none(v) for v in obj]
+    return obj
+
+
+def write_outputs(summary: dict, rows: list[dict], out_json: str | Path, out_csv: str | Path | None = None) -> tuple[Path, Path]:
+    """Write OUT.json ({summary, conventions, per_image}; undefined figures as null) and the
+    per-image CSV (default OUT.per_image.csv; undefined figures as empty cells), each atomically.
+    Both texts are built before either file is written. Returns (json path, csv path)."""
+    out_json = Path(out_json)
+    out_csv = default_csv_path(out_json) if out_csv is None else Path(out_csv)
+    doc = {"summary": summary, "conventions": CONVENTIONS, "per_image": rows}
+    json_text = json.dumps(_nan_to_none(doc), indent=2, allow_nan=False) + "\n"
+    buf = io.StringIO()
+    fields = ["name"] + [k for k in (rows[0] if rows else {}) if k != "name"]
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: ("" if v is None else v) for k, v in _nan_to_none(r).items()})
+    write_text(out_json, json_text)
+    write_text(out_csv, buf.getvalue())
+    return out_json, out_csv
+
+
+def _fmt(x, digits: int = 4) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{digits}f}"
+
+
+def summary_table(summary: dict):
+    """A rich Table: metric, value, 95% CI, n. The three Dice figures are separate, labelled rows."""
+    from rich.table import Table
+
+    table = Table(title="Evaluation")
+    for col, just in (("Metric", "left"), ("Value", "right"), ("95% CI", "right"), ("n", "right")):
+        table.add_column(col, justify=just)
+
+    def per_image(label: str, key: str, digits: int = 4, n_note: str = "") -> None:
+        a = summary.get(key) or {}
+        ci = "n/a" if a.get("n", 0) == 0 else f"[{_fmt(a.get('ci_low'), digits)}, {_fmt(a.get('ci_high'), digits)}]"
+        table.add_row(label, _fmt(a.get("mean"), digits), ci, f"{a.get('n', 0)}{n_note}")
+
+    def pooled(label: str, value, n) -> None:
+        table.add_row(label, _fmt(value), "", str(n))
+
+    n_img = summary.get("n_images", 0)
+    per_image("Dice, per image, empty=1 (paper)", "dice_mean_empty1")
+    per_image("Dice, per image, foreground images (nnU-Net/MONAI)", "dice_mean_fg")
+    pooled("Dice, pooled over pixels", summary.get("dice_pooled"), n_img)
+    fpe = summary.get("fp_empty_counts", {})
+    pooled("FP rate on empty images (any foreground predicted)", summary.get("fp_rate_empty"), fpe.get("n_empty", 0))
+    pooled("FP pixel fraction on empty images", fpe.get("mean_fp_fraction"), fpe.get("n_empty", 0))
+    per_image("IoU, per image, foreground images", "iou_mean_fg")
+    per_image("Precision (pixels, per image)", "precision")
+    per_image("Recall (pixels, per image)", "recall")
+    hd = summary.get("hd95") or {}
+    per_image("HD95 (px)", "hd95", 2, f" (+{hd['n_undefined']} undefined)" if hd.get("n_undefined") else "")
+    per_image(f"Boundary F1 @{BF1_TOL}px", "boundary_f1")
+    oc = summary.get("object_counts", {})
+    pooled("Object recall (IoU>=0.5)", summary.get("object_recall"), oc.get("tp", 0) + oc.get("fn", 0))
+    pooled("Object precision (IoU>=0.5)", summary.get("object_precision"), oc.get("tp", 0) + oc.get("fp", 0))
+    pooled("Object F1 (IoU>=0.5)", summary.get("object_f1"), n_img)
+    sc = summary.get("small_object_counts", {})
+    pooled(f"Small-object recall (<{SMALL_MAX_SIZE} px)", summary.get("small_object_recall"), sc.get("n_small", 0))
+    per_image("AJI", "aji")
+    return table

@@ -1,0 +1,1 @@
+"""Experiments: ablations, the data-efficiency curve, active learning, speed and quality benchmarks, the demo."""

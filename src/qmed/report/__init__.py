@@ -1,0 +1,1 @@
+"""Reports: the run report, tables, figure helpers."""

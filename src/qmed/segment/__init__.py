@@ -1,0 +1,1 @@
+"""Segmentation: the training loop and its safeguards, budget fitting, validation, prediction (sliding windows, TTA), losses, checkpoints, CRF."""

@@ -1,0 +1,219 @@
+"""Inference: whole images of any size through sliding windows, with dihedral test-time augmentation.
+
+Windows of `tile` px overlap by `overlap`; their logits are blended with a Gaussian weight (as
+nnU-Net does) so seams do not show. Images smaller than a tile go through in one pass, padded by
+reflection to a multiple of 32 (what the encoder's five down-samplings need). Memory stays bounded
+by the tile batch plus two float32 maps of the image's size, whatever the image size.
+
+TTA (S10): the paper averages 7 views; qmed uses the first 7 elements of the dihedral group D4
+(identity, horizontal flip, vertical flip, rotations by 90/180/270 degrees, transpose), each
+inverted before averaging probabilities.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qmed import runtime
+
+# (forward, inverse) pairs on (..., H, W) tensors.
+DIHEDRAL: list[tuple[Callable, Callable]] = [
+    (lambda t: t, lambda t: t),
+    (lambda t: t.flip(-1), lambda t: t.flip(-1)),
+    (lambda t: t.flip(-2), lambda t: t.flip(-2)),
+    (lambda t: t.rot90(1, (-2, -1)), lambda t: t.rot90(-1, (-2, -1))),
+    (lambda t: t.rot90(2, (-2, -1)), lambda t: t.rot90(-2, (-2, -1))),
+    (lambda t: t.rot90(3, (-2, -1)), lambda t: t.rot90(-3, (-2, -1))),
+    (lambda t: t.transpose(-2, -1), lambda t: t.transpose(-2, -1)),
+    (lambda t: t.flip(-1).rot90(1, (-2, -1)), lambda t: t.rot90(-1, (-2, -1)).flip(-1)),
+]
+
+
+def pad_multiple(x: torch.Tensor, multiple: int = 32, min_size: int = 0) -> tuple[torch.Tensor, tuple[int, int]]:
+    h, w = x.shape[-2:]
+    th = max(min_size, math.ceil(h / multiple) * multiple)
+    tw = max(min_size, math.ceil(w / multiple) * multiple)
+    ph, pw = th - h, tw - w
+    if ph or pw:
+        mode = "reflect" if ph < h and pw < w else "replicate"
+        x = F.pad(x, (0, pw, 0, ph), mode=mode)
+    return x, (h, w)
+
+
+def _gaussian_weight(h: int, w: int) -> torch.Tensor:
+    def g(n: int) -> torch.Tensor:
+        r = torch.arange(n, dtype=torch.float32) - (n - 1) / 2
+        return torch.exp(-(r**2) / (2 * (n / 8.0) ** 2))
+
+    wt = g(h)[:, None] * g(w)[None, :]
+    return (wt / wt.max()).clamp_min(1e-3)
+
+
+def _starts(total: int, size: int, overlap: float) -> list[int]:
+    """Window origins covering [0, total) with at least `overlap` overlap; the last one flush."""
+    if size >= total:
+        return [0]
+    stride = max(32, int(size * (1 - overlap)) // 32 * 32)
+    starts = list(range(0, total - size + 1, stride))
+    if starts[-1] != total - size:
+        starts.append(total - size)
+    return starts
+
+
+@torch.no_grad()
+def forward_views(model: nn.Module, x: torch.Tensor, tta: int, amp: bool, cpu_bf16: bool = False) -> torch.Tensor:
+    """Mean sigmoid probability over `tta` dihedral views; x (B,3,H,W) with H, W multiples of 32."""
+    acc = None
+    n = max(1, min(tta, len(DIHEDRAL)))
+    dtype = runtime.autocast_dtype(x.device, amp, cpu_bf16)
+    for fwd, inv in DIHEDRAL[:n]:
+        with runtime.autocast(x.device, dtype):
+            logits = model(fwd(x))
+        p = inv(torch.sigmoid(logits.float()))
+        acc = p if acc is None else acc + p
+    return acc / n
+
+
+@torch.no_grad()
+def predict_probability(
+    model: nn.Module,
+    image: np.ndarray,
+    tile: int = 512,
+    overlap: float = 0.25,
+    tta: int = 1,
+    batch_size: int = 4,
+    device: torch.device | str = "cpu",
+    amp: bool = True,
+    cpu_bf16: bool = False,
+) -> np.ndarray:
+    """image HxWx3 float32 in [0,1] -> foreground probability HxW float32. `amp`: float16 on CUDA;
+    `cpu_bf16`: bfloat16 on a CPU with native support (qmed.runtime; per-epoch validation only)."""
+    device = torch.device(device)
+    model.eval()
+    x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()[None]
+    h, w = x.shape[-2:]
+    tile = max(32, int(tile) // 32 * 32)
+    if h <= tile and w <= tile:
+        xp, _ = pad_multiple(x)
+        p = forward_views(model, xp.to(device), tta, amp, cpu_bf16)
+        return p[0, 0, :h, :w].cpu().numpy()
+    xp, _ = pad_multiple(x, 32)
+    H, W = xp.shape[-2:]
+    th, tw = min(tile, H), min(tile, W)  # rectangular windows for long, thin images
+    acc = torch.zeros((H, W), dtype=torch.float32)
+    norm = torch.zeros((H, W), dtype=torch.float32)
+    weight = _gaussian_weight(th, tw)
+    coords = [(y, x0) for y in _starts(H, th, overlap) for x0 in _starts(W, tw, overlap)]
+    for i in range(0, len(coords), batch_size):
+        chunk = coords[i : i + batch_size]
+        batch = torch.cat([xp[:, :, y : y + th, x0 : x0 + tw] for y, x0 in chunk]).to(device)
+        probs = forward_views(model, batch, tta, amp, cpu_bf16).cpu()
+        for (y, x0), pr in zip(chunk, probs):
+            acc[y : y + th, x0 : x0 + tw] += pr[0] * weight
+            norm[y : y + th, x0 : x0 + tw] += weight
+    return (acc / norm)[:h, :w].numpy()
+
+
+def predict_image(model: nn.Module, image: np.ndarray, cfg, tta: int = 1, device: torch.device | str = "cpu",
+                  threshold: float | None = None, rescale: bool | None = None,
+                  object_diameter: float | None = None) -> tuple[np.ndarray, float]:
+    """One image through the run's settings -> (probability HxW, scale factor used).
+
+    With rescaling on (PredictConfig.rescale), a first pass without TTA measures the predicted
+    objects' median diameter; if it differs from the training diameter by more than 10 %, the
+    image is resized by their ratio (clipped to `rescale_limits`), predicted with TTA, and the
+    probabilities resized back to the image's size."""
+    import cv2
+
+    from qmed.data.objects import object_diameter as measure
+
+    p = cfg.predict
+    kw = dict(tile=p.tile, overlap=p.overlap, batch_size=p.batch_size, device=device, amp=cfg.train.amp)
+    rescale = p.rescale if rescale is None else rescale
+    target = p.object_diameter if object_diameter is None else object_diameter
+    if not rescale or not target:
+        return predict_probability(model, image, tta=tta, **kw), 1.0
+    first = predict_probability(model, image, tta=1, **kw)
+    found = measure(first > (p.threshold if threshold is None else threshold))
+    f = 1.0 if found is None else float(np.clip(target / found, *p.rescale_limits))
+    if abs(math.log(f)) < math.log(1.1):
+        return (first if tta <= 1 else predict_probability(model, image, tta=tta, **kw)), 1.0
+    h, w = image.shape[:2]
+    big = cv2.resize(image, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_LINEAR if f > 1 else cv2.INTER_AREA)
+    big = big[..., None] if big.ndim == 2 else big
+    prob = predict_probability(model, big, tta=tta, **kw)
+    return cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR if f > 1 else cv2.INTER_CUBIC).clip(0.0, 1.0), f
+
+
+def _staging_dir(out: Path, force: bool) -> Path:
+    """Outputs go to a hidden sibling folder renamed into place at the end: no half-written output."""
+    import tempfile
+
+    from qmed.errors import QmedInputError
+
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise QmedInputError(out, "output folder exists and is not empty; pass --force to overwrite it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+
+
+def predict_folder(model_path, input_path, out, tta: bool = False, threshold: float | None = None, tile: int | None = None,
+                   force: bool = False, device: str | None = None, rescale: bool | None = None,
+                   object_diameter: float | None = None) -> int:
+    """Write OUT/NAME.png (0/255 mask) and OUT/probabilities/NAME.png (16-bit) per input image;
+    with rescaling, OUT/scales.json records each image's scale factor."""
+    import shutil
+
+    from qmed.data.batches import model_input
+    from qmed.data.dataset import list_images
+    from qmed.errors import QmedInputError
+    from qmed.io.files import write_json
+    from qmed.io.images import read_image, write_mask_png, write_probability_png
+    from qmed.runtime import pick_device
+    from qmed.segment.checkpoint import load_model
+
+    input_path, out = Path(input_path), Path(out)
+    if input_path.is_file():
+        files = [input_path]
+    else:
+        files = list_images(input_path)
+        if not files:
+            raise QmedInputError(input_path, "folder holds no images")
+    names = [f.stem for f in files]
+    if len(set(names)) != len(names):
+        raise QmedInputError(input_path, "two input images share a name (e.g. a.png and a.tif); names must be unique")
+    dev = pick_device(device)
+    model, cfg, _ = load_model(model_path, dev)
+    thr = cfg.predict.threshold if threshold is None else threshold
+    n_views = cfg.predict.tta if tta else 1
+    if tile:
+        cfg.predict.tile = tile
+    rescale = cfg.predict.rescale if rescale is None else rescale
+    if rescale and not (object_diameter or cfg.predict.object_diameter):
+        raise QmedInputError(model_path, "rescaling needs the training objects' diameter, which this model does not record; pass --object-diameter PX")
+    stage = _staging_dir(out, force)
+    scales = {}
+    try:
+        (stage / "probabilities").mkdir()
+        for f in files:
+            img = model_input(read_image(f), cfg)
+            prob, scales[f.name] = predict_image(model, img, cfg, tta=n_views, device=dev, threshold=thr, rescale=rescale,
+                                                 object_diameter=object_diameter)
+            write_mask_png(stage / f"{f.stem}.png", prob > thr)
+            write_probability_png(stage / "probabilities" / f"{f.stem}.png", prob)
+        if rescale:
+            write_json(stage / "scales.json", {"object_diameter": object_diameter or cfg.predict.object_diameter, "scales": scales})
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        stage.replace(out)
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)
+    return len(files)

@@ -1,0 +1,470 @@
+"""The training loop (S7, S8) and its safeguards.
+
+One epoch = `samples_per_epoch` random crops drawn by the complexity sampler, in micro-batches of
+`batch_size`, with gradients accumulated over `accumulate` micro-batches (the paper: 4 x 2 = 8),
+clipped to norm `clip_grad`, AdamW, OneCycleLR stepped once per optimizer step.
+
+After each epoch the model is scored on the whole validation images. Model selection follows the
+paper's EMA of the validation Dice (eq. 6, alpha 0.9), with one addition the paper only names:
+an epoch whose score is a statistical outlier (robust z-score below -outlier_z against the median
+and MAD of the last accepted epochs, and at least `outlier_min_drop` below that median) is
+rejected: it never updates the EMA, is never selected, is reported in metrics.csv, and the run
+restores the last accepted weights and lowers the learning rate, so a collapse like the paper's
+92 % -> 13.66 % cannot poison the run. Non-finite losses or gradients skip the step; a streak of
+them triggers the same restore.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from qmed import runtime
+from qmed.config import QmedConfig, config_from_dict, dump_yaml
+from qmed.data.batches import EpochDraws, LoadedPairs, TrainCrops, sampling_weights
+from qmed.data.dataset import find_pairs, fingerprint, split_pairs
+from qmed.data.objects import dataset_diameter
+from qmed.data.sampling import hardness_weights, per_sample_dice_loss
+from qmed.errors import QmedInputError
+from qmed.io.files import write_json, write_text
+from qmed.models.segmenter import build, count_parameters
+from qmed.runtime import pick_device, seed_everything
+from qmed.segment import checkpoint
+from qmed.segment.losses import loss_from_config
+from qmed.segment.validate import validate
+
+log = logging.getLogger("qmed")
+
+CSV_FIELDS = [
+    "epoch", "opt_steps", "lr", "train_loss", "loss_dice", "loss_bce", "loss_tversky", "bad_steps",
+    "val_dice_empty1", "val_dice_fg", "val_dice_pooled", "val_iou_fg", "val_hd95", "val_small_recall",
+    "val_fp_rate_empty", "val_score", "val_ema", "outlier", "selected", "restored", "epoch_seconds", "val_seconds",
+]
+
+
+@dataclass
+class RunState:
+    epoch: int = 0  # epochs completed
+    opt_steps: int = 0
+    val_ema: float | None = None
+    best_ema: float = -math.inf
+    accepted: list[float] = field(default_factory=list)
+    rows: list[dict] = field(default_factory=list)
+    bad_steps_total: int = 0
+    lr_scale: float = 1.0
+    events: list[str] = field(default_factory=list)
+    # data.sampler=hard: running training loss per image (None = not drawn yet).
+    hardness: list | None = None
+
+
+
+
+def is_outlier(score: float, history: list[float], window: int, z: float, min_drop: float) -> bool:
+    """Robust z-score of `score` against the last `window` accepted scores (median / 1.4826 MAD).
+
+    Needs 3 accepted epochs; a rise is never an outlier; a drop must exceed both `z` robust
+    standard deviations and `min_drop` in absolute terms, so ordinary noise is not flagged."""
+    recent = history[-window:]
+    if len(recent) < 3 or not math.isfinite(score):
+        return not math.isfinite(score) and len(recent) >= 1
+    med = float(np.median(recent))
+    mad = float(np.median(np.abs(np.asarray(recent) - med))) * 1.4826
+    drop = med - score
+    return drop > min_drop and drop > z * max(mad, 1e-3)
+
+
+def prepare_run_dir(out: Path, force: bool) -> None:
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise QmedInputError(out, "output directory exists and is not empty; pass --force to overwrite it or --resume to continue it")
+        shutil.rmtree(out)
+    if out.exists() and not out.is_dir():
+        raise QmedInputError(out, "output path exists and is not a directory")
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+
+
+def _file_logger(out: Path) -> logging.Handler:
+    handler = logging.FileHandler(out / "train.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    return handler
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    write_text(path, buf.getvalue())
+
+
+def _scale_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    # OneCycleLR recomputes lr from these each step, so scale them, not just 'lr'.
+    for g in optimizer.param_groups:
+        for key in ("lr", "initial_lr", "max_lr", "min_lr"):
+            if key in g:
+                g[key] *= factor
+
+
+class Trainer:
+    def __init__(self, cfg: QmedConfig, train_source: str | Path, val_source: str | Path | None, out: str | Path,
+                 device: str | None = None, quiet: bool = False, tensorboard: bool = False, stop_after: int | None = None):
+        self.tensorboard = tensorboard
+        self.stop_after = stop_after
+        self.tb = None
+        self.cfg = cfg
+        self.out = Path(out)
+        self.device = pick_device(device)
+        self.quiet = quiet
+        self.train_source, self.val_source = Path(train_source), (Path(val_source) if val_source else None)
+
+    # -- setup ---------------------------------------------------------------------------------
+    def _data(self) -> None:
+        cfg = self.cfg
+        pairs = find_pairs(self.train_source)
+        if self.val_source is not None:
+            train_pairs, val_pairs = pairs, find_pairs(self.val_source)
+        else:
+            if len(pairs) < 2:
+                raise QmedInputError(self.train_source, f"holds {len(pairs)} image; training needs at least 2 (one for validation) or a separate --val folder")
+            train_pairs, val_pairs = split_pairs(pairs, cfg.data.val_fraction, cfg.data.split_seed, cfg.data.group_pattern)
+            log.warning("no --val given: validating on %d of %d images split off %s (seed %d)", len(val_pairs), len(pairs), self.train_source, cfg.data.split_seed)
+        self.train_data = LoadedPairs(train_pairs, cfg, cache=cfg.data.cache)
+        self.val_data = LoadedPairs(val_pairs, cfg, cache=cfg.data.cache)
+        for data in (self.train_data, self.val_data):
+            for i in range(len(data)):
+                data[i]  # reads, checks sizes and (by default) caches every pair now
+        self.weights, _ = sampling_weights(self.train_data, cfg)
+        # Saved with the model for `predict.rescale`; measured on the binary masks (touching objects
+        # merged) because that is all a first-pass prediction offers to compare it with.
+        if cfg.predict.object_diameter is None:
+            cfg.predict.object_diameter = dataset_diameter(self.train_data[i][1] for i in range(len(self.train_data)))
+        n = cfg.data.samples_per_epoch or len(train_pairs)
+        n = max(cfg.train.batch_size, n // cfg.train.batch_size * cfg.train.batch_size)
+        self.crops = TrainCrops(self.train_data, cfg)
+        self.draws = EpochDraws(self.weights, n, cfg.train.seed)
+        self.loader = DataLoader(self.crops, batch_size=cfg.train.batch_size, sampler=self.draws,
+                                 num_workers=cfg.train.num_workers, drop_last=True)
+        self.micro_per_epoch = n // cfg.train.batch_size
+
+    def _model(self, pretrained: bool) -> None:
+        cfg = self.cfg
+        seed_everything(cfg.train.seed)
+        self.model = build(cfg.model, pretrained=pretrained).to(self.device).to(memory_format=torch.channels_last)
+        self.loss_fn = loss_from_config(cfg.train)
+        opt_cls = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
+        self.optimizer = opt_cls(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        steps_per_epoch = math.ceil(self.micro_per_epoch / cfg.train.accumulate)
+        # OneCycleLR needs each phase to span at least one step; tiny runs get a short warm-up.
+        self.total_steps = max(4, steps_per_epoch * cfg.train.epochs)
+        pct = min(max(cfg.train.warmup, 1.5 / self.total_steps), 0.5)
+        div = 25.0
+        if cfg.train.schedule == "constant":
+            # Chainable: keeps whatever lr the param groups hold, so _scale_lr's recovery cut sticks.
+            self.scheduler = torch.optim.lr_scheduler.ConstantLR(self.optimizer, factor=1.0, total_iters=0)
+        else:
+            self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                self.optimizer, max_lr=cfg.train.lr, total_steps=self.total_steps, pct_start=pct,
+                anneal_strategy="cos", div_factor=div, final_div_factor=max(1.0, (cfg.train.lr / div) / cfg.train.final_lr),
+                cycle_momentum=False,
+            )
+        self.ema_model = None
+        if cfg.train.weight_ema:
+            self.ema_model = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.weight_ema_decay), use_buffers=True)
+        self.amp_dtype = runtime.autocast_dtype(self.device, cfg.train.amp, cfg.train.cpu_bf16)
+        # Loss scaling only for float16; bfloat16 has float32's exponent range.
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+
+    def _state(self, st: RunState) -> dict:
+        return {
+            "config": self.cfg.model_dump(),
+            "model": self.model.state_dict(),
+            "ema_model": self.ema_model.state_dict() if self.ema_model is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "run": st.__dict__,
+        }
+
+    # -- public --------------------------------------------------------------------------------
+    def fit(self, resume: bool = False, force: bool = False) -> Path:
+        out = self.out
+        if resume:
+            last = out / "checkpoints" / "last.pt"
+            state = checkpoint.read(last)
+            self.cfg = config_from_dict(state["config"], last)
+            for stale in out.rglob(".*.tmp*"):  # a write cut short by a kill: the real file is intact
+                stale.unlink()
+        else:
+            if out.exists() and any(out.iterdir()) and not force:
+                raise QmedInputError(out, "output directory exists and is not empty; pass --force to overwrite it or --resume to continue it")
+            state = None
+        # Read and check every image before the run directory is touched: bad data fails fast and
+        # leaves no half-made run behind.
+        self._data()
+        self._model(pretrained=state is None)
+        if state is None:
+            prepare_run_dir(out, force)
+        handler = _file_logger(out)
+        try:
+            st = RunState()
+            if state is not None:
+                self.model.load_state_dict(state["model"])
+                self.optimizer.load_state_dict(state["optimizer"])
+                self.scheduler.load_state_dict(state["scheduler"])
+                self.scaler.load_state_dict(state["scaler"])
+                if self.ema_model is not None and state.get("ema_model"):
+                    self.ema_model.load_state_dict(state["ema_model"])
+                st = RunState(**state["run"])
+                log.info("resuming %s after epoch %d", out, st.epoch)
+            else:
+                write_text(out / "config.yaml", dump_yaml(self.cfg))
+                write_json(out / "run.json", {"train": str(self.train_source.resolve()),
+                                              "val": str(self.val_source.resolve()) if self.val_source else None,
+                                              "device": str(self.device), "torch": torch.__version__})
+                write_json(out / "fingerprint.json", fingerprint(self.train_data.pairs))
+                log.info("train %d images, val %d images, %s on %s, %.2fM parameters", len(self.train_data), len(self.val_data),
+                         self.cfg.model.encoder, self.device, count_parameters(self.model) / 1e6)
+            if self.tensorboard:
+                self.tb = _tensorboard_writer(out)
+            self._loop(st)
+        finally:
+            if self.tb is not None:
+                self.tb.close()
+            log.removeHandler(handler)
+            handler.close()
+        return out
+
+    # -- the loop ------------------------------------------------------------------------------
+    def _loop(self, st: RunState) -> None:
+        cfg, out = self.cfg, self.out
+        good = self._snapshot(st)
+        start = time.time()
+        first_epoch = st.epoch + 1
+        for epoch in range(first_epoch, cfg.train.epochs + 1):
+            t0 = time.time()
+            self.crops.epoch = self.draws.epoch = epoch
+            hard = None
+            if cfg.data.sampler == "hard":
+                if st.hardness is None:
+                    st.hardness = [None] * len(self.train_data)
+                hard = np.array([np.nan if h is None else h for h in st.hardness])
+                self.draws.weights = hardness_weights(hard)
+            self.model.train()
+            sums = {"loss": 0.0, "dice": 0.0, "bce": 0.0, "tversky": 0.0}
+            n_ok, bad_epoch, streak, pending = 0, 0, 0, 0
+            self.optimizer.zero_grad(set_to_none=True)
+            bar = tqdm(self.loader, total=self.micro_per_epoch, desc=f"epoch {epoch}/{cfg.train.epochs}", leave=False,
+                       disable=self.quiet, dynamic_ncols=True)
+            restored = ""
+            for i, (x, y) in enumerate(bar):
+                x, y = runtime.channels_last(x.to(self.device, non_blocking=True)), y.to(self.device, non_blocking=True)
+                with runtime.autocast(self.device, self.amp_dtype):
+                    logits = self.model(x)
+                loss = self.loss_fn(logits.float(), y)
+                if hard is not None:
+                    self._track_hardness(hard, i, logits, y)
+                if self._inject_nan(epoch, i):
+                    loss = loss * float("nan")
+                if not torch.isfinite(loss):
+                    bad_epoch += 1
+                    streak += 1
+                    self.optimizer.zero_grad(set_to_none=True)
+                else:
+                    self.scaler.scale(loss / cfg.train.accumulate).backward()
+                    n_ok += 1
+                    pending += 1
+                    sums["loss"] += float(loss.detach())
+                    for k in ("dice", "bce", "tversky"):
+                        sums[k] += float(getattr(self.loss_fn, "last", {}).get(k, float("nan")))
+                last_micro = (i + 1) % cfg.train.accumulate == 0 or i + 1 == self.micro_per_epoch
+                if last_micro and pending:
+                    pending = 0
+                    if self._optimizer_step():
+                        st.opt_steps += 1
+                        streak = 0 if torch.isfinite(loss) else streak
+                    else:
+                        bad_epoch += 1
+                        streak += 1
+                elif last_micro:
+                    self.optimizer.zero_grad(set_to_none=True)
+                if streak >= cfg.train.max_bad_steps:
+                    restored = self._restore(good, st, f"{streak} non-finite steps in a row at epoch {epoch}")
+                    streak = 0
+                if n_ok and i % 5 == 0:
+                    bar.set_postfix(loss=f"{sums['loss'] / n_ok:.4f}", val=f"{st.rows[-1]['val_score']:.4f}" if st.rows else "-")
+            bar.close()
+            st.bad_steps_total += bad_epoch
+            row = {"epoch": epoch, "opt_steps": st.opt_steps, "lr": self.optimizer.param_groups[0]["lr"],
+                   "train_loss": sums["loss"] / max(1, n_ok), "loss_dice": sums["dice"] / max(1, n_ok),
+                   "loss_bce": sums["bce"] / max(1, n_ok), "loss_tversky": sums["tversky"] / max(1, n_ok),
+                   "bad_steps": bad_epoch, "outlier": 0, "selected": 0, "restored": restored}
+            if epoch % cfg.train.val_every == 0 or epoch == cfg.train.epochs:
+                tv = time.time()
+                restored = self._validate_epoch(st, row, good) or restored
+                row["val_seconds"] = round(time.time() - tv, 2)
+                row["restored"] = restored
+                if not row["outlier"]:
+                    good = self._snapshot(st)
+            row["epoch_seconds"] = round(time.time() - t0, 2)
+            st.rows.append(row)
+            st.epoch = epoch
+            if hard is not None:
+                st.hardness = [None if not np.isfinite(h) else float(h) for h in hard]
+            checkpoint.save(out / "checkpoints" / "last.pt", self._state(st))
+            if row["selected"]:
+                shutil.copyfile(out / "checkpoints" / "last.pt", out / "checkpoints" / ".best.pt.tmp")
+                (out / "checkpoints" / ".best.pt.tmp").replace(out / "checkpoints" / "best.pt")
+            _write_csv(out / "metrics.csv", st.rows)
+            if self.tb is not None:
+                for k, v in row.items():
+                    if isinstance(v, (int, float)) and k != "epoch" and math.isfinite(v):
+                        self.tb.add_scalar(k, v, epoch)
+            log.info("epoch %d: loss %.4f, val dice %s (ema %s)%s%s, %.0fs", epoch, row["train_loss"],
+                     _fmt(row.get("val_score")), _fmt(row.get("val_ema")), " OUTLIER" if row["outlier"] else "",
+                     " best" if row["selected"] else "", row["epoch_seconds"])
+            if self.stop_after is not None and epoch - first_epoch + 1 >= self.stop_after and epoch < cfg.train.epochs:
+                log.warning("stopping after epoch %d as asked; continue with: qmed train --resume %s", epoch, out)
+                return
+            if cfg.train.max_minutes is not None and (time.time() - start) / 60 > cfg.train.max_minutes:
+                st.events.append(f"stopped after epoch {epoch}: max_minutes={cfg.train.max_minutes} reached")
+                log.warning(st.events[-1])
+                break
+        if not (out / "checkpoints" / "best.pt").exists():
+            shutil.copyfile(out / "checkpoints" / "last.pt", out / "checkpoints" / "best.pt")
+        write_json(out / "summary.json", {"epochs": st.epoch, "opt_steps": st.opt_steps, "best_val_ema": st.best_ema,
+                                          "bad_steps": st.bad_steps_total, "events": st.events,
+                                          "best_epoch": next((r["epoch"] for r in reversed(st.rows) if r["selected"]), None)})
+
+    def _snapshot(self, st: RunState) -> dict:
+        """The last accepted state, kept in memory for recovery."""
+        return copy.deepcopy({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "lr_scale": st.lr_scale})
+
+    def _track_hardness(self, hard: np.ndarray, i: int, logits: torch.Tensor, y: torch.Tensor) -> None:
+        """Running (EMA 0.5) per-image loss of micro-batch i's source images, for the next epoch's weights."""
+        bs = self.cfg.train.batch_size
+        for idx, l in zip(self.draws.drawn[i * bs:(i + 1) * bs], per_sample_dice_loss(logits, y).tolist()):
+            if np.isfinite(l):
+                hard[idx] = l if not np.isfinite(hard[idx]) else 0.5 * hard[idx] + 0.5 * l
+
+    def _optimizer_step(self) -> bool:
+        """Clip and step; a non-finite gradient skips the step. Returns whether it stepped."""
+        cfg = self.cfg
+        self.scaler.unscale_(self.optimizer)
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if not params:
+            self.optimizer.zero_grad(set_to_none=True)
+            return False
+        norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.clip_grad if cfg.train.clip_grad else float("inf"))
+        if not torch.isfinite(norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.update()
+            return False
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scheduler.last_epoch + 1 < self.total_steps:
+            self.scheduler.step()
+        if self.ema_model is not None:
+            self.ema_model.update_parameters(self.model)
+        return True
+
+    def _restore(self, good: dict, st: RunState, why: str) -> str:
+        self.model.load_state_dict(good["model"])
+        self.optimizer.load_state_dict(good["optimizer"])
+        st.lr_scale *= self.cfg.train.recovery_lr_factor
+        _scale_lr(self.optimizer, st.lr_scale / good["lr_scale"])
+        self.optimizer.zero_grad(set_to_none=True)
+        msg = f"{why}: restored the last accepted weights, learning rate x{st.lr_scale:g}"
+        st.events.append(msg)
+        log.warning(msg)
+        return msg
+
+    def _validate_epoch(self, st: RunState, row: dict, good: dict) -> str:
+        cfg = self.cfg
+        model = self.ema_model.module if self.ema_model is not None else self.model
+        summary, _ = validate(model, self.val_data, cfg, self.device, tta=cfg.predict.tta if cfg.train.val_tta else 1,
+                              cpu_bf16=cfg.train.cpu_bf16)
+        score = _nan_to(summary["dice_mean_empty1"]["mean"], 0.0)
+        row.update({
+            "val_dice_empty1": summary["dice_mean_empty1"]["mean"], "val_dice_fg": summary["dice_mean_fg"]["mean"],
+            "val_dice_pooled": summary["dice_pooled"], "val_iou_fg": summary["iou_mean_fg"]["mean"],
+            "val_hd95": summary["hd95"]["mean"], "val_small_recall": summary["small_object_recall"],
+            "val_fp_rate_empty": summary["fp_rate_empty"], "val_score": score,
+        })
+        if is_outlier(score, st.accepted, cfg.train.outlier_window, cfg.train.outlier_z, cfg.train.outlier_min_drop):
+            row["outlier"] = 1
+            row["val_ema"] = st.val_ema
+            return self._restore(good, st, f"validation outlier at epoch {row['epoch']} (Dice {score:.4f} vs recent median {np.median(st.accepted[-cfg.train.outlier_window:]):.4f})")
+        st.accepted.append(score)
+        a = cfg.train.val_ema_alpha
+        st.val_ema = score if st.val_ema is None else a * st.val_ema + (1 - a) * score
+        row["val_ema"] = st.val_ema
+        if st.val_ema > st.best_ema:
+            st.best_ema = st.val_ema
+            row["selected"] = 1
+        return ""
+
+    # Fault injection for the reliability tests: QMED_INJECT_NAN="epoch:step,epoch:step".
+    def _inject_nan(self, epoch: int, i: int) -> bool:
+        import os
+
+        spec = os.environ.get("QMED_INJECT_NAN")
+        if not spec:
+            return False
+        return f"{epoch}:{i}" in {s.strip() for s in spec.split(",")}
+
+
+def _tensorboard_writer(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise QmedInputError(None, "--tensorboard needs the tensorboard package: pip install tensorboard") from None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def _nan_to(v, default: float) -> float:
+    return default if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+def _fmt(v) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+
+def train(cfg: QmedConfig, train_source, val_source, out, force: bool = False, device: str | None = None, quiet: bool = False,
+          tensorboard: bool = False, stop_after: int | None = None) -> Path:
+    """Train into run directory `out`. `stop_after`: leave after this many epochs (resumable)."""
+    return Trainer(cfg, train_source, val_source, out, device=device, quiet=quiet, tensorboard=tensorboard,
+                   stop_after=stop_after).fit(resume=False, force=force)
+
+
+def resume(out, device: str | None = None, quiet: bool = False, train_source=None, val_source=None, tensorboard: bool = False,
+           stop_after: int | None = None) -> Path:
+    """Continue a run from checkpoints/last.pt; data folders default to those recorded in the run."""
+    import json
+
+    out = Path(out)
+    meta_path = out / "run.json"
+    if not meta_path.is_file():
+        raise QmedInputError(out, "is not a qmed run directory (no run.json)")
+    meta = json.loads(meta_path.read_text())
+    cfg_state = checkpoint.read(out / "checkpoints" / "last.pt")["config"]
+    cfg = config_from_dict(cfg_state, out / "checkpoints" / "last.pt")
+    t = Trainer(cfg, train_source or meta["train"], val_source or meta.get("val"), out, device=device, quiet=quiet, tensorboard=tensorboard,
+                stop_after=stop_after)
+    return t.fit(resume=True)

@@ -1,0 +1,30 @@
+"""Score a model on whole validation images with the section-3 metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from qmed.config import QmedConfig
+from qmed.data.batches import LoadedPairs
+from qmed.evaluate.metrics import score_image, summarize
+from qmed.segment.predict import predict_probability
+
+
+def validate(model: nn.Module, data: LoadedPairs, cfg: QmedConfig, device: torch.device, tta: int = 1, n_boot: int = 0, keep_probs: bool = False,
+             cpu_bf16: bool = False):
+    """-> (summary dict, per-image rows[, probabilities])."""
+    rows, probs = [], []
+    for i in range(len(data)):
+        img, fg, labels = data[i]
+        prob = predict_probability(model, img, tile=cfg.predict.tile, overlap=cfg.predict.overlap, tta=tta,
+                                   batch_size=cfg.predict.batch_size, device=device, amp=cfg.train.amp,
+                                   cpu_bf16=cpu_bf16)
+        row = score_image(prob, fg, labels, threshold=cfg.predict.threshold)
+        row["name"] = data.pairs[i].name
+        rows.append(row)
+        if keep_probs:
+            probs.append(prob.astype(np.float16))
+    summary = summarize(rows, n_boot=n_boot, seed=cfg.train.seed)
+    return (summary, rows, probs) if keep_probs else (summary, rows)
