@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from qmed.evaluate.stats import bootstrap_means, percentile_interval
+
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -38,9 +40,8 @@ def main() -> None:
         ap.error("give DOC.json A B, or two per_image.csv files")
     names = sorted(n for n in a.keys() & b.keys() if a[n] is not None and b[n] is not None)
     diff = np.array([a[n] - b[n] for n in names], dtype=float)
-    rng = np.random.default_rng(args.seed)
-    boots = diff[rng.integers(0, len(diff), size=(args.n_boot, len(diff)))].mean(axis=1)
-    lo, hi = np.percentile(boots, [2.5, 97.5])
+    boots = bootstrap_means(diff, args.n_boot, args.seed)
+    lo, hi = percentile_interval(boots)
     print(f"{args.metric}({args.a}) - {args.metric}({args.b}) over {len(diff)} images: {diff.mean():+.4f} "
           f"[{lo:+.4f}, {hi:+.4f}] (paired bootstrap, {args.n_boot} resamples); {args.a} better on "
           f"{int((diff > 0).sum())}, worse on {int((diff < 0).sum())}; P(diff <= 0) = {(boots <= 0).mean():.2f}")

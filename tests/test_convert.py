@@ -8,8 +8,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from qmed.cli.app import app
+from qmed.data.nnunet import from_nnunet, to_nnunet
 from qmed.errors import QmedInputError
-from qmed.io.nnunet import from_nnunet, to_nnunet
 
 runner = CliRunner()
 

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from qmed.config import resolve_config
-from qmed.segment import checkpoint
+from qmed.io import checkpoints as checkpoint
 from qmed.segment.train import train
 
 

@@ -118,7 +118,7 @@ def test_hardness_weights_degenerate():
 def test_per_sample_dice_loss_hand_computed():
     import torch
 
-    from qmed.data.sampling import per_sample_dice_loss
+    from qmed.segment.losses import per_sample_dice_loss
 
     big = 40.0  # sigmoid(±40) is 1 or 0 to float precision
     t = torch.zeros(2, 1, 2, 2)

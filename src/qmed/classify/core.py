@@ -53,8 +53,9 @@ import torch
 import torch.nn.functional as F
 
 from qmed.errors import QmedInputError
+from qmed.evaluate.stats import bootstrap_indices, percentile_interval
 from qmed.io.figures import pyplot, save_figure
-from qmed.io.files import atomic_path, write_json, write_text
+from qmed.io.files import atomic_path, check_output, prepare_output_dir, write_json, write_text
 from qmed.io.images import IMAGE_EXTENSIONS, is_image_file, read_image
 from qmed.runtime import pick_device, seed_everything
 
@@ -448,23 +449,17 @@ def bootstrap_metrics(y: np.ndarray, prob: np.ndarray, threshold: float = 0.5, n
     y = np.asarray(y, dtype=np.int64)
     prob = np.asarray(prob, dtype=np.float64)
     point = classification_metrics(y, prob, threshold)
-    rng = np.random.default_rng(seed)
     n = len(y)
     parts: dict[str, list[np.ndarray]] = {m: [] for m in METRICS}
-    total = n_boot if n > 1 else 0
-    chunk = max(1, 4_000_000 // max(1, n * prob.shape[1]))
-    for s in range(0, total, chunk):
-        idx = rng.integers(0, n, size=(min(chunk, total - s), n))
+    for idx in bootstrap_indices(n, n_boot if n > 1 else 0, seed, max_elements=4_000_000 // max(1, prob.shape[1])):
         for m, v in metric_rows(y[idx], prob[idx], threshold).items():
             parts[m].append(v)
-    a = (1.0 - ci) / 2.0
     summary, arrays = {}, {}
     for m in METRICS:
         b = np.concatenate(parts[m]) if parts[m] else np.zeros(0)
-        b = b[np.isfinite(b)]
-        arrays[m] = b
-        lo, hi = (float(np.quantile(b, a)), float(np.quantile(b, 1 - a))) if b.size else (float("nan"), float("nan"))
-        summary[m] = {"value": point[m], "ci_low": lo, "ci_high": hi, "n_boot": int(b.size)}
+        arrays[m] = b[np.isfinite(b)]
+        lo, hi = percentile_interval(b, ci)
+        summary[m] = {"value": point[m], "ci_low": lo, "ci_high": hi, "n_boot": int(arrays[m].size)}
     return summary, arrays
 
 
@@ -573,21 +568,6 @@ def predict_proba(model: torch.nn.Module, images: torch.Tensor, device: torch.de
     for s in range(0, len(images), batch_size):
         out.append(torch.softmax(model(_as_float(images[s : s + batch_size], device)).float(), dim=1).cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 2), dtype=np.float32)
-
-
-def prepare_run_dir(out: Path, force: bool, subdirs: Sequence[str] = ("checkpoints",)) -> None:
-    """Make `out` (empty, or emptied with `force`) and its `subdirs`."""
-    import shutil
-
-    if out.exists() and not out.is_dir():
-        raise QmedInputError(out, "output path exists and is not a directory")
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            raise QmedInputError(out, "output directory exists and is not empty; pass --force to overwrite it")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for d in subdirs:
-        (out / d).mkdir(parents=True, exist_ok=True)
 
 
 def save_checkpoint(path: Path, model: torch.nn.Module, cfg: ClassifyConfig, data: ClassData, extra: dict[str, Any]) -> None:
@@ -704,7 +684,7 @@ def train_classifier(cfg: ClassifyConfig, train_spec, val_spec, out: str | Path,
     dev = pick_device(device)
     seed_everything(cfg.seed)
     model = build_classifier(cfg.model, len(train.classes), cfg.weights, cfg.pqc_dict(), cfg.dropout).to(dev)
-    prepare_run_dir(out, force)
+    prepare_output_dir(out, force, ("checkpoints",), "output directory")
     handler = logging.FileHandler(out / "train.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
@@ -833,8 +813,8 @@ def _write_rows(path: Path, rows: list[dict]) -> None:
 
 def load_classifier(model_path: str | Path, device: str | torch.device = "cpu"):
     """A run directory (checkpoints/best.pt, else last.pt) or a checkpoint file -> (model, config, state)."""
+    from qmed.io.checkpoints import read, resolve_checkpoint
     from qmed.models.classifier import build_classifier
-    from qmed.segment.checkpoint import read, resolve_checkpoint
 
     p = resolve_checkpoint(model_path)
     state = read(p, CKPT_FORMAT, "qmed classifier checkpoint (written by qmed classify train)")
@@ -963,8 +943,7 @@ def compare(base: ClassifyConfig, train_spec, val_spec, out: Path, methods: Sequ
     from qmed.models.classifier import build_classifier
 
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise QmedInputError(out, "output directory exists and is not empty; pass --force to overwrite it")
+    check_output(out, force, "output directory")
     data = load_split(train_spec, val_spec, base)
     rows: list[CompareRow] = []
     for method in methods:

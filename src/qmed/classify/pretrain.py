@@ -170,8 +170,10 @@ def save_encoder(path: Path, backbone: nn.Module) -> None:
 def pretrain_simclr(cfg: SimCLRConfig, data_spec: str | Path, out: str | Path, force: bool = False,
                     device: str | None = None) -> dict[str, Any]:
     """Pretrain `cfg.model`'s backbone with SimCLR on the images of `data_spec`; -> the pretrain.json dict."""
-    from qmed.classify.core import load_images, prepare_run_dir
-    from qmed.models.classifier import build_classifier, count_parameters
+    from qmed.classify.core import load_images
+    from qmed.io.files import prepare_output_dir
+    from qmed.models.classifier import build_classifier
+    from qmed.models.common import count_parameters
     from qmed.runtime import pick_device, seed_everything
 
     cfg.validate()
@@ -183,7 +185,7 @@ def pretrain_simclr(cfg: SimCLRConfig, data_spec: str | Path, out: str | Path, f
     seed_everything(cfg.seed)
     clf = build_classifier(cfg.model, 2, cfg.weights, None).to(dev)
     head = projection_head(clf.num_features, cfg.proj_hidden, cfg.proj_dim).to(dev)
-    prepare_run_dir(out, force, subdirs=())
+    prepare_output_dir(out, force, what="output directory")
     params = list(clf.backbone.parameters()) + list(head.parameters())
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     g = torch.Generator().manual_seed(cfg.seed)

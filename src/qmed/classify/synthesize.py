@@ -293,7 +293,8 @@ def synthesize(cfg: DDPMConfig, data: str | Path, out: str | Path, force: bool =
 
     from diffusers import DDPMPipeline, DDPMScheduler
 
-    from qmed.classify.core import load_images, prepare_run_dir
+    from qmed.classify.core import load_images
+    from qmed.io.files import prepare_output_dir
     from qmed.runtime import pick_device, seed_everything
 
     cfg.validate()
@@ -307,7 +308,7 @@ def synthesize(cfg: DDPMConfig, data: str | Path, out: str | Path, force: bool =
     unet = build_unet(cfg.image_size, images.shape[1], cfg.block_out_channels).to(dev)
     ema = copy.deepcopy(unet).eval()
     scheduler = DDPMScheduler(num_train_timesteps=cfg.train_timesteps, beta_schedule="linear")
-    prepare_run_dir(out, force, subdirs=())
+    prepare_output_dir(out, force, what="output directory")
     opt = torch.optim.Adam(unet.parameters(), lr=cfg.lr)
     g = torch.Generator().manual_seed(cfg.seed)
     bs = min(cfg.batch_size, len(images))

@@ -190,7 +190,7 @@ def convert(
 ):
     """Convert a dataset to or from nnU-Net v2's raw format (2-D PNG; masks 0/1 there, 0/255 here)."""
     setup_logging()
-    from qmed.io.nnunet import from_nnunet, to_nnunet
+    from qmed.data.nnunet import from_nnunet, to_nnunet
 
     if (to is None) == (from_ is None):
         raise QmedInputError(None, "give exactly one of --to nnunet or --from nnunet")

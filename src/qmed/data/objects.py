@@ -10,8 +10,15 @@ from __future__ import annotations
 from typing import Iterable, Optional
 
 import numpy as np
+from scipy import ndimage
 
-from qmed.evaluate.metrics import label_components
+_EIGHT = np.ones((3, 3), dtype=int)
+
+
+def label_components(mask: np.ndarray) -> np.ndarray:
+    """Connected components of a binary mask, 8-connectivity, int32 labels 1..N (0 background)."""
+    labels, _ = ndimage.label(np.asarray(mask, dtype=bool), structure=_EIGHT)
+    return labels.astype(np.int32, copy=False)
 
 
 def object_diameter(mask: np.ndarray, min_area: int = 4) -> Optional[float]:

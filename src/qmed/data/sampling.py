@@ -95,13 +95,6 @@ def hardness_weights(hardness: np.ndarray, cap: float = 3.0) -> np.ndarray:
     return w / w.mean() if w.size else w
 
 
-def per_sample_dice_loss(logits, target, smooth: float = 1.0):
-    """1 - soft Dice of each sample of a (B,1,H,W) batch, detached: the hardness that `hard` sampling tracks."""
-    from qmed.segment.losses import per_image_dice_loss
-
-    return per_image_dice_loss(torch.sigmoid(logits.detach().float()), target.detach().float(), smooth)
-
-
 def make_sampler(weights, num_samples: int, seed: int) -> WeightedRandomSampler:
     """Sampler drawing `num_samples` indices with replacement, ∝ weights, reproducibly for a seed.
 

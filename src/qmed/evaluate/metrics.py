@@ -24,11 +24,13 @@ from typing import Iterable, NamedTuple, Sequence
 import numpy as np
 from scipy import ndimage
 
+from qmed.data.objects import label_components
+from qmed.evaluate.stats import bootstrap_ci
+
 NAN = float("nan")
 BF1_TOL = 3  # px; the paper judges boundaries to within +-3 px
 SMALL_MAX_SIZE = 50  # px; "small object" = fewer than this many pixels
 OBJ_IOU_THR = 0.5
-_EIGHT = np.ones((3, 3), dtype=int)
 
 # What each summary key means; written into the evaluation JSON beside the numbers.
 CONVENTIONS: dict[str, str] = {
@@ -164,15 +166,8 @@ def mean_std_ci(values: Iterable[float], n_boot: int = 2000, seed: int = 0, ci: 
     std = float(v.std(ddof=1)) if n > 1 else 0.0
     if n == 1 or n_boot <= 0 or std == 0.0:
         return {"mean": mean, "std": std, "ci_low": mean, "ci_high": mean, "n": n}
-    rng = np.random.default_rng(seed)
-    boot = np.empty(n_boot)
-    step = max(1, 2_000_000 // n)  # resample in chunks so memory stays ~16 MB for large n
-    for s in range(0, n_boot, step):
-        k = min(step, n_boot - s)
-        boot[s : s + k] = v[rng.integers(0, n, size=(k, n))].mean(axis=1)
-    alpha = (1.0 - ci) / 2.0
-    lo, hi = np.quantile(boot, [alpha, 1.0 - alpha])
-    return {"mean": mean, "std": std, "ci_low": float(lo), "ci_high": float(hi), "n": n}
+    lo, hi = bootstrap_ci(v, n_boot, seed, ci)
+    return {"mean": mean, "std": std, "ci_low": lo, "ci_high": hi, "n": n}
 
 
 # --------------------------------------------------------------------------------------------
@@ -242,12 +237,6 @@ def _bf1(p: np.ndarray, t: np.ndarray, tol: float, dists=None) -> float:
 
 # --------------------------------------------------------------------------------------------
 # Objects (instance label maps)
-
-
-def label_components(mask: np.ndarray) -> np.ndarray:
-    """Connected components of a binary mask, 8-connectivity, int32 labels 1..N (0 background)."""
-    labels, _ = ndimage.label(np.asarray(mask, dtype=bool), structure=_EIGHT)
-    return labels.astype(np.int32, copy=False)
 
 
 def _compact(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -55,7 +55,6 @@ from qmed.experiments.quality import (
     json_safe,
     md_figures,
     md_table,
-    prepare_out,
     result_document,
     run_guarded,
     settings_sentence,
@@ -63,7 +62,7 @@ from qmed.experiments.quality import (
     status_text,
     train_to_budget,
 )
-from qmed.io.files import write_json, write_text
+from qmed.io.files import prepare_output_dir, write_json, write_text
 
 Switches = Union[dict, Callable[[QmedConfig], dict]]
 
@@ -150,7 +149,8 @@ def row_config(row: Row, preset: str, overrides: dict) -> QmedConfig:
 
 
 def _parameters(cfg: QmedConfig) -> int:
-    from qmed.models.segmenter import build, count_parameters
+    from qmed.models.common import count_parameters
+    from qmed.models.segmenter import build
 
     return count_parameters(build(cfg.model, pretrained=False))
 
@@ -172,7 +172,7 @@ def run_ablate(train_dir: str | Path, val_dir: str | Path, out: str | Path, minu
     configs = {r.name: row_config(r, preset, over) for r in rows}  # bad presets or --set fail here, before any training
     find_pairs(train_dir)
     find_pairs(val_dir)
-    prepare_out(out, force)
+    prepare_output_dir(out, force)
     budget_s = minutes * 60.0
     # Rows with the same configuration share one training; it predicts every TTA view they need.
     key = {r.name: json.dumps([configs[r.name].model_dump(exclude={"name"}), r.active], sort_keys=True) for r in rows}

@@ -32,7 +32,6 @@ from qmed.experiments.quality import (
     json_safe,
     md_figures,
     md_table,
-    prepare_out,
     result_document,
     run_guarded,
     settings_sentence,
@@ -40,7 +39,7 @@ from qmed.experiments.quality import (
     status_text,
     train_to_budget,
 )
-from qmed.io.files import write_atomic, write_json, write_text
+from qmed.io.files import prepare_output_dir, write_atomic, write_json, write_text
 
 DEFAULT_FRACTIONS = "0.1,0.25,0.5,1.0"
 
@@ -82,7 +81,7 @@ def run_curve(train_dir: str | Path, val_dir: str | Path, out: str | Path, fract
     methods = {"qmed": (resolve_config(preset, overrides=over), True), "smp": (smp_baseline_config(preset, over), False)}
     pairs = find_pairs(train_dir)
     find_pairs(val_dir)
-    prepare_out(out, force)
+    prepare_output_dir(out, force)
     order = np.random.default_rng(seed).permutation(len(pairs))
     settings = {"train": str(train_dir.resolve()), "val": str(val_dir.resolve()), "n_train": len(pairs), "fractions": fractions,
                 "minutes_per_run": minutes, "preset": preset, "overrides": list(overrides or []),

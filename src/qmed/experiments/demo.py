@@ -6,27 +6,22 @@ validation images with TTA -> evaluate -> print where everything is.
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
 from qmed.config import resolve_config
-from qmed.errors import QmedInputError
 
 
 def run_demo(out: Path, minutes: float = 3.0, n_train: int = 48, n_val: int = 12, force: bool = False, console=None, seed: int = 0, preset: str = "cpu") -> dict:
     from qmed.data.synthetic import write_demo_splits
     from qmed.evaluate.folders import evaluate_folders, summary_table, write_outputs
+    from qmed.io.files import prepare_output_dir
     from qmed.segment.budget import fit_to_budget
     from qmed.segment.predict import predict_folder
     from qmed.segment.train import train
 
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            raise QmedInputError(out, "demo folder exists and is not empty; pass --force to overwrite it")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_output_dir(out, force, what="demo folder")
     say = console.print if console is not None else print
     t0 = time.time()
     train_dir, val_dir = write_demo_splits(out / "data", n_train, n_val, (256, 256), seed)

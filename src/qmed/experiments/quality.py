@@ -18,7 +18,7 @@ against the same VAL masks:
   as a user with a validation set would), no TTA, float32. It runs on qmed's own trainer with config
   switches (listed in SMP_BASELINE), sized to the budget like qmed.
 * ``nnunet``: nnU-Net v2 (`pip install nnunetv2`, >= 2.8), 2d configuration, fold ``all`` (all of
-  TRAIN, as the other two): the data are exported with `qmed.io.nnunet.to_nnunet` (VAL as imagesTs),
+  TRAIN, as the other two): the data are exported with `qmed.data.nnunet.to_nnunet` (VAL as imagesTs),
   then the stock commands run in this interpreter: nnUNetv2_plan_and_preprocess -d ID -c 2d
   --verify_dataset_integrity, nnUNetv2_train ID 2d all -tr TRAINER -device cpu|cuda, and
   nnUNetv2_predict on imagesTs (checkpoint_final, nnU-Net's default mirroring TTA). TRAINER is
@@ -59,7 +59,8 @@ from typing import Callable
 import numpy as np
 
 from qmed.errors import QmedInputError
-from qmed.io.files import write_json, write_text
+from qmed.evaluate.stats import bootstrap_indices, percentile_interval
+from qmed.io.files import prepare_output_dir, write_json, write_text
 from qmed.segment.budget import fit_to_budget
 
 log = logging.getLogger("qmed")
@@ -173,8 +174,8 @@ def _run_logged(cmd: list[str], env: dict, logfile: Path, timeout: float | None)
 
 def _run_nnunet(train_dir: Path, val_dir: Path, out: Path, budget_s: float, device: str | None, trainer: str,
                 dataset_id: int, say: Callable) -> dict:
+    from qmed.data.nnunet import to_nnunet
     from qmed.io.images import read_array, write_mask_png
-    from qmed.io.nnunet import to_nnunet
 
     ok, version = nnunet_status()
     if not ok:
@@ -249,17 +250,8 @@ class _Skip(Exception):
 def _boot_ci(rows: list[dict], stat: Callable[[list[dict]], float], n_boot: int, seed: int) -> tuple[float, float]:
     if not rows or n_boot <= 0:
         return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    n = len(rows)
-    vals = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, n, n)
-        v = stat([rows[i] for i in idx])
-        if math.isfinite(v):
-            vals.append(v)
-    if not vals:
-        return float("nan"), float("nan")
-    return float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))
+    vals = [stat([rows[i] for i in idx]) for block in bootstrap_indices(len(rows), n_boot, seed) for idx in block]
+    return percentile_interval(vals)
 
 
 def _pooled_dice(rows: list[dict]) -> float:
@@ -449,7 +441,7 @@ def run_quality(train_dir: str | Path, val_dir: str | Path, out: str | Path, min
     find_pairs(train_dir)  # bad data or a bad preset fails here, before any method runs
     find_pairs(val_dir)
     resolve_config(preset)
-    prepare_out(out, force)
+    prepare_output_dir(out, force)
     budget_s = minutes * 60.0
     results: list[dict] = []
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
@@ -477,15 +469,6 @@ def run_quality(train_dir: str | Path, val_dir: str | Path, out: str | Path, min
     write_json(out / "quality.json", doc)
     write_text(out / "quality.md", _markdown(doc, results))
     return doc
-
-
-def prepare_out(out: Path, force: bool) -> None:
-    """An empty output folder: a non-empty one is refused unless `force` (then cleared)."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not force:
-            raise QmedInputError(out, "output folder exists and is not empty; pass --force to overwrite it")
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
-    out.mkdir(parents=True, exist_ok=True)
 
 
 def run_guarded(method: str, run: Callable[[], list[dict]], err_dir: Path, val_dir: Path, n_boot: int, seed: int,

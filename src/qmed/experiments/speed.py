@@ -196,14 +196,14 @@ class BareSmp(nn.Module):
         super().__init__()
         import segmentation_models_pytorch as smp
 
-        from qmed.models.segmenter import ARCHS, IMAGENET_MEAN, IMAGENET_STD
+        from qmed.models.common import register_imagenet_stats
+        from qmed.models.segmenter import ARCHS
 
         # the Table II ladder's archs (qmed decoders) are compared with smp's plain Unet
         self.net = getattr(smp, ARCHS.get(model_cfg.arch, "Unet"))(encoder_name=model_cfg.encoder, encoder_weights=None, in_channels=3, classes=1,
                                                        decoder_channels=list(model_cfg.decoder_channels),
                                                        decoder_attention_type=model_cfg.attention)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        register_imagenet_stats(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net((x - self.mean) / self.std)

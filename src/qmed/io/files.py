@@ -1,13 +1,17 @@
-"""Atomic writes: a reader never sees a half-written file, and a crash leaves the old one intact."""
+"""Output safety in one place: atomic writes (a reader never sees a half-written file, and a crash
+leaves the old one intact), the one --force check, and staging folders renamed into place."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
+
+from qmed.errors import QmedInputError
 
 # mkstemp makes files 0600; outputs should get the mode a plain open() would (0666 minus umask).
 _UMASK = os.umask(0)
@@ -43,6 +47,50 @@ def write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def is_occupied(out: Path) -> bool:
+    """A file, or a non-empty folder, is in the way of `out`."""
+    return out.exists() and (not out.is_dir() or any(out.iterdir()))
+
+
+def check_output(out: str | Path, force: bool, what: str = "output folder", hint: str = "") -> None:
+    """The one --force check: refuse an occupied `out` unless `force`, before anything is written."""
+    out = Path(out)
+    if is_occupied(out) and not force:
+        raise QmedInputError(out, f"{what} exists and is not empty; pass --force to overwrite it{hint}")
+
+
+def prepare_output_dir(out: str | Path, force: bool, subdirs: Sequence[str] = (), what: str = "output folder",
+                       hint: str = "") -> Path:
+    """An empty folder at `out` (with `subdirs`): an occupied one is refused unless `force`, then cleared."""
+    out = Path(out)
+    check_output(out, force, what, hint)
+    if out.exists() and not out.is_dir():
+        out.unlink()
+    elif out.exists() and any(out.iterdir()):
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for d in subdirs:
+        (out / d).mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def staging_dir(out: str | Path, force: bool) -> Path:
+    """A hidden sibling folder of `out` to write into, so a failure leaves no half-written output;
+    `commit_staged` renames it into place."""
+    out = Path(out)
+    check_output(out, force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+
+
+def commit_staged(stage: Path, out: str | Path) -> None:
+    """Replace `out` (whatever is there) with the finished staging folder."""
+    out = Path(out)
+    if out.exists():
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    stage.replace(out)
 
 
 def _json_default(o: Any) -> Any:

@@ -28,13 +28,12 @@ import torch
 from torch import nn
 
 from qmed.errors import QmedInputError
+from qmed.models.common import count_parameters, register_imagenet_stats
 from qmed.models.quantum import PQCConfig, PQCLayer
 from qmed.models.weights import OFFLINE_MOBILENET, load_state_dict_file, resolve_weights
 
 log = logging.getLogger("qmed")
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # name -> (torchvision constructor, head attribute path, feature size)
 BACKBONES: dict[str, tuple[str, str, int]] = {
@@ -61,8 +60,7 @@ class Classifier(nn.Module):
         self.pqc = PQCLayer(num_features, pqc) if pqc is not None else None
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(num_features, num_classes)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        register_imagenet_stats(self)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features (N, F) of images in [0, 1]."""
@@ -189,10 +187,6 @@ def _timm_backbone(name: str, download: bool, local: Path | None) -> tuple[nn.Mo
     if local is not None:
         load_backbone_file(model, local, None, f"timm:{name}")
     return model, int(model.num_features)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def describe(model: Classifier) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from torch import nn
 
 from qmed.config import ModelConfig
 from qmed.errors import QmedInputError
+from qmed.models.common import register_imagenet_stats
 from qmed.models.edge import GaborEdge
 from qmed.models.hq_unet import attach_bottleneck
 from qmed.models.ladder import LADDER_ARCHS, LadderUNet
@@ -25,8 +26,6 @@ log = logging.getLogger("qmed")
 
 # smp model classes; hq_unet is smp's Unet with qmed's bottleneck layer attached.
 ARCHS = {"unetplusplus": "UnetPlusPlus", "unet": "Unet", "hq_unet": "Unet"}
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class Segmenter(nn.Module):
@@ -40,8 +39,7 @@ class Segmenter(nn.Module):
         )
         self.projection = EdgeProjection(cfg.projection_mid) if cfg.input_mode == "projection" else None
         self.net = net
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        register_imagenet_stats(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] == 1:
@@ -103,7 +101,3 @@ def _fetch(make, encoder: str, hub_name):
             f"could not fetch {hub_name!r} weights for encoder {encoder!r} ({type(exc).__name__}); offline? "
             "pass a local file with --set model.encoder_weights=/path/to/weights.pth, or null for random init",
         ) from None
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

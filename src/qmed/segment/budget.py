@@ -95,11 +95,11 @@ def calibrate(cfg, train_dir: Path, val_dir: Path, device: str | None, n_steps: 
         t_sub = time.perf_counter() - t0
         px_sub = sum(sub[i][1].size for i in range(len(sub)))
         px_all = sum(t.val_data[i][1].size for i in range(n_val))
-        from qmed.segment import checkpoint
+        from qmed.io import checkpoints
         from qmed.segment.train import RunState
 
         t0 = time.perf_counter()
-        checkpoint.save(Path(tmp) / "last.pt", t._state(RunState()))
+        checkpoints.save(Path(tmp) / "last.pt", t._state(RunState()))
         t_ckpt = time.perf_counter() - t0
     return {"t_micro": float(np.median(times)) + t_data, "t_val": t_sub * px_all / max(px_sub, 1), "t_data": t_data,
             "t_checkpoint": t_ckpt, "t_setup": t_setup}

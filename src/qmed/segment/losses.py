@@ -156,6 +156,11 @@ def per_image_dice_loss(p: torch.Tensor, target: torch.Tensor, smooth: float = 1
     return 1 - (2 * inter + smooth) / (total + smooth)
 
 
+def per_sample_dice_loss(logits, target, smooth: float = 1.0):
+    """1 - soft Dice of each sample of a (B,1,H,W) batch, detached: the hardness that `hard` sampling tracks."""
+    return per_image_dice_loss(torch.sigmoid(logits.detach().float()), target.detach().float(), smooth)
+
+
 class DiceLoss(nn.Module):
     """Soft Dice alone (pooled over the batch, smooth 1): the "U-Net + Dice loss" rung of Table II."""
 

@@ -152,18 +152,6 @@ def predict_image(model: nn.Module, image: np.ndarray, cfg, tta: int = 1, device
     return cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR if f > 1 else cv2.INTER_CUBIC).clip(0.0, 1.0), f
 
 
-def _staging_dir(out: Path, force: bool) -> Path:
-    """Outputs go to a hidden sibling folder renamed into place at the end: no half-written output."""
-    import tempfile
-
-    from qmed.errors import QmedInputError
-
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise QmedInputError(out, "output folder exists and is not empty; pass --force to overwrite it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-
-
 def predict_folder(model_path, input_path, out, tta: bool = False, threshold: float | None = None, tile: int | None = None,
                    force: bool = False, device: str | None = None, rescale: bool | None = None,
                    object_diameter: float | None = None) -> int:
@@ -174,7 +162,7 @@ def predict_folder(model_path, input_path, out, tta: bool = False, threshold: fl
     from qmed.data.batches import model_input
     from qmed.data.dataset import list_images
     from qmed.errors import QmedInputError
-    from qmed.io.files import write_json
+    from qmed.io.files import commit_staged, staging_dir, write_json
     from qmed.io.images import read_image, write_mask_png, write_probability_png
     from qmed.runtime import pick_device
     from qmed.segment.checkpoint import load_model
@@ -198,7 +186,7 @@ def predict_folder(model_path, input_path, out, tta: bool = False, threshold: fl
     rescale = cfg.predict.rescale if rescale is None else rescale
     if rescale and not (object_diameter or cfg.predict.object_diameter):
         raise QmedInputError(model_path, "rescaling needs the training objects' diameter, which this model does not record; pass --object-diameter PX")
-    stage = _staging_dir(out, force)
+    stage = staging_dir(out, force)
     scales = {}
     try:
         (stage / "probabilities").mkdir()
@@ -210,9 +198,7 @@ def predict_folder(model_path, input_path, out, tta: bool = False, threshold: fl
             write_probability_png(stage / "probabilities" / f"{f.stem}.png", prob)
         if rescale:
             write_json(stage / "scales.json", {"object_diameter": object_diameter or cfg.predict.object_diameter, "scales": scales})
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        stage.replace(out)
+        commit_staged(stage, out)
     finally:
         if stage.exists():
             shutil.rmtree(stage, ignore_errors=True)

@@ -37,13 +37,14 @@ from qmed.config import QmedConfig, config_from_dict, dump_yaml
 from qmed.data.batches import EpochDraws, LoadedPairs, TrainCrops, sampling_weights
 from qmed.data.dataset import find_pairs, fingerprint, split_pairs
 from qmed.data.objects import dataset_diameter
-from qmed.data.sampling import hardness_weights, per_sample_dice_loss
+from qmed.data.sampling import hardness_weights
 from qmed.errors import QmedInputError
-from qmed.io.files import write_json, write_text
-from qmed.models.segmenter import build, count_parameters
+from qmed.io import checkpoints
+from qmed.io.files import check_output, prepare_output_dir, write_json, write_text
+from qmed.models.common import count_parameters
+from qmed.models.segmenter import build
 from qmed.runtime import pick_device, seed_everything
-from qmed.segment import checkpoint
-from qmed.segment.losses import loss_from_config
+from qmed.segment.losses import loss_from_config, per_sample_dice_loss
 from qmed.segment.validate import validate
 
 log = logging.getLogger("qmed")
@@ -86,14 +87,8 @@ def is_outlier(score: float, history: list[float], window: int, z: float, min_dr
     return drop > min_drop and drop > z * max(mad, 1e-3)
 
 
-def prepare_run_dir(out: Path, force: bool) -> None:
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            raise QmedInputError(out, "output directory exists and is not empty; pass --force to overwrite it or --resume to continue it")
-        shutil.rmtree(out)
-    if out.exists() and not out.is_dir():
-        raise QmedInputError(out, "output path exists and is not a directory")
-    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+# How the --force check names a run directory, and what else the user can do with one.
+RUN_DIR = ("output directory", " or --resume to continue it")
 
 
 def _file_logger(out: Path) -> logging.Handler:
@@ -206,20 +201,19 @@ class Trainer:
         out = self.out
         if resume:
             last = out / "checkpoints" / "last.pt"
-            state = checkpoint.read(last)
+            state = checkpoints.read(last)
             self.cfg = config_from_dict(state["config"], last)
             for stale in out.rglob(".*.tmp*"):  # a write cut short by a kill: the real file is intact
                 stale.unlink()
         else:
-            if out.exists() and any(out.iterdir()) and not force:
-                raise QmedInputError(out, "output directory exists and is not empty; pass --force to overwrite it or --resume to continue it")
+            check_output(out, force, *RUN_DIR)
             state = None
         # Read and check every image before the run directory is touched: bad data fails fast and
         # leaves no half-made run behind.
         self._data()
         self._model(pretrained=state is None)
         if state is None:
-            prepare_run_dir(out, force)
+            prepare_output_dir(out, force, ("checkpoints",), *RUN_DIR)
         handler = _file_logger(out)
         try:
             st = RunState()
@@ -326,7 +320,7 @@ class Trainer:
             st.epoch = epoch
             if hard is not None:
                 st.hardness = [None if not np.isfinite(h) else float(h) for h in hard]
-            checkpoint.save(out / "checkpoints" / "last.pt", self._state(st))
+            checkpoints.save(out / "checkpoints" / "last.pt", self._state(st))
             if row["selected"]:
                 shutil.copyfile(out / "checkpoints" / "last.pt", out / "checkpoints" / ".best.pt.tmp")
                 (out / "checkpoints" / ".best.pt.tmp").replace(out / "checkpoints" / "best.pt")
@@ -463,7 +457,7 @@ def resume(out, device: str | None = None, quiet: bool = False, train_source=Non
     if not meta_path.is_file():
         raise QmedInputError(out, "is not a qmed run directory (no run.json)")
     meta = json.loads(meta_path.read_text())
-    cfg_state = checkpoint.read(out / "checkpoints" / "last.pt")["config"]
+    cfg_state = checkpoints.read(out / "checkpoints" / "last.pt")["config"]
     cfg = config_from_dict(cfg_state, out / "checkpoints" / "last.pt")
     t = Trainer(cfg, train_source or meta["train"], val_source or meta.get("val"), out, device=device, quiet=quiet, tensorboard=tensorboard,
                 stop_after=stop_after)

@@ -40,14 +40,13 @@ import json
 import logging
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from qmed.data.dataset import Pair, find_pairs
 from qmed.errors import QmedInputError
-from qmed.io.files import write_atomic, write_json
+from qmed.io.files import check_output, commit_staged, staging_dir, write_atomic, write_json
 from qmed.io.images import read_array, read_image, read_mask, write_mask_png
 
 log = logging.getLogger("qmed")
@@ -96,19 +95,6 @@ def _png_pixels(path: Path) -> np.ndarray:
     img = read_image(path)  # float32 [0, 1], HxWx{1,3}, qmed's own reading of the file
     img = img[..., 0] if img.shape[2] == 1 else img
     return np.clip(np.rint(img.astype(np.float64) * 65535.0), 0, 65535).astype(np.uint16)
-
-
-def _stage(out: Path, force: bool) -> Path:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise QmedInputError(out, "output folder exists and is not empty; pass --force to overwrite it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-
-
-def _commit(stage: Path, out: Path) -> None:
-    if out.exists():
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
-    stage.replace(out)
 
 
 # -- qmed -> nnU-Net -----------------------------------------------------------------------------
@@ -164,7 +150,7 @@ def to_nnunet(data: str | Path, out_raw: str | Path, dataset_id: int = 501, name
     if len(bits) > 1:
         log.warning("%s: 8- and 16-bit images mixed; nnU-Net normalises each image (z-score), so this is harmless", data)
 
-    stage = _stage(dest, force)
+    stage = staging_dir(dest, force)
     try:
         for split, p, img, fg in items:
             if rgb and img.ndim == 2:
@@ -181,7 +167,7 @@ def to_nnunet(data: str | Path, out_raw: str | Path, dataset_id: int = 501, name
             "name": name,
             "description": f"converted by qmed from {data.resolve()}" + (f" (imagesTs: {Path(val).resolve()})" if val is not None else ""),
         })
-        _commit(stage, dest)
+        commit_staged(stage, dest)
     finally:
         if stage.exists():
             shutil.rmtree(stage, ignore_errors=True)
@@ -327,20 +313,20 @@ def from_nnunet(dataset: str | Path, out: str | Path, val_out: str | Path | None
         if not (ds / "imagesTs").is_dir():
             raise QmedInputError(ds, "has no imagesTs/ folder to write to --val")
     for dest in (out, val_out):  # refuse before writing anything
-        if dest is not None and dest.exists() and (not dest.is_dir() or any(dest.iterdir())) and not force:
-            raise QmedInputError(dest, "output folder exists and is not empty; pass --force to overwrite it")
+        if dest is not None:
+            check_output(dest, force)
     n_ts = 0
     stages = []
     try:
-        stage = _stage(out, force)
+        stage = staging_dir(out, force)
         stages.append((stage, out))
         n_tr = _convert_split(ds, "Tr", meta, stage, require_labels=True)
         if val_out is not None:
-            vstage = _stage(val_out, force)
+            vstage = staging_dir(val_out, force)
             stages.append((vstage, val_out))
             n_ts = _convert_split(ds, "Ts", meta, vstage, require_labels=False)
         for s, dest in stages:
-            _commit(s, dest)
+            commit_staged(s, dest)
     finally:
         for s, _ in stages:
             if s.exists():
