@@ -6,8 +6,8 @@ import torch
 
 from qmed.config import resolve_config
 from qmed.errors import QmedInputError
-from qmed.models.hq_unet import circuit_parameters
 from qmed.models.common import count_parameters
+from qmed.models.hq_unet import circuit_parameters
 from qmed.models.segmenter import build
 
 
