@@ -16,3 +16,13 @@ class QmedInputError(Exception):
         self.path = None if path is None else Path(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}" if self.path is not None else problem)
+
+
+def require_extra(module: str, extra: str, purpose: str):
+    """Import an optional dependency, or stop with one line naming the `pip install` that brings it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise QmedInputError(None, f"{purpose} needs the optional package {module.split('.')[0]}: pip install 'qmed[{extra}]'") from None

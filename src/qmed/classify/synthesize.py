@@ -57,7 +57,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from qmed.errors import QmedInputError
+from qmed.errors import QmedInputError, require_extra
 from qmed.io.files import write_json
 
 log = logging.getLogger("qmed")
@@ -92,7 +92,7 @@ class DDPMConfig:
 
 
 def build_unet(image_size: int, channels: int, block_out_channels=(32, 64, 64)):
-    from diffusers import UNet2DModel
+    UNet2DModel = require_extra("diffusers", "diffusion", "qmed synthesize (the DDPM)").UNet2DModel
 
     k = len(block_out_channels)
     return UNet2DModel(sample_size=image_size, in_channels=channels, out_channels=channels, layers_per_block=1,
@@ -125,7 +125,7 @@ def train_step(unet, scheduler, x0: torch.Tensor, g: torch.Generator) -> torch.T
 @torch.no_grad()
 def sample(unet, scheduler, n: int, steps: int, seed: int, batch_size: int = 32) -> torch.Tensor:
     """n images in [0, 1] by DDIM (eta 0) with `steps` steps on the training schedule."""
-    from diffusers import DDIMScheduler
+    DDIMScheduler = require_extra("diffusers", "diffusion", "qmed synthesize (the DDPM)").DDIMScheduler
 
     ddim = DDIMScheduler.from_config(scheduler.config)
     ddim.set_timesteps(steps)
@@ -291,7 +291,8 @@ def synthesize(cfg: DDPMConfig, data: str | Path, out: str | Path, force: bool =
     """Train a DDPM on the images in `data` (one class), write cfg.n samples and the figures; -> synthesize.json."""
     import copy
 
-    from diffusers import DDPMPipeline, DDPMScheduler
+    diffusers = require_extra("diffusers", "diffusion", "qmed synthesize (the DDPM)")
+    DDPMPipeline, DDPMScheduler = diffusers.DDPMPipeline, diffusers.DDPMScheduler
 
     from qmed.classify.core import load_images
     from qmed.io.files import prepare_output_dir

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from qmed.errors import QmedInputError
+from qmed.errors import QmedInputError, require_extra
 
 ENTANGLERS = ("strong", "basic")
 ROTATIONS = ("Y", "X")
@@ -76,11 +76,7 @@ class PQCConfig:
 
 
 def _import_pennylane():
-    try:
-        import pennylane as qml
-    except ImportError:
-        raise QmedInputError(None, "the quantum layer needs PennyLane: pip install 'pennylane>=0.38'") from None
-    return qml
+    return require_extra("pennylane", "quantum", "the quantum layer")
 
 
 class QuantumCircuit(nn.Module):
