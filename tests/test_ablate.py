@@ -10,8 +10,8 @@ from qmed.cli.app import app
 from qmed.config import resolve_config
 from qmed.errors import QmedInputError
 from qmed.experiments.ablate import ROWS, row_config, select_rows
+from qmed.experiments.common import smp_baseline_config
 from qmed.experiments.curve import parse_fractions, subset_sizes
-from qmed.experiments.quality import smp_baseline_config
 from qmed.models.segmenter import build
 from qmed.segment import crf
 

@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 
 from qmed import runtime as precision
 from qmed.cli.app import app
+from qmed.experiments import nnunet_peer
 from qmed.experiments import quality as bench_quality
 from qmed.experiments.quality import run_quality
 from qmed.experiments.speed import PeakMemory, speed_rows
@@ -35,7 +36,7 @@ def test_plan_budget_fills_and_respects_the_budget():
 
 @pytest.mark.skipif(not HAVE_NNUNET, reason="nnunetv2 is not installed (pip install 'qmed[peers]')")
 def test_nnunet_budget_trainer_plan():
-    spec = importlib.util.spec_from_file_location("qmed_nnunet_trainers", bench_quality.TRAINER_DIR / "qmed_nnunet_trainers.py")
+    spec = importlib.util.spec_from_file_location("qmed_nnunet_trainers", nnunet_peer.TRAINER_DIR / "qmed_nnunet_trainers.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     iters, val_iters, epochs = mod.plan_epochs(1800, t_iter=2.0, min_epochs=10)
@@ -105,7 +106,7 @@ def test_speed_amp_on_cpu_with_native_bf16(tmp_path):
 
 def test_quality_failing_method_gets_a_row(fluo_subset, tmp_path, monkeypatch):
     """A method that cannot run (no nnunetv2) or crashes gets a row with the reason; nothing is raised."""
-    monkeypatch.setattr(bench_quality, "nnunet_status", lambda: (False, "nnunetv2 is not installed (test)"))
+    monkeypatch.setattr(nnunet_peer, "nnunet_status", lambda: (False, "nnunetv2 is not installed (test)"))
 
     def boom(*a, **k):
         raise RuntimeError("simulated crash")

@@ -9,8 +9,9 @@ bfloat16 is emulated and slower than float32, so the option is ignored there. bf
 float32's exponent range, so no loss scaling is needed. Weights stay float32 (autocast only lowers
 the convolutions and matmuls), so checkpoints and `qmed predict` are unchanged.
 
-Channels-last layout: oneDNN's CPU convolutions and cuDNN's both run faster with it (on the CPU
-measured 1.3x for the `cpu` preset's step, docs/benchmarks.md section 3b); it changes no result.
+Channels-last layout: oneDNN's CPU convolutions and cuDNN's both prefer it; it changes no result.
+docs/benchmarks.md section 3b measured bfloat16 and channels-last together (1.91x for the `cpu`
+preset's step), not channels-last alone.
 """
 
 from __future__ import annotations

@@ -29,8 +29,8 @@ hq (SPEC Q4, not run by default):
   hq_unet                smp U-Net with the PQC at every bottleneck position (`qmed.models.hq_unet`)
   hq_unet_classical      its equal-size classical twin (the circuit replaced by a small MLP)
 
-Every row trains with `bench_quality.train_to_budget` (budget-fitted epochs; the budget is the
-training loop's wall-clock time) and is scored with `bench_quality.score`: per-image Dice (empty
+Every row trains with `qmed.experiments.common.train_to_budget` (budget-fitted epochs; the budget is the
+training loop's wall-clock time) and is scored with `qmed.experiments.common.score`: per-image Dice (empty
 = 1 and foreground-only) with bootstrap CIs, pooled Dice with its CI, IoU, HD95, boundary F1,
 small-object recall. Rows sharing a configuration share one training (Enhanced and no_tta).
 `--set` changes the preset under every row; the rows' own switches are applied on top. A row
@@ -48,21 +48,10 @@ from typing import Callable, Union
 
 from qmed.config import QmedConfig, config_from_dict, deep_merge, parse_overrides, resolve_config
 from qmed.errors import QmedInputError
-from qmed.experiments.quality import (
-    MD_FIGURES,
-    compact_table,
-    default_device,
-    json_safe,
-    md_figures,
-    md_table,
-    result_document,
-    run_guarded,
-    settings_sentence,
-    smp_baseline_config,
-    status_text,
-    train_to_budget,
-)
-from qmed.io.files import prepare_output_dir, write_json, write_text
+from qmed.experiments.common import result_document, run_guarded, settings_sentence, smp_baseline_config, train_to_budget
+from qmed.io.files import json_safe, prepare_output_dir, write_json, write_text
+from qmed.report.tables import MD_FIGURES, compact_table, md_figures, md_table, status_text
+from qmed.runtime import pick_device
 
 Switches = Union[dict, Callable[[QmedConfig], dict]]
 
@@ -183,7 +172,7 @@ def run_ablate(train_dir: str | Path, val_dir: str | Path, out: str | Path, minu
     results: list[dict] = []
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     settings = {"train": str(train_dir.resolve()), "val": str(val_dir.resolve()), "minutes_per_row": minutes, "preset": preset,
-                "overrides": list(overrides or []), "device": device or default_device(), "n_boot": n_boot, "seed": seed,
+                "overrides": list(overrides or []), "device": str(pick_device(device)), "n_boot": n_boot, "seed": seed,
                 "active_learning": asdict(active), "crf_available": crf.available()}
     for r in rows:
         cfg = configs[r.name]

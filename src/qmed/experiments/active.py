@@ -89,7 +89,7 @@ def run_active_learning(cfg, train_dir: Path, val_dir: Path, out: Path, budget_s
     round (predictions of VAL for `tta_views`) plus "active_learning": the rounds' history."""
     from qmed.data.batches import LoadedPairs
     from qmed.data.dataset import find_pairs, write_pairs_csv
-    from qmed.experiments.quality import train_to_budget
+    from qmed.experiments.common import train_to_budget
     from qmed.runtime import pick_device
     from qmed.segment.checkpoint import load_model
 

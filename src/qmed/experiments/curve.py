@@ -3,9 +3,9 @@
 For each fraction f the first ceil(f·N) images of one seeded permutation of TRAIN are used (so the
 subsets are nested: every image of a smaller subset is in the larger ones), listed in a CSV (no
 files are copied). On each subset two methods train for the same wall-clock budget with
-`bench_quality.train_to_budget`: ``qmed`` (the preset, predicted with its TTA) and ``smp`` (the
+`qmed.experiments.common.train_to_budget`: ``qmed`` (the preset, predicted with its TTA) and ``smp`` (the
 plain smp baseline of `qmed benchmark quality`, no TTA); both are scored on the whole of VAL with
-`bench_quality.score` (per-image Dice with empty = 1 and its bootstrap CI, foreground-only and
+`qmed.experiments.common.score` (per-image Dice with empty = 1 and its bootstrap CI, foreground-only and
 pooled Dice, IoU, HD95, small-object recall). Fractions that give the same number of images are
 run once.
 
@@ -25,21 +25,10 @@ import numpy as np
 
 from qmed.config import parse_overrides, resolve_config
 from qmed.errors import QmedInputError
-from qmed.experiments.quality import (
-    MD_FIGURES,
-    compact_table,
-    default_device,
-    json_safe,
-    md_figures,
-    md_table,
-    result_document,
-    run_guarded,
-    settings_sentence,
-    smp_baseline_config,
-    status_text,
-    train_to_budget,
-)
-from qmed.io.files import prepare_output_dir, write_atomic, write_json, write_text
+from qmed.experiments.common import result_document, run_guarded, settings_sentence, smp_baseline_config, train_to_budget
+from qmed.io.files import json_safe, prepare_output_dir, write_atomic, write_json, write_text
+from qmed.report.tables import MD_FIGURES, compact_table, md_figures, md_table, status_text
+from qmed.runtime import pick_device
 
 DEFAULT_FRACTIONS = "0.1,0.25,0.5,1.0"
 
@@ -85,7 +74,7 @@ def run_curve(train_dir: str | Path, val_dir: str | Path, out: str | Path, fract
     order = np.random.default_rng(seed).permutation(len(pairs))
     settings = {"train": str(train_dir.resolve()), "val": str(val_dir.resolve()), "n_train": len(pairs), "fractions": fractions,
                 "minutes_per_run": minutes, "preset": preset, "overrides": list(overrides or []),
-                "device": device or default_device(), "n_boot": n_boot, "seed": seed}
+                "device": str(pick_device(device)), "n_boot": n_boot, "seed": seed}
     results: list[dict] = []
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     for frac, n in subset_sizes(len(pairs), fractions):

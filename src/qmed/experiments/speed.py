@@ -47,8 +47,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import platform
 import resource
 import sys
 import time
@@ -63,6 +61,7 @@ from torch import nn
 
 from qmed import runtime
 from qmed.errors import QmedInputError
+from qmed.experiments.common import machine_info
 
 WARMUP = 2
 OVERHEAD_TARGET = 1.10  # the issue's target: whole recipe <= 1.10 x a bare smp step
@@ -279,10 +278,8 @@ def run_speed(preset: str = "cpu", size: int = 256, batch: int | None = None, de
               channels_last: bool = False, steps: int = 10, warmup: int = WARMUP, data: str | Path | None = None,
               infer_batch: int | None = None, overrides: list[str] | None = None, say: Callable = print) -> dict:
     """Measure everything; returns the JSON document (see the module docstring)."""
-    from qmed.config import resolve_config
-    from qmed.models.segmenter import build
-    from qmed.segment.losses import build_loss, loss_from_config
-    from qmed.segment.predict import forward_views
+    from qmed.config import deep_merge, parse_overrides, resolve_config
+    from qmed.experiments.common import smp_baseline_config
 
     if size < 32 or size % 32:
         raise QmedInputError(None, f"--size must be a multiple of 32 (the encoder down-samples 5 times), got {size}")
@@ -290,11 +287,7 @@ def run_speed(preset: str = "cpu", size: int = 256, batch: int | None = None, de
         raise QmedInputError(None, "--steps must be >= 1")
     dev = _check_device(device, amp)
     over = {"data": {"crop": size}, "train": {"amp": amp}}
-    cfg = resolve_config(preset, overrides=over)
-    if overrides:
-        from qmed.config import deep_merge, parse_overrides
-
-        cfg = resolve_config(preset, overrides=deep_merge(over, parse_overrides(overrides)))
+    cfg = resolve_config(preset, overrides=deep_merge(over, parse_overrides(overrides)) if overrides else over)
     bs = batch or cfg.train.batch_size
     ibs = infer_batch or bs
     if bs < 1 or ibs < 1:
@@ -303,17 +296,59 @@ def run_speed(preset: str = "cpu", size: int = 256, batch: int | None = None, de
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its fastest kernels
     torch.manual_seed(0)
 
-    from qmed.experiments.quality import smp_baseline_config
-
     base_cfg = smp_baseline_config(preset)
     base_cfg = base_cfg.model_copy(update={"data": base_cfg.data.model_copy(update={"crop": size})})
     pairs = folder_pairs(Path(data), cfg) if data is not None else synthetic_pairs(size)
+    run = SpeedRun(cfg, dev, amp, channels_last, warmup, say)
+    recipe_batches, bare_batches = run.add_data(pairs, base_cfg, bs)
+    run.add_train_steps(recipe_batches, bare_batches, bs)
+    run.add_parts(recipe_batches, bs)
+    run.add_inference(recipe_batches, ibs)
+    run.time_rounds(steps)
+    settings = {"preset": preset, "encoder": cfg.model.encoder, "size": size, "batch": bs, "infer_batch": ibs,
+                "device": str(dev), "amp": amp, "channels_last": channels_last, "steps": steps, "warmup": warmup,
+                "accumulate": cfg.train.accumulate, "loss": cfg.train.loss, "input_mode": cfg.model.input_mode,
+                "data": str(data) if data is not None else "synthetic", "tta_views": cfg.predict.tta}
+    return _clean(_document(run.results, run.mem_method, settings, dev, bs))
 
-    results: dict[str, dict] = {}
-    mem_method = None
 
-    # models, losses and optimizers as the two trainers build them
-    def setup(kind: str) -> StepSetup:
+class SpeedRun:
+    """The measured tasks, each set up and warmed up when added (its peak memory taken over both),
+    then timed together, round-robin, by `time_rounds`."""
+
+    def __init__(self, cfg, dev: torch.device, amp: bool, channels_last: bool, warmup: int, say: Callable):
+        self.cfg, self.dev, self.amp, self.channels_last, self.warmup, self.say = cfg, dev, amp, channels_last, warmup, say
+        self.tasks: list[Task] = []
+        self.results: dict[str, dict] = {}
+        self.mem_method = None
+        self.setups: dict[str, StepSetup] = {}
+
+    def add(self, name: str, fn: Callable[[int], object], images: int, make: Callable[[], object] | None = None, group: int = 1,
+            every: int = 1, memory: bool = True, **extra) -> None:
+        """Set the task up and warm it up (its peak memory is taken over both), then queue it for timing."""
+        self.say(f"warm-up: {name}")
+        w = -(-self.warmup // group) * group  # whole groups, so timing starts on a group boundary
+        mem = PeakMemory(self.dev) if memory else None
+        with mem if mem is not None else contextlib.nullcontext():
+            if make is not None:
+                make()
+            for i in range(w):
+                fn(i)
+        self.tasks.append(Task(name, fn, images, group, every, w, extra))
+        if mem is not None:
+            self.results[name] = {"peak_mb": mem.peak_mb, "start_mb": mem.start_mb, "rise_mb": mem.peak_mb - mem.start_mb}
+            if mem.reserved_mb is not None:
+                self.results[name]["reserved_mb"] = mem.reserved_mb
+            self.mem_method = mem.method
+        else:
+            self.results[name] = {}
+
+    def setup(self, kind: str) -> StepSetup:
+        """Model, loss and optimizer as the two trainers build them: "recipe" (qmed's) or "bare" (plain smp)."""
+        from qmed.models.segmenter import build
+        from qmed.segment.losses import build_loss, loss_from_config
+
+        cfg = self.cfg
         torch.manual_seed(0)
         if kind == "recipe":
             model = build(cfg.model, pretrained=False)
@@ -323,122 +358,111 @@ def run_speed(preset: str = "cpu", size: int = 256, batch: int | None = None, de
         else:
             model, opt_cls, loss, acc, clip = BareSmp(cfg.model), torch.optim.Adam, build_loss("dice_bce"), 1, None
             lr, wd = 1e-3, 0.0
-        model = model.to(dev)
-        if channels_last:
+        model = model.to(self.dev)
+        if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         model.train()
         return StepSetup(model, loss, opt_cls(model.parameters(), lr=lr, weight_decay=wd), acc, clip,
-                         torch.amp.GradScaler("cuda", enabled=amp and dev.type == "cuda"))
+                         torch.amp.GradScaler("cuda", enabled=self.amp and self.dev.type == "cuda"))
 
-    tasks: list[Task] = []
+    def add_data(self, pairs, base_cfg, bs: int) -> tuple[deque, deque]:
+        """The two data pipelines; batches are drawn on the CPU in the main process (qmed trains
+        with num_workers=0). Returns the recipe's and the bare pipeline's recent batches."""
+        recipe_maker, bare_maker = BatchMaker(pairs, self.cfg, bs), BatchMaker(pairs, base_cfg, bs)
+        recipe_batches: deque = deque(maxlen=8)
+        bare_batches: deque = deque(maxlen=8)
+        self.add("data_recipe", lambda i: recipe_batches.append(recipe_maker()), bs, memory=False)
+        self.add("data_bare", lambda i: bare_batches.append(bare_maker()), bs, memory=False)
+        return recipe_batches, bare_batches
 
-    def add(name: str, fn: Callable[[int], object], images: int, make: Callable[[], object] | None = None, group: int = 1,
-            every: int = 1, memory: bool = True, **extra) -> None:
-        """Set the task up and warm it up (its peak memory is taken over both), then queue it for timing."""
-        nonlocal mem_method
-        say(f"warm-up: {name}")
-        w = -(-warmup // group) * group  # whole groups, so timing starts on a group boundary
-        mem = PeakMemory(dev) if memory else None
-        with mem if mem is not None else contextlib.nullcontext():
-            if make is not None:
-                make()
-            for i in range(w):
-                fn(i)
-        tasks.append(Task(name, fn, images, group, every, w, extra))
-        if mem is not None:
-            results[name] = {"peak_mb": mem.peak_mb, "start_mb": mem.start_mb, "rise_mb": mem.peak_mb - mem.start_mb}
-            if mem.reserved_mb is not None:
-                results[name]["reserved_mb"] = mem.reserved_mb
-            mem_method = mem.method
-        else:
-            results[name] = {}
+    def add_train_steps(self, recipe_batches: deque, bare_batches: deque, bs: int) -> None:
+        """Train steps, each set up inside its memory measurement, so rise_mb is its own footprint."""
+        for kind, batches in (("bare", bare_batches), ("recipe", recipe_batches)):
+            def make(kind=kind) -> None:
+                self.setups[kind] = self.setup(kind)
 
-    # data: batches are drawn on the CPU in the main process (qmed trains with num_workers=0)
-    recipe_maker, bare_maker = BatchMaker(pairs, cfg, bs), BatchMaker(pairs, base_cfg, bs)
-    recipe_batches: deque = deque(maxlen=8)
-    bare_batches: deque = deque(maxlen=8)
-    add("data_recipe", lambda i: recipe_batches.append(recipe_maker()), bs, memory=False)
-    add("data_bare", lambda i: bare_batches.append(bare_maker()), bs, memory=False)
+            def step(i: int, kind=kind, batches=batches) -> None:
+                s = self.setups[kind]
+                s.model.train()
+                train_step_fn(s, batches, self.dev, self.amp, self.channels_last)(i)
 
-    # train steps: each set up inside its memory measurement, so rise_mb is its own footprint
-    st: dict[str, StepSetup] = {}
-    for kind, batches in (("bare", bare_batches), ("recipe", recipe_batches)):
-        st[kind] = None  # type: ignore[assignment]
+            self.add(f"train_compute_{kind}", step, bs, make=make, group=self.cfg.train.accumulate if kind == "recipe" else 1)
 
-        def make(kind=kind) -> None:
-            st[kind] = setup(kind)
+    def add_parts(self, recipe_batches: deque, bs: int) -> None:
+        """The recipe's parts, alone, on one batch: edge channel, projection, the two losses."""
+        from qmed.segment.losses import build_loss, loss_from_config
 
-        def step(i: int, kind=kind, batches=batches) -> None:
-            s = st[kind]
-            s.model.train()
-            train_step_fn(s, batches, dev, amp, channels_last)(i)
+        dev, amp = self.dev, self.amp
+        rm: nn.Module = self.setups["recipe"].model
+        x0 = _to_device(recipe_batches[0][0], dev, self.channels_last)
+        y0 = recipe_batches[0][1].to(dev)
+        if getattr(rm, "edge", None) is not None:
+            def edge(i: int) -> None:
+                with _autocast(dev, amp):
+                    rm.edge(x0)
 
-        add(f"train_compute_{kind}", step, bs, make=make, group=cfg.train.accumulate if kind == "recipe" else 1)
+            self.add("edge", edge, bs)
+        if getattr(rm, "projection", None) is not None:
+            with torch.no_grad(), _autocast(dev, amp):
+                x4 = torch.cat([x0, rm.edge(x0)], dim=1)
 
-    # the recipe's parts, alone, on one batch
-    rm: nn.Module = st["recipe"].model
-    x0 = _to_device(recipe_batches[0][0], dev, channels_last)
-    y0 = recipe_batches[0][1].to(dev)
-    if getattr(rm, "edge", None) is not None:
-        def edge(i: int) -> None:
-            with _autocast(dev, amp):
-                rm.edge(x0)
+            def proj(i: int) -> None:
+                with _autocast(dev, amp):
+                    z = rm.projection(x4)
+                z.float().sum().backward()
+                rm.projection.zero_grad(set_to_none=True)
 
-        add("edge", edge, bs)
-    if getattr(rm, "projection", None) is not None:
-        with torch.no_grad(), _autocast(dev, amp):
-            x4 = torch.cat([x0, rm.edge(x0)], dim=1)
+            self.add("projection", proj, bs)
+        logits0 = torch.randn(y0.shape, device=dev) * 3
+        for name, loss_fn in (("loss_recipe", loss_from_config(self.cfg.train)), ("loss_bare", build_loss("dice_bce"))):
+            def loss_step(i: int, fn=loss_fn) -> None:
+                z = logits0.clone().requires_grad_(True)
+                fn(z, y0).backward()
 
-        def proj(i: int) -> None:
-            with _autocast(dev, amp):
-                z = rm.projection(x4)
-            z.float().sum().backward()
-            rm.projection.zero_grad(set_to_none=True)
+            self.add(name, loss_step, bs, memory=False)
 
-        add("projection", proj, bs)
-    logits0 = torch.randn(y0.shape, device=dev) * 3
-    for name, loss_fn in (("loss_recipe", loss_from_config(cfg.train)), ("loss_bare", build_loss("dice_bce"))):
-        def loss_step(i: int, fn=loss_fn) -> None:
-            z = logits0.clone().requires_grad_(True)
-            fn(z, y0).backward()
+    def add_inference(self, recipe_batches: deque, ibs: int) -> None:
+        """Inference in eval mode under no_grad, through qmed.segment.predict's own view loop."""
+        from qmed.segment.predict import forward_views
 
-        add(name, loss_step, bs, memory=False)
+        xi = torch.cat(list(b[0] for b in recipe_batches))[:ibs]
+        while xi.shape[0] < ibs:
+            xi = torch.cat([xi, xi])[:ibs]
+        xi = _to_device(xi, self.dev, self.channels_last)
+        for name, kind, views in (("infer_bare", "bare", 1), ("infer_recipe", "recipe", 1),
+                                  ("infer_recipe_tta", "recipe", self.cfg.predict.tta)):
+            def infer(i: int, kind=kind, views=views) -> None:
+                m = self.setups[kind].model
+                m.eval()
+                forward_views(m, xi, views, self.amp, cpu_bf16=self.amp)
 
-    # inference (eval mode, no_grad; qmed.segment.predict's own view loop)
-    xi = torch.cat(list(b[0] for b in recipe_batches))[:ibs]
-    while xi.shape[0] < ibs:
-        xi = torch.cat([xi, xi])[:ibs]
-    xi = _to_device(xi, dev, channels_last)
-    for name, kind, views in (("infer_bare", "bare", 1), ("infer_recipe", "recipe", 1), ("infer_recipe_tta", "recipe", cfg.predict.tta)):
-        def infer(i: int, kind=kind, views=views) -> None:
-            m = st[kind].model
-            m.eval()
-            forward_views(m, xi, views, amp, cpu_bf16=amp)
+            self.add(name, infer, ibs, every=2 if views > 1 else 1, views=views)
 
-        add(name, infer, ibs, every=2 if views > 1 else 1, views=views)
+    def time_rounds(self, steps: int) -> None:
+        """Round-robin over all tasks, so a change in the machine's speed (other jobs, clock boost)
+        touches every task alike instead of whichever phase happened to run then; medians."""
+        self.say(f"timing {steps} rounds")
+        times: dict[str, list[float]] = {t.name: [] for t in self.tasks}
+        calls = {t.name: t.first_call for t in self.tasks}
+        for r in range(steps):
+            for t in self.tasks:
+                if r % t.every:
+                    continue
+                _sync(self.dev)
+                t0 = time.perf_counter()
+                for _ in range(t.group):
+                    t.fn(calls[t.name])
+                    calls[t.name] += 1
+                _sync(self.dev)
+                times[t.name].append((time.perf_counter() - t0) / t.group)
+        for t in self.tasks:
+            sec = float(np.median(times[t.name]))
+            self.results[t.name].update({"ms": sec * 1e3, "images_per_s": t.images / sec if sec > 0 else float("nan"),
+                                         "timed_calls": len(times[t.name]) * t.group, **t.extra})
 
-    # timing: round-robin over all tasks, so a change in the machine's speed (other jobs, clock
-    # boost) touches every task alike instead of whichever phase happened to run then
-    say(f"timing {steps} rounds")
-    times: dict[str, list[float]] = {t.name: [] for t in tasks}
-    calls = {t.name: t.first_call for t in tasks}
-    for r in range(steps):
-        for t in tasks:
-            if r % t.every:
-                continue
-            _sync(dev)
-            t0 = time.perf_counter()
-            for _ in range(t.group):
-                t.fn(calls[t.name])
-                calls[t.name] += 1
-            _sync(dev)
-            times[t.name].append((time.perf_counter() - t0) / t.group)
-    for t in tasks:
-        sec = float(np.median(times[t.name]))
-        results[t.name].update({"ms": sec * 1e3, "images_per_s": t.images / sec if sec > 0 else float("nan"),
-                                "timed_calls": len(times[t.name]) * t.group, **t.extra})
 
-    # ratios
+def _document(results: dict, mem_method: str | None, settings: dict, dev: torch.device, bs: int) -> dict:
+    """The JSON document: every phase, the train steps, and the recipe's overhead split into its parts."""
     bare_step = results["data_bare"]["ms"] + results["train_compute_bare"]["ms"]
     recipe_step = results["data_recipe"]["ms"] + results["train_compute_recipe"]["ms"]
     parts = {
@@ -449,14 +473,11 @@ def run_speed(preset: str = "cpu", size: int = 256, batch: int | None = None, de
     }
     parts["rest"] = recipe_step - bare_step - sum(parts.values())
     overhead = {k: {"ms": v, "share_of_recipe_step": v / recipe_step, "fraction_of_bare_step": v / bare_step} for k, v in parts.items()}
-    doc = {
+    return {
         "benchmark": "speed",
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "settings": {"preset": preset, "encoder": cfg.model.encoder, "size": size, "batch": bs, "infer_batch": ibs,
-                     "device": str(dev), "amp": amp, "channels_last": channels_last, "steps": steps, "warmup": warmup,
-                     "accumulate": cfg.train.accumulate, "loss": cfg.train.loss, "input_mode": cfg.model.input_mode,
-                     "data": str(data) if data is not None else "synthetic", "tta_views": cfg.predict.tta},
-        "machine": _machine(dev),
+        "settings": settings,
+        "machine": machine_info(dev),
         "memory": {"method": mem_method, "unit": "MiB",
                    "note": ("CUDA tensors allocated (torch.cuda.max_memory_allocated) over each task's set-up and warm-up; "
                             "+rise = over the task's start (a train step's rise is its own footprint)" if dev.type == "cuda" else
@@ -471,25 +492,6 @@ def run_speed(preset: str = "cpu", size: int = 256, batch: int | None = None, de
                     "recipe_over_bare_met": recipe_step / bare_step <= OVERHEAD_TARGET,
                     "edge_share_met": overhead["edge"]["share_of_recipe_step"] <= EDGE_TARGET},
     }
-    return _clean(doc)
-
-
-def _machine(dev: torch.device) -> dict:
-    m = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "processor": platform.processor() or platform.machine()}
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    m["cpu_model"] = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    if dev.type == "cuda":
-        p = torch.cuda.get_device_properties(dev)
-        m.update({"gpu": p.name, "gpu_memory_gb": round(p.total_memory / 2**30, 1), "cuda": torch.version.cuda,
-                  "cudnn": torch.backends.cudnn.version()})
-    return m
 
 
 def _clean(obj):

@@ -1,1 +1,1 @@
-"""Files: reading images and masks into arrays, atomic writes, staging and the --force check, the nnU-Net folder format."""
+"""Files: reading images and masks into arrays, atomic writes, staging and the --force check, checkpoint files, figures as PNG."""

@@ -4,6 +4,7 @@ leaves the old one intact), the one --force check, and staging folders renamed i
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -91,6 +92,23 @@ def commit_staged(stage: Path, out: str | Path) -> None:
     if out.exists():
         shutil.rmtree(out) if out.is_dir() else out.unlink()
     stage.replace(out)
+
+
+def json_safe(obj):
+    """`obj` with NaN/inf as None, numpy scalars as Python numbers and paths as strings: strict JSON."""
+    import numpy as np
+
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (np.generic,)):
+        return json_safe(obj.item())
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
 
 
 def _json_default(o: Any) -> Any:

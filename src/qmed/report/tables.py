@@ -1,6 +1,11 @@
-"""Rich tables for the terminal."""
+"""Tables of results: rich tables for the terminal and Markdown tables for the docs, shared by
+every verb that prints figures (benchmark quality, ablate, curve, inspect).
+
+A "figure" is {mean, ci: [low, high], n}; cells show the mean with its 95 % CI where there is one."""
 
 from __future__ import annotations
+
+import math
 
 from rich.table import Table
 
@@ -26,3 +31,64 @@ def fingerprint_table(fp: dict, title: str) -> Table:
     t.add_row("suggested preset", f"{fp['suggested_preset']}  ({fp['suggestion_note']})")
     t.add_row("fingerprint hash", fp["hash"])
     return t
+
+
+def fmt_figure(fig: dict | None, digits: int = 3) -> str:
+    if not fig:
+        return "-"
+    m = fig.get("mean")
+    if m is None or not math.isfinite(m):
+        return "n/a"
+    lo, hi = fig.get("ci", [float("nan")] * 2)
+    ci = f" [{lo:.{digits}f}, {hi:.{digits}f}]" if lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi) else ""
+    return f"{m:.{digits}f}{ci}"
+
+
+def figure_cell(fig: dict | None, digits: int = 3, ci: bool = True) -> str:
+    """A terminal table cell: the mean, and (with `ci`) its CI on a second line, 2 decimals."""
+    if not fig or fig.get("mean") is None or not math.isfinite(fig["mean"]):
+        return "-" if not fig else "n/a"
+    lo, hi = fig.get("ci") or [None, None]
+    has_ci = ci and lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi)
+    return f"{fig['mean']:.{digits}f}" + (f"\n[{lo:.{min(digits, 2)}f}, {hi:.{min(digits, 2)}f}]" if has_ci else "")
+
+
+COMPACT_FIGURES = [("Dice\nempty=1", "dice_empty1", 3, True), ("Dice\npooled", "dice_pooled", 3, False), ("IoU\nfg", "iou_fg", 3, False),
+                   ("HD95\npx", "hd95", 1, False), ("BF1", "boundary_f1", 3, False), ("small\nrecall", "small_object_recall", 3, False)]
+
+
+def compact_table(title: str, lead: list[str], rows: list[tuple[list[str], dict]]):
+    """A terminal table that fits 80 columns: the `lead` columns (the first never wraps), then the main
+    figures, the CI under the per-image Dice only. `rows`: (lead cells, figures) per row."""
+    from rich import box
+
+    t = Table(title=title, box=box.SIMPLE_HEAD, padding=0, pad_edge=False)
+    for i, name in enumerate(lead):
+        t.add_column(name, no_wrap=i == 0)
+    for label, *_ in COMPACT_FIGURES:
+        t.add_column(label, justify="right", no_wrap=True)
+    for cells, figures in rows:
+        t.add_row(*cells, *[figure_cell((figures or {}).get(key), digits, ci) for _, key, digits, ci in COMPACT_FIGURES])
+    return t
+
+
+def md_table(columns: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table; '|' inside a cell becomes '/'."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+# The figures of the `qmed ablate` / `qmed curve` Markdown tables: (column, figures key, digits).
+MD_FIGURES = [("Dice empty=1 [95% CI]", "dice_empty1", 3), ("Dice fg", "dice_fg", 3), ("Dice pooled [95% CI]", "dice_pooled", 3),
+              ("IoU fg", "iou_fg", 3), ("HD95 px", "hd95", 1), ("boundary F1", "boundary_f1", 3),
+              ("small-obj recall", "small_object_recall", 3)]
+
+
+def md_figures(row: dict) -> list[str]:
+    f = row.get("figures") or {}
+    return [fmt_figure(f.get(key), digits) for _, key, digits in MD_FIGURES]
+
+
+def status_text(row: dict) -> str:
+    return "ok" if row["status"] == "ok" else f"{row['status']}: {row.get('reason', '')}"

@@ -56,8 +56,8 @@ def calibrate(cfg, train_dir: Path, val_dir: Path, device: str | None, n_steps: 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         t = Trainer(cfg, train_dir, val_dir, Path(tmp) / "cal", device=device, quiet=True)
-        t._data()
-        t._model(pretrained=True)
+        t.load_data()
+        t.build_model(pretrained=True)
         t_setup = time.perf_counter() - t0
         t.model.train()
         it = iter(t.loader)
@@ -76,7 +76,7 @@ def calibrate(cfg, train_dir: Path, val_dir: Path, device: str | None, n_steps: 
             loss = t.loss_fn(logits.float(), y)
             t.scaler.scale(loss / acc).backward()
             if (i + 1) % acc == 0:
-                t._optimizer_step()
+                t.optimizer_step()
             if t.device.type == "cuda":
                 torch.cuda.synchronize()
             if i >= warmup:
@@ -99,7 +99,7 @@ def calibrate(cfg, train_dir: Path, val_dir: Path, device: str | None, n_steps: 
         from qmed.segment.train import RunState
 
         t0 = time.perf_counter()
-        checkpoints.save(Path(tmp) / "last.pt", t._state(RunState()))
+        checkpoints.save(Path(tmp) / "last.pt", t.checkpoint_state(RunState()))
         t_ckpt = time.perf_counter() - t0
     return {"t_micro": float(np.median(times)) + t_data, "t_val": t_sub * px_all / max(px_sub, 1), "t_data": t_data,
             "t_checkpoint": t_ckpt, "t_setup": t_setup}

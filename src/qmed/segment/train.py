@@ -116,6 +116,21 @@ def _scale_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
                 g[key] *= factor
 
 
+@dataclass
+class EpochTally:
+    """One epoch's running loss sums and step counters."""
+
+    sums: dict = field(default_factory=lambda: {"loss": 0.0, "dice": 0.0, "bce": 0.0, "tversky": 0.0})
+    n_ok: int = 0      # micro-batches with a finite loss
+    bad: int = 0       # skipped micro-batches and optimizer steps
+    streak: int = 0    # non-finite in a row
+    pending: int = 0   # finite micro-batches since the last optimizer step
+    restored: str = ""
+
+    def mean(self, key: str) -> float:
+        return self.sums[key] / max(1, self.n_ok)
+
+
 class Trainer:
     def __init__(self, cfg: QmedConfig, train_source: str | Path, val_source: str | Path | None, out: str | Path,
                  device: str | None = None, quiet: bool = False, tensorboard: bool = False, stop_after: int | None = None):
@@ -129,7 +144,7 @@ class Trainer:
         self.train_source, self.val_source = Path(train_source), (Path(val_source) if val_source else None)
 
     # -- setup ---------------------------------------------------------------------------------
-    def _data(self) -> None:
+    def load_data(self) -> None:
         cfg = self.cfg
         pairs = find_pairs(self.train_source)
         if self.val_source is not None:
@@ -157,7 +172,7 @@ class Trainer:
                                  num_workers=cfg.train.num_workers, drop_last=True)
         self.micro_per_epoch = n // cfg.train.batch_size
 
-    def _model(self, pretrained: bool) -> None:
+    def build_model(self, pretrained: bool) -> None:
         cfg = self.cfg
         seed_everything(cfg.train.seed)
         self.model = build(cfg.model, pretrained=pretrained).to(self.device).to(memory_format=torch.channels_last)
@@ -185,7 +200,7 @@ class Trainer:
         # Loss scaling only for float16; bfloat16 has float32's exponent range.
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
 
-    def _state(self, st: RunState) -> dict:
+    def checkpoint_state(self, st: RunState) -> dict:
         return {
             "config": self.cfg.model_dump(),
             "model": self.model.state_dict(),
@@ -210,8 +225,8 @@ class Trainer:
             state = None
         # Read and check every image before the run directory is touched: bad data fails fast and
         # leaves no half-made run behind.
-        self._data()
-        self._model(pretrained=state is None)
+        self.load_data()
+        self.build_model(pretrained=state is None)
         if state is None:
             prepare_output_dir(out, force, ("checkpoints",), *RUN_DIR)
         handler = _file_logger(out)
@@ -246,99 +261,125 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------
     def _loop(self, st: RunState) -> None:
-        cfg, out = self.cfg, self.out
+        """Epochs from st.epoch + 1: train, validate and select, record; stops early on
+        --stop-after-epochs (resumable, no summary) or train.max_minutes (finished)."""
+        cfg = self.cfg
         good = self._snapshot(st)
         start = time.time()
         first_epoch = st.epoch + 1
         for epoch in range(first_epoch, cfg.train.epochs + 1):
             t0 = time.time()
-            self.crops.epoch = self.draws.epoch = epoch
-            hard = None
-            if cfg.data.sampler == "hard":
-                if st.hardness is None:
-                    st.hardness = [None] * len(self.train_data)
-                hard = np.array([np.nan if h is None else h for h in st.hardness])
-                self.draws.weights = hardness_weights(hard)
-            self.model.train()
-            sums = {"loss": 0.0, "dice": 0.0, "bce": 0.0, "tversky": 0.0}
-            n_ok, bad_epoch, streak, pending = 0, 0, 0, 0
-            self.optimizer.zero_grad(set_to_none=True)
-            bar = tqdm(self.loader, total=self.micro_per_epoch, desc=f"epoch {epoch}/{cfg.train.epochs}", leave=False,
-                       disable=self.quiet, dynamic_ncols=True)
-            restored = ""
-            for i, (x, y) in enumerate(bar):
-                x, y = runtime.channels_last(x.to(self.device, non_blocking=True)), y.to(self.device, non_blocking=True)
-                with runtime.autocast(self.device, self.amp_dtype):
-                    logits = self.model(x)
-                loss = self.loss_fn(logits.float(), y)
-                if hard is not None:
-                    self._track_hardness(hard, i, logits, y)
-                if self._inject_nan(epoch, i):
-                    loss = loss * float("nan")
-                if not torch.isfinite(loss):
-                    bad_epoch += 1
-                    streak += 1
-                    self.optimizer.zero_grad(set_to_none=True)
-                else:
-                    self.scaler.scale(loss / cfg.train.accumulate).backward()
-                    n_ok += 1
-                    pending += 1
-                    sums["loss"] += float(loss.detach())
-                    for k in ("dice", "bce", "tversky"):
-                        sums[k] += float(getattr(self.loss_fn, "last", {}).get(k, float("nan")))
-                last_micro = (i + 1) % cfg.train.accumulate == 0 or i + 1 == self.micro_per_epoch
-                if last_micro and pending:
-                    pending = 0
-                    if self._optimizer_step():
-                        st.opt_steps += 1
-                        streak = 0 if torch.isfinite(loss) else streak
-                    else:
-                        bad_epoch += 1
-                        streak += 1
-                elif last_micro:
-                    self.optimizer.zero_grad(set_to_none=True)
-                if streak >= cfg.train.max_bad_steps:
-                    restored = self._restore(good, st, f"{streak} non-finite steps in a row at epoch {epoch}")
-                    streak = 0
-                if n_ok and i % 5 == 0:
-                    bar.set_postfix(loss=f"{sums['loss'] / n_ok:.4f}", val=f"{st.rows[-1]['val_score']:.4f}" if st.rows else "-")
-            bar.close()
-            st.bad_steps_total += bad_epoch
+            hard = self._begin_epoch(epoch, st)
+            tally = self._train_epoch(epoch, st, good, hard)
+            st.bad_steps_total += tally.bad
             row = {"epoch": epoch, "opt_steps": st.opt_steps, "lr": self.optimizer.param_groups[0]["lr"],
-                   "train_loss": sums["loss"] / max(1, n_ok), "loss_dice": sums["dice"] / max(1, n_ok),
-                   "loss_bce": sums["bce"] / max(1, n_ok), "loss_tversky": sums["tversky"] / max(1, n_ok),
-                   "bad_steps": bad_epoch, "outlier": 0, "selected": 0, "restored": restored}
+                   "train_loss": tally.mean("loss"), "loss_dice": tally.mean("dice"),
+                   "loss_bce": tally.mean("bce"), "loss_tversky": tally.mean("tversky"),
+                   "bad_steps": tally.bad, "outlier": 0, "selected": 0, "restored": tally.restored}
             if epoch % cfg.train.val_every == 0 or epoch == cfg.train.epochs:
                 tv = time.time()
-                restored = self._validate_epoch(st, row, good) or restored
+                row["restored"] = self._validate_epoch(st, row, good) or tally.restored
                 row["val_seconds"] = round(time.time() - tv, 2)
-                row["restored"] = restored
                 if not row["outlier"]:
                     good = self._snapshot(st)
             row["epoch_seconds"] = round(time.time() - t0, 2)
-            st.rows.append(row)
-            st.epoch = epoch
-            if hard is not None:
-                st.hardness = [None if not np.isfinite(h) else float(h) for h in hard]
-            checkpoints.save(out / "checkpoints" / "last.pt", self._state(st))
-            if row["selected"]:
-                shutil.copyfile(out / "checkpoints" / "last.pt", out / "checkpoints" / ".best.pt.tmp")
-                (out / "checkpoints" / ".best.pt.tmp").replace(out / "checkpoints" / "best.pt")
-            _write_csv(out / "metrics.csv", st.rows)
-            if self.tb is not None:
-                for k, v in row.items():
-                    if isinstance(v, (int, float)) and k != "epoch" and math.isfinite(v):
-                        self.tb.add_scalar(k, v, epoch)
-            log.info("epoch %d: loss %.4f, val dice %s (ema %s)%s%s, %.0fs", epoch, row["train_loss"],
-                     _fmt(row.get("val_score")), _fmt(row.get("val_ema")), " OUTLIER" if row["outlier"] else "",
-                     " best" if row["selected"] else "", row["epoch_seconds"])
+            self._record_epoch(st, row, hard)
             if self.stop_after is not None and epoch - first_epoch + 1 >= self.stop_after and epoch < cfg.train.epochs:
-                log.warning("stopping after epoch %d as asked; continue with: qmed train --resume %s", epoch, out)
+                log.warning("stopping after epoch %d as asked; continue with: qmed train --resume %s", epoch, self.out)
                 return
             if cfg.train.max_minutes is not None and (time.time() - start) / 60 > cfg.train.max_minutes:
                 st.events.append(f"stopped after epoch {epoch}: max_minutes={cfg.train.max_minutes} reached")
                 log.warning(st.events[-1])
                 break
+        self._finish(st)
+
+    def _begin_epoch(self, epoch: int, st: RunState) -> np.ndarray | None:
+        """Seed the epoch's crops and draws; with the hard sampler, weight the draws by the tracked
+        per-image losses and return them (updated in place during the epoch)."""
+        self.crops.epoch = self.draws.epoch = epoch
+        if self.cfg.data.sampler != "hard":
+            return None
+        if st.hardness is None:
+            st.hardness = [None] * len(self.train_data)
+        hard = np.array([np.nan if h is None else h for h in st.hardness])
+        self.draws.weights = hardness_weights(hard)
+        return hard
+
+    def _train_epoch(self, epoch: int, st: RunState, good: dict, hard: np.ndarray | None) -> "EpochTally":
+        self.model.train()
+        tally = EpochTally()
+        self.optimizer.zero_grad(set_to_none=True)
+        bar = tqdm(self.loader, total=self.micro_per_epoch, desc=f"epoch {epoch}/{self.cfg.train.epochs}", leave=False,
+                   disable=self.quiet, dynamic_ncols=True)
+        for i, (x, y) in enumerate(bar):
+            self._micro_batch(epoch, i, x, y, st, good, hard, tally)
+            if tally.n_ok and i % 5 == 0:
+                bar.set_postfix(loss=f"{tally.mean('loss'):.4f}", val=f"{st.rows[-1]['val_score']:.4f}" if st.rows else "-")
+        bar.close()
+        return tally
+
+    def _micro_batch(self, epoch: int, i: int, x: torch.Tensor, y: torch.Tensor, st: RunState, good: dict,
+                     hard: np.ndarray | None, tally: "EpochTally") -> None:
+        """Forward, backward and (every `accumulate` micro-batches) an optimizer step. A non-finite
+        loss or gradient skips the step; `max_bad_steps` of them in a row restore the last accepted weights."""
+        cfg = self.cfg
+        x, y = runtime.channels_last(x.to(self.device, non_blocking=True)), y.to(self.device, non_blocking=True)
+        with runtime.autocast(self.device, self.amp_dtype):
+            logits = self.model(x)
+        loss = self.loss_fn(logits.float(), y)
+        if hard is not None:
+            self._track_hardness(hard, i, logits, y)
+        if self._inject_nan(epoch, i):
+            loss = loss * float("nan")
+        if not torch.isfinite(loss):
+            tally.bad += 1
+            tally.streak += 1
+            self.optimizer.zero_grad(set_to_none=True)
+        else:
+            self.scaler.scale(loss / cfg.train.accumulate).backward()
+            tally.n_ok += 1
+            tally.pending += 1
+            tally.sums["loss"] += float(loss.detach())
+            for k in ("dice", "bce", "tversky"):
+                tally.sums[k] += float(getattr(self.loss_fn, "last", {}).get(k, float("nan")))
+        last_micro = (i + 1) % cfg.train.accumulate == 0 or i + 1 == self.micro_per_epoch
+        if last_micro and tally.pending:
+            tally.pending = 0
+            if self.optimizer_step():
+                st.opt_steps += 1
+                tally.streak = 0 if torch.isfinite(loss) else tally.streak
+            else:
+                tally.bad += 1
+                tally.streak += 1
+        elif last_micro:
+            self.optimizer.zero_grad(set_to_none=True)
+        if tally.streak >= cfg.train.max_bad_steps:
+            tally.restored = self._restore(good, st, f"{tally.streak} non-finite steps in a row at epoch {epoch}")
+            tally.streak = 0
+
+    def _record_epoch(self, st: RunState, row: dict, hard: np.ndarray | None) -> None:
+        """Append the epoch's row; write last.pt (and best.pt when selected), metrics.csv, TensorBoard, the log line."""
+        out, epoch = self.out, row["epoch"]
+        st.rows.append(row)
+        st.epoch = epoch
+        if hard is not None:
+            st.hardness = [None if not np.isfinite(h) else float(h) for h in hard]
+        checkpoints.save(out / "checkpoints" / "last.pt", self.checkpoint_state(st))
+        if row["selected"]:
+            shutil.copyfile(out / "checkpoints" / "last.pt", out / "checkpoints" / ".best.pt.tmp")
+            (out / "checkpoints" / ".best.pt.tmp").replace(out / "checkpoints" / "best.pt")
+        _write_csv(out / "metrics.csv", st.rows)
+        if self.tb is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k != "epoch" and math.isfinite(v):
+                    self.tb.add_scalar(k, v, epoch)
+        log.info("epoch %d: loss %.4f, val dice %s (ema %s)%s%s, %.0fs", epoch, row["train_loss"],
+                 _fmt(row.get("val_score")), _fmt(row.get("val_ema")), " OUTLIER" if row["outlier"] else "",
+                 " best" if row["selected"] else "", row["epoch_seconds"])
+
+    def _finish(self, st: RunState) -> None:
+        """best.pt (last.pt when no epoch was ever selected) and summary.json: the run is complete."""
+        out = self.out
         if not (out / "checkpoints" / "best.pt").exists():
             shutil.copyfile(out / "checkpoints" / "last.pt", out / "checkpoints" / "best.pt")
         write_json(out / "summary.json", {"epochs": st.epoch, "opt_steps": st.opt_steps, "best_val_ema": st.best_ema,
@@ -356,7 +397,7 @@ class Trainer:
             if np.isfinite(l):
                 hard[idx] = l if not np.isfinite(hard[idx]) else 0.5 * hard[idx] + 0.5 * l
 
-    def _optimizer_step(self) -> bool:
+    def optimizer_step(self) -> bool:
         """Clip and step; a non-finite gradient skips the step. Returns whether it stepped."""
         cfg = self.cfg
         self.scaler.unscale_(self.optimizer)
