@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qmed.classify.core import auc_rows
+from qmed.evaluate.classification import auc_rows
 
 RUNS = ("busi-mobilenet_v2", "busi-mobilenet_v2-pqc", "pneumoniamnist-mobilenet_v2-pqc")
 

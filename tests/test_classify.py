@@ -15,15 +15,11 @@ from typer.testing import CliRunner
 
 pytest.importorskip("pennylane")
 
-from qmed.classify.core import (  # noqa: E402
-    ClassifyConfig,
-    bootstrap_metrics,
-    classification_metrics,
-    load_dataset,
-    stratified_split,
-)
+from qmed.classify.data import load_dataset, stratified_split  # noqa: E402
 from qmed.cli.app import app  # noqa: E402
+from qmed.config import ClassifyConfig  # noqa: E402
 from qmed.errors import QmedInputError  # noqa: E402
+from qmed.evaluate.classification import bootstrap_metrics, classification_metrics  # noqa: E402
 from qmed.models.classifier import build_classifier  # noqa: E402
 
 runner = CliRunner()
@@ -320,7 +316,7 @@ def test_config_rejects_unknown_keys():
 def test_vectorised_auc_matches_sklearn():
     from sklearn.metrics import roc_auc_score
 
-    from qmed.classify.core import metric_rows
+    from qmed.evaluate.classification import metric_rows
 
     rng = np.random.default_rng(0)
     for k in (2, 3):

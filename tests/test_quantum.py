@@ -8,7 +8,8 @@ import torch
 pytest.importorskip("pennylane")
 
 from qmed.errors import QmedInputError  # noqa: E402
-from qmed.models.quantum import PQCConfig, PQCLayer, QuantumCircuit  # noqa: E402
+from qmed.config import PQCConfig  # noqa: E402
+from qmed.models.quantum import PQCLayer, QuantumCircuit  # noqa: E402
 
 
 @pytest.mark.parametrize("entangler", ["strong", "basic"])

@@ -128,7 +128,8 @@ def tiny_classes(tmp_path) -> dict[str, Path]:
 
 @pytest.mark.parametrize("with_val", [True, False])
 def test_synthetic_images_reach_training_only(tiny_classes, with_val):
-    from qmed.classify.core import ClassifyConfig, load_split
+    from qmed.classify.data import load_split
+    from qmed.config import ClassifyConfig
 
     val = str(tiny_classes["val"]) if with_val else None
     base = ClassifyConfig(positive="malignant", image_size=32)

@@ -1,20 +1,41 @@
-"""One typed config object and the named presets (src/qmed/configs/*.yaml).
+"""The typed config models (pydantic v2) and the named presets (src/qmed/configs/*.yaml).
+
+- `QmedConfig`: segmentation (`qmed train`, presets cpu, paper, tiny), in sections;
+- `ClassifyConfig`: `qmed classify train` (presets classify-*.yaml: `--preset cpu` reads
+  classify-cpu.yaml), flat: its keys are the "config" of classifier checkpoints;
+- `SimCLRConfig` (`qmed pretrain simclr`) and `DDPMConfig` (`qmed synthesize`);
+- `PQCConfig`: the quantum feature layer (SPEC Q1), the one set of quantum settings: the
+  classifier's PQC layer is built from it and HQ-UNet's `model.hq` (`HQConfig`) extends it.
 
 Every field can be overridden from the CLI with `--set section.field=value` (YAML syntax for the
-value). Unknown keys and wrong types are refused with a one-line message (pydantic, extra=forbid).
+value; the flat classification settings take `--set field=value`). Unknown keys and wrong types
+are refused with a one-line message (pydantic, extra=forbid): `validated` turns pydantic's
+ValidationError into a QmedInputError, and `from_dict` does so for the verbs' settings.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Annotated, Any, Literal, Optional, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from qmed.errors import QmedInputError
 
 PRESET_DIR = Path(__file__).parent / "configs"
+CLASSIFY_PREFIX = "classify-"  # classification presets: configs/classify-NAME.yaml, chosen as NAME
 
 
 def _ordered_positive(v: tuple[float, float]) -> tuple[float, float]:
@@ -28,6 +49,103 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
+def _problem(exc: ValidationError) -> str:
+    """pydantic's errors -> one line: the first problem (where, what) and how many more there are."""
+    errors = exc.errors()
+    err = errors[0]
+    where = ".".join(str(x) for x in err["loc"])
+    msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+    more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
+    return f"config field '{where}': {msg}{more}" if where else f"{msg}{more}"
+
+
+def validated(model: type[M], data: Any, source: str | Path | None = None) -> M:
+    """`model` validated from `data`; a problem is one QmedInputError line naming `source`."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise QmedInputError(source, _problem(exc)) from None
+
+
+class _Settings(_Section):
+    """A verb's settings; `from_dict` validates a dict (a checkpoint's, a preset's) with one-line errors."""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None, source: str | Path | None = None):
+        return validated(cls, dict(data or {}), source)
+
+    @classmethod
+    def default(cls, name: str) -> Any:
+        """The default of setting `name` (the CLI options that set it show this one)."""
+        return cls.model_fields[name].get_default(call_default_factory=True)
+
+
+def _refuse(message: str) -> PydanticCustomError:
+    """A validation error whose message is shown as is (no "Value error, " prefix)."""
+    return PydanticCustomError("qmed", message)
+
+
+# --------------------------------------------------------------------------------------------
+# The quantum feature layer (SPEC Q1; `qmed.models.quantum`), shared by classification and HQ-UNet
+
+
+def _in_range(lo: int, hi: int, why: str = ""):
+    def check(v: int) -> int:
+        if not lo <= v <= hi:
+            raise _refuse(f"must be {lo}..{hi}{why}, got {v}")
+        return v
+
+    return AfterValidator(check)
+
+
+Qubits = Annotated[int, _in_range(1, 20, " (statevector simulation costs 2**Q)")]
+Layers = Annotated[int, _in_range(1, 50)]
+# "strong": qml.StronglyEntanglingLayers; "basic": qml.BasicEntanglerLayers (RX + CNOT ring)
+Entangler = Literal["strong", "basic"]
+# Angle encoding RY or RX; "y" / "x" are accepted.
+Rotation = Annotated[Literal["Y", "X"], BeforeValidator(lambda v: v.upper() if isinstance(v, str) else v)]
+# Names the quantum layer's settings had before they were one model (PQCConfig's dataclass).
+PQC_OLD_NAMES = {"n_qubits": "qubits", "n_layers": "layers"}
+
+
+class PQCConfig(_Settings):
+    """The quantum feature layer's settings: Q qubits, L variational layers, the encoding, the
+    PennyLane device, and the residual weight α's start (`qmed.models.quantum.PQCLayer`).
+
+    One model for every quantum layer: the classifier's (built from `ClassifyConfig`'s flat
+    qubits/layers/entangler/rotation/qdevice/diff_method/alpha_init) and HQ-UNet's bottleneck
+    (`HQConfig`, which adds where the layer sits). The old names n_qubits / n_layers are accepted."""
+
+    qubits: Qubits = 4  # Q
+    layers: Layers = 2  # L variational entangling layers
+    entangler: Entangler = "strong"
+    rotation: Rotation = "Y"
+    device: str = "default.qubit"  # any PennyLane device name
+    diff_method: str = "backprop"  # backprop broadcasts over the batch on default.qubit
+    alpha_init: float = 0.01  # initial residual weight α (0 = starts exactly as identity)
+    angle_scale: float = math.pi  # θ = angle_scale · tanh(W_q h)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, data: Any) -> Any:
+        if isinstance(data, dict) and any(k in data for k in PQC_OLD_NAMES):
+            data = dict(data)
+            for old, new in PQC_OLD_NAMES.items():
+                if old in data:
+                    if new in data:
+                        raise _refuse(f"give {new} or its old name {old}, not both")
+                    data[new] = data.pop(old)
+        return data
+
+    def updated(self, **changes: Any):
+        """A validated copy with `changes` (old names accepted)."""
+        changes = {PQC_OLD_NAMES.get(k, k): v for k, v in changes.items()}
+        return type(self).from_dict({**self.model_dump(), **changes})
+
+
 class EdgeConfig(_Section):
     """The Gabor bank of eq. (4): 8 orientations x 3 wavelengths, sigma 5, gamma 0.5."""
 
@@ -39,21 +157,16 @@ class EdgeConfig(_Section):
     ksize: int = 31
 
 
-class HQConfig(_Section):
-    """HQ-UNet's bottleneck layer (SPEC Q4; `qmed.models.hq_unet`): the Q1 PQC layer with Q qubits and L layers."""
+class HQConfig(PQCConfig):
+    """HQ-UNet's bottleneck layer (SPEC Q4; `qmed.models.hq_unet`): the Q1 PQC layer (`PQCConfig`:
+    Q qubits, L layers, ...) and where it sits."""
 
-    qubits: int = 4
-    layers: int = 2
-    entangler: Literal["strong", "basic"] = "strong"
     # `classical` is the twin for the equal-size comparison: the circuit replaced by a small MLP
     # with (as nearly as integer widths allow) the circuit's parameter count.
     core: Literal["quantum", "classical"] = "quantum"
     # `positions`: the circuit at every bottleneck position (quanvolution-like); `pooled`: once on
     # the globally averaged bottleneck, its output added at every position.
     placement: Literal["positions", "pooled"] = "positions"
-    alpha_init: float = 0.01
-    device: str = "default.qubit"
-    diff_method: str = "backprop"
 
 
 class ModelConfig(_Section):
@@ -215,8 +328,167 @@ class QmedConfig(_Section):
         return v.strip() or "custom"
 
 
+# --------------------------------------------------------------------------------------------
+# Classification (`qmed classify`), its SimCLR pretraining and its DDPM synthesis
+
+
+def _check_run_limits(cfg: Any, min_batch: int, why: str) -> None:
+    """Checks every training verb shares: image_size, batch_size, epochs, minutes (None = no budget)."""
+    if cfg.image_size < 16:
+        raise _refuse(f"image_size must be at least 16 px, got {cfg.image_size}")
+    if cfg.batch_size < min_batch:
+        raise _refuse(f"batch_size must be at least {min_batch} ({why}), got {cfg.batch_size}")
+    if cfg.epochs < 1:
+        raise _refuse(f"epochs must be at least 1, got {cfg.epochs}")
+    if cfg.minutes is not None and cfg.minutes <= 0:
+        raise _refuse(f"minutes must be positive, got {cfg.minutes}")
+
+
+
+
+class ClassifyConfig(_Settings):
+    """`qmed classify train` / `compare` (SPEC Q1-Q3; `qmed.classify`). Flat: these keys are the
+    "config" that classifier checkpoints store (`model_dump()`), and those of classify-*.yaml."""
+
+    # --set positive=1: class names may be numbers (MedMNIST labels)
+    model_config = ConfigDict(coerce_numbers_to_str=True)
+
+    model: str = "mobilenet_v2"
+    weights: Optional[str] = "imagenet"  # imagenet | a local .pth | offline-mobilenet | None
+    # The quantum feature layer on the pooled features (`pqc_config()` gives its PQCConfig).
+    pqc: bool = True
+    qubits: Qubits = PQCConfig.default("qubits")
+    layers: Layers = PQCConfig.default("layers")
+    entangler: Entangler = PQCConfig.default("entangler")
+    rotation: Rotation = PQCConfig.default("rotation")
+    qdevice: str = PQCConfig.default("device")  # PQCConfig.device
+    diff_method: str = PQCConfig.default("diff_method")
+    alpha_init: float = PQCConfig.default("alpha_init")
+    pqc_lr_mult: float = 10.0  # the quantum branch (W_q, circuit, W_r, α) learns at lr × this
+    positive: Optional[str] = None
+    image_size: int = 128
+    batch_size: int = 32
+    epochs: int = 30
+    minutes: Optional[float] = None
+    lr: float = 3e-4
+    weight_decay: float = 1e-4  # Adam's L2 term
+    dropout: float = 0.2
+    patience: int = 6  # epochs without a better validation AUC before stopping
+    class_weights: bool = False
+    augment: bool = True
+    hflip: bool = True
+    vflip: bool = False
+    rotate_deg: float = 10.0
+    scale: float = 0.1
+    translate: float = 0.05
+    intensity: float = 0.1
+    seed: int = 0
+    val_fraction: float = 0.2  # only without --val: a stratified seeded split of --data
+    synthetic: Optional[str] = None  # images added to the training set only (e.g. qmed synthesize OUT)
+    synthetic_class: Optional[str] = None  # their class (default: the positive class)
+    threshold: float = 0.5
+    n_boot: int = 1000
+
+    @model_validator(mode="after")
+    def _limits(self):
+        _check_run_limits(self, 2, "batch norm")
+        if not 0.0 < self.threshold < 1.0:
+            raise _refuse(f"threshold must lie in (0, 1), got {self.threshold}")
+        return self
+
+    def pqc_config(self) -> PQCConfig | None:
+        """The quantum layer's settings, or None for the classical model."""
+        if not self.pqc:
+            return None
+        return PQCConfig(qubits=self.qubits, layers=self.layers, entangler=self.entangler, rotation=self.rotation,
+                         device=self.qdevice, diff_method=self.diff_method, alpha_init=self.alpha_init)
+
+    @property
+    def method(self) -> str:
+        return f"{self.model}+pqc(Q={self.qubits},L={self.layers},{self.entangler})" if self.pqc else self.model
+
+
+class SimCLRConfig(_Settings):
+    """`qmed pretrain simclr` (SPEC Q2; `qmed.classify.pretrain`)."""
+
+    model: str = "mobilenet_v2"
+    weights: Optional[str] = "imagenet"
+    image_size: int = 128
+    epochs: int = 50
+    minutes: Optional[float] = None
+    batch_size: int = 64
+    temperature: float = 0.5
+    lr: float = 3e-4
+    weight_decay: float = 1e-6
+    proj_hidden: int = 512
+    proj_dim: int = 128
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _limits(self):
+        _check_run_limits(self, 2, "a view needs negatives")
+        if not self.temperature > 0:
+            raise _refuse(f"temperature must be positive, got {self.temperature}")
+        return self
+
+
+class DDPMConfig(_Settings):
+    """`qmed synthesize` (SPEC Q3; `qmed.classify.synthesize`)."""
+
+    image_size: int = 64
+    n: int = 100
+    epochs: int = 300
+    minutes: Optional[float] = None
+    batch_size: int = 16
+    lr: float = 1e-3
+    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    train_timesteps: int = 1000
+    sample_steps: int = 50
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _limits(self):
+        if self.n < 1:
+            raise _refuse(f"--n must be at least 1, got {self.n}")
+        _check_run_limits(self, 1, "images per step")
+        step = 2 ** (len(self.block_out_channels) - 1)  # the UNet halves the size between blocks
+        if self.image_size % step:
+            raise _refuse(f"image_size must be a multiple of {step}, got {self.image_size}")
+        if not 1 <= self.sample_steps <= self.train_timesteps:
+            raise _refuse(f"sample steps must lie in 1..{self.train_timesteps}, got {self.sample_steps}")
+        return self
+
+
+def available_classify_presets() -> list[str]:
+    """Names of the classification presets: configs/classify-NAME.yaml -> NAME."""
+    return sorted(p.stem[len(CLASSIFY_PREFIX):] for p in PRESET_DIR.glob(f"{CLASSIFY_PREFIX}*.yaml"))
+
+
+def classify_preset_path(name: str) -> Path:
+    """configs/classify-NAME.yaml for `NAME` (or for `classify-NAME`)."""
+    stem = name if name.startswith(CLASSIFY_PREFIX) else CLASSIFY_PREFIX + name
+    path = PRESET_DIR / f"{stem}.yaml"
+    if not path.is_file():
+        raise QmedInputError(None, f"unknown classification preset {name!r}; choose one of {', '.join(available_classify_presets())}")
+    return path
+
+
+def resolve_classify_config(preset: str = "cpu", overrides: list[str] | dict | None = None,
+                            source: str | None = "--set") -> ClassifyConfig:
+    """The classification preset <- overrides (`--set field=value` strings or a dict), validated once.
+
+    `source`: what an error names when there are overrides (None: nothing, e.g. for CLI options)."""
+    path = classify_preset_path(preset)
+    data: dict = load_yaml(path)
+    if overrides:
+        over = parse_overrides(overrides) if isinstance(overrides, list) else overrides
+        return ClassifyConfig.from_dict(deep_merge(data, over), source)
+    return ClassifyConfig.from_dict(data, path)
+
+
 def available_presets() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    """The segmentation presets (the classification ones are `available_classify_presets`)."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml") if not p.stem.startswith(CLASSIFY_PREFIX))
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -227,14 +499,7 @@ def deep_merge(base: dict, over: dict) -> dict:
 
 
 def _validate(data: dict, source: str | Path | None) -> QmedConfig:
-    try:
-        return QmedConfig.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(x) for x in err["loc"])
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        more = f" (and {len(exc.errors()) - 1} more problems)" if len(exc.errors()) > 1 else ""
-        raise QmedInputError(source, f"config field '{where}': {msg}{more}") from None
+    return validated(QmedConfig, data, source)
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -252,7 +517,7 @@ def load_yaml(path: str | Path) -> dict:
 
 def load_preset(name: str) -> QmedConfig:
     path = PRESET_DIR / f"{name}.yaml"
-    if not path.is_file():
+    if not path.is_file() or name.startswith(CLASSIFY_PREFIX):
         raise QmedInputError(None, f"unknown preset {name!r}; choose one of {', '.join(available_presets())}")
     return _validate(load_yaml(path), path)
 

@@ -1,1 +1,4 @@
-"""Classification: data, training, evaluation and figures; SimCLR pretraining; DDPM synthesis of the minority class."""
+"""Classification (SPEC Q1-Q3), one module per step: data (class folders, .npz, splits, synthetic
+images), train, checkpoint, predict, evaluate (metrics: `qmed.evaluate.classification`), figures,
+compare; SimCLR pretraining (pretrain) and DDPM synthesis of the minority class (synthesize).
+Settings: `qmed.config.ClassifyConfig`, `SimCLRConfig`, `DDPMConfig`."""

@@ -38,7 +38,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +45,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qmed.classify.data import load_images
+from qmed.config import SimCLRConfig
 from qmed.errors import QmedInputError
-from qmed.io.files import atomic_path, write_json
+from qmed.io.files import atomic_path, prepare_output_dir, write_json
+from qmed.runtime import pick_device, seed_everything
 
 log = logging.getLogger("qmed")
 
@@ -63,29 +65,6 @@ AUGMENTATIONS = {
     "noise": {"p": 0.5, "std": [0.0, 0.03]},
     "colour_jitter": None,
 }
-
-
-@dataclass
-class SimCLRConfig:
-    model: str = "mobilenet_v2"
-    weights: str | None = "imagenet"
-    image_size: int = 128
-    epochs: int = 50
-    minutes: float | None = None
-    batch_size: int = 64
-    temperature: float = 0.5
-    lr: float = 3e-4
-    weight_decay: float = 1e-6
-    proj_hidden: int = 512
-    proj_dim: int = 128
-    seed: int = 0
-
-    def validate(self) -> None:
-        from qmed.classify.core import check_run_limits
-
-        check_run_limits(self, 2, "a view needs negatives")
-        if not self.temperature > 0:
-            raise QmedInputError(None, f"temperature must be positive, got {self.temperature}")
 
 
 def _similarities(z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -170,13 +149,9 @@ def save_encoder(path: Path, backbone: nn.Module) -> None:
 def pretrain_simclr(cfg: SimCLRConfig, data_spec: str | Path, out: str | Path, force: bool = False,
                     device: str | None = None) -> dict[str, Any]:
     """Pretrain `cfg.model`'s backbone with SimCLR on the images of `data_spec`; -> the pretrain.json dict."""
-    from qmed.classify.core import load_images
-    from qmed.io.files import prepare_output_dir
     from qmed.models.classifier import build_classifier
     from qmed.models.common import count_parameters
-    from qmed.runtime import pick_device, seed_everything
 
-    cfg.validate()
     out = Path(out)
     images, _ = load_images(data_spec, cfg.image_size)
     if len(images) < 2:
@@ -223,7 +198,7 @@ def pretrain_simclr(cfg: SimCLRConfig, data_spec: str | Path, out: str | Path, f
             stop_reason = f"time budget {cfg.minutes} min reached in epoch {epoch}"
             break
     summary = {
-        "method": "SimCLR (NT-Xent)", "settings": asdict(cfg), "data": str(data_spec), "n_images": len(images),
+        "method": "SimCLR (NT-Xent)", "settings": cfg.model_dump(), "data": str(data_spec), "n_images": len(images),
         "channels": int(images.shape[1]), "batch_size": bs, "device": str(dev), "augmentations": AUGMENTATIONS,
         "projection_head": f"Linear({clf.num_features}, {cfg.proj_hidden}) -> ReLU -> Linear({cfg.proj_hidden}, {cfg.proj_dim}) (discarded)",
         "chance_loss": math.log(2 * bs - 1), "steps": steps, "train_seconds": time.time() - start, "stop_reason": stop_reason,

@@ -49,7 +49,6 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -57,38 +56,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from qmed.classify.data import load_images
+from qmed.config import DDPMConfig
 from qmed.errors import QmedInputError, require_extra
-from qmed.io.files import write_json
+from qmed.io.figures import pyplot, save_figure
+from qmed.io.files import prepare_output_dir, write_json
+from qmed.runtime import pick_device, seed_everything
 
 log = logging.getLogger("qmed")
 
 KID_SIZE = 224
-
-
-@dataclass
-class DDPMConfig:
-    image_size: int = 64
-    n: int = 100
-    epochs: int = 300
-    minutes: float | None = None
-    batch_size: int = 16
-    lr: float = 1e-3
-    block_out_channels: tuple[int, ...] = (32, 64, 64)
-    train_timesteps: int = 1000
-    sample_steps: int = 50
-    seed: int = 0
-
-    def validate(self) -> None:
-        from qmed.classify.core import check_run_limits
-
-        if self.n < 1:
-            raise QmedInputError(None, f"--n must be at least 1, got {self.n}")
-        check_run_limits(self, 1, "images per step")
-        step = 2 ** (len(self.block_out_channels) - 1)  # the UNet halves the size between blocks
-        if self.image_size % step:
-            raise QmedInputError(None, f"image_size must be a multiple of {step}, got {self.image_size}")
-        if not 1 <= self.sample_steps <= self.train_timesteps:
-            raise QmedInputError(None, f"sample steps must lie in 1..{self.train_timesteps}, got {self.sample_steps}")
 
 
 def build_unet(image_size: int, channels: int, block_out_channels=(32, 64, 64)):
@@ -263,8 +240,6 @@ def quality(real: torch.Tensor, fake: torch.Tensor, real_names: list[str], fake_
 
 
 def _samples_figure(path: Path, real: torch.Tensor, fake: torch.Tensor, per_row: int = 8) -> None:
-    from qmed.io.figures import pyplot, save_figure
-
     def mosaic(x: torch.Tensor) -> np.ndarray:
         x = x[: 2 * per_row]
         rows = math.ceil(len(x) / per_row)
@@ -294,11 +269,6 @@ def synthesize(cfg: DDPMConfig, data: str | Path, out: str | Path, force: bool =
     diffusers = require_extra("diffusers", "diffusion", "qmed synthesize (the DDPM)")
     DDPMPipeline, DDPMScheduler = diffusers.DDPMPipeline, diffusers.DDPMScheduler
 
-    from qmed.classify.core import load_images
-    from qmed.io.files import prepare_output_dir
-    from qmed.runtime import pick_device, seed_everything
-
-    cfg.validate()
     data, out = Path(data), Path(out)
     if data.exists() and not data.is_dir():
         raise QmedInputError(data, "is not a folder (give a folder with the images of one class)")
@@ -354,7 +324,7 @@ def synthesize(cfg: DDPMConfig, data: str | Path, out: str | Path, force: bool =
     real = images.float() / 255
     _samples_figure(out / "samples.png", real, fake_u8)
     summary = {
-        "method": "DDPM (diffusers UNet2DModel + DDPMScheduler), DDIM sampling", "settings": asdict(cfg), "data": str(data),
+        "method": "DDPM (diffusers UNet2DModel + DDPMScheduler), DDIM sampling", "settings": cfg.model_dump(), "data": str(data),
         "n_train": len(images), "channels": int(images.shape[1]), "parameters": sum(p.numel() for p in unet.parameters()),
         "batch_size": bs, "device": str(dev), "steps": steps, "train_seconds": train_seconds, "stop_reason": stop_reason,
         "sampling": {"scheduler": "DDIM", "steps": cfg.sample_steps, "eta": 0.0, "seconds": sample_seconds},

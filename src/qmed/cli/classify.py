@@ -6,11 +6,13 @@ Registered on the main app by `qmed.cli.app`; the shared helpers come from `qmed
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
+from click.core import ParameterSource
 
 from qmed.cli.common import console, handle_errors, setup_logging, weights_option
+from qmed.config import ClassifyConfig, available_classify_presets, deep_merge, parse_overrides, resolve_classify_config
 from qmed.errors import QmedInputError
 
 classify_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -19,12 +21,12 @@ classify_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_ex
 DATA_HELP = "Class-folder dataset (ROOT/CLASS/*.png) or a MedMNIST .npz (FILE.npz or FILE.npz:SPLIT)."
 
 
-def _base_config(**kw):
-    from qmed.classify.core import ClassifyConfig
+_d = ClassifyConfig.default  # the options repeat ClassifyConfig's fields with its defaults
 
-    cfg = ClassifyConfig.from_dict(kw)
-    cfg.validate()
-    return cfg
+
+def _given(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any]:
+    """The options the user typed (not left at their defaults): they override the preset."""
+    return {k: v for k, v in values.items() if ctx.get_parameter_source(k) not in (ParameterSource.DEFAULT, None)}
 
 
 @classify_app.command("inspect")
@@ -35,7 +37,7 @@ def inspect_cmd(
 ):
     """Print the class counts and the imbalance of a classification dataset."""
     setup_logging(False)
-    from qmed.classify.core import describe_dataset
+    from qmed.classify.data import describe_dataset
 
     d = describe_dataset(data, positive)
     con = console
@@ -50,44 +52,51 @@ def inspect_cmd(
 @classify_app.command("train")
 @handle_errors
 def train_cmd(
+    ctx: typer.Context,
     data: str = typer.Option(..., "--data", help="Training set. " + DATA_HELP),
     val: Optional[str] = typer.Option(None, "--val", help="Validation set (same forms). Without it: a stratified seeded 20 % split of --data."),
     out: Path = typer.Option(..., "--out", help="Run directory: config.json, metrics.csv, train.log, checkpoints/, summary.json, eval/."),
-    positive: Optional[str] = typer.Option(None, help="Binary task: this class vs the rest (e.g. malignant). Default: all classes."),
-    model: str = typer.Option("mobilenet_v2", help="mobilenet_v2, resnet18, densenet121, vgg16, efficientnet_b0, or timm:NAME."),
-    weights: str = typer.Option("imagenet", help="imagenet (mobilenet_v2: the offline file when installed), a local .pth (e.g. qmed pretrain simclr's encoder.pth), offline-mobilenet, or none."),
-    pqc: bool = typer.Option(True, "--pqc/--no-pqc", help="Quantum feature layer on the pooled features."),
-    qubits: int = typer.Option(4, help="Qubits Q of the quantum layer."),
-    layers: int = typer.Option(2, help="Variational entangling layers L."),
-    entangler: str = typer.Option("strong", help="strong (StronglyEntanglingLayers) or basic (BasicEntanglerLayers)."),
-    rotation: str = typer.Option("Y", help="Angle encoding rotation: Y or X."),
-    qdevice: str = typer.Option("default.qubit", help="PennyLane device name."),
-    diff_method: str = typer.Option("backprop", help="PennyLane diff_method (backprop broadcasts on default.qubit)."),
-    image_size: int = typer.Option(128, help="Images are resized to SIZE x SIZE."),
-    batch_size: int = typer.Option(32),
-    epochs: int = typer.Option(30, help="Epoch limit."),
-    minutes: Optional[float] = typer.Option(None, help="Wall-clock training budget in minutes."),
-    lr: float = typer.Option(3e-4, help="Adam learning rate (the quantum branch uses lr x --pqc-lr-mult)."),
-    pqc_lr_mult: float = typer.Option(10.0, help="Learning-rate multiplier of the quantum branch."),
-    weight_decay: float = typer.Option(1e-4, help="L2 weight decay (Adam)."),
-    patience: int = typer.Option(6, help="Early stopping: epochs without a better validation AUC."),
-    class_weights: bool = typer.Option(False, "--class-weights/--no-class-weights", help="Inverse-frequency class-weighted cross-entropy."),
-    augment: bool = typer.Option(True, "--augment/--no-augment", help="Flips, small rotations/scales/shifts, brightness/contrast."),
-    synthetic: Optional[str] = typer.Option(None, "--synthetic", help="Folder of extra images (or a `qmed synthesize` output folder) added to the training set only, never to validation."),
-    synthetic_class: Optional[str] = typer.Option(None, "--synthetic-class", help="Class of the --synthetic images (default: --positive, or the second class of a two-class set)."),
-    seed: int = typer.Option(0),
+    preset: str = typer.Option("cpu", "--preset", help=f"Named settings (src/qmed/configs/classify-NAME.yaml): {', '.join(available_classify_presets())}. "
+                                                       "The options below override it, and --set overrides them."),
+    set_: List[str] = typer.Option([], "--set", help="Override a setting by its config name, e.g. --set rotate_deg=15 --set dropout=0.3 (YAML values; repeatable)."),
+    positive: Optional[str] = typer.Option(_d("positive"), help="Binary task: this class vs the rest (e.g. malignant). Default: all classes."),
+    model: str = typer.Option(_d("model"), help="mobilenet_v2, resnet18, densenet121, vgg16, efficientnet_b0, or timm:NAME."),
+    weights: str = typer.Option(_d("weights"), help="imagenet (mobilenet_v2: the offline file when installed), a local .pth (e.g. qmed pretrain simclr's encoder.pth), offline-mobilenet, or none."),
+    pqc: bool = typer.Option(_d("pqc"), "--pqc/--no-pqc", help="Quantum feature layer on the pooled features."),
+    qubits: int = typer.Option(_d("qubits"), help="Qubits Q of the quantum layer."),
+    layers: int = typer.Option(_d("layers"), help="Variational entangling layers L."),
+    entangler: str = typer.Option(_d("entangler"), help="strong (StronglyEntanglingLayers) or basic (BasicEntanglerLayers)."),
+    rotation: str = typer.Option(_d("rotation"), help="Angle encoding rotation: Y or X."),
+    qdevice: str = typer.Option(_d("qdevice"), help="PennyLane device name."),
+    diff_method: str = typer.Option(_d("diff_method"), help="PennyLane diff_method (backprop broadcasts on default.qubit)."),
+    image_size: int = typer.Option(_d("image_size"), help="Images are resized to SIZE x SIZE."),
+    batch_size: int = typer.Option(_d("batch_size")),
+    epochs: int = typer.Option(_d("epochs"), help="Epoch limit."),
+    minutes: Optional[float] = typer.Option(_d("minutes"), help="Wall-clock training budget in minutes."),
+    lr: float = typer.Option(_d("lr"), help="Adam learning rate (the quantum branch uses lr x --pqc-lr-mult)."),
+    pqc_lr_mult: float = typer.Option(_d("pqc_lr_mult"), help="Learning-rate multiplier of the quantum branch."),
+    weight_decay: float = typer.Option(_d("weight_decay"), help="L2 weight decay (Adam)."),
+    patience: int = typer.Option(_d("patience"), help="Early stopping: epochs without a better validation AUC."),
+    class_weights: bool = typer.Option(_d("class_weights"), "--class-weights/--no-class-weights", help="Inverse-frequency class-weighted cross-entropy."),
+    augment: bool = typer.Option(_d("augment"), "--augment/--no-augment", help="Flips, small rotations/scales/shifts, brightness/contrast."),
+    synthetic: Optional[str] = typer.Option(_d("synthetic"), "--synthetic", help="Folder of extra images (or a `qmed synthesize` output folder) added to the training set only, never to validation."),
+    synthetic_class: Optional[str] = typer.Option(_d("synthetic_class"), "--synthetic-class", help="Class of the --synthetic images (default: --positive, or the second class of a two-class set)."),
+    seed: int = typer.Option(_d("seed")),
     force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out directory."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, ... (default: cuda if available)."),
 ):
-    """Train a classifier (MobileNetV2 + quantum feature layer by default); keeps the best validation AUC."""
-    setup_logging(True)
-    from qmed.classify.core import train_classifier
+    """Train a classifier (MobileNetV2 + quantum feature layer by default); keeps the best validation AUC.
 
-    cfg = _base_config(model=model, weights=weights_option(weights), pqc=pqc, qubits=qubits, layers=layers, entangler=entangler,
-                       rotation=rotation, qdevice=qdevice, diff_method=diff_method, positive=positive, image_size=image_size,
-                       batch_size=batch_size, epochs=epochs, minutes=minutes, lr=lr, pqc_lr_mult=pqc_lr_mult,
-                       weight_decay=weight_decay, patience=patience, class_weights=class_weights, augment=augment, seed=seed,
-                       synthetic=synthetic, synthetic_class=synthetic_class)
+    Settings: the --preset, then the options given here, then each --set (any ClassifyConfig field, e.g. vflip, dropout, threshold)."""
+    setup_logging(True)
+    from qmed.classify.train import train_classifier
+
+    options = dict(model=model, weights=weights_option(weights), pqc=pqc, qubits=qubits, layers=layers, entangler=entangler,
+                   rotation=rotation, qdevice=qdevice, diff_method=diff_method, positive=positive, image_size=image_size,
+                   batch_size=batch_size, epochs=epochs, minutes=minutes, lr=lr, pqc_lr_mult=pqc_lr_mult,
+                   weight_decay=weight_decay, patience=patience, class_weights=class_weights, augment=augment, seed=seed,
+                   synthetic=synthetic, synthetic_class=synthetic_class)
+    cfg = resolve_classify_config(preset, deep_merge(_given(ctx, options), parse_overrides(set_)), "--set" if set_ else None)
     s = train_classifier(cfg, data, val, out, force=force, device=device)
     con = console
     con.print(_metrics_line(s["val_metrics"], f"val ({s['val']['n']} images, best epoch {s['best_epoch']})"), markup=False, highlight=False, soft_wrap=True)
@@ -116,7 +125,7 @@ def evaluate_cmd(
 ):
     """Score a trained classifier: accuracy, balanced accuracy, AUC, F1, sensitivity, specificity with 95 % bootstrap CIs."""
     setup_logging(False)
-    from qmed.classify.core import evaluate_run
+    from qmed.classify.evaluate import evaluate_run
 
     r = evaluate_run(model, data, out, n_boot=n_boot, seed=seed, threshold=threshold, device=device)
     con = console
@@ -139,7 +148,7 @@ def predict_cmd(
 ):
     """Predict the class of new images."""
     setup_logging(False)
-    from qmed.classify.core import predict_files
+    from qmed.classify.predict import predict_files
 
     n = predict_files(model, input, out, threshold=threshold, device=device)
     console.print(f"wrote {n} predictions to {out}", markup=False, highlight=False, soft_wrap=True)
@@ -154,19 +163,19 @@ def compare_cmd(
     minutes: float = typer.Option(5.0, help="Training budget per method, in minutes."),
     methods: str = typer.Option("resnet18,mobilenet_v2,densenet121,vgg16,efficientnet_b0,mobilenet_v2+pqc",
                                 help="Comma-separated; NAME+pqc adds the quantum layer."),
-    weights: str = typer.Option("imagenet", help="imagenet, none, or a file (applies to every method)."),
+    weights: str = typer.Option(_d("weights"), help="imagenet, none, or a file (applies to every method)."),
     weights_file: List[str] = typer.Option([], "--weights-file", help="Per-model local weights, e.g. resnet18=/path/resnet18.pth (repeatable)."),
-    positive: Optional[str] = typer.Option(None, help="Binary task: this class vs the rest."),
-    image_size: int = typer.Option(128),
-    batch_size: int = typer.Option(32),
-    epochs: int = typer.Option(30),
-    lr: float = typer.Option(3e-4),
-    weight_decay: float = typer.Option(1e-4),
-    patience: int = typer.Option(6),
-    qubits: int = typer.Option(4),
-    layers: int = typer.Option(2),
-    class_weights: bool = typer.Option(False, "--class-weights/--no-class-weights"),
-    seed: int = typer.Option(0),
+    positive: Optional[str] = typer.Option(_d("positive"), help="Binary task: this class vs the rest."),
+    image_size: int = typer.Option(_d("image_size")),
+    batch_size: int = typer.Option(_d("batch_size")),
+    epochs: int = typer.Option(_d("epochs")),
+    lr: float = typer.Option(_d("lr")),
+    weight_decay: float = typer.Option(_d("weight_decay")),
+    patience: int = typer.Option(_d("patience")),
+    qubits: int = typer.Option(_d("qubits")),
+    layers: int = typer.Option(_d("layers")),
+    class_weights: bool = typer.Option(_d("class_weights"), "--class-weights/--no-class-weights"),
+    seed: int = typer.Option(_d("seed")),
     force: bool = typer.Option(False, "--force"),
     device: Optional[str] = typer.Option(None),
 ):
@@ -175,7 +184,7 @@ def compare_cmd(
     A method whose ImageNet weights cannot be fetched (offline) is listed as skipped; give it a local
     file with --weights-file NAME=PATH."""
     setup_logging(True)
-    from qmed.classify.core import compare, compare_table
+    from qmed.classify.compare import compare, compare_table
 
     files = {}
     for item in weights_file:
@@ -186,9 +195,9 @@ def compare_cmd(
     ms = [m.strip() for m in methods.split(",") if m.strip()]
     if not ms:
         raise QmedInputError(None, "--methods is empty")
-    cfg = _base_config(weights=weights_option(weights), positive=positive, image_size=image_size, batch_size=batch_size, epochs=epochs,
-                       minutes=minutes, lr=lr, weight_decay=weight_decay, patience=patience, qubits=qubits, layers=layers,
-                       class_weights=class_weights, seed=seed)
+    cfg = ClassifyConfig.from_dict(dict(weights=weights_option(weights), positive=positive, image_size=image_size, batch_size=batch_size,
+                                        epochs=epochs, minutes=minutes, lr=lr, weight_decay=weight_decay, patience=patience, qubits=qubits,
+                                        layers=layers, class_weights=class_weights, seed=seed))
     rows = compare(cfg, data, val, out, ms, files, force=force, device=device)
     console.print(compare_table(rows), markup=False, highlight=False, soft_wrap=True)
     console.print(f"wrote {out / 'compare.md'} and {out / 'compare.json'}", markup=False, highlight=False, soft_wrap=True)

@@ -11,9 +11,13 @@ from typing import Optional
 import typer
 
 from qmed.cli.common import console, handle_errors, setup_logging, weights_option
+from qmed.config import SimCLRConfig
 
 pretrain_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                            help="Self-supervised pretraining of a classifier backbone on unlabelled images.")
+
+
+_d = SimCLRConfig.default  # the options repeat SimCLRConfig's fields with its defaults
 
 
 @pretrain_app.command("simclr")
@@ -22,15 +26,15 @@ def simclr_cmd(
     data: str = typer.Option(..., "--data", help="Unlabelled images: a folder (searched recursively; class sub-folders are fine, "
                                                  "their names are ignored), or FILE.npz[:SPLIT] (default split: train)."),
     out: Path = typer.Option(..., "--out", help="Output folder: encoder.pth (backbone state dict) and pretrain.json (settings, loss curve)."),
-    model: str = typer.Option("mobilenet_v2", help="Backbone: mobilenet_v2, resnet18, densenet121, vgg16, efficientnet_b0, or timm:NAME."),
-    weights: str = typer.Option("imagenet", help="Starting weights: imagenet (mobilenet_v2: the offline file when installed), a local .pth, or none."),
-    image_size: int = typer.Option(128, help="Images are resized to SIZE x SIZE (use the size you will classify at)."),
-    epochs: int = typer.Option(50, help="Epoch limit."),
-    minutes: Optional[float] = typer.Option(None, help="Wall-clock training budget in minutes."),
-    batch_size: int = typer.Option(64, help="Images per batch (2 views each: 2 x SIZE forward passes per step)."),
-    temperature: float = typer.Option(0.5, help="NT-Xent temperature tau."),
-    lr: float = typer.Option(3e-4, help="Adam learning rate."),
-    seed: int = typer.Option(0),
+    model: str = typer.Option(_d("model"), help="Backbone: mobilenet_v2, resnet18, densenet121, vgg16, efficientnet_b0, or timm:NAME."),
+    weights: str = typer.Option(_d("weights"), help="Starting weights: imagenet (mobilenet_v2: the offline file when installed), a local .pth, or none."),
+    image_size: int = typer.Option(_d("image_size"), help="Images are resized to SIZE x SIZE (use the size you will classify at)."),
+    epochs: int = typer.Option(_d("epochs"), help="Epoch limit."),
+    minutes: Optional[float] = typer.Option(_d("minutes"), help="Wall-clock training budget in minutes."),
+    batch_size: int = typer.Option(_d("batch_size"), help="Images per batch (2 views each: 2 x SIZE forward passes per step)."),
+    temperature: float = typer.Option(_d("temperature"), help="NT-Xent temperature tau."),
+    lr: float = typer.Option(_d("lr"), help="Adam learning rate."),
+    seed: int = typer.Option(_d("seed")),
     force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out folder."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, ... (default: cuda if available)."),
 ):
@@ -40,10 +44,10 @@ def simclr_cmd(
 
     Use the result with `qmed classify train --weights OUT/encoder.pth` (for mobilenet_v2 also with `qmed train --set model.encoder_weights=OUT/encoder.pth`)."""
     setup_logging(True)
-    from qmed.classify.pretrain import SimCLRConfig, pretrain_simclr
+    from qmed.classify.pretrain import pretrain_simclr
 
-    cfg = SimCLRConfig(model=model, weights=weights_option(weights), image_size=image_size, epochs=epochs, minutes=minutes,
-                       batch_size=batch_size, temperature=temperature, lr=lr, seed=seed)
+    cfg = SimCLRConfig.from_dict(dict(model=model, weights=weights_option(weights), image_size=image_size, epochs=epochs, minutes=minutes,
+                                      batch_size=batch_size, temperature=temperature, lr=lr, seed=seed))
     s = pretrain_simclr(cfg, data, out, force=force, device=device)
     last = s["loss_curve"][-1]
     console.print(f"{s['n_images']} images, {s['steps']} steps, {s['train_seconds']:.0f} s: NT-Xent {last['loss']:.4f} "

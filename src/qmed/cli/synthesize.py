@@ -11,6 +11,9 @@ from typing import Optional
 import typer
 
 from qmed.cli.common import console, handle_errors, setup_logging
+from qmed.config import DDPMConfig
+
+_d = DDPMConfig.default  # the options repeat DDPMConfig's fields with its defaults
 
 
 @handle_errors
@@ -18,13 +21,13 @@ def synthesize_cmd(
     data: Path = typer.Option(..., "--data", help="Folder with the images of one class (searched recursively), e.g. DATA/train/malignant."),
     n: int = typer.Option(..., "--n", help="Number of images to generate."),
     out: Path = typer.Option(..., "--out", help="Output folder: images/, ddpm/ (the model), samples.png, synthesize.json."),
-    image_size: int = typer.Option(64, help="The DDPM works at SIZE x SIZE (a multiple of 4, at least 16)."),
-    epochs: int = typer.Option(300, help="Epoch limit."),
-    minutes: Optional[float] = typer.Option(None, help="Wall-clock training budget in minutes (sampling comes on top)."),
-    batch_size: int = typer.Option(16, help="Images per training step."),
-    lr: float = typer.Option(1e-3, help="Adam learning rate."),
-    sample_steps: int = typer.Option(50, help="DDIM sampling steps (of the 1000 training timesteps)."),
-    seed: int = typer.Option(0),
+    image_size: int = typer.Option(_d("image_size"), help="The DDPM works at SIZE x SIZE (a multiple of 4, at least 16)."),
+    epochs: int = typer.Option(_d("epochs"), help="Epoch limit."),
+    minutes: Optional[float] = typer.Option(_d("minutes"), help="Wall-clock training budget in minutes (sampling comes on top)."),
+    batch_size: int = typer.Option(_d("batch_size"), help="Images per training step."),
+    lr: float = typer.Option(_d("lr"), help="Adam learning rate."),
+    sample_steps: int = typer.Option(_d("sample_steps"), help="DDIM sampling steps (of the 1000 training timesteps)."),
+    seed: int = typer.Option(_d("seed")),
     force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out folder."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, ... (default: cuda if available)."),
 ):
@@ -32,10 +35,10 @@ def synthesize_cmd(
 
     Writes OUT/images/*.png for `qmed classify train --synthetic OUT`, and reports KID (MobileNetV2 features) and nearest-neighbour distances to the training images (a check against copying)."""
     setup_logging(True)
-    from qmed.classify.synthesize import DDPMConfig, synthesize
+    from qmed.classify.synthesize import synthesize
 
-    cfg = DDPMConfig(image_size=image_size, n=n, epochs=epochs, minutes=minutes, batch_size=batch_size, lr=lr,
-                     sample_steps=sample_steps, seed=seed)
+    cfg = DDPMConfig.from_dict(dict(image_size=image_size, n=n, epochs=epochs, minutes=minutes, batch_size=batch_size, lr=lr,
+                                    sample_steps=sample_steps, seed=seed))
     s = synthesize(cfg, data, out, force=force, device=device)
     q = s["quality"]
     kid = f"KID {q['kid']['mean']:.4f} ± {q['kid']['std']:.4f}" if q["kid"] else f"KID {q['kid_extractor']}"

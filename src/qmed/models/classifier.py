@@ -27,9 +27,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from qmed.config import PQCConfig
 from qmed.errors import QmedInputError
 from qmed.models.common import count_parameters, register_imagenet_stats
-from qmed.models.quantum import PQCConfig, PQCLayer
+from qmed.models.quantum import PQCLayer
 from qmed.models.weights import OFFLINE_MOBILENET, load_state_dict_file, resolve_weights
 
 log = logging.getLogger("qmed")
@@ -140,8 +141,9 @@ def build_classifier(name: str, num_classes: int, weights: str | Path | None = N
                      dropout: float = 0.2) -> Classifier:
     """A classifier by backbone name, with ImageNet/local/no weights and an optional PQC layer.
 
-    `pqc`: None for the classical model, else a PQCConfig or dict of its fields
-    (n_qubits/qubits, n_layers/layers, entangler, rotation, device, diff_method, alpha_init, angle_scale)."""
+    `pqc`: None for the classical model, else a `qmed.config.PQCConfig` or a dict of its fields
+    (qubits, layers, entangler, rotation, device, diff_method, alpha_init, angle_scale; the old
+    names n_qubits / n_layers are accepted)."""
     if num_classes < 2:
         raise QmedInputError(None, f"a classifier needs at least 2 classes, got {num_classes}")
     pqc_cfg = None if pqc is None else (pqc if isinstance(pqc, PQCConfig) else PQCConfig.from_dict(pqc))

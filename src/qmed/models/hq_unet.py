@@ -1,7 +1,8 @@
 """HQ-UNet (SPEC Q4): smp's U-Net whose bottleneck passes through the Q1 quantum feature layer.
 
 The deepest encoder features h (B, C, h, w) go through `qmed.models.quantum.PQCLayer` before the
-decoder sees them:
+decoder sees them, configured by `model.hq` (`qmed.config.HQConfig`: the classifier's quantum
+settings, `PQCConfig`, plus the core and the placement below):
 
     placement "positions" (default, quanvolution-like): at every bottleneck position,
         u = W_q h_xy (a 1x1 convolution to Q channels), q = PQC(π·tanh u) (Q Pauli-Z expectations),
@@ -26,7 +27,7 @@ import torch
 from torch import nn
 
 from qmed.config import HQConfig
-from qmed.models.quantum import PQCConfig, PQCLayer
+from qmed.models.quantum import PQCLayer
 
 
 def circuit_parameters(qubits: int, layers: int, entangler: str) -> int:
@@ -56,9 +57,7 @@ class BottleneckPQC(nn.Module):
     def __init__(self, channels: int, hq: HQConfig):
         super().__init__()
         self.placement = hq.placement
-        pqc = PQCConfig(n_qubits=hq.qubits, n_layers=hq.layers, entangler=hq.entangler, alpha_init=hq.alpha_init,
-                        device=hq.device, diff_method=hq.diff_method)
-        self.layer = PQCLayer(channels, pqc)
+        self.layer = PQCLayer(channels, hq)  # HQConfig is a PQCConfig (the layer's settings) plus core and placement
         if hq.core == "classical":
             self.layer.circuit = ClassicalCore(hq.qubits, twin_hidden(hq.qubits, circuit_parameters(hq.qubits, hq.layers, hq.entangler)))
 

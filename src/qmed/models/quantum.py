@@ -16,63 +16,19 @@ Any other PennyLane device can be named (``device="lightning.qubit"``, a hardwar
 then use a diff_method it supports (``"adjoint"``, ``"parameter-shift"``, ``"best"``).
 
 `QuantumCircuit` is the bare circuit (angles in, expectations out) and `PQCLayer` the residual
-block around it. Both accept inputs with any leading dimensions (..., F), so a U-Net bottleneck
-(issue 9) can pass (B, H·W, C) positions through the same layer.
+block around it, configured by `qmed.config.PQCConfig` (the one model of the quantum settings:
+the classifier's layer and HQ-UNet's bottleneck both use it). Both accept inputs with any leading
+dimensions (..., F), so a U-Net bottleneck (issue 9) can pass (B, H·W, C) positions through the
+same layer.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass
-from typing import Any
-
 import torch
 from torch import nn
 
+from qmed.config import PQCConfig
 from qmed.errors import QmedInputError, require_extra
-
-ENTANGLERS = ("strong", "basic")
-ROTATIONS = ("Y", "X")
-
-
-@dataclass
-class PQCConfig:
-    """The quantum layer's settings (all serialisable; stored in checkpoints)."""
-
-    n_qubits: int = 4  # Q
-    n_layers: int = 2  # L variational entangling layers
-    entangler: str = "strong"  # "strong": qml.StronglyEntanglingLayers; "basic": qml.BasicEntanglerLayers (RX + CNOT ring)
-    rotation: str = "Y"  # angle encoding: RY (default) or RX
-    device: str = "default.qubit"  # any PennyLane device name
-    diff_method: str = "backprop"  # backprop broadcasts over the batch on default.qubit
-    alpha_init: float = 0.01  # initial residual weight α (0 = starts exactly as identity)
-    angle_scale: float = math.pi  # θ = angle_scale · tanh(W_q h)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> "PQCConfig":
-        d = dict(d or {})
-        aliases = {"qubits": "n_qubits", "layers": "n_layers"}
-        d = {aliases.get(k, k): v for k, v in d.items()}
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise QmedInputError(None, f"unknown quantum layer setting(s): {', '.join(sorted(unknown))} (known: {', '.join(cls.__dataclass_fields__)})")
-        cfg = cls(**d)
-        cfg.validate()
-        return cfg
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def validate(self) -> None:
-        if not 1 <= int(self.n_qubits) <= 20:
-            raise QmedInputError(None, f"quantum layer: qubits must be 1..20 (statevector simulation costs 2**Q), got {self.n_qubits}")
-        if not 1 <= int(self.n_layers) <= 50:
-            raise QmedInputError(None, f"quantum layer: layers must be 1..50, got {self.n_layers}")
-        if self.entangler not in ENTANGLERS:
-            raise QmedInputError(None, f"quantum layer: entangler must be one of {', '.join(ENTANGLERS)}, got {self.entangler!r}")
-        if str(self.rotation).upper() not in ROTATIONS:
-            raise QmedInputError(None, f"quantum layer: rotation must be Y or X, got {self.rotation!r}")
-        self.rotation = str(self.rotation).upper()
 
 
 def _import_pennylane():
@@ -128,14 +84,15 @@ class PQCLayer(nn.Module):
     identity while letting gradients reach the circuit from the first step."""
 
     def __init__(self, in_features: int, config: PQCConfig | dict | None = None, **overrides):
+        """`config`: a PQCConfig (or its dict); `overrides`: single settings on top (e.g. n_qubits=3 or qubits=3)."""
         super().__init__()
-        base = config.to_dict() if isinstance(config, PQCConfig) else dict(config or {})
-        cfg = PQCConfig.from_dict({**base, **overrides})
+        cfg = config if isinstance(config, PQCConfig) else PQCConfig.from_dict(config)
+        cfg = cfg.updated(**overrides) if overrides else cfg
         self.config = cfg
         self.in_features = int(in_features)
-        self.compress = nn.Linear(self.in_features, cfg.n_qubits)  # W_q
-        self.circuit = QuantumCircuit(cfg.n_qubits, cfg.n_layers, cfg.entangler, cfg.rotation, cfg.device, cfg.diff_method)
-        self.expand = nn.Linear(cfg.n_qubits, self.in_features)  # W_r
+        self.compress = nn.Linear(self.in_features, cfg.qubits)  # W_q
+        self.circuit = QuantumCircuit(cfg.qubits, cfg.layers, cfg.entangler, cfg.rotation, cfg.device, cfg.diff_method)
+        self.expand = nn.Linear(cfg.qubits, self.in_features)  # W_r
         self.alpha = nn.Parameter(torch.tensor(float(cfg.alpha_init)))
         self.angle_scale = float(cfg.angle_scale)
 
@@ -154,5 +111,5 @@ class PQCLayer(nn.Module):
 
     def extra_repr(self) -> str:
         c = self.config
-        return (f"in_features={self.in_features}, qubits={c.n_qubits}, layers={c.n_layers}, entangler={c.entangler}, "
+        return (f"in_features={self.in_features}, qubits={c.qubits}, layers={c.layers}, entangler={c.entangler}, "
                 f"rotation=R{c.rotation}, device={c.device}, diff_method={c.diff_method}")
