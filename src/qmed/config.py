@@ -279,6 +279,10 @@ class TrainConfig(_Section):
     val_every: int = 1
     val_tta: bool = False
     max_minutes: Optional[float] = None
+    # The floor of useful work for `qmed train --minutes` and the demo: a budget that affords fewer
+    # optimizer steps trains this many anyway and says it overran (a barely trained model is never
+    # shown as the result). Benchmarks at equal budget do not apply it. 0: no floor.
+    min_steps: int = Field(0, ge=0)
     num_workers: int = 0
     # Numerical safeguards: this many non-finite steps in a row restore the last good state.
     max_bad_steps: int = 5

@@ -42,7 +42,7 @@ def train_to_budget(cfg, train_dir: Path, val_dir: Path, out: Path, budget_s: fl
     from qmed.segment.predict import predict_folder
     from qmed.segment.train import train
 
-    cfg, plan = fit_to_budget(cfg, train_dir, val_dir, budget_s, device, say)
+    cfg, plan = fit_to_budget(cfg, train_dir, val_dir, budget_s, device, say, floor=False)  # equal budgets, no floor
     run = train(cfg, train_dir, val_dir, out / "run", force=True, device=device, quiet=True)
     summary = json.loads((run / "summary.json").read_text())
     with open(run / "metrics.csv", newline="", encoding="utf-8") as fh:

@@ -105,8 +105,26 @@ def calibrate(cfg, train_dir: Path, val_dir: Path, device: str | None, n_steps: 
             "t_checkpoint": t_ckpt, "t_setup": t_setup}
 
 
-def fit_to_budget(cfg, train_dir: Path, val_dir: Path | None, budget_s: float, device: str | None, say: Callable) -> tuple:
-    """(cfg with epochs, samples_per_epoch and max_minutes fitted to `budget_s`, the plan dict)."""
+def apply_floor(plan: dict, min_steps: int, t_micro: float, t_val: float, batch_size: int, accumulate: int,
+                epoch_overhead_s: float = 1.0) -> dict:
+    """Raise a plan below `min_steps` optimizer steps to that floor: the same epochs, more crops per
+    epoch. The plan says so (`overran`, `budget_steps`) and re-estimates its time."""
+    if min_steps <= 0 or plan["optimizer_steps"] >= min_steps:
+        return {**plan, "overran": False}
+    epochs = plan["epochs"]
+    micro = math.ceil(min_steps / epochs) * accumulate
+    est = epochs * (micro * t_micro + t_val + epoch_overhead_s)
+    return {**plan, "overran": True, "budget_steps": plan["optimizer_steps"], "budget_seconds": plan["estimated_seconds"],
+            "samples_per_epoch": micro * batch_size, "micro_steps_per_epoch": micro,
+            "optimizer_steps": epochs * math.ceil(micro / accumulate), "estimated_seconds": round(est, 1)}
+
+
+def fit_to_budget(cfg, train_dir: Path, val_dir: Path | None, budget_s: float, device: str | None, say: Callable,
+                  floor: bool = True) -> tuple:
+    """(cfg with epochs, samples_per_epoch and max_minutes fitted to `budget_s`, the plan dict).
+
+    With `floor`, a budget that affords fewer than `train.min_steps` optimizer steps trains that
+    many anyway (over the budget, said loudly); equal-budget benchmarks pass floor=False."""
     from qmed.config import config_from_dict
 
     t0 = time.time()
@@ -118,14 +136,20 @@ def fit_to_budget(cfg, train_dir: Path, val_dir: Path | None, budget_s: float, d
     # Per epoch besides the steps: validation, last.pt (+ best.pt when selected), metrics.csv.
     plan = plan_budget(0.98 * budget_s, cal["t_micro"], cal["t_val"], cfg.train.batch_size,
                        cfg.train.accumulate, cfg.train.epochs, epoch_overhead_s=2 * cal["t_checkpoint"] + 0.5)
+    plan = apply_floor(plan, cfg.train.min_steps if floor else 0, cal["t_micro"], cal["t_val"], cfg.train.batch_size,
+                       cfg.train.accumulate, epoch_overhead_s=2 * cal["t_checkpoint"] + 0.5)
     data = cfg.model_dump()
     data["train"]["epochs"] = plan["epochs"]
     data["data"]["samples_per_epoch"] = plan["samples_per_epoch"]
     # A safety net only (checked after each epoch; stopping there leaves the schedule unfinished):
     # 5 % slack so that ordinary timing noise does not cut the last epoch.
-    data["train"]["max_minutes"] = 1.05 * budget_s / 60.0
+    data["train"]["max_minutes"] = 1.05 * max(budget_s, plan["estimated_seconds"]) / 60.0
     plan.update({"calibration_seconds": round(spent, 1), "seconds_per_micro_step": round(cal["t_micro"], 4),
                  "seconds_per_validation": round(cal["t_val"], 2), "seconds_per_checkpoint": round(cal["t_checkpoint"], 2)})
     say(f"  calibrated in {spent:.0f}s: {cal['t_micro']:.2f}s per batch, {cal['t_val']:.1f}s per validation -> "
         f"{plan['epochs']} epochs x {plan['samples_per_epoch']} crops ({plan['optimizer_steps']} optimizer steps)")
+    if plan["overran"]:
+        say(f"  WARNING: {budget_s / 60:g} min affords only {plan['budget_steps']} optimizer steps on this machine, too few "
+            f"for a useful model; training the floor of {cfg.train.min_steps} steps instead, about "
+            f"{plan['estimated_seconds'] / 60:.1f} min: OVER the budget (set train.min_steps=0 to keep to it)")
     return config_from_dict(data), plan
