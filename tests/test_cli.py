@@ -53,12 +53,47 @@ def test_predict_then_evaluate(tiny_run, fluo_subset, tmp_path):
         assert m.dtype == np.uint8 and set(np.unique(m)) <= {0, 255}
         p = np.array(Image.open(preds / "probabilities" / f"{n}.png"))
         assert p.dtype == np.uint16 and p.shape == m.shape
+    # predict.json says what made the masks: the run's checkpoint, 7 TTA views, the threshold and tile.
+    meta = json.loads((preds / "predict.json").read_text())
+    assert meta["tta"] == 7 and meta["threshold"] == 0.5 and meta["tile"] == 128 and meta["n_images"] == len(names)
+    assert meta["checkpoint"] == str((tiny_run / "checkpoints" / "best.pt").resolve())
+    assert not list(preds.parent.glob(f".{preds.name}.*"))  # written inside the staging folder, nothing left beside
     out = tmp_path / "eval.json"
     res = run("evaluate", "--pred", preds, "--truth", fluo_subset["val"], "--out", out, "--n-boot", 50)
     assert res.exit_code == 0, res.output
-    summary = json.loads(out.read_text())["summary"]
+    assert "predictions: TTA 7 views, threshold 0.5" in res.output  # the table caption states what was scored
+    assert "ignoring" not in res.output  # predict.json is not taken for a prediction
+    doc = json.loads(out.read_text())
+    summary = doc["summary"]
     for key in ("dice_mean_empty1", "dice_mean_fg", "dice_pooled", "hd95", "small_object_recall"):
         assert key in summary
+    assert summary["predictions"]["tta"] == 7 and summary["predictions"]["checkpoint"] == meta["checkpoint"]
+    assert summary["predictions"]["description"].startswith("TTA 7 views, threshold 0.5, tile 128 px, from ")
+    assert summary["n_images"] == len(names) and len(doc["per_image"]) == len(names)
+
+
+def test_predict_progress_bar_over_images(tiny_run, fluo_subset, tmp_path, monkeypatch):
+    """predict_folder shows a tqdm bar over the images (auto-disabled off a terminal); --quiet turns it off."""
+    import tqdm.auto
+
+    from qmed.segment.predict import predict_folder
+
+    bars = []
+    real = tqdm.auto.tqdm
+
+    def spy(iterable=None, **kw):
+        bars.append({"items": list(iterable), **kw})
+        return real(bars[-1]["items"], **kw)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", spy)
+    n = predict_folder(tiny_run, fluo_subset["val"] / "images", tmp_path / "p", tta=True)
+    assert len(bars) == 1 and len(bars[0]["items"]) == n == 3
+    assert bars[0]["disable"] is None and bars[0]["unit"] == "image" and "TTA 7 views" in bars[0]["desc"]
+    predict_folder(tiny_run, fluo_subset["val"] / "images", tmp_path / "q", quiet=True)
+    assert bars[1]["disable"] is True
+    assert json.loads((tmp_path / "q" / "predict.json").read_text())["tta"] == 1
+    res = run("predict", "--model", tiny_run, "--input", fluo_subset["val"] / "images", "--out", tmp_path / "r", "--quiet")
+    assert res.exit_code == 0, res.output
 
 
 def test_predict_refuses_existing_output(tiny_run, fluo_subset, tmp_path):
@@ -105,6 +140,14 @@ def test_demo_tiny(tmp_path):
     assert res.exit_code == 0, res.output
     assert (tmp_path / "demo" / "evaluation.json").is_file()
     assert (tmp_path / "demo" / "run" / "checkpoints" / "best.pt").is_file()
+    # The demo writes the run report and says where it is and how to re-draw it.
+    run_dir = tmp_path / "demo" / "run"
+    assert (run_dir / "report.md").is_file() and (run_dir / "report.html").is_file()
+    assert "best.pt, no TTA" in (run_dir / "report.md").read_text()
+    flat = " ".join(res.output.split())
+    assert "qmed report" in flat and "report.md" in flat
+    evaluation = json.loads((tmp_path / "demo" / "evaluation.json").read_text())
+    assert evaluation["summary"]["predictions"]["tta"] == 7
 
 
 def test_inspect_classification_data(shared_data):

@@ -218,3 +218,39 @@ def test_label_map_prediction_warns(dataset, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="qmed"):
         evaluate_folders(pred, root, n_boot=10)
     assert "b.png" in caplog.text and "label map" in caplog.text
+
+
+def _caption(summary) -> str:
+    from rich.console import Console
+
+    console = Console(record=True, width=300)
+    console.print(summary_table(summary))
+    return " ".join(console.export_text().split())
+
+
+def test_predict_json_is_read_not_scored(dataset, tmp_path, caplog):
+    """PRED/predict.json (written by qmed predict) is carried into the summary and the caption, never paired as a prediction."""
+    root, masks = dataset
+    pred = write_preds(tmp_path / "pred", masks, lambda m: np.where(m, 255, 0).astype(np.uint8))
+    meta = {"model": "RUN", "checkpoint": "/x/RUN/checkpoints/best.pt", "tta": 7, "threshold": 0.5, "tile": 1024}
+    (pred / "predict.json").write_text(json.dumps(meta))
+    with caplog.at_level(logging.WARNING, logger="qmed"):
+        s, rows = evaluate_folders(pred, root, n_boot=50)
+    assert "ignoring" not in caplog.text and len(rows) == len(masks)
+    assert s["predictions"]["tta"] == 7
+    assert s["predictions"]["description"] == "TTA 7 views, threshold 0.5, tile 1024 px, from /x/RUN/checkpoints/best.pt"
+    assert "predictions: TTA 7 views, threshold 0.5, tile 1024 px, from /x/RUN/checkpoints/best.pt" in _caption(s)
+    j, _ = write_outputs(s, rows, tmp_path / "out" / "eval.json")
+    assert json.loads(j.read_text())["summary"]["predictions"]["checkpoint"] == meta["checkpoint"]
+
+
+def test_no_or_bad_predict_json(dataset, tmp_path, caplog):
+    root, masks = dataset
+    pred = write_preds(tmp_path / "pred", masks, lambda m: np.where(m, 255, 0).astype(np.uint8))
+    s, _ = evaluate_folders(pred, root, n_boot=50)
+    assert "predictions" not in s
+    assert "no predict.json: not made by qmed predict" in _caption(s)
+    (pred / "predict.json").write_text("{not json")
+    with caplog.at_level(logging.WARNING, logger="qmed"):
+        s, _ = evaluate_folders(pred, root, n_boot=50)
+    assert "predictions" not in s and "predict.json" in caplog.text

@@ -1,5 +1,6 @@
 """Run reports (figures, best/worst selection) and resuming an interrupted run."""
 
+import json
 import math
 
 import numpy as np
@@ -44,8 +45,13 @@ def test_tiny_run_writes_report(fluo_subset, tmp_path):
     html = (out / "report.html").read_text()
     assert "Dice, per image, empty=1 (paper)" in md and "pooled over pixels" in md
     assert "data:image/png;base64," in html and "<table>" in html
+    # The metrics section names the setting behind its figures (qmed predict --tta + evaluate differ).
+    metrics = md.split("## Metrics", 1)[1].split("##", 1)[0]
+    assert "checkpoints/best.pt, no TTA, threshold 0.5" in metrics and "--tta" in metrics
+    scoring = json.loads((out / "report_metrics.json").read_text())["scoring"]
+    assert scoring["tta"] == 1 and scoring["threshold"] == 0.5 and scoring["checkpoint"] == "checkpoints/best.pt"
     curves = Image.open(out / "figures" / "curves.png")
-    assert curves.size == (1500, 420)
+    assert curves.size == (1500, 500)
     for name in ("dice_hist.png", "best_1.png", "worst_1.png"):
         im = Image.open(out / "figures" / name)
         assert im.size[0] > 300 and np.asarray(im).std() > 0  # non-empty picture

@@ -50,7 +50,10 @@ def evaluate(
     n_boot: int = typer.Option(2000, help="Bootstrap resamples for the 95 % confidence intervals."),
     seed: int = typer.Option(0, help="Bootstrap seed."),
 ):
-    """Score predictions from any tool against ground truth (the three Dice figures, IoU, HD95, objects, CIs)."""
+    """Score predictions from any tool against ground truth (the three Dice figures, IoU, HD95, objects, CIs).
+
+    For predictions written by qmed predict, the table caption and the JSON ("predictions") state
+    how they were made (checkpoint, TTA views, threshold), read from PRED/predict.json."""
     setup_logging()
     from qmed.evaluate.folders import evaluate_folders, summary_table, write_outputs
 
@@ -66,7 +69,7 @@ def train(
     data: Optional[Path] = typer.Option(None, "--data", help="Training dataset folder (images/ + masks/)."),
     val: Optional[Path] = typer.Option(None, "--val", help="Validation dataset folder. Without it, a seeded split of --data is used."),
     out: Path = typer.Option(Path("runs/qmed"), "--out", help="Run directory: config.yaml, metrics.csv, checkpoints/, train.log."),
-    preset: str = typer.Option("cpu", help="Named preset: paper (the paper's exact settings, GPU), cpu, tiny."),
+    preset: str = typer.Option("cpu", help="Named preset: cpu (the default: MobileNetV2, sized for 2 CPU cores and about 30 minutes), paper (the paper's exact recipe, GPU), tiny (smoke tests)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML file overriding preset fields."),
     set_: List[str] = typer.Option([], "--set", help="Override one field, e.g. --set train.epochs=50 --set model.encoder=resnet34."),
     epochs: Optional[int] = typer.Option(None, help="Shortcut for --set train.epochs=N."),
@@ -80,7 +83,14 @@ def train(
     no_report: bool = typer.Option(False, "--no-report", help="Skip writing report.md/report.html at the end."),
     tensorboard: bool = typer.Option(False, "--tensorboard", help="Also log scalars to RUN_DIR/tensorboard (needs the tensorboard package)."),
 ):
-    """Train the paper's recipe (edge channel, 4->3 projection, UNet++/SCSE, stabilised loss, weighted sampling)."""
+    """Train a segmenter; by default the cpu preset: MobileNetV2 UNet++/SCSE with the edge channel and 4->3 projection, Dice+BCE loss, hard-image sampling (--preset paper: the paper's exact recipe).
+
+    The default cpu preset: ImageNet MobileNetV2 encoder, UNet++ decoder with SCSE attention, Gabor edge
+    channel with the learned 4->3 projection, 256 px crops, 12 epochs of 680 crops, Dice + BCE loss,
+    online hard-image sampling, per-image percentile intensity scaling, AdamW with one-cycle LR,
+    bfloat16 on CPUs that have it natively. --preset paper is the paper's exact recipe (EfficientNet-B7,
+    512 px, 200 epochs, stabilised loss, complexity-weighted sampling, mixed precision; needs a GPU);
+    --preset tiny is a seconds-long smoke test. At the end report.md/html score best.pt without TTA."""
     setup_logging(verbose=True)
     from qmed.segment.train import resume as resume_run
     from qmed.segment.train import train as train_run
@@ -111,7 +121,8 @@ def train(
 
         build_report(run, device=device)
     if finished:
-        console.print(f"run written to {run} (checkpoints/best.pt, metrics.csv, config.yaml, train.log, report.md/html)")
+        report = "" if no_report else ", report.md/html (best.pt scored without TTA; qmed report --tta for TTA)"
+        console.print(f"run written to {run} (checkpoints/best.pt, metrics.csv, config.yaml, train.log{report})")
     else:
         console.print(f"stopped early; continue with: qmed train --resume {run}")
 
@@ -135,14 +146,17 @@ def predict(
         "masks' (default: the run's predict.rescale); OUT/scales.json lists the factors.")),
     object_diameter: Optional[float] = typer.Option(None, "--object-diameter", min=1.0, help=(
         "Target object diameter in px for --rescale (default: the training masks' median, recorded by qmed train).")),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar (it goes to stderr, and only to a terminal)."),
 ):
-    """Predict masks and probability maps for new images of any size."""
+    """Predict masks and probability maps for new images of any size.
+
+    OUT/predict.json records the checkpoint, TTA views, threshold and tile, which qmed evaluate states."""
     setup_logging()
     from qmed.segment.predict import predict_folder
 
     n = predict_folder(model, input, out, tta=tta, threshold=threshold, tile=tile, force=force, device=device, rescale=rescale,
-                       object_diameter=object_diameter)
-    console.print(f"wrote {n} masks to {out} and probability maps to {out / 'probabilities'}")
+                       object_diameter=object_diameter, quiet=quiet)
+    console.print(f"wrote {n} masks to {out} and probability maps to {out / 'probabilities'} (settings in {out / 'predict.json'})")
 
 
 @handle_errors
@@ -152,7 +166,10 @@ def report(
     tta: bool = typer.Option(False, "--tta/--no-tta", help="Score with 7-fold test-time augmentation."),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda if available)."),
 ):
-    """Write report.md and a self-contained report.html: curves, metrics with CIs, best/worst cases."""
+    """Write report.md and a self-contained report.html: curves, metrics with CIs, best/worst cases.
+
+    The metrics score checkpoints/best.pt on the run's validation images (or --data), without TTA
+    unless --tta; the report's metrics section says which."""
     setup_logging()
     from qmed.report.run import build_report
 
@@ -169,7 +186,7 @@ def demo(
     n_val: int = typer.Option(12, help="Synthetic validation images."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --out folder."),
 ):
-    """Generate synthetic fluorescence nuclei, train the cpu recipe for a few minutes, predict and evaluate."""
+    """Generate synthetic fluorescence nuclei, train the cpu recipe for a few minutes, write its report, predict and evaluate."""
     setup_logging(verbose=True)
     from qmed.experiments.demo import run_demo
 

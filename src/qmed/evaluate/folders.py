@@ -11,6 +11,10 @@ folder with only a masks/ subfolder, or a folder that directly holds the masks.
 
 The CLI calls evaluate_folders first and write_outputs only after it returned, so a failed
 evaluation leaves no output files behind.
+
+`qmed predict` leaves PRED_DIR/predict.json (PREDICTION_META: checkpoint, TTA views, threshold,
+tile); when it is there the summary carries it as "predictions" and the table's caption names it,
+so a figure always says which setting produced it (e.g. TTA vs the run report's no-TTA score).
 """
 
 from __future__ import annotations
@@ -28,9 +32,41 @@ from qmed.data.dataset import IMAGE_DIR_NAMES, MASK_DIR_NAMES, find_pairs, list_
 from qmed.errors import QmedInputError
 from qmed.evaluate.metrics import BF1_TOL, CONVENTIONS, SMALL_MAX_SIZE, score_image, summarize
 from qmed.io.files import write_text
-from qmed.io.images import read_mask, read_probability
+from qmed.io.images import is_image_file, read_mask, read_probability
 
 log = logging.getLogger("qmed")
+
+# Written by qmed.segment.predict.predict_folder beside the masks; not an image, so never a prediction.
+PREDICTION_META = "predict.json"
+# The files qmed predict writes beside the masks (scales.json with --rescale): never predictions.
+PREDICT_RECORDS = (PREDICTION_META, "scales.json")
+
+
+def read_prediction_meta(pred_dir: str | Path) -> dict | None:
+    """PRED_DIR/predict.json as a dict, or None when absent or unreadable (a warning then)."""
+    path = Path(pred_dir) / PREDICTION_META
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        log.warning("%s: ignored, not readable as JSON (%s)", path, type(exc).__name__)
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def describe_predictions(meta: dict) -> str:
+    """One line naming the setting behind a score: 'TTA 7 views, threshold 0.5, tile 1024 px, from RUN/checkpoints/best.pt'."""
+    tta = int(meta.get("tta") or 1)
+    parts = [f"TTA {tta} views" if tta > 1 else "no TTA"]
+    if meta.get("threshold") is not None:
+        parts.append(f"threshold {meta['threshold']:g}")
+    if meta.get("tile"):
+        parts.append(f"tile {meta['tile']} px")
+    if meta.get("rescale"):
+        parts.append("rescaled")
+    text = ", ".join(parts)
+    return f"{text}, from {meta['checkpoint']}" if meta.get("checkpoint") else text
 
 
 def _truth_masks(truth_dir: Path) -> list[tuple[str, Path]]:
@@ -49,7 +85,12 @@ def _truth_masks(truth_dir: Path) -> list[tuple[str, Path]]:
 def _prediction_files(pred_dir: Path) -> dict[str, Path]:
     if not pred_dir.exists():
         raise QmedInputError(pred_dir, "prediction folder does not exist")
-    files = list_images(pred_dir)
+    files = list_images(pred_dir, warn=False)
+    # qmed predict's own records beside the masks are expected; anything else is worth a word.
+    other = sorted(q.name for q in pred_dir.iterdir() if q.is_file() and not q.name.startswith(".")
+                   and not is_image_file(q) and q.name not in PREDICT_RECORDS)
+    if other:
+        log.warning("%s: ignoring %d non-image file(s): %s", pred_dir, len(other), ", ".join(other[:5]) + (" ..." if len(other) > 5 else ""))
     if not files:
         raise QmedInputError(pred_dir, "prediction folder holds no images (expected NAME.png/.tif per ground-truth mask)")
     by_stem: dict[str, Path] = {}
@@ -63,7 +104,8 @@ def _prediction_files(pred_dir: Path) -> dict[str, Path]:
 def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, threshold: float = 0.5, n_boot: int = 2000, seed: int = 0) -> tuple[dict, list[dict]]:
     """Score every ground-truth mask against its prediction.
 
-    Returns (summary, rows): summary as metrics.summarize plus "settings"; one row per image
+    Returns (summary, rows): summary as metrics.summarize plus "settings" (and "predictions", what
+    PRED_DIR/predict.json says made them, when qmed predict wrote them); one row per image
     ("name" + metrics.score_image figures), sorted by name. Raises QmedInputError naming the file
     for: a missing or empty prediction folder, a truth mask without a prediction, a prediction
     whose size differs from its truth, NaN/inf or out-of-range values in a probability map.
@@ -106,6 +148,9 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, threshold: flo
         rows.append({"name": name, **score_image(fg, truth_fg, truth_labels)})
     summary = summarize(rows, n_boot=n_boot, seed=seed)
     summary["settings"] = {"pred_dir": str(pred_dir), "truth_dir": str(truth_dir), "threshold": threshold, "n_boot": n_boot, "seed": seed}
+    meta = read_prediction_meta(pred_dir)
+    if meta is not None:
+        summary["predictions"] = {**meta, "description": describe_predictions(meta)}
     return summary, rows
 
 
@@ -151,11 +196,21 @@ def _fmt(x, digits: int = 4) -> str:
     return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{digits}f}"
 
 
+def scored_caption(summary: dict) -> str:
+    """What was scored: the predict.json setting when qmed predict made the predictions."""
+    st = summary.get("settings") or {}
+    pred = summary.get("predictions") or {}
+    where = f"{summary.get('n_images', 0)} images of {st.get('pred_dir', '?')}"
+    if pred.get("description"):
+        return f"predictions: {pred['description']} ({where})"
+    return f"predictions: {where}, foreground = probability > {st.get('threshold', 0.5):g} (no {PREDICTION_META}: not made by qmed predict)"
+
+
 def summary_table(summary: dict):
     """A rich Table: metric, value, 95% CI, n. The three Dice figures are separate, labelled rows."""
     from rich.table import Table
 
-    table = Table(title="Evaluation")
+    table = Table(title="Evaluation", caption=scored_caption(summary))
     for col, just in (("Metric", "left"), ("Value", "right"), ("95% CI", "right"), ("n", "right")):
         table.add_column(col, justify=just)
 

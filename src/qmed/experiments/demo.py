@@ -1,7 +1,8 @@
 """`qmed demo`: the whole road on data that needs no download.
 
-Synthetic fluorescence nuclei (seeded) -> train the `cpu` recipe for a few minutes -> predict the
-validation images with TTA -> evaluate -> print where everything is.
+Synthetic fluorescence nuclei (seeded) -> train the `cpu` recipe for a few minutes -> write the run
+report (as `qmed train` does) -> predict the validation images with TTA -> evaluate -> print where
+everything is and the `qmed report` command that re-draws the report.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ def run_demo(out: Path, minutes: float = 3.0, n_train: int = 48, n_val: int = 12
     from qmed.data.synthetic import write_demo_splits
     from qmed.evaluate.folders import evaluate_folders, summary_table, write_outputs
     from qmed.io.files import prepare_output_dir
+    from qmed.report.run import build_report
     from qmed.segment.budget import fit_to_budget
     from qmed.segment.predict import predict_folder
     from qmed.segment.train import train
@@ -30,10 +32,14 @@ def run_demo(out: Path, minutes: float = 3.0, n_train: int = 48, n_val: int = 12
     # the demo uses its minutes whatever the CPU's speed or precision (bfloat16 halves a step).
     cfg, _ = fit_to_budget(resolve_config(preset), train_dir, val_dir, minutes * 60.0, None, say)
     run = train(cfg, train_dir, val_dir, out / "run", quiet=False)
+    # best.pt on the validation images without TTA (what `qmed train` writes at the end).
+    report = build_report(run)
     preds = out / "predictions"
     predict_folder(run, val_dir / "images", preds, tta=True)
     summary, rows = evaluate_folders(preds, val_dir)
     write_outputs(summary, rows, out / "evaluation.json")
     say(summary_table(summary))
-    say(f"done in {(time.time() - t0) / 60:.1f} min. run: {run}  predictions: {preds}  scores: {out / 'evaluation.json'}")
+    say(f"done in {(time.time() - t0) / 60:.1f} min. run: {run}  predictions (TTA): {preds}  scores: {out / 'evaluation.json'}")
+    say(f"report (best.pt, no TTA): {report} and {report.with_suffix('.html')}; "
+        f"re-draw it with: qmed report {run}  (add --tta to score it as the predictions above)")
     return summary

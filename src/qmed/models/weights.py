@@ -20,6 +20,11 @@ log = logging.getLogger("qmed")
 OFFLINE_MOBILENET = "offline-mobilenet"
 MOBILENET_FILE = "mobilenet_v2-b0353104.pth"
 
+# Weights files already reported in this process. `qmed train --minutes` (and `qmed demo`) build
+# the model twice, first for the budget calibration and then for the run: the second load of the
+# same file is logged at DEBUG, so the "loaded N/N encoder tensors" line shows once.
+_reported: set[tuple] = set()
+
 
 def offline_mobilenet_path() -> Path | None:
     try:
@@ -87,4 +92,6 @@ def load_encoder_file(encoder: nn.Module, path: Path) -> None:
     if coverage < 0.9:
         raise QmedInputError(path, f"matches only {len(cleaned)} of {len(own)} encoder tensors ({coverage:.0%}); is it for another encoder?")
     encoder.load_state_dict(cleaned, strict=False)
-    log.info("loaded %d/%d encoder tensors from %s", len(cleaned), len(own), path)
+    key = (str(Path(path).resolve()), len(cleaned), len(own))
+    log.log(logging.DEBUG if key in _reported else logging.INFO, "loaded %d/%d encoder tensors from %s", len(cleaned), len(own), path)
+    _reported.add(key)

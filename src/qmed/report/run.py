@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from qmed.errors import QmedInputError
+from qmed.evaluate.folders import describe_predictions
 from qmed.io.figures import pyplot, save_figure
 from qmed.io.files import write_json, write_text
 
@@ -42,22 +43,26 @@ def plot_curves(rows: list[dict], path: Path) -> Path:
     """Loss, Dice (with 94 % and 95 % lines, EMA, rejected epochs) and IoU per epoch."""
     plt = pyplot()
     ep = [r["epoch"] for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 5.0))
     ax = axes[0]
     ax.plot(ep, [r["train_loss"] for r in rows], "o-", label="total")
     for key, lab in (("loss_dice", "Dice term"), ("loss_bce", "BCE term"), ("loss_tversky", "Tversky term")):
         if any(np.isfinite(r.get(key, np.nan)) for r in rows):
             ax.plot(ep, [r.get(key, np.nan) for r in rows], "--", alpha=0.7, label=lab)
     ax.set(title="training loss", xlabel="epoch", ylabel="loss")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="best", framealpha=0.8)
     ax = axes[1]
     ax.plot(ep, [r["val_dice_empty1"] for r in rows], "o-", label="per image, empty=1 (paper)")
     ax.plot(ep, [r["val_dice_fg"] for r in rows], "s-", label="per image, foreground images")
     ax.plot(ep, [r["val_dice_pooled"] for r in rows], "^-", label="pooled over pixels")
     ax.plot(ep, [r["val_ema"] for r in rows], "k-", lw=2, label="EMA (selects best.pt)")
+    # The targets are 1 point apart (a few px at this size): labels outside the right edge, the
+    # highest above its line and the others below theirs, so they never overlap each other or a curve.
     for t in DICE_TARGETS:
         ax.axhline(t, color="gray", ls=":", lw=1)
-        ax.text(ep[0] if ep else 0, t, f" {t:.0%}", va="bottom", fontsize=8, color="gray")
+        ax.annotate(f"{t:.0%}", xy=(1.0, t), xycoords=("axes fraction", "data"), xytext=(3, 1 if t == max(DICE_TARGETS) else -1),
+                    textcoords="offset points", ha="left", va="bottom" if t == max(DICE_TARGETS) else "top", fontsize=8,
+                    color="gray", annotation_clip=False)
     outl = [r for r in rows if r.get("outlier") == 1]
     if outl:
         ax.scatter([r["epoch"] for r in outl], [r["val_score"] for r in outl], marker="x", s=80, c="red", label="rejected (outlier)", zorder=5)
@@ -65,7 +70,8 @@ def plot_curves(rows: list[dict], path: Path) -> Path:
     if best:
         ax.axvline(best[-1]["epoch"], color="green", ls="--", lw=1, label=f"best.pt (epoch {int(best[-1]['epoch'])})")
     ax.set(title="validation Dice", xlabel="epoch", ylabel="Dice", ylim=(0, 1.02))
-    ax.legend(fontsize=7, loc="lower right")
+    # Below the axes, so it never hides a curve (the Dice curves fill the upper right late in a run).
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     ax = axes[2]
     ax.plot(ep, [r["val_iou_fg"] for r in rows], "o-", color="purple")
     ax.set(title="validation IoU (foreground images)", xlabel="epoch", ylabel="IoU", ylim=(0, 1.02))
@@ -200,27 +206,45 @@ def build_report(run_dir: str | Path, data: str | Path | None = None, tta: bool 
         img, fg, _ = pairs[i]
         p = plot_case(img, fg, probs[i].astype(np.float32), cfg.predict.threshold, f"empty image with most false positives: {r['name']} ({r.get('fp', 0)} px)", figs / "empty_fp.png")
         case_figs.append((f"empty image with most false positives: {r['name']} ({r.get('fp', 0)} FP px)", p))
-    write_json(run / "report_metrics.json", {"data": str(data), "tta": n_views, "checkpoint": str(ckpt), "summary": summary,
-                                               "per_image": rows})
+    scoring = {"checkpoint": rel_or_abs(ckpt, run), "tta": n_views, "threshold": cfg.predict.threshold, "tile": cfg.predict.tile}
+    # "checkpoints/best.pt, no TTA, threshold 0.5, tile 1024 px": the same words as qmed evaluate's caption.
+    scoring["description"] = f"{scoring['checkpoint']}, " + describe_predictions({**scoring, "checkpoint": None})
+    write_json(run / "report_metrics.json", {"data": str(data), "tta": n_views, "checkpoint": str(ckpt),
+                                               "threshold": cfg.predict.threshold, "scoring": scoring,
+                                               "summary": summary, "per_image": rows})
     outliers = [r for r in curves if r.get("outlier") == 1]
     restored = [r for r in curves if r.get("restored")]
     fp_path = run / "fingerprint.json"
     fingerprint = json.loads(fp_path.read_text()) if fp_path.is_file() else {}
-    md = _markdown(run, cfg, dump_yaml(cfg), fingerprint, summary, curves, outliers, restored, written, case_figs, data, n_views, ckpt)
+    md = _markdown(run, cfg, dump_yaml(cfg), fingerprint, summary, curves, outliers, restored, written, case_figs, data, n_views, ckpt,
+                   scoring["description"])
     write_text(run / "report.md", md)
     write_text(run / "report.html", _html(md, run))
     return run / "report.md"
 
 
-def _markdown(run, cfg, cfg_yaml, fp, summary, curves, outliers, restored, figs, case_figs, data, n_views, ckpt) -> str:
+def rel_or_abs(path: str | Path, run: Path) -> str:
+    """`path` relative to the run directory (checkpoints/best.pt) when inside it, else as given."""
+    try:
+        return Path(path).resolve().relative_to(Path(run).resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _markdown(run, cfg, cfg_yaml, fp, summary, curves, outliers, restored, figs, case_figs, data, n_views, ckpt, scoring) -> str:
     rel = lambda p: Path(p).relative_to(run).as_posix()  # noqa: E731
     best = [r for r in curves if r.get("selected") == 1]
     out = [f"# qmed run report: {run.name}", "",
            f"Model `{cfg.model.encoder}` {cfg.model.arch} (input: {cfg.model.input_mode}), preset `{cfg.name}`; "
            f"checkpoint `{rel(ckpt)}` (epoch {int(best[-1]['epoch']) if best else '?'} selected by the EMA of validation Dice); "
            f"scored on `{data}` ({summary['n_images']} images, {summary['n_empty_truth']} with empty ground truth), "
-           f"{'7-fold TTA' if n_views > 1 else 'no TTA'}, threshold {cfg.predict.threshold}.", "",
-           "## Metrics", "", metrics_markdown(summary), "",
+           f"{f'TTA {n_views} views' if n_views > 1 else 'no TTA'}, threshold {cfg.predict.threshold:g}.", "",
+           "## Metrics", "",
+           f"Scored on {summary['n_images']} images of `{data}`: {scoring}. "
+           + (f"`qmed predict --tta` + `qmed evaluate` score with TTA ({cfg.predict.tta} views) and give a different figure; "
+              f"`qmed report {run} --tta` scores that way." if n_views <= 1 else
+              "`qmed predict --tta` + `qmed evaluate` with the run's threshold and tile score the same setting."), "",
+           metrics_markdown(summary), "",
            "Dice on an image whose ground truth and prediction are both empty is undefined; the three Dice rows "
            "show the conventions side by side.", "",
            "## Training curves", "", f"![training curves]({rel(figs[0])})", "",

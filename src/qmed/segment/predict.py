@@ -154,14 +154,19 @@ def predict_image(model: nn.Module, image: np.ndarray, cfg, tta: int = 1, device
 
 def predict_folder(model_path, input_path, out, tta: bool = False, threshold: float | None = None, tile: int | None = None,
                    force: bool = False, device: str | None = None, rescale: bool | None = None,
-                   object_diameter: float | None = None) -> int:
+                   object_diameter: float | None = None, quiet: bool = False) -> int:
     """Write OUT/NAME.png (0/255 mask) and OUT/probabilities/NAME.png (16-bit) per input image;
-    with rescaling, OUT/scales.json records each image's scale factor."""
+    with rescaling, OUT/scales.json records each image's scale factor. OUT/predict.json records
+    what made them (checkpoint, TTA views, threshold, tile), for `qmed evaluate` to state.
+    A progress bar over the images goes to stderr (not with `quiet`, nor when stderr is no terminal)."""
     import shutil
+
+    from tqdm.auto import tqdm
 
     from qmed.data.batches import model_input
     from qmed.data.dataset import list_images
     from qmed.errors import QmedInputError
+    from qmed.evaluate.folders import PREDICTION_META
     from qmed.io.files import commit_staged, staging_dir, write_json
     from qmed.io.images import read_image, write_mask_png, write_probability_png
     from qmed.runtime import pick_device
@@ -178,7 +183,7 @@ def predict_folder(model_path, input_path, out, tta: bool = False, threshold: fl
     if len(set(names)) != len(names):
         raise QmedInputError(input_path, "two input images share a name (e.g. a.png and a.tif); names must be unique")
     dev = pick_device(device)
-    model, cfg, _ = load_model(model_path, dev)
+    model, cfg, ckpt = load_model(model_path, dev)
     thr = cfg.predict.threshold if threshold is None else threshold
     n_views = cfg.predict.tta if tta else 1
     if tile:
@@ -190,14 +195,20 @@ def predict_folder(model_path, input_path, out, tta: bool = False, threshold: fl
     scales = {}
     try:
         (stage / "probabilities").mkdir()
-        for f in files:
+        bar = tqdm(files, desc=f"predict{f' (TTA {n_views} views)' if n_views > 1 else ''}", unit="image", leave=False,
+                   disable=True if quiet else None, dynamic_ncols=True)
+        for f in bar:
             img = model_input(read_image(f), cfg)
             prob, scales[f.name] = predict_image(model, img, cfg, tta=n_views, device=dev, threshold=thr, rescale=rescale,
                                                  object_diameter=object_diameter)
             write_mask_png(stage / f"{f.stem}.png", prob > thr)
             write_probability_png(stage / "probabilities" / f"{f.stem}.png", prob)
+        bar.close()
         if rescale:
             write_json(stage / "scales.json", {"object_diameter": object_diameter or cfg.predict.object_diameter, "scales": scales})
+        write_json(stage / PREDICTION_META, {
+            "model": str(model_path), "checkpoint": str(Path(ckpt).resolve()), "tta": n_views, "threshold": thr,
+            "tile": cfg.predict.tile, "rescale": bool(rescale), "input": str(input_path), "n_images": len(files)})
         commit_staged(stage, out)
     finally:
         if stage.exists():
