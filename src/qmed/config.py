@@ -204,6 +204,12 @@ class AugmentConfig(_Section):
     # model sees objects larger (f > 1) and smaller (f < 1) than the training images hold.
     scale_p: float = 0.0
     scale_range: tuple[float, float] = (0.7, 1.4)
+    # Appearance families (off in the presets; `--preset auto` turns on the one that fits the data):
+    # H&E stain jitter (albumentations' HEStain: stain matrix and concentration perturbed) and hue /
+    # saturation jitter for stained tissue; gamma for gray images.
+    stain_p: float = Field(0.0, ge=0.0, le=1.0)
+    hue_saturation_p: float = Field(0.0, ge=0.0, le=1.0)
+    gamma_p: float = Field(0.0, ge=0.0, le=1.0)
 
     @field_validator("scale_range")
     @classmethod
@@ -325,6 +331,9 @@ class QmedConfig(_Section):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     predict: PredictConfig = Field(default_factory=PredictConfig)
+    # Why each automatically chosen setting was chosen (`--preset auto`: field -> reason); written
+    # with the resolved config into the run directory's config.yaml.
+    reasons: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("name")
     @classmethod

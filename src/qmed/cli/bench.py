@@ -13,7 +13,7 @@ import typer
 from qmed.cli.common import console, err_console, handle_errors, setup_logging
 
 benchmark_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                            help="Measure speed and memory (speed) or train qmed, plain smp and nnU-Net on one budget and score them (quality).")
+                            help="Measure speed and memory (speed); train qmed, plain smp and nnU-Net on one budget and score them (quality); qmed against plain smp on several datasets side by side (suite).")
 
 
 @benchmark_app.command()
@@ -54,7 +54,7 @@ def quality(
     out: Path = typer.Option(..., "--out", help="Output folder: quality.json, quality.md and one folder per method."),
     minutes: float = typer.Option(30.0, help="Training budget per method, in minutes of wall-clock time."),
     methods: str = typer.Option("qmed,smp,nnunet", help="Comma-separated: qmed, smp, nnunet."),
-    preset: str = typer.Option("cpu", help="qmed preset (the smp baseline uses its encoder, crop and batch)."),
+    preset: str = typer.Option("cpu", help="qmed preset, or auto (settings from the training data's fingerprint); the smp baseline uses the preset's encoder, crop and batch (cpu's with auto)."),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda if available)."),
     nnunet_trainer: str = typer.Option("nnUNetTrainer_qmedBudget", "--nnunet-trainer",
                                        help="nnU-Net trainer: the budget-fitted stock trainer (default) or a stock variant such as nnUNetTrainer_1epoch."),
@@ -73,3 +73,29 @@ def quality(
     for note in failure_notes(doc["results"]):
         console.print(note, markup=False, highlight=False, soft_wrap=True)
     console.print(f"wrote {out / 'quality.json'} and {out / 'quality.md'}")
+
+
+@benchmark_app.command()
+@handle_errors
+def suite(
+    data_root: Path = typer.Option(..., "--data-root", help="Folder of datasets, each NAME/train (+ NAME/val), e.g. ../shared/data."),
+    out: Path = typer.Option(..., "--out", help="Output folder: suite.json, suite.md and NAME/METHOD/ per run."),
+    datasets: str = typer.Option(",".join(("dsb2018-fluo", "dsb2018-histo", "monuseg")), "--datasets",
+                                 help="Comma-separated dataset names under --data-root; one without val/ gets a seeded 80/20 split."),
+    minutes: float = typer.Option(30.0, help="Training budget per method and dataset, in minutes of wall-clock time."),
+    preset: str = typer.Option("auto", help="qmed's settings: auto (chosen from each dataset's fingerprint) or a preset name."),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda if available)."),
+    n_boot: int = typer.Option(2000, help="Bootstrap resamples for the 95 % confidence intervals."),
+    force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out folder."),
+):
+    """qmed's default and the plain smp script, side by side (one core each) at one budget on each dataset; Dice, object F1, HD95 and the paired difference."""
+    from qmed.experiments.suite import rich_table, run_suite
+
+    setup_logging()
+    names = [d.strip() for d in datasets.split(",") if d.strip()]
+    doc = run_suite(data_root, out, names, minutes=minutes, preset=preset, device=device, n_boot=n_boot, force=force,
+                    say=lambda m: err_console.print(m, style="dim", markup=False))
+    console.print(rich_table(doc))
+    if doc.get("mean_paired_dice_empty1") is not None:
+        console.print(f"mean paired difference qmed - smp over the datasets: {doc['mean_paired_dice_empty1']:+.4f}")
+    console.print(f"wrote {out / 'suite.json'} and {out / 'suite.md'}")

@@ -47,11 +47,26 @@ def weights_option(w: Optional[str]) -> Optional[str]:
     return None if w is None or w.lower() in ("none", "null", "random", "") else w
 
 
-def resolve_cli_config(preset: str, config: Optional[Path], overrides: List[str], extra: dict | None = None):
-    """The preset, then --config, then the shortcut options (`extra`), then each --set."""
+def resolve_cli_config(preset: str, config: Optional[Path], overrides: List[str], extra: dict | None = None,
+                       data: Optional[Path] = None):
+    """The preset, then --config, then the shortcut options (`extra`), then each --set.
+
+    preset "auto": the settings qmed.data.planning picks from the fingerprint of `data` (the
+    training set) on this machine, each with its reason in the config's `reasons`."""
     from qmed.config import deep_merge, parse_overrides, resolve_config
 
     over = parse_overrides(overrides or [])
     if extra:
         over = deep_merge(extra, over)
+    if preset == "auto":
+        import torch
+
+        from qmed.data.planning import auto_config
+
+        if data is None:
+            raise QmedInputError(None, "--preset auto needs --data (it reads the training set's fingerprint)")
+        cfg = auto_config(data, config, over, gpu=torch.cuda.is_available())
+        for key, reason in cfg.reasons.items():
+            console.print(f"  auto: {key}: {reason}", markup=False, highlight=False, soft_wrap=True)
+        return cfg
     return resolve_config(preset, config, over)

@@ -69,7 +69,7 @@ def train(
     data: Optional[Path] = typer.Option(None, "--data", help="Training dataset folder (images/ + masks/)."),
     val: Optional[Path] = typer.Option(None, "--val", help="Validation dataset folder. Without it, a seeded split of --data is used."),
     out: Path = typer.Option(Path("runs/qmed"), "--out", help="Run directory: config.yaml, metrics.csv, checkpoints/, train.log."),
-    preset: str = typer.Option("cpu", help="Named preset: cpu (the default: MobileNetV2, sized for 2 CPU cores and about 30 minutes), paper (the paper's exact recipe, GPU), tiny (smoke tests)."),
+    preset: str = typer.Option("auto", help="auto (the default: the cpu recipe with normalisation, crop, augmentation and sampler chosen from the training set's fingerprint, reasons in config.yaml), cpu (MobileNetV2, sized for 2 CPU cores and about 30 minutes), paper (the paper's exact recipe, GPU), tiny (smoke tests)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML file overriding preset fields."),
     set_: List[str] = typer.Option([], "--set", help="Override one field, e.g. --set train.epochs=50 --set model.encoder=resnet34."),
     epochs: Optional[int] = typer.Option(None, help="Shortcut for --set train.epochs=N."),
@@ -83,10 +83,14 @@ def train(
     no_report: bool = typer.Option(False, "--no-report", help="Skip writing report.md/report.html at the end."),
     tensorboard: bool = typer.Option(False, "--tensorboard", help="Also log scalars to RUN_DIR/tensorboard (needs the tensorboard package)."),
 ):
-    """Train a segmenter; by default the cpu preset: MobileNetV2 UNet++/SCSE with the edge channel and 4->3 projection, Dice+BCE loss, hard-image sampling (--preset paper: the paper's exact recipe).
+    """Train a segmenter; by default the cpu recipe (MobileNetV2 UNet++/SCSE with the edge channel and 4->3 projection, Dice+BCE loss, hard-image sampling) fitted to the data's fingerprint (--preset paper: the paper's exact recipe).
 
-    The default cpu preset: ImageNet MobileNetV2 encoder, UNet++ decoder with SCSE attention, Gabor edge
-    channel with the learned 4->3 projection, 256 px crops, 12 epochs of 680 crops, Dice + BCE loss,
+    The default, --preset auto, starts from the cpu preset and sets normalisation, crop size, the
+    augmentation family and the sampler from the training set's fingerprint (fluorescence keeps the
+    cpu preset's settings; stained colour tissue gets ImageNet statistics and stain jitter); each
+    choice and its reason is printed and written to config.yaml. The cpu preset: ImageNet
+    MobileNetV2 encoder, UNet++ decoder with SCSE attention, Gabor edge channel with the learned
+    4->3 projection, 256 px crops, 12 epochs of 680 crops, Dice + BCE loss,
     online hard-image sampling, per-image percentile intensity scaling, AdamW with one-cycle LR,
     bfloat16 on CPUs that have it natively. --preset paper is the paper's exact recipe (EfficientNet-B7,
     512 px, 200 epochs, stabilised loss, complexity-weighted sampling, mixed precision; needs a GPU);
@@ -109,7 +113,7 @@ def train(
             extra.setdefault("train", {})["epochs"] = epochs
         if encoder_weights is not None:
             extra.setdefault("model", {})["encoder_weights"] = None if encoder_weights.lower() == "none" else encoder_weights
-        cfg = resolve_cli_config(preset, config, set_, extra)
+        cfg = resolve_cli_config(preset, config, set_, extra, data=data)
         if minutes is not None:
             from qmed.segment.budget import fit_to_budget
 

@@ -212,6 +212,40 @@ def load_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return img, fg, labels
 
 
+# An image is colour when its channels differ by more than this on average ([0, 1] scale): gray
+# images saved as RGB repeat one channel exactly, while stained tissue differs by 0.05-0.2.
+COLOUR_SPREAD = 0.02
+
+
+def appearance(img: np.ndarray, fg: np.ndarray) -> tuple[bool, float, float]:
+    """(colour?, median background intensity, median foreground intensity) of one image in [0, 1]
+    (intensity = the mean over channels; NaN where the mask has no pixel of that kind)."""
+    x = np.asarray(img, dtype=np.float32)
+    is_colour = bool(x.shape[2] >= 3 and float(np.abs(x[..., :3] - x[..., :3].mean(axis=2, keepdims=True)).mean()) > COLOUR_SPREAD)
+    gray = x.mean(axis=2)
+    bg = float(np.median(gray[~fg])) if (~fg).any() else float("nan")
+    fgv = float(np.median(gray[fg])) if fg.any() else float("nan")
+    return is_colour, bg, fgv
+
+
+def modality(colour_fraction: float, background: float, foreground: float) -> str:
+    """fluorescence (gray, objects brighter than a dark background), brightfield-stain (colour,
+    objects darker than a light background: H&E and similar), or gray / colour (anything else)."""
+    colour = colour_fraction >= 0.5
+    known = np.isfinite(background) and np.isfinite(foreground)
+    if not colour and known and foreground > background and background < 0.35:
+        return "fluorescence"
+    if colour and known and foreground < background:
+        return "brightfield-stain"
+    return "colour" if colour else "gray"
+
+
+def _median_or_nan(values: list[float]) -> float:
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    return float(np.median(v)) if v.size else float("nan")
+
+
 def fingerprint(pairs: list[Pair]) -> dict:
     """What the dataset looks like: sizes, channels, foreground, emptiness, objects.
 
@@ -219,9 +253,14 @@ def fingerprint(pairs: list[Pair]) -> dict:
     if not pairs:
         raise QmedInputError(None, "cannot fingerprint an empty dataset (no image/mask pairs)")
     sizes, channels, fg_frac, n_objects, obj_sizes, diameters = [], [], [], [], [], []
+    colour, bg_level, fg_level = [], [], []
     digest = hashlib.sha1()
     for pair in pairs:
         img, fg, labels = load_pair(pair)
+        c, b, f = appearance(img, fg)
+        colour.append(c)
+        bg_level.append(b)
+        fg_level.append(f)
         sizes.append(img.shape[:2])
         channels.append(img.shape[2])
         fg_frac.append(float(fg.mean()))
@@ -259,6 +298,11 @@ def fingerprint(pairs: list[Pair]) -> dict:
         },
         # What `qmed train` records as predict.object_diameter (binary masks, median of image medians).
         "object_diameter_px": median_diameter(diameters),
+        # What the images look like, for `qmed train`'s automatic settings (qmed.data.planning).
+        "colour_fraction": float(np.mean(colour)),
+        "background_intensity": _median_or_nan(bg_level),
+        "foreground_intensity": _median_or_nan(fg_level),
+        "modality": modality(float(np.mean(colour)), _median_or_nan(bg_level), _median_or_nan(fg_level)),
         "suggested_crop": crop,
         "suggested_preset": "paper" if crop >= 512 else "cpu",
         "hash": digest.hexdigest()[:12],

@@ -123,12 +123,19 @@ def parse_methods(spec: str) -> list[str]:
     return list(dict.fromkeys(methods))
 
 
+def qmed_default(preset: str, train_dir: Path):
+    """qmed's settings for the row: the named preset, or with "auto" the fingerprint's choices (qmed.data.planning)."""
+    from qmed.config import resolve_config
+    from qmed.data.planning import auto_config
+
+    return auto_config(train_dir) if preset == "auto" else resolve_config(preset)
+
+
 def run_quality(train_dir: str | Path, val_dir: str | Path, out: str | Path, minutes: float = 30.0,
                 methods: list[str] | tuple[str, ...] = METHODS, preset: str = "cpu", device: str | None = None,
                 nnunet_trainer: str = NNUNET_BUDGET_TRAINER, dataset_id: int = 501, n_boot: int = 2000, seed: int = 0,
                 force: bool = False, say: Callable = print) -> dict:
     """Train, predict and score every method; write OUT/quality.json and OUT/quality.md. Returns the JSON document."""
-    from qmed.config import resolve_config
     from qmed.data.dataset import find_pairs
 
     train_dir, val_dir, out = Path(train_dir), Path(val_dir), Path(out)
@@ -136,7 +143,8 @@ def run_quality(train_dir: str | Path, val_dir: str | Path, out: str | Path, min
         raise QmedInputError(None, f"--minutes must be positive, got {minutes}")
     find_pairs(train_dir)  # bad data or a bad preset fails here, before any method runs
     find_pairs(val_dir)
-    resolve_config(preset)
+    qmed_config = qmed_default(preset, train_dir)
+    base = "cpu" if preset == "auto" else preset  # the smp baseline's encoder, crop and batch
     prepare_output_dir(out, force)
     budget_s = minutes * 60.0
     results: list[dict] = []
@@ -146,11 +154,11 @@ def run_quality(train_dir: str | Path, val_dir: str | Path, out: str | Path, min
 
         def run_method(method: str = method) -> list[dict]:
             if method == "qmed":
-                r = train_to_budget(resolve_config(preset), train_dir, val_dir, out / "qmed", budget_s, device, [True, False], say)
+                r = train_to_budget(qmed_config, train_dir, val_dir, out / "qmed", budget_s, device, [True, False], say)
                 return [{"method": "qmed", "tta": 7, **r, "pred_dir": r["preds"][True]},
                         {"method": "qmed-notta", "tta": 1, **r, "pred_dir": r["preds"][False]}]
             if method == "smp":
-                r = train_to_budget(smp_baseline_config(preset), train_dir, val_dir, out / "smp", budget_s, device, [False], say)
+                r = train_to_budget(smp_baseline_config(base), train_dir, val_dir, out / "smp", budget_s, device, [False], say)
                 return [{"method": "smp", "tta": 1, **r, "pred_dir": r["preds"][False]}]
             r = run_nnunet(train_dir, val_dir, out / "nnunet", budget_s, device, nnunet_trainer, dataset_id, say)
             return [{"method": "nnunet", "tta": 4, **r, "pred_dir": r["preds"][True]}]

@@ -1,0 +1,67 @@
+"""`qmed benchmark suite` end to end at a tiny budget, `--preset auto` on real data, and the paired difference."""
+
+import json
+import shutil
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from qmed.cli.app import app
+from qmed.data.planning import auto_config
+from qmed.experiments.suite import paired_difference
+
+
+def test_paired_difference_hand_computed():
+    a = [{"name": "x", "d": 0.9}, {"name": "y", "d": 0.8}, {"name": "z", "d": None}, {"name": "only_a", "d": 1.0}]
+    b = [{"name": "x", "d": 0.7}, {"name": "y", "d": 0.8}, {"name": "z", "d": 0.5}]
+    d = paired_difference(a, b, key="d", n_boot=200)
+    # shared and defined: x (+0.2) and y (0.0) -> mean +0.1; resamples of two values lie in [0, 0.2]
+    assert d["n"] == 2 and d["mean"] == pytest.approx(0.1) and (d["better"], d["worse"]) == (1, 0)
+    assert 0.0 <= d["ci"][0] <= d["ci"][1] <= 0.2 + 1e-12
+    assert paired_difference([], b, key="d")["n"] == 0
+
+
+def test_auto_config_on_fluorescence_is_the_cpu_recipe(fluo_subset):
+    cfg = auto_config(fluo_subset["train"])
+    assert cfg.name == "auto" and cfg.data.normalize == "percentile" and cfg.data.sampler == "uniform"  # 6 images
+    assert cfg.reasons["modality"].startswith("fluorescence") and "data.crop" in cfg.reasons
+    # a user's --set wins and drops the planner's reason for it
+    cfg = auto_config(fluo_subset["train"], overrides=["data.crop=128"])
+    assert cfg.data.crop == 128 and "data.crop" not in cfg.reasons
+
+
+def test_train_auto_writes_its_reasons(fluo_subset, tmp_path):
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["train", "--data", str(fluo_subset["train"]), "--val", str(fluo_subset["val"]), "--out", str(out),
+                                   "--quiet", "--no-report", "--set", "model.encoder_weights=null", "--set", "train.epochs=1",
+                                   "--set", "data.samples_per_epoch=4", "--set", "data.crop=64", "--set", "model.decoder_channels=[32,32,16,16,16]"])
+    assert res.exit_code == 0, res.output
+    assert "auto: modality: fluorescence" in res.output
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["name"] == "auto" and "data.normalize" in cfg["reasons"]
+
+
+def test_suite_end_to_end_tiny(fluo_subset, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(fluo_subset["train"], root / "given" / "train")
+    shutil.copytree(fluo_subset["val"], root / "given" / "val")
+    shutil.copytree(fluo_subset["train"], root / "noval" / "train")  # 6 images, no val/: a seeded 5/1 split
+    out = tmp_path / "suite"
+    res = CliRunner().invoke(app, ["benchmark", "suite", "--data-root", str(root), "--datasets", "given,noval", "--minutes", "0.05",
+                                   "--preset", "tiny", "--n-boot", "50", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((out / "suite.json").read_text())
+    assert doc["finished"] and [r["dataset"] for r in doc["datasets"]] == ["given", "noval"]
+    for r in doc["datasets"]:
+        assert set(r["methods"]) == {"qmed", "smp"}
+        assert all(m["status"] == "ok" for m in r["methods"].values()), r["methods"]
+        assert r["paired_dice_empty1"]["n"] >= 1
+    split = json.loads((out / "splits" / "noval.json").read_text())
+    assert len(split["train"]) == 5 and len(split["val"]) == 1 and not set(split["train"]) & set(split["val"])
+    assert "qmed - smp" in (out / "suite.md").read_text()
+
+
+def test_suite_refuses_a_missing_dataset(tmp_path):
+    res = CliRunner().invoke(app, ["benchmark", "suite", "--data-root", str(tmp_path), "--datasets", "nope", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "nope" in res.output and not (tmp_path / "o").exists()
