@@ -20,7 +20,7 @@ from qmed.models.edge import GaborEdge
 from qmed.models.hq_unet import attach_bottleneck
 from qmed.models.ladder import LADDER_ARCHS, LadderUNet
 from qmed.models.projection import EdgeProjection
-from qmed.models.weights import load_encoder_file, resolve_weights
+from qmed.models.weights import encoder_input_stats, load_encoder_file, resolve_weights
 
 log = logging.getLogger("qmed")
 
@@ -84,7 +84,12 @@ def build(cfg: ModelConfig, pretrained: bool = True) -> Segmenter:
     if cfg.input_mode == "stem4":
         # smp re-uses the pretrained RGB kernels for the new channel (cycled and rescaled).
         net.encoder.set_in_channels(4, pretrained=hub_name is not None or local is not None)
-    return Segmenter(cfg, net)
+    seg = Segmenter(cfg, net)
+    stats = encoder_input_stats(cfg.encoder)
+    if stats is not None:  # e.g. EfficientNet-Lite's (x - 0.5) / 0.5 instead of ImageNet's mean and std
+        seg.mean.copy_(torch.tensor(stats[0]).view(1, 3, 1, 1))
+        seg.std.copy_(torch.tensor(stats[1]).view(1, 3, 1, 1))
+    return seg
 
 
 def _fetch(make, encoder: str, hub_name):
