@@ -214,10 +214,12 @@ def test_label_map_prediction_warns(dataset, tmp_path, caplog):
     pred = write_preds(tmp_path / "pred", masks, lambda m: m.astype(np.uint8))
     from qmed.evaluate.metrics import label_components
 
-    save_png(pred / "b.png", label_components(masks["b"]).astype(np.uint16))  # labels 1, 2 -> /65535
-    with caplog.at_level(logging.WARNING, logger="qmed"):
-        evaluate_folders(pred, root, n_boot=10)
-    assert "b.png" in caplog.text and "label map" in caplog.text
+    save_png(pred / "b.png", label_components(masks["b"]).astype(np.uint16))  # labels 1, 2
+    s, rows = evaluate_folders(pred, root, n_boot=10)  # auto: b.png is read as a label map
+    assert s["pred_kinds"] == {"mask": 3, "labels": 1} and s["dice_pooled"] == 1.0
+    with caplog.at_level(logging.WARNING, logger="qmed"):  # told it is a probability map: 1, 2 -> /65535
+        s, _ = evaluate_folders(pred, root, n_boot=10, pred_kind="probability")
+    assert "b.png" in caplog.text and "--pred-kind labels" in caplog.text and s["dice_pooled"] < 1.0
 
 
 def _caption(summary) -> str:
@@ -254,3 +256,127 @@ def test_no_or_bad_predict_json(dataset, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="qmed"):
         s, _ = evaluate_folders(pred, root, n_boot=50)
     assert "predictions" not in s and "predict.json" in caplog.text
+
+
+# ------------------------------------------------------------------ label-map predictions (issue 20)
+
+
+def label_maps(masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Hand-made label maps: a's 6x6 square cut into two 6x3 halves (labels 1, 2), b's two objects
+    labelled 1 and 2 as in truth, c exact (one object), empty empty."""
+    from qmed.evaluate.metrics import label_components
+
+    a = masks["a"].astype(np.uint16)
+    a[2:8, 5:8] *= 2
+    return {"a": a, "b": label_components(masks["b"]).astype(np.uint16), "c": masks["c"].astype(np.uint16),
+            "empty": np.zeros((16, 16), np.uint16)}
+
+
+def test_label_map_round_trip_hand_made(dataset, tmp_path):
+    root, masks = dataset
+    pred = tmp_path / "pred"
+    for name, lab in label_maps(masks).items():
+        save_png(pred / f"{name}.png", lab)
+    s, rows = evaluate_folders(pred, root, n_boot=50)
+    # a, b hold several labels: label maps; c (one label, value 1) and empty read as masks.
+    assert s["pred_kinds"] == {"labels": 2, "mask": 2} and s["settings"]["instances"] is True
+    by = {r["name"]: r for r in rows}
+    assert by["a"]["pred_kind"] == "labels" and by["c"]["pred_kind"] == "mask"
+    # a: each half has IoU 18/36 = 0.5 with the square: one match at t = 0.5 only, 1/(1+1+0) -> mAP 0.05;
+    #    PQ 0.5 / (1 + 1/2) = 1/3; one object too many. b, c: exact. empty vs empty: 1 by convention.
+    assert by["a"]["map_dsb"] == pytest.approx(0.05) and by["a"]["pq"] == pytest.approx(1 / 3) and by["a"]["count_error"] == 1
+    assert by["a"]["dice"] == 1.0  # the pixel figures see labels > 0: the same square
+    assert by["b"]["map_dsb"] == 1.0 and by["empty"]["map_dsb"] == 1.0 and by["empty"]["pq"] == 1.0
+    assert s["map_dsb"]["mean"] == pytest.approx((0.05 + 3) / 4)
+    assert s["pq"]["mean"] == pytest.approx((1 / 3 + 3) / 4)
+    assert s["count_error"]["mean"] == pytest.approx(1 / 4) and s["count_abs_error"]["mean"] == pytest.approx(1 / 4)
+    assert s["object_counts"] == {"tp": 4, "fp": 1, "fn": 0}  # a: 1 of 2 halves matched; b: 2; c: 1
+    j, c = write_outputs(s, rows, tmp_path / "out" / "eval.json")
+    doc = json.loads(j.read_text())
+    assert doc["summary"]["map_dsb"]["mean"] == pytest.approx(0.7625) and "map_dsb" in doc["conventions"]
+    with c.open() as fh:
+        csv_rows = list(csv.DictReader(fh))
+    assert {"pred_kind", "map_dsb", "ap50", "ap75", "pq", "dq", "sq", "n_pred", "n_truth", "count_error"} <= set(csv_rows[0])
+    assert csv_rows[0]["name"] == "a" and float(csv_rows[0]["map_dsb"]) == pytest.approx(0.05)
+    text = _caption(s)
+    assert "Mean AP, IoU 0.5:0.95 (DSB2018)" in text and "PQ = DQ x SQ" in text
+    assert "read as 2 label maps, 2 binary masks (--pred-kind auto)" in text
+
+
+def test_pred_kind_option(dataset, tmp_path):
+    root, masks = dataset
+    pred = tmp_path / "pred"
+    for name, lab in label_maps(masks).items():
+        save_png(pred / f"{name}.png", lab)
+    s, rows = evaluate_folders(pred, root, n_boot=20, pred_kind="labels")
+    assert s["pred_kinds"] == {"labels": 4} and s["settings"]["pred_kind"] == "labels"
+    # As masks: a's two halves are one component again (mAP 1), and no instance figures unless asked.
+    s, rows = evaluate_folders(pred, root, n_boot=20, pred_kind="mask")
+    assert s["pred_kinds"] == {"mask": 4} and "map_dsb" not in s and "map_dsb" not in rows[0]
+    assert s["object_counts"] == {"tp": 4, "fp": 0, "fn": 0}
+    s, rows = evaluate_folders(pred, root, n_boot=20, pred_kind="mask", instances=True)
+    assert s["map_dsb"]["mean"] == 1.0 and s["count_error"]["mean"] == 0.0
+    with pytest.raises(QmedInputError, match="pred-kind"):
+        evaluate_folders(pred, root, pred_kind="instances")
+
+
+def test_masks_and_probabilities_report_no_instance_figures(dataset, tmp_path):
+    root, masks = dataset
+    pred = write_preds(tmp_path / "pred", masks, lambda m: np.where(m, 255, 0).astype(np.uint8))
+    s, rows = evaluate_folders(pred, root, n_boot=20)
+    assert s["pred_kinds"] == {"mask": 4} and s["settings"]["instances"] is False
+    assert "map_dsb" not in s and "map_dsb" not in rows[0] and "Mean AP" not in _caption(s)
+    s, rows = evaluate_folders(pred, root, n_boot=20, instances=True)  # connected components as objects
+    assert s["map_dsb"]["mean"] == 1.0 and rows[0]["n_pred"] == 1
+
+
+def test_real_label_maps_round_trip(fluo_subset, tmp_path):
+    """DSB2018 truth (16-bit instance maps) as predictions: label maps, every instance figure perfect;
+    their binary foreground with --instances: connected components, touching nuclei merge."""
+    from qmed.io.images import read_mask, write_mask_png
+
+    val = fluo_subset["val"]
+    (tmp_path / "labels").mkdir()
+    for m in sorted((val / "masks").iterdir()):
+        shutil.copy(m, tmp_path / "labels" / m.name)
+        write_mask_png(tmp_path / "fg" / m.name, read_mask(m)[0])
+    s, rows = evaluate_folders(tmp_path / "labels", val, n_boot=20)
+    n = len(rows)
+    assert s["pred_kinds"] == {"labels": n}
+    assert s["map_dsb"]["mean"] == 1.0 and s["pq"]["mean"] == 1.0 and s["aji"]["mean"] == 1.0 and s["count_abs_error"]["mean"] == 0.0
+    cc, _ = evaluate_folders(tmp_path / "fg", val, n_boot=20, instances=True)
+    assert cc["pred_kinds"] == {"mask": n} and cc["dice_pooled"] == 1.0
+    assert cc["map_dsb"]["mean"] <= 1.0 and cc["count_error"]["mean"] <= 0.0  # merging never adds objects
+
+
+def test_prediction_kind_detection(tmp_path):
+    import tifffile
+
+    from qmed.io.images import prediction_kind, read_prediction
+    from qmed.segment.instances import split_instances
+
+    yy, xx = np.mgrid[:64, :96]
+    r = np.sqrt((yy - 32) ** 2 + (xx - 30) ** 2)
+    discs = (r <= 12) | ((yy - 32) ** 2 + (xx - 54) ** 2 <= 144)  # two touching discs
+    sharp = np.clip(12.5 - r, 0, 1)  # one disc, a one-pixel ramp: the most label-like probability map
+    labels = split_instances(discs)
+    cases = [
+        (discs, "mask"), (discs.astype(np.uint8) * 255, "mask"), (discs.astype(np.uint16) * 65535, "mask"),
+        (discs.astype(np.float32), "mask"), (np.zeros((8, 8), np.uint16), "mask"),
+        (np.rint(sharp * 255).astype(np.uint8), "probability"), (np.rint(sharp * 65535).astype(np.uint16), "probability"),
+        (np.where(discs, 40000, 20000).astype(np.uint16), "probability"),  # two levels, no background
+        (np.where(discs, 20000, 0).astype(np.uint16), "probability"),  # one level that is not full scale: 0.31
+        (labels.astype(np.uint16), "labels"), (labels.astype(np.int32), "labels"), (labels.astype(np.float32), "labels"),
+        (np.where(discs, np.where(xx < 42, 3, 9), 0).astype(np.uint8), "labels"),  # any two label values
+    ]
+    for arr, kind in cases:
+        assert prediction_kind(arr) == kind, (arr.dtype, kind)
+    tifffile.imwrite(tmp_path / "l.tif", labels.astype(np.int32))
+    kind, lab = read_prediction(tmp_path / "l.tif")
+    assert kind == "labels" and lab.dtype == np.int32 and np.array_equal(lab, labels)
+    # A map tiled with labels and no background looks like a probability map to auto: say --pred-kind labels.
+    tiled = np.where(xx < 48, 1, 2).astype(np.uint16)
+    assert prediction_kind(tiled) == "probability"
+    save_png(tmp_path / "t.png", tiled)
+    assert read_prediction(tmp_path / "t.png", "labels")[0] == "labels"
+    assert read_prediction(tmp_path / "t.png", "mask")[1].all()

@@ -333,3 +333,98 @@ def test_summarize_hd95_undefined_counted():
     s = M.summarize(rows, n_boot=100)
     assert s["hd95"]["n_undefined"] == 1 and s["hd95"]["n"] == 1 and s["hd95"]["mean"] == 0.0
     assert s["dice_mean_fg"]["mean"] == 0.5
+
+
+# ------------------------------------------------------------------ instance figures (issue 20)
+
+# An IoU of exactly 3/5: pred covers 3 of the truth's 5 px -> meets t = 0.50, 0.55, 0.60 only.
+T_60, P_60 = grid("11111"), grid("111..")
+E3 = np.zeros((3, 3), np.int32)
+
+
+@pytest.mark.parametrize(
+    "pred, truth, m_ap, ap50, ap75, pq, dq, sq, count",
+    [
+        # IoUs 1 and 4/6: tp = 2 at t <= 0.65 (4 thresholds): 2/(2+1+1) = 1/2; tp = 1 above (6): 1/(1+2+2) = 1/5
+        # -> mAP (4/2 + 6/5)/10 = 0.32. PQ: (1 + 2/3) / (2 + 1/2 + 1/2) = 5/9 = DQ 2/3 x SQ 5/6.
+        (P_OBJ, T_OBJ, 0.32, 1 / 2, 1 / 5, 5 / 9, 2 / 3, 5 / 6, 0),
+        (P_MERGE, T_MERGE, 0.0, 0.0, 0.0, 0.0, 0.0, nan, -1),  # IoUs 2/5: no match; 1 pred for 2 truths
+        # IoU exactly 0.5 twice: one match at t = 0.5 only: 1/(1+1+0); above: 0/(0+2+1) -> mAP 0.05.
+        # PQ 0.5 / (1 + 1/2) = 1/3, DQ 2/3, SQ 1/2.
+        (P_TIE, T_TIE, 0.05, 1 / 2, 0.0, 1 / 3, 2 / 3, 1 / 2, +1),
+        (P_60, T_60, 0.3, 1.0, 0.0, 0.6, 1.0, 0.6, 0),  # 3 of 10 thresholds matched (0.6 itself included)
+        (T_OBJ, T_OBJ, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0),
+        (np.zeros_like(T_OBJ), T_OBJ, 0.0, 0.0, 0.0, 0.0, 0.0, nan, -3),  # nothing predicted
+        (P_OBJ, np.zeros_like(P_OBJ), 0.0, 0.0, 0.0, 0.0, 0.0, nan, +3),  # nothing there
+        (E3, E3, 1.0, 1.0, 1.0, 1.0, 1.0, nan, 0),  # both empty: nothing to find, nothing claimed = 1
+    ],
+    ids=["mixed", "merge", "tie", "iou-0.6", "perfect", "empty-pred", "empty-truth", "both-empty"],
+)
+def test_instance_figures(pred, truth, m_ap, ap50, ap75, pq, dq, sq, count):
+    assert M.mean_average_precision(pred, truth) == pytest.approx(m_ap)
+    ap = M.average_precision(pred, truth)
+    assert ap.shape == (10,) and ap[0] == pytest.approx(ap50) and ap[5] == pytest.approx(ap75)
+    q = M.panoptic_quality(pred, truth)
+    assert same(q["pq"], pq) and same(q["dq"], dq) and same(q["sq"], sq)
+    if not math.isnan(sq):
+        assert q["pq"] == pytest.approx(q["dq"] * q["sq"])
+    c = M.count_error(pred, truth)
+    assert c["error"] == count and c["abs_error"] == abs(count) and c["n_pred"] - c["n_truth"] == count
+    row = M.instance_scores(pred, truth)
+    assert set(row) == set(M.INSTANCE_KEYS)
+    assert row["map_dsb"] == pytest.approx(m_ap) and same(row["pq"], pq) and row["count_error"] == count
+
+
+def test_dsb_thresholds():
+    assert M.DSB_IOU_THRESHOLDS == (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
+    # A custom threshold list: the pair of IoU 4/6 in P_OBJ counts at 0.5 and not at 0.7.
+    assert list(M.average_precision(P_OBJ, T_OBJ, thresholds=(0.5, 0.7))) == pytest.approx([1 / 2, 1 / 5])
+
+
+def test_mean_ap_and_pq_against_brute_force():
+    """Per-object masks, every pair's IoU, and a match = IoU >= t (unique above 0.5)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(5)
+    for _ in range(8):
+        truth, _ = ndimage.label(ndimage.binary_opening(rng.random((40, 40)) < 0.45))
+        noisy = (truth > 0) ^ (rng.random((40, 40)) < 0.08)
+        pred = M.label_components(noisy)
+        tid, pid = [i for i in np.unique(truth) if i], [i for i in np.unique(pred) if i]
+        iou = np.array([[np.sum((truth == t) & (pred == p)) / np.sum((truth == t) | (pred == p)) for p in pid] for t in tid])
+        aps = []
+        for thr in M.DSB_IOU_THRESHOLDS:
+            tp = int(np.sum(iou >= thr)) if thr > 0.5 else len(M.match_objects(pred, truth, thr))
+            aps.append(tp / (len(pid) + len(tid) - tp))
+        assert M.mean_average_precision(pred, truth) == pytest.approx(np.mean(aps))
+        matched = np.array([v for _, _, v in M.match_objects(pred, truth, 0.5)])  # IoU > 0.5, plus exact-0.5 ties resolved
+        assert np.sort(matched[matched > 0.5]) == pytest.approx(np.sort(iou[iou > 0.5]))
+        q = M.panoptic_quality(pred, truth)
+        assert q["pq"] == pytest.approx(matched.sum() / (matched.size + 0.5 * (len(pid) - matched.size) + 0.5 * (len(tid) - matched.size)))
+
+
+def test_score_image_with_predicted_labels():
+    # Two touching truth objects. As a label map the prediction keeps them apart: 2 matches.
+    # As a binary mask its one connected component covers both (IoU 2/4 each): 1 match at 0.5.
+    truth = grid("1122")
+    row = M.score_image(None, truth > 0, truth, pred_labels=truth)
+    assert (row["obj_tp"], row["map_dsb"], row["pq"], row["n_pred"]) == (2, 1.0, 1.0, 2)
+    assert row["dice"] == 1.0  # the pixel figures use labels > 0
+    cc = M.score_image(truth > 0, truth > 0, truth, instances=True)
+    assert (cc["obj_tp"], cc["n_pred"], cc["count_error"]) == (1, 1, -1)
+    assert cc["map_dsb"] == pytest.approx(0.05)  # 1/(1+0+1) at t = 0.5 only
+    assert "map_dsb" not in M.score_image(truth > 0, truth > 0, truth)  # off unless asked
+
+
+def test_summarize_instance_figures():
+    rows = [M.score_image(None, T_OBJ > 0, T_OBJ, pred_labels=P_OBJ),  # mAP 0.32, PQ 5/9, count 0
+            M.score_image(None, T_MERGE > 0, T_MERGE, pred_labels=P_MERGE),  # 0, 0, -1
+            M.score_image(None, E3 > 0, E3, pred_labels=E3)]  # both empty: 1, 1, 0
+    s = M.summarize(rows, n_boot=100)
+    assert s["map_dsb"]["mean"] == pytest.approx((0.32 + 0 + 1) / 3) and s["map_dsb"]["n"] == 3
+    assert s["pq"]["mean"] == pytest.approx((5 / 9 + 0 + 1) / 3)
+    assert s["sq"]["n"] == 1 and s["sq"]["mean"] == pytest.approx(5 / 6)  # only the first image has a match
+    assert s["count_error"]["mean"] == pytest.approx(-1 / 3) and s["count_abs_error"]["mean"] == pytest.approx(1 / 3)
+    assert s["instance_counts"] == {"n_pred": 4, "n_truth": 5}
+    assert {"map_dsb", "pq", "dq", "sq", "count_error", "count_abs_error"} <= set(M.CONVENTIONS)
+    assert "map_dsb" not in M.summarize([M.score_image(E3 > 0, E3 > 0)], n_boot=10)

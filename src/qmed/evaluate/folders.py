@@ -1,10 +1,16 @@
 """Score a folder of predictions against a folder of ground-truth masks.
 
-Predictions: PRED_DIR/NAME.{png,tif,tiff,jpg,jpeg,bmp}, one per ground-truth mask, either binary
-masks (0/1, 0/255) or probability maps (8-bit /255, 16-bit /65535, float in [0, 1]). Foreground is
-``probability > threshold`` (default 0.5); binary masks read as 0/1, so they come out the same
-for any threshold in [0, 1). Instance label maps are not a prediction format (their labels 1..N
-would read as tiny probabilities); such a file scores as empty, with a warning naming it.
+Predictions: PRED_DIR/NAME.{png,tif,tiff,jpg,jpeg,bmp}, one per ground-truth mask: binary masks
+(0/1, 0/255, 0/65535), probability maps (8-bit /255, 16-bit /65535, float in [0, 1]) or instance
+label maps (integers 1..N, 0 = background: `qmed predict --instances`, Cellpose, StarDist).
+`pred_kind` says which (io.images.PREDICTION_KINDS): "auto" (the default) decides per file with
+io.images.prediction_kind (one non-zero value: a mask; several, piecewise constant one piece per
+value: labels; else a probability map) and the summary records what it decided ("pred_kinds").
+Foreground: mask = non-zero, probability = value > threshold (default 0.5), labels = label > 0.
+
+Objects: a label map's own labels; for masks and probability maps the 8-connected components.
+With label maps among the predictions (or `instances`), the instance figures of
+metrics.instance_scores (DSB2018 mean AP, PQ/DQ/SQ, count error) are reported too.
 
 Ground truth: a dataset folder (TRUTH_DIR/images + TRUTH_DIR/masks, paired by find_pairs), a
 folder with only a masks/ subfolder, or a folder that directly holds the masks.
@@ -30,9 +36,9 @@ import numpy as np
 
 from qmed.data.dataset import IMAGE_DIR_NAMES, MASK_DIR_NAMES, find_pairs, list_images, mask_stem
 from qmed.errors import QmedInputError
-from qmed.evaluate.metrics import BF1_TOL, CONVENTIONS, SMALL_MAX_SIZE, score_image, summarize
+from qmed.evaluate.metrics import BF1_TOL, CONVENTIONS, INSTANCE_KEYS, SMALL_MAX_SIZE, score_image, summarize
 from qmed.io.files import write_text
-from qmed.io.images import is_image_file, read_mask, read_probability
+from qmed.io.images import PREDICTION_KINDS, is_image_file, read_mask, read_prediction
 
 log = logging.getLogger("qmed")
 
@@ -40,6 +46,14 @@ log = logging.getLogger("qmed")
 PREDICTION_META = "predict.json"
 # The files qmed predict writes beside the masks (scales.json with --rescale): never predictions.
 PREDICT_RECORDS = (PREDICTION_META, "scales.json")
+KIND_WORDS = {"labels": ("label map", "label maps"), "mask": ("binary mask", "binary masks"),
+              "probability": ("probability map", "probability maps")}
+
+
+def describe_kinds(kinds: dict, asked: str = "auto") -> str:
+    """'3 label maps, 1 binary mask (--pred-kind auto)': how the prediction files were read."""
+    parts = [f"{n} {KIND_WORDS[k][n != 1]}" for k, n in sorted(kinds.items(), key=lambda kv: -kv[1]) if n]
+    return f"{', '.join(parts) or 'no files'} (--pred-kind {asked})"
 
 
 def read_prediction_meta(pred_dir: str | Path) -> dict | None:
@@ -101,18 +115,23 @@ def _prediction_files(pred_dir: Path) -> dict[str, Path]:
     return by_stem
 
 
-def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, threshold: float = 0.5, n_boot: int = 2000, seed: int = 0) -> tuple[dict, list[dict]]:
+def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, threshold: float = 0.5, n_boot: int = 2000, seed: int = 0,
+                     pred_kind: str = "auto", instances: bool = False) -> tuple[dict, list[dict]]:
     """Score every ground-truth mask against its prediction.
 
-    Returns (summary, rows): summary as metrics.summarize plus "settings" (and "predictions", what
-    PRED_DIR/predict.json says made them, when qmed predict wrote them); one row per image
-    ("name" + metrics.score_image figures), sorted by name. Raises QmedInputError naming the file
-    for: a missing or empty prediction folder, a truth mask without a prediction, a prediction
-    whose size differs from its truth, NaN/inf or out-of-range values in a probability map.
-    Predictions without a truth mask are ignored with a warning."""
+    Returns (summary, rows): summary as metrics.summarize plus "settings" (pred_kind and
+    instances among them), "pred_kinds" ({kind: number of files read as it}) and "predictions"
+    (what PRED_DIR/predict.json says made them, when qmed predict wrote them); one row per image
+    ("name", "pred_kind" + metrics.score_image figures, the instance figures too when reported),
+    sorted by name. Raises QmedInputError naming the file for: a missing or empty prediction
+    folder, a truth mask without a prediction, a prediction whose size differs from its truth,
+    NaN/inf or out-of-range values in a probability map. Predictions without a truth mask are
+    ignored with a warning."""
     pred_dir, truth_dir = Path(pred_dir), Path(truth_dir)
     if not 0.0 <= threshold < 1.0:
         raise QmedInputError(None, f"threshold must be in [0, 1), got {threshold}")
+    if pred_kind not in PREDICTION_KINDS:
+        raise QmedInputError(None, f"--pred-kind must be one of {', '.join(PREDICTION_KINDS)}, got {pred_kind!r}")
     truths = _truth_masks(truth_dir)
     preds = _prediction_files(pred_dir)
 
@@ -134,20 +153,32 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, threshold: flo
     if extra:
         log.warning("%s: ignoring %d prediction(s) without ground truth: %s", pred_dir, len(extra), ", ".join(extra[:5]) + (" ..." if len(extra) > 5 else ""))
 
-    rows = []
+    rows, kinds = [], {}
     for name, mask, pred_path in pairs:
         truth_fg, truth_labels = read_mask(mask)
-        prob = read_probability(pred_path)  # refuses NaN/inf and values outside [0, 1]
-        if prob.shape != truth_fg.shape:
-            raise QmedInputError(pred_path, f"prediction is {prob.shape[1]}x{prob.shape[0]} but its ground truth {mask.name} is {truth_fg.shape[1]}x{truth_fg.shape[0]}")
-        fg = prob > threshold
-        if not fg.any() and prob.max() > 0 and np.unique(prob).size > 2:
-            # An instance label map (1..N) read as a probability map scores as empty: say so.
-            log.warning("%s: non-zero values but none above threshold %g (max %.3g); scored as an empty prediction. "
-                        "If this is an instance label map, save the prediction as a 0/255 mask or a probability map", pred_path, threshold, prob.max())
-        rows.append({"name": name, **score_image(fg, truth_fg, truth_labels)})
+        kind, pred = read_prediction(pred_path, pred_kind)  # refuses NaN/inf and values outside [0, 1]
+        kinds[kind] = kinds.get(kind, 0) + 1
+        if pred.shape != truth_fg.shape:
+            raise QmedInputError(pred_path, f"prediction is {pred.shape[1]}x{pred.shape[0]} but its ground truth {mask.name} is {truth_fg.shape[1]}x{truth_fg.shape[0]}")
+        if kind == "labels":
+            row = score_image(None, truth_fg, truth_labels, pred_labels=pred)
+        else:
+            fg = pred if kind == "mask" else pred > threshold
+            if kind == "probability" and not fg.any() and pred.max() > 0 and np.unique(pred).size > 2:
+                # An instance label map (1..N) read as a probability map scores as empty: say so.
+                log.warning("%s: non-zero values but none above threshold %g (max %.3g); scored as an empty prediction. "
+                            "If this is an instance label map, pass --pred-kind labels", pred_path, threshold, pred.max())
+            row = score_image(fg, truth_fg, truth_labels, instances=True)
+        rows.append({"name": name, "pred_kind": kind, **row})
+    report_instances = bool(instances or kinds.get("labels"))
+    if not report_instances:  # computed on the way (cheap), reported only when asked or label maps came
+        rows = [{k: v for k, v in r.items() if k not in INSTANCE_KEYS} for r in rows]
+    if kinds.get("probability") and kinds.get("labels"):  # (masks mix with either: empty or one-object files)
+        log.warning("%s: predictions read as %s; pass --pred-kind to read them all one way", pred_dir, describe_kinds(kinds))
     summary = summarize(rows, n_boot=n_boot, seed=seed)
-    summary["settings"] = {"pred_dir": str(pred_dir), "truth_dir": str(truth_dir), "threshold": threshold, "n_boot": n_boot, "seed": seed}
+    summary["settings"] = {"pred_dir": str(pred_dir), "truth_dir": str(truth_dir), "threshold": threshold, "n_boot": n_boot, "seed": seed,
+                           "pred_kind": pred_kind, "instances": report_instances}
+    summary["pred_kinds"] = kinds
     meta = read_prediction_meta(pred_dir)
     if meta is not None:
         summary["predictions"] = {**meta, "description": describe_predictions(meta)}
@@ -201,9 +232,10 @@ def scored_caption(summary: dict) -> str:
     st = summary.get("settings") or {}
     pred = summary.get("predictions") or {}
     where = f"{summary.get('n_images', 0)} images of {st.get('pred_dir', '?')}"
+    read = f"; read as {describe_kinds(summary['pred_kinds'], st.get('pred_kind', 'auto'))}" if summary.get("pred_kinds") else ""
     if pred.get("description"):
-        return f"predictions: {pred['description']} ({where})"
-    return f"predictions: {where}, foreground = probability > {st.get('threshold', 0.5):g} (no {PREDICTION_META}: not made by qmed predict)"
+        return f"predictions: {pred['description']} ({where}){read}"
+    return f"predictions: {where}, foreground = probability > {st.get('threshold', 0.5):g} (no {PREDICTION_META}: not made by qmed predict){read}"
 
 
 def summary_table(summary: dict):
@@ -242,4 +274,13 @@ def summary_table(summary: dict):
     sc = summary.get("small_object_counts", {})
     pooled(f"Small-object recall (<{SMALL_MAX_SIZE} px)", summary.get("small_object_recall"), sc.get("n_small", 0))
     per_image("AJI", "aji")
+    if "map_dsb" in summary:
+        per_image("Mean AP, IoU 0.5:0.95 (DSB2018), per image", "map_dsb")
+        per_image("AP at IoU 0.5, per image", "ap50")
+        per_image("AP at IoU 0.75, per image", "ap75")
+        per_image("PQ = DQ x SQ (IoU>=0.5), per image", "pq")
+        per_image("DQ (per-image object F1)", "dq")
+        per_image("SQ (mean IoU of matches)", "sq")
+        per_image("Count error, predicted - truth objects", "count_error", 2)
+        per_image("Count error, absolute", "count_abs_error", 2)
     return table

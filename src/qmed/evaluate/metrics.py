@@ -15,6 +15,10 @@ over foreground images cannot see.
 
 Pixel arrays are HxW bool (foreground); instance label maps are int arrays with 0 = background.
 Distances are in pixels unless ``spacing`` is given.
+
+Instance figures (DSB2018 mean AP over IoU 0.5:0.05:0.95, panoptic quality, count error) share
+the one overlap table and the one-to-one matching (`_overlaps`, `_match`) with object F1 and AJI.
+Unlike AJI, mean AP and PQ score an image with no object on either side as 1.
 """
 
 from __future__ import annotations
@@ -49,6 +53,15 @@ CONVENTIONS: dict[str, str] = {
     "small_object_recall": f"truth objects smaller than {SMALL_MAX_SIZE} px that some predicted component overlaps with IoU >= {OBJ_IOU_THR}, pooled over the set",
     "aji": "Aggregated Jaccard Index (Kumar et al. 2017, hover-net get_fast_aji), mean over images where it is defined (not both empty)",
     "fp_rate_empty": "fraction of images with empty ground truth on which anything is predicted; NaN if the set has no empty images",
+    "map_dsb": "DSB2018 score: per image, TP/(TP+FP+FN) of one-to-one object matches at each IoU threshold 0.50, 0.55, ..., 0.95 (a match needs IoU >= t), averaged over the thresholds; then the mean over images. An image with no object in truth or prediction scores 1, one with objects on one side only 0",
+    "ap50": "TP/(TP+FP+FN) at IoU >= 0.5 per image (both empty = 1), mean over images",
+    "ap75": "TP/(TP+FP+FN) at IoU >= 0.75 per image (both empty = 1), mean over images",
+    "pq": "panoptic quality per image (Kirillov et al. 2019; binary PQ as PanNuke/HoVer-Net): sum of matched IoUs / (TP + FP/2 + FN/2) = DQ x SQ, matches one-to-one at IoU >= 0.5; both empty = 1 (as DQ); mean over images",
+    "dq": "detection quality TP / (TP + FP/2 + FN/2) at IoU >= 0.5 per image (the per-image object F1; both empty = 1), mean over images",
+    "sq": "segmentation quality: mean IoU of the matched pairs (IoU >= 0.5) per image, mean over images that have a match (undefined without one)",
+    "count_error": "predicted objects minus truth objects per image (signed), mean over images",
+    "count_abs_error": "|predicted objects - truth objects| per image, mean over images",
+    "instance_objects": "with instances on, predicted objects are the prediction's own labels when it is a label map, else the 8-connected components of the binary prediction",
     "ci": "95% percentile bootstrap over images (seeded); std is the sample standard deviation (ddof=1)",
 }
 
@@ -393,21 +406,109 @@ def aji(pred_labels: np.ndarray, truth_labels: np.ndarray) -> float:
     return _aji(_overlaps(pred_labels, truth_labels))
 
 
+# DSB2018's IoU thresholds 0.5:0.05:0.95, rounded so that e.g. an IoU of exactly 3/5 meets 0.6.
+DSB_IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * k, 2) for k in range(10))
+
+
+def _ap(ov: _Overlap, thresholds: Sequence[float]) -> np.ndarray:
+    n_p, n_t = ov.ids_p.size, ov.ids_t.size
+    if n_p == 0 and n_t == 0:
+        return np.ones(len(thresholds))
+    tp = np.asarray([_match(ov, t)[0].size for t in thresholds], dtype=np.float64)
+    return tp / (n_p + n_t - tp)  # TP / (TP + FP + FN), FP = n_p - TP, FN = n_t - TP
+
+
+def average_precision(pred_labels: np.ndarray, truth_labels: np.ndarray, thresholds: Sequence[float] = DSB_IOU_THRESHOLDS) -> np.ndarray:
+    """DSB2018's per-threshold score TP/(TP+FP+FN) of one-to-one matches with IoU >= t, one value
+    per threshold. No object in truth nor in prediction: 1 at every threshold (nothing to find,
+    nothing claimed; the DSB formula is 0/0 there). Objects on one side only: 0."""
+    return _ap(_overlaps(pred_labels, truth_labels), thresholds)
+
+
+def mean_average_precision(pred_labels: np.ndarray, truth_labels: np.ndarray, thresholds: Sequence[float] = DSB_IOU_THRESHOLDS) -> float:
+    """DSB2018's image score: `average_precision` averaged over the IoU thresholds 0.5:0.05:0.95
+    (both empty: 1; one side empty: 0). A set's score is the mean over its images."""
+    return float(_ap(_overlaps(pred_labels, truth_labels), thresholds).mean())
+
+
+def _pq(ov: _Overlap, iou_thr: float) -> dict:
+    pi, _, iv = _match(ov, iou_thr)
+    tp = int(pi.size)
+    fp, fn = int(ov.ids_p.size) - tp, int(ov.ids_t.size) - tp
+    if tp + fp + fn == 0:
+        return {"pq": 1.0, "dq": 1.0, "sq": NAN, "tp": 0, "fp": 0, "fn": 0}
+    den = tp + 0.5 * fp + 0.5 * fn
+    return {"pq": float(iv.sum()) / den, "dq": tp / den, "sq": float(iv.mean()) if tp else NAN, "tp": tp, "fp": fp, "fn": fn}
+
+
+def panoptic_quality(pred_labels: np.ndarray, truth_labels: np.ndarray, iou_thr: float = OBJ_IOU_THR) -> dict:
+    """Binary panoptic quality (Kirillov et al. 2019; PanNuke's bPQ): {pq, dq, sq, tp, fp, fn}.
+
+    Matches are one-to-one at IoU >= `iou_thr` (0.5). DQ = TP / (TP + FP/2 + FN/2) (the object
+    F1), SQ = mean IoU of the matched pairs, PQ = sum of matched IoUs / (TP + FP/2 + FN/2) = DQ x SQ.
+    No match: SQ NaN (undefined), PQ = DQ = 0 if there are objects. No object on either side:
+    PQ = DQ = 1 (as the mean AP), SQ NaN."""
+    return _pq(_overlaps(pred_labels, truth_labels), iou_thr)
+
+
+def count_error(pred_labels: np.ndarray, truth_labels: np.ndarray) -> dict:
+    """{n_pred, n_truth, error (n_pred - n_truth, signed), abs_error} of two label maps (objects =
+    distinct non-zero labels)."""
+    n_p = int(_compact(pred_labels)[1].size)
+    n_t = int(_compact(truth_labels)[1].size)
+    return {"n_pred": n_p, "n_truth": n_t, "error": n_p - n_t, "abs_error": abs(n_p - n_t)}
+
+
+def _instance_row(ov: _Overlap) -> dict:
+    ap = _ap(ov, DSB_IOU_THRESHOLDS)
+    pq = _pq(ov, OBJ_IOU_THR)
+    n_p, n_t = int(ov.ids_p.size), int(ov.ids_t.size)
+    return {
+        "map_dsb": float(ap.mean()),
+        "ap50": float(ap[DSB_IOU_THRESHOLDS.index(0.5)]),
+        "ap75": float(ap[DSB_IOU_THRESHOLDS.index(0.75)]),
+        "pq": pq["pq"],
+        "dq": pq["dq"],
+        "sq": pq["sq"],
+        "n_pred": n_p,
+        "n_truth": n_t,
+        "count_error": n_p - n_t,
+    }
+
+
+def instance_scores(pred_labels: np.ndarray, truth_labels: np.ndarray) -> dict:
+    """The instance figures of one image from one overlap table: map_dsb, ap50, ap75, pq, dq (the
+    per-image object F1 at IoU >= 0.5, 1 when both are empty), sq, n_pred, n_truth, count_error
+    (n_pred - n_truth)."""
+    return _instance_row(_overlaps(pred_labels, truth_labels))
+
+
+# Keys score_image adds with instances on (and summarize aggregates when the rows carry them).
+INSTANCE_KEYS = ("map_dsb", "ap50", "ap75", "pq", "dq", "sq", "n_pred", "n_truth", "count_error")
+
+
 # --------------------------------------------------------------------------------------------
 # One image, and a set
 
 
-def score_image(prob_or_mask: np.ndarray, truth_fg: np.ndarray, truth_labels: np.ndarray | None = None, threshold: float = 0.5) -> dict:
+def score_image(prob_or_mask: np.ndarray | None, truth_fg: np.ndarray, truth_labels: np.ndarray | None = None, threshold: float = 0.5,
+                pred_labels: np.ndarray | None = None, instances: bool = False) -> dict:
     """All per-image figures. `prob_or_mask`: a bool mask (used as is) or numbers where
     foreground = value > `threshold` (a [0, 1] probability map, or a 0/1 or 0/255 mask).
     `truth_labels`: instance labels (connected components of `truth_fg` if None). Predicted
-    objects are the 8-connected components of the thresholded prediction.
+    objects are the 8-connected components of the thresholded prediction, or `pred_labels`, a
+    predicted instance label map (its foreground = labels > 0; `prob_or_mask` may then be None).
 
     Keys: tp, fp, fn, tn, dice (NaN if both empty), dice_empty1, iou (NaN if both empty),
     precision, recall, hd95, boundary_f1, obj_tp, obj_fp, obj_fn, n_small, n_small_detected, aji,
-    truth_empty, pred_empty, fg_fraction_truth."""
-    a = np.asarray(prob_or_mask)
-    pred = a if a.dtype == np.bool_ else a > threshold
+    truth_empty, pred_empty, fg_fraction_truth; with `instances` (or `pred_labels`) also the
+    INSTANCE_KEYS of instance_scores."""
+    if pred_labels is not None:
+        pred_labels = np.asarray(pred_labels)
+        pred = pred_labels > 0
+    else:
+        a = np.asarray(prob_or_mask)
+        pred = a if a.dtype == np.bool_ else a > threshold
     truth = np.asarray(truth_fg, dtype=bool)
     if pred.shape != truth.shape:
         raise ValueError(f"prediction shape {pred.shape} differs from truth shape {truth.shape}")
@@ -416,10 +517,11 @@ def score_image(prob_or_mask: np.ndarray, truth_fg: np.ndarray, truth_labels: np
     tp, fp, fn, tn = confusion(pred, truth)
     t_empty, p_empty = tp + fn == 0, tp + fp == 0
     dists = None if (t_empty or p_empty) else _surface_distances(pred, truth)
-    ov = _overlaps(label_components(pred), truth_labels)
+    ov = _overlaps(label_components(pred) if pred_labels is None else pred_labels, truth_labels)
     det = _detection(ov, OBJ_IOU_THR)
     sm = _small(ov, SMALL_MAX_SIZE, OBJ_IOU_THR)
     den = 2 * tp + fp + fn
+    extra = _instance_row(ov) if instances or pred_labels is not None else {}
     return {
         "tp": tp,
         "fp": fp,
@@ -441,6 +543,7 @@ def score_image(prob_or_mask: np.ndarray, truth_fg: np.ndarray, truth_labels: np
         "truth_empty": bool(t_empty),
         "pred_empty": bool(p_empty),
         "fg_fraction_truth": (tp + fn) / truth.size,
+        **extra,
     }
 
 
@@ -456,6 +559,9 @@ def summarize(rows: list[dict], n_boot: int = 2000, seed: int = 0) -> dict:
         small_object_recall, fp_rate_empty.
       Counts: object_counts {tp, fp, fn}, small_object_counts {n_small, n_small_detected},
         fp_empty_counts {n_empty, n_with_fp, mean_fp_fraction}.
+      When the rows carry the instance figures (score_image with instances): map_dsb, ap50, ap75,
+        pq, dq, sq, count_error (signed), count_abs_error, each per-image aggregated, and
+        instance_counts {n_pred, n_truth}.
     """
 
     def col(key: str, where: np.ndarray | None = None) -> np.ndarray:
@@ -471,6 +577,12 @@ def summarize(rows: list[dict], n_boot: int = 2000, seed: int = 0) -> dict:
     otp, ofp, ofn = (int(col(k).sum()) for k in ("obj_tp", "obj_fp", "obj_fn"))
     n_small, n_small_det = int(col("n_small").sum()), int(col("n_small_detected").sum())
     fpe = fp_rate_empty(counts)
+    inst = {}
+    if rows and all("map_dsb" in r for r in rows):
+        err = col("count_error")
+        inst = {k: agg(col(k)) for k in ("map_dsb", "ap50", "ap75", "pq", "dq", "sq")}
+        inst.update(count_error=agg(err), count_abs_error=agg(np.abs(err)),
+                    instance_counts={"n_pred": int(col("n_pred").sum()), "n_truth": int(col("n_truth").sum())})
     return {
         "n_images": len(rows),
         "n_fg_images": int(fg.sum()),
@@ -493,6 +605,7 @@ def summarize(rows: list[dict], n_boot: int = 2000, seed: int = 0) -> dict:
         "aji": agg(col("aji")),
         "fp_rate_empty": fpe["rate"],
         "fp_empty_counts": {k: fpe[k] for k in ("n_empty", "n_with_fp", "mean_fp_fraction")},
+        **inst,
     }
 
 

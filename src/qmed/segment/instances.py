@@ -1,0 +1,130 @@
+"""Instances from a foreground probability map: marker-controlled watershed on the distance
+transform of the thresholded mask (issue 20; the classical post-processing of the DSB2018 entries,
+without a learned boundary channel).
+
+1. foreground = probability > threshold; its 8-connected components are the starting objects;
+2. the Euclidean distance transform of the foreground peaks at the nuclei's centres and dips
+   where two touching nuclei meet;
+3. markers are the h-maxima of the distance map (the regional maxima of its reconstruction from
+   distance - h): peaks that rise at least h px above every path to a higher or equal one, with
+   h = max(H_MIN, H_FRACTION x the objects' diameter). Two touching discs of radius r dip by
+   about r at their contact, an elongated nucleus's ridge not at all, so one marker per nucleus;
+4. a watershed of the negated distance map from the markers, inside the foreground, with
+   8-connectivity, so every foreground pixel gets a label: the semantic mask is unchanged (labels
+   > 0 is exactly the thresholded mask, no gap is carved between touching objects).
+
+The diameter is each image's own: the median equivalent diameter of its foreground components
+(`qmed.data.objects.object_diameter`). Measured on dsb2018-fluo val with the truth's own
+foreground as the "prediction" (so only the splitting is judged), h = max(1, 0.05 d) lifts the
+DSB mean AP from 0.781 (connected components) to 0.901 and AJI from 0.793 to 0.924; h from the
+training set's one recorded diameter (predict.object_diameter, 17 px) gives 0.885 / 0.919, because
+val images' nuclei range from 9 to 52 px; larger fractions (0.1: 0.890, 0.2: 0.841) merge more.
+Instances are computed on the stitched full-image probability map, so an object cut by a
+sliding-window seam is never split by the seam.
+Memory: a few arrays of the image's size (float32 distance map and its reconstruction, int32
+labels); time about 2 us per pixel on one CPU core (a 4000x4000 image: about 30 s).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from qmed.data.objects import label_components, object_diameter
+
+log = logging.getLogger("qmed")
+
+H_FRACTION = 0.05  # h-maxima height as a fraction of the object diameter ...
+H_MIN = 1.0  # ... and at least this many px (below it, boundary pixels' staircase makes maxima)
+OBJECT_COLUMNS = ("id", "area", "centroid_y", "centroid_x", "bbox_min_row", "bbox_min_col", "bbox_max_row", "bbox_max_col", "mean_probability")
+PNG_MAX_LABEL = 65535
+
+
+def split_instances(prob: np.ndarray, threshold: float = 0.5, diameter: float | None = None, h: float | None = None) -> np.ndarray:
+    """Foreground probability HxW (or a bool mask) -> int32 instance labels 1..N, 0 = background.
+
+    `diameter`: the objects' typical diameter in px (None: measured on this mask's components);
+    `h`: the marker height in px (None: max(H_MIN, H_FRACTION x diameter)).
+    labels > 0 equals `prob > threshold` (a bool mask: itself) pixel for pixel."""
+    from scipy import ndimage
+    from skimage.morphology import local_maxima, reconstruction
+    from skimage.segmentation import relabel_sequential, watershed
+
+    p = np.asarray(prob)
+    fg = p if p.dtype == np.bool_ else p > threshold
+    cc = label_components(fg)
+    n_cc = int(cc.max())
+    if n_cc == 0:
+        return cc
+    if h is None:
+        d = diameter if diameter else object_diameter(cc)
+        if not d:  # only speckle: nothing to split
+            return cc
+        h = max(H_MIN, H_FRACTION * float(d))
+    dist = ndimage.distance_transform_edt(fg).astype(np.float32)
+    # The h-maxima transform: reconstruct dist - h under dist; its regional maxima are the markers.
+    # (skimage's h_maxima marks the tops instead, which leaves two equal peaks joined by a dip < h
+    # as two markers; on the reconstruction they are one plateau, so one marker.)
+    rec = reconstruction(dist - np.float32(h), dist, method="dilation")
+    markers = label_components(local_maxima(rec, connectivity=2, allow_borders=True).astype(bool) & fg)
+    del rec
+    # Every component holds a regional maximum of the reconstruction (one lower than h is one
+    # plateau, whole); should one lack a marker all the same, the component becomes one.
+    has = np.zeros(n_cc + 1, dtype=bool)
+    has[cc[markers > 0]] = True
+    lonely = ~has[cc] & fg
+    if lonely.any():
+        markers[lonely] = cc[lonely] + int(markers.max())
+    labels = watershed(-dist, markers, mask=fg, connectivity=2)
+    left = fg & (labels == 0)  # none with a marker in every component; the mask is kept whatever happens
+    if left.any():
+        labels[left] = cc[left] + int(labels.max())
+    labels, _, _ = relabel_sequential(labels)
+    return labels.astype(np.int32, copy=False)
+
+
+def object_table(labels: np.ndarray, prob: np.ndarray) -> list[dict]:
+    """One row per object, in label order: OBJECT_COLUMNS (bbox max exclusive, as skimage and
+    numpy slices; mean_probability over the object's pixels)."""
+    from skimage.measure import regionprops_table
+
+    if not labels.any():
+        return []
+    t = regionprops_table(labels, intensity_image=np.asarray(prob, dtype=np.float32),
+                          properties=("label", "area", "centroid", "bbox", "intensity_mean"))
+    return [
+        {"id": int(t["label"][i]), "area": int(t["area"][i]),
+         "centroid_y": round(float(t["centroid-0"][i]), 2), "centroid_x": round(float(t["centroid-1"][i]), 2),
+         "bbox_min_row": int(t["bbox-0"][i]), "bbox_min_col": int(t["bbox-1"][i]),
+         "bbox_max_row": int(t["bbox-2"][i]), "bbox_max_col": int(t["bbox-3"][i]),
+         "mean_probability": round(float(t["intensity_mean"][i]), 4)}
+        for i in range(len(t["label"]))
+    ]
+
+
+def write_instances(folder: str | Path, name: str, prob: np.ndarray, threshold: float = 0.5,
+                    diameter: float | None = None) -> int:
+    """Split `prob` into instances and write FOLDER/NAME.png (16-bit label map; a 32-bit NAME.tif,
+    with a warning, past 65535 objects) and FOLDER/NAME.csv (OBJECT_COLUMNS), each atomically.
+    Returns the number of objects."""
+    from qmed.io.files import write_text
+    from qmed.io.images import write_labels
+
+    folder = Path(folder)
+    labels = split_instances(prob, threshold, diameter)
+    n = int(labels.max())
+    suffix = ".png"
+    if n > PNG_MAX_LABEL:
+        suffix = ".tif"
+        log.warning("%s: %d objects do not fit a 16-bit PNG; wrote a 32-bit TIFF label map", folder / f"{name}.png", n)
+    write_labels(folder / f"{name}{suffix}", labels)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=OBJECT_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(object_table(labels, prob))
+    write_text(folder / f"{name}.csv", buf.getvalue())
+    return n

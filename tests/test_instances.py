@@ -1,0 +1,111 @@
+"""Instance post-processing (qmed.segment.instances): watershed on hand-drawn discs, the semantic
+mask kept, the per-object table, and an object across a sliding-window seam (issue 20)."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from qmed.segment.instances import OBJECT_COLUMNS, object_table, split_instances, write_instances
+
+YY, XX = np.mgrid[:60, :90]
+
+
+def disc(cy: float, cx: float, r: float) -> np.ndarray:
+    return (YY - cy) ** 2 + (XX - cx) ** 2 <= r * r
+
+
+def prob_of(mask: np.ndarray) -> np.ndarray:
+    return np.where(mask, 0.9, 0.1).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    "mask, n",
+    [
+        (disc(30, 30, 10) | disc(30, 50, 10), 2),  # touching: centres 2r apart, one pixel column of contact
+        (disc(30, 30, 10) | disc(30, 44, 10), 2),  # overlapping (centres 1.4 r apart): the neck dips by 2 px
+        (disc(30, 40, 12), 1),
+        ((((YY - 30) / 8.0) ** 2 + ((XX - 45) / 30.0) ** 2) <= 1, 1),  # an elongated nucleus is not cut along its ridge
+        (disc(15, 15, 6) | disc(45, 70, 6), 2),  # apart: two components, one label each
+        (np.zeros((60, 90), bool), 0),
+    ],
+    ids=["touching", "overlapping", "one-disc", "ellipse", "apart", "empty"],
+)
+def test_watershed_on_hand_drawn_discs(mask, n):
+    labels = split_instances(prob_of(mask))
+    assert labels.dtype == np.int32 and labels.shape == mask.shape
+    assert labels.max() == n and set(np.unique(labels)) == set(range(n + 1))  # labels 1..n
+    assert np.array_equal(labels > 0, mask)  # the semantic mask is unchanged: no gap carved
+
+
+def test_touching_discs_split_at_the_contact():
+    a, b = disc(30, 30, 10), disc(30, 50, 10)
+    labels = split_instances(a | b)  # a bool mask is taken as the foreground
+    la, lb = labels[30, 30], labels[30, 50]
+    assert la != lb and la > 0 and lb > 0
+    # each disc is (all but its contact column) one label
+    assert np.mean(labels[a & ~b & (XX < 40)] == la) == 1.0 and np.mean(labels[b & (XX > 40)] == lb) == 1.0
+
+
+def test_diameter_sets_the_marker_height():
+    # Overlapping discs: distance 10.05 at the centres, 8.0 at the neck, a dip of 2.05 px. Split with
+    # the measured diameter (27 px for the merged component: h = max(1, 0.05 * 27) = 1.35 px), one
+    # object when told the objects are 60 px wide (h = 3 px) or given h = 2.1 px directly.
+    m = disc(30, 30, 10) | disc(30, 44, 10)
+    assert split_instances(m).max() == 2
+    assert split_instances(m, diameter=60).max() == 1
+    assert split_instances(m, h=2.0).max() == 2 and split_instances(m, h=2.1).max() == 1
+
+
+def test_small_component_keeps_a_label():
+    m = disc(30, 30, 12) | disc(5, 80, 1.5)  # a 9 px speck far lower than h for 24 px objects
+    labels = split_instances(m, diameter=24)
+    assert labels.max() == 2 and np.array_equal(labels > 0, m)
+
+
+def test_object_table_and_files(tmp_path):
+    m = np.zeros((20, 30), bool)
+    m[2:6, 3:8] = True  # 4x5 = 20 px, centroid (3.5, 5), bbox rows 2..6, cols 3..8 (max exclusive)
+    m[10:13, 20:23] = True  # 3x3 = 9 px
+    prob = np.where(m, 0.8, 0.0).astype(np.float32)
+    prob[2, 3] = 1.0  # mean over object 1: (19 * 0.8 + 1.0) / 20 = 0.81
+    n = write_instances(tmp_path / "instances", "img", prob)
+    assert n == 2
+    lab = np.array(Image.open(tmp_path / "instances" / "img.png"))
+    assert lab.dtype == np.uint16 and lab.max() == 2 and np.array_equal(lab > 0, m)
+    rows = list(csv.DictReader((tmp_path / "instances" / "img.csv").open()))
+    assert tuple(rows[0]) == OBJECT_COLUMNS
+    assert rows[0] == {"id": "1", "area": "20", "centroid_y": "3.5", "centroid_x": "5.0", "bbox_min_row": "2",
+                       "bbox_min_col": "3", "bbox_max_row": "6", "bbox_max_col": "8", "mean_probability": "0.81"}
+    assert rows[1]["area"] == "9" and rows[1]["centroid_y"] == "11.0"
+    assert object_table(np.zeros((4, 4), np.int32), np.zeros((4, 4), np.float32)) == []
+    assert write_instances(tmp_path / "instances", "none", np.zeros((8, 8), np.float32)) == 0
+    assert (tmp_path / "instances" / "none.csv").read_text() == ",".join(OBJECT_COLUMNS) + "\n"
+    assert not [p for p in (tmp_path / "instances").iterdir() if p.name.startswith(".")]  # atomic: no temp files left
+
+
+class Brightness(torch.nn.Module):
+    """A stand-in network: foreground logit = 40 * (red channel - 0.5)."""
+
+    def forward(self, x):
+        return 40.0 * (x[:, :1] - 0.5)
+
+
+def test_object_across_a_window_seam_keeps_one_label():
+    from qmed.segment.predict import predict_probability
+
+    h, w = 150, 200
+    yy, xx = np.mgrid[:h, :w]
+    nucleus = ((yy - 75) / 14.0) ** 2 + ((xx - 100) / 40.0) ** 2 <= 1  # 80 px long, across the windows' seams
+    other = (yy - 30) ** 2 + (xx - 30) ** 2 <= 64
+    img = np.repeat(np.where(nucleus | other, 0.9, 0.1).astype(np.float32)[..., None], 3, axis=2)
+    prob = predict_probability(Brightness(), img, tile=64, overlap=0.25, batch_size=8)  # 64 px windows, stride 32
+    assert prob.shape == (h, w)
+    labels = split_instances(prob)
+    assert labels.max() == 2
+    assert np.unique(labels[nucleus]).tolist() == [labels[75, 100]]  # one label over the whole nucleus
+    assert np.array_equal(labels > 0, prob > 0.5)
