@@ -189,6 +189,17 @@ class ModelConfig(_Section):
     # learning needs it > 0); the smp archs have no such layer and refuse a value > 0.
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     hq: HQConfig = Field(default_factory=HQConfig)
+    # UNet++'s deep supervision (Zhou et al. 2018; smp has none): in training, 1x1 conv heads on the
+    # nested nodes X^{0,1..3} add auxiliary outputs, weighed by train.deep_supervision_weights;
+    # prediction uses the main output only. Off until a measurement says otherwise.
+    # qmed.models.segmenter.nested_nodes, qmed.segment.losses.DeepSupervisionLoss.
+    deep_supervision: bool = False
+
+    @model_validator(mode="after")
+    def _deep_supervision_needs_unetplusplus(self):
+        if self.deep_supervision and self.arch != "unetplusplus":
+            raise _refuse(f"deep_supervision needs arch 'unetplusplus' (UNet++'s nested decoder), not {self.arch!r}; set it to false")
+        return self
 
 
 class AugmentConfig(_Section):
@@ -293,6 +304,11 @@ class TrainConfig(_Section):
     # Numerical safeguards: this many non-finite steps in a row restore the last good state.
     max_bad_steps: int = 5
     recovery_lr_factor: float = 0.5
+    # model.deep_supervision only: the auxiliary outputs' loss weights, nearest the main output
+    # first (X^{0,3}, X^{0,2}, X^{0,1}); the main output weighs 1 and the sum is normalised by the
+    # sum of the weights. qmed.segment.losses.DeepSupervisionLoss.
+    deep_supervision_weights: list[Annotated[float, Field(ge=0.0)]] = Field(default_factory=lambda: [0.5, 0.25, 0.125],
+                                                                            min_length=3, max_length=3)
 
     @model_validator(mode="after")
     def _dice_bce_options_need_dice_bce(self):

@@ -11,6 +11,7 @@ import logging
 
 import segmentation_models_pytorch as smp
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from qmed.config import ModelConfig
@@ -39,9 +40,36 @@ class Segmenter(nn.Module):
         )
         self.projection = EdgeProjection(cfg.projection_mid) if cfg.input_mode == "projection" else None
         self.net = net
+        # model.deep_supervision: one 1x1 conv head per supervised nested node (`nested_nodes`);
+        # absent otherwise, so the default model's state dict is the one it always was.
+        self.aux_nodes = nested_nodes(net) if cfg.deep_supervision else ()
+        if self.aux_nodes:
+            self.aux_heads = nn.ModuleList(nn.Conv2d(net.decoder.blocks[n].out_channels, 1, kernel_size=1) for n in self.aux_nodes)
         register_imagenet_stats(self)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """Logits (B, 1, H, W). With deep supervision, in training mode only: the tuple (main logits,
+        then one auxiliary logit map per `aux_nodes` entry, each upsampled to H x W)."""
+        if not (self.aux_nodes and self.training):
+            return self._forward(x)
+        # Hooks for this call only: nothing persists on the blocks (a deepcopy, e.g. the weight
+        # EMA's AveragedModel, would otherwise carry hooks that write into this module).
+        feats: dict[str, torch.Tensor] = {}
+        blocks = self.net.decoder.blocks
+        handles = [blocks[n].register_forward_hook(lambda _m, _a, out, n=n: feats.__setitem__(n, out)) for n in self.aux_nodes]
+        try:
+            main = self._forward(x)
+        finally:
+            for h in handles:
+                h.remove()
+        size = main.shape[-2:]
+        aux = []
+        for n, head in zip(self.aux_nodes, self.aux_heads):
+            a = head(feats[n])
+            aux.append(a if a.shape[-2:] == size else F.interpolate(a, size=size, mode="bilinear", align_corners=False))
+        return (main, *aux)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         if self.input_mode == "none":
@@ -52,6 +80,21 @@ class Segmenter(nn.Module):
             return self.net((z - self.mean) / self.std)
         # smp's own 4-channel stem: the edge channel, centred like the normalised RGB ones.
         return self.net(torch.cat([(x - self.mean) / self.std, (edge - 0.5) / 0.25], dim=1))
+
+
+def nested_nodes(net: nn.Module) -> tuple[str, ...]:
+    """The names, in smp's UnetPlusPlusDecoder.blocks, of the nested nodes UNet++'s deep supervision
+    (Zhou et al. 2018) puts heads on besides the main output, nearest the main output first.
+
+    smp names a node x_{d}_{l}: l is its resolution (the top decoder level, half the input size, is
+    l = depth - 1) and the nodes of that level are x_{depth-1}_{depth-1}, ..., x_0_{depth-1} in the
+    order the decoder fills them. So the paper's X^{0,1}, X^{0,2}, X^{0,3} (the top-level outputs of
+    the 1-, 2- and 3-deep sub-networks) are x_3_3, x_2_3 and x_1_3 for smp's depth 4, and X^{0,4}
+    is x_0_3, which smp's extra block x_0_4 upsamples to the input size for the segmentation head
+    (the main output). smp's x_0_1, x_0_2 are lower-resolution nodes of the main path, not these.
+    Returned as (X^{0,3}, X^{0,2}, X^{0,1}) = ("x_1_3", "x_2_3", "x_3_3")."""
+    depth = net.decoder.depth
+    return tuple(f"x_{d}_{depth - 1}" for d in range(1, depth))
 
 
 def build(cfg: ModelConfig, pretrained: bool = True) -> Segmenter:

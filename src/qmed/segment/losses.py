@@ -239,11 +239,53 @@ def build_loss(name: str, **kw) -> nn.Module:
     return cls(**kw)
 
 
-def loss_from_config(t) -> nn.Module:
+class DeepSupervisionLoss(nn.Module):
+    """UNet++ deep supervision around any of the losses above: for outputs (main, aux_1, ..., aux_K)
+    (the Segmenter's training-mode output with model.deep_supervision),
+
+        L = (L(main) + Σ_k w_k L(aux_k)) / (1 + Σ_k w_k),
+
+    each term the wrapped loss of that output (in float32) against the same target. A plain tensor
+    is just the wrapped loss. `self.last` holds the main output's components and "loss" = L (what
+    the trainer logs), plus "loss_main" = L(main)."""
+
+    def __init__(self, base: nn.Module, weights):
+        super().__init__()
+        self.base = base
+        self.weights = tuple(float(w) for w in weights)
+        self.last: dict[str, float] = {}
+
+    def forward(self, outputs, target: torch.Tensor) -> torch.Tensor:
+        if isinstance(outputs, torch.Tensor):
+            loss = self.base(outputs.float(), target)
+            self.last = dict(getattr(self.base, "last", {}))
+            return loss
+        main, *aux = outputs
+        if len(aux) != len(self.weights):
+            raise ValueError(f"{len(aux)} auxiliary outputs but {len(self.weights)} deep-supervision weights")
+        l_main = self.base(main.float(), target)
+        last = dict(getattr(self.base, "last", {}))
+        total = l_main
+        for w, a in zip(self.weights, aux):
+            total = total + w * self.base(a.float(), target)
+        loss = total / (1.0 + sum(self.weights))
+        self.last = {**last, "loss_main": float(l_main.detach()), "loss": float(loss.detach())}
+        return loss
+
+
+def main_logits(outputs) -> torch.Tensor:
+    """The main logits of a model output: the tensor itself, or the first of deep supervision's tuple."""
+    return outputs if isinstance(outputs, torch.Tensor) else outputs[0]
+
+
+def loss_from_config(t, deep_supervision: bool = False) -> nn.Module:
     """The loss a TrainConfig names, with the fields that loss takes (the trainer's and the speed
-    benchmark's one way to build it)."""
+    benchmark's one way to build it); `deep_supervision` (model.deep_supervision) wraps it in
+    DeepSupervisionLoss with t.deep_supervision_weights."""
     if t.loss == "stabilized":
-        return build_loss(t.loss, max_pos_weight=t.pos_weight_max)
-    if t.loss == "dice_bce":
-        return build_loss(t.loss, boundary_weight=t.boundary_weight, boundary_sigma=t.boundary_sigma, per_image=t.dice_per_image)
-    return build_loss(t.loss)
+        base = build_loss(t.loss, max_pos_weight=t.pos_weight_max)
+    elif t.loss == "dice_bce":
+        base = build_loss(t.loss, boundary_weight=t.boundary_weight, boundary_sigma=t.boundary_sigma, per_image=t.dice_per_image)
+    else:
+        base = build_loss(t.loss)
+    return DeepSupervisionLoss(base, t.deep_supervision_weights) if deep_supervision else base

@@ -44,7 +44,7 @@ from qmed.io.files import check_output, prepare_output_dir, write_json, write_te
 from qmed.models.common import count_parameters
 from qmed.models.segmenter import build
 from qmed.runtime import pick_device, seed_everything
-from qmed.segment.losses import loss_from_config, per_sample_dice_loss
+from qmed.segment.losses import loss_from_config, main_logits, per_sample_dice_loss
 from qmed.segment.validate import validate
 
 log = logging.getLogger("qmed")
@@ -176,7 +176,7 @@ class Trainer:
         cfg = self.cfg
         seed_everything(cfg.train.seed)
         self.model = build(cfg.model, pretrained=pretrained).to(self.device).to(memory_format=torch.channels_last)
-        self.loss_fn = loss_from_config(cfg.train)
+        self.loss_fn = loss_from_config(cfg.train, deep_supervision=cfg.model.deep_supervision)
         opt_cls = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = opt_cls(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         steps_per_epoch = math.ceil(self.micro_per_epoch / cfg.train.accumulate)
@@ -325,8 +325,10 @@ class Trainer:
         cfg = self.cfg
         x, y = runtime.channels_last(x.to(self.device, non_blocking=True)), y.to(self.device, non_blocking=True)
         with runtime.autocast(self.device, self.amp_dtype):
-            logits = self.model(x)
-        loss = self.loss_fn(logits.float(), y)
+            outputs = self.model(x)
+        # model.deep_supervision: outputs = (main, *auxiliary), all weighed by the loss; the rest uses the main logits.
+        logits = main_logits(outputs)
+        loss = self.loss_fn(logits.float() if outputs is logits else outputs, y)
         if hard is not None:
             self._track_hardness(hard, i, logits, y)
         if self._inject_nan(epoch, i):
