@@ -137,7 +137,7 @@ def _finished(run: Path) -> bool:
 
 @handle_errors
 def predict(
-    model: Path = typer.Option(..., "--model", help="Run directory (uses checkpoints/best.pt) or a .pt checkpoint."),
+    model: Path = typer.Option(..., "--model", help="Run directory (uses checkpoints/best.pt), a .pt checkpoint, or a .onnx file from qmed export."),
     input: Path = typer.Option(..., "--input", help="Folder of images (or one image file)."),
     out: Path = typer.Option(..., "--out", help="Output folder: NAME.png masks (0/255) and probabilities/NAME.png (16-bit)."),
     tta: bool = typer.Option(False, "--tta/--no-tta", help="7-fold dihedral test-time augmentation."),
@@ -151,6 +151,9 @@ def predict(
     object_diameter: Optional[float] = typer.Option(None, "--object-diameter", min=1.0, help=(
         "Target object diameter in px for --rescale (default: the training masks' median, recorded by qmed train).")),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar (it goes to stderr, and only to a terminal)."),
+    backend: Optional[str] = typer.Option(None, "--backend", help=(
+        "torch, or onnxruntime for a .onnx file from qmed export (same windows, TTA and threshold; needs qmed[onnx]). "
+        "Default: onnxruntime for a .onnx --model, else torch.")),
 ):
     """Predict masks and probability maps for new images of any size.
 
@@ -159,8 +162,29 @@ def predict(
     from qmed.segment.predict import predict_folder
 
     n = predict_folder(model, input, out, tta=tta, threshold=threshold, tile=tile, force=force, device=device, rescale=rescale,
-                       object_diameter=object_diameter, quiet=quiet)
+                       object_diameter=object_diameter, quiet=quiet, backend=backend)
     console.print(f"wrote {n} masks to {out} and probability maps to {out / 'probabilities'} (settings in {out / 'predict.json'})")
+
+
+@handle_errors
+def export(
+    model: Path = typer.Option(..., "--model", help="Run directory (uses checkpoints/best.pt) or a .pt checkpoint."),
+    out: Path = typer.Option(..., "--out", help="The ONNX file to write (its JSON sidecar goes beside it as OUT.json)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing --out (and its sidecar)."),
+    opset: int = typer.Option(17, "--opset", help="ONNX opset (17 or higher)."),
+):
+    """Export a segmentation model to ONNX: normalisation, edge channel, projection, network and sigmoid in one graph.
+
+    Input "image": float32 N x 3 x H x W in [0, 1] (gray repeated to 3 channels), H and W multiples of 32
+    (reflect-pad the bottom and right, crop the output back); output "probability": N x 1 x H x W. The file's
+    metadata (and OUT.json) hold the threshold, TTA views, tile and the run's config, so
+    qmed predict --backend onnxruntime --model OUT needs nothing else. Needs qmed[onnx]."""
+    setup_logging()
+    from qmed.segment.export import export_onnx, sidecar_path
+
+    meta = export_onnx(model, out, force=force, opset=opset)
+    console.print(f"wrote {out} and {sidecar_path(out)} (opset {meta['opset']}; ONNX Runtime against torch on a check image: "
+                  f"max |difference| {meta['check']['max_abs_diff_vs_torch']:.1e})")
 
 
 @handle_errors

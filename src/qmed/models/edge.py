@@ -30,6 +30,13 @@ Choices the paper leaves open (all are constructor arguments):
   image's noise is not blown up to full range), then clamp to [0, 1]. An image with no positive response
   (e.g. constant) gives all zeros, never NaN.
 
+Two computations of the same map (`mode`): "fft" (the default, used for training and `qmed
+predict`) and "conv", a direct conv2d of the reflect-padded image with the same 24 kernels and a
+batched, sort-based percentile (no FFT, no per-image loop, no quantile op: every op exports to ONNX;
+`qmed export` uses it). The two agree to float32 rounding (tests/test_export.py checks 1e-5 on the
+normalised map). The conv path needs H, W > ksize // 2 (reflect padding), which the exported
+graph's multiples of 32 satisfy.
+
 Speed: the convolution is done with FFTs (one rFFT of the padded image, a cached rFFT of the 24
 kernels per (FFT size, device, dtype), a product, inverse rFFTs a few filters at a time); exact up to float32 rounding
 versus direct conv2d (tested). ~0.4 GFLOP instead of ~12 GFLOP for a (4, 3, 256, 256) batch; measured on
@@ -95,8 +102,14 @@ def _fast_len(n: int) -> int:
         n += 1
 
 
+MODES = ("fft", "conv")
+
+
 class GaborEdge(torch.nn.Module):
     """(B, C, H, W) image in [0, 1] -> (B, 1, H, W) edge map in [0, 1]. Fixed, not trainable.
+
+    `mode`: "fft" (default) or "conv" (direct convolution and sort-based percentile; exportable).
+    It is a plain attribute, so a built model can be switched (`model.edge.mode = "conv"`).
 
     `kernels` is a non-persistent buffer: it follows .to(device) but is rebuilt from the constructor
     arguments rather than stored in checkpoints (it is deterministic, and this keeps checkpoints
@@ -104,8 +117,12 @@ class GaborEdge(torch.nn.Module):
     """
 
     def __init__(self, ksize: int = KSIZE, sigma: float = SIGMA, gamma: float = GAMMA, psi: float = PSI,
-                 thetas_deg=THETAS_DEG, lambdas=LAMBDAS, percentile: float = 99.0, min_scale: float = 0.5):
+                 thetas_deg=THETAS_DEG, lambdas=LAMBDAS, percentile: float = 99.0, min_scale: float = 0.5,
+                 mode: str = "fft"):
         super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.mode = mode
         self.register_buffer("kernels", gabor_bank(ksize, sigma, gamma, psi, thetas_deg, lambdas), persistent=False)
         self.pad = ksize // 2
         self.percentile = percentile
@@ -151,6 +168,13 @@ class GaborEdge(torch.nn.Module):
             m = r if m is None else torch.maximum(m, r)
         return m
 
+    def max_response_conv(self, gray: torch.Tensor) -> torch.Tensor:
+        """max_response() as one direct conv2d of the reflect-padded image (no FFT: exports to ONNX)."""
+        p = self.pad
+        gray = gray - gray[..., :1, :1]  # as in _spectrum: exact zeros for a constant image
+        x = F.pad(gray, (p, p, p, p), mode="reflect" if p < min(gray.shape[-2:]) else "replicate")
+        return F.conv2d(x, self.kernels).amax(dim=1, keepdim=True)
+
     def normalise(self, m: torch.Tensor) -> torch.Tensor:
         """Per image: clip negatives, divide by max(percentile of positives, min_scale), clamp to [0, 1]."""
         m = m.clamp_min(0)
@@ -162,11 +186,32 @@ class GaborEdge(torch.nn.Module):
             out[b] = torch.where(scale.isnan(), torch.zeros_like(m[b]), (m[b] / scale).clamp(0, 1))
         return out
 
+    def normalise_sorted(self, m: torch.Tensor) -> torch.Tensor:
+        """normalise() for a whole batch at once, with the percentile taken from a sort (as
+        torch.nanquantile does: linear interpolation at rank q * (count - 1) among the positives)."""
+        m = m.clamp_min(0)
+        flat = m.flatten(1)  # (B, H*W)
+        positive = flat > 0
+        count = positive.sum(dim=1, keepdim=True)  # (B, 1)
+        ranked = torch.where(positive, flat, torch.full_like(flat, float("inf"))).sort(dim=1).values  # positives first
+        last = (count - 1).clamp_min(0)
+        rank = (count - 1).clamp_min(0).to(flat.dtype) * (self.percentile / 100.0)
+        below = rank.floor().long()
+        above = torch.minimum(below + 1, last)
+        a, b = ranked.gather(1, below), ranked.gather(1, above)
+        w = rank - below.to(flat.dtype)
+        scale = torch.where(w < 0.5, a + w * (b - a), b - (b - a) * (1 - w))  # torch.lerp's two-sided form
+        scale = scale.clamp_min(self.min_scale).view(-1, 1, 1, 1)
+        out = (m / scale).clamp(0, 1)
+        return torch.where(count.view(-1, 1, 1, 1) > 0, out, torch.zeros_like(out))  # no positives: all zeros
+
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
             raise ValueError(f"expected (B, C, H, W), got shape {tuple(x.shape)}")
         gray = x.float().mean(dim=1, keepdim=True)  # float32 even under AMP: FFT in half is inaccurate
+        if self.mode == "conv":
+            return self.normalise_sorted(self.max_response_conv(gray)).to(x.dtype)
         m = self.max_response(gray)  # signed max over the 24 filters
         return self.normalise(m).to(x.dtype)
 

@@ -67,23 +67,40 @@ def _starts(total: int, size: int, overlap: float) -> list[int]:
     return starts
 
 
+Forward = Callable[[torch.Tensor], torch.Tensor]  # (B,3,H,W) float32 -> (B,1,H,W) foreground probability
+
+
+def as_forward(model: nn.Module | Forward, device: torch.device, amp: bool, cpu_bf16: bool = False) -> Forward:
+    """A torch model as its probability function (sigmoid of the logits, under the autocast `amp` /
+    `cpu_bf16` ask for); any other callable is taken to be one already (qmed.segment.onnx_backend)."""
+    if not isinstance(model, nn.Module):
+        return model
+    dtype = runtime.autocast_dtype(device, amp, cpu_bf16)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with runtime.autocast(device, dtype):
+            logits = model(x)
+        return torch.sigmoid(logits.float())
+
+    return forward
+
+
 @torch.no_grad()
-def forward_views(model: nn.Module, x: torch.Tensor, tta: int, amp: bool, cpu_bf16: bool = False) -> torch.Tensor:
-    """Mean sigmoid probability over `tta` dihedral views; x (B,3,H,W) with H, W multiples of 32."""
+def forward_views(model: nn.Module | Forward, x: torch.Tensor, tta: int, amp: bool, cpu_bf16: bool = False) -> torch.Tensor:
+    """Mean probability over `tta` dihedral views; x (B,3,H,W) with H, W multiples of 32. `model`: a
+    torch model or a probability function (as_forward)."""
     acc = None
     n = max(1, min(tta, len(DIHEDRAL)))
-    dtype = runtime.autocast_dtype(x.device, amp, cpu_bf16)
+    forward = as_forward(model, x.device, amp, cpu_bf16)
     for fwd, inv in DIHEDRAL[:n]:
-        with runtime.autocast(x.device, dtype):
-            logits = model(fwd(x))
-        p = inv(torch.sigmoid(logits.float()))
+        p = inv(forward(fwd(x)))
         acc = p if acc is None else acc + p
     return acc / n
 
 
 @torch.no_grad()
 def predict_probability(
-    model: nn.Module,
+    model: nn.Module | Forward,
     image: np.ndarray,
     tile: int = 512,
     overlap: float = 0.25,
@@ -94,9 +111,11 @@ def predict_probability(
     cpu_bf16: bool = False,
 ) -> np.ndarray:
     """image HxWx3 float32 in [0,1] -> foreground probability HxW float32. `amp`: float16 on CUDA;
-    `cpu_bf16`: bfloat16 on a CPU with native support (qmed.runtime; per-epoch validation only)."""
+    `cpu_bf16`: bfloat16 on a CPU with native support (qmed.runtime; per-epoch validation only).
+    `model` may also be a probability function (as_forward), e.g. an ONNX Runtime session's."""
     device = torch.device(device)
-    model.eval()
+    if isinstance(model, nn.Module):
+        model.eval()
     x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()[None]
     h, w = x.shape[-2:]
     tile = max(32, int(tile) // 32 * 32)
@@ -154,11 +173,13 @@ def predict_image(model: nn.Module, image: np.ndarray, cfg, tta: int = 1, device
 
 def predict_folder(model_path, input_path, out, tta: bool = False, threshold: float | None = None, tile: int | None = None,
                    force: bool = False, device: str | None = None, rescale: bool | None = None,
-                   object_diameter: float | None = None, quiet: bool = False) -> int:
+                   object_diameter: float | None = None, quiet: bool = False, backend: str | None = None) -> int:
     """Write OUT/NAME.png (0/255 mask) and OUT/probabilities/NAME.png (16-bit) per input image;
     with rescaling, OUT/scales.json records each image's scale factor. OUT/predict.json records
     what made them (checkpoint, TTA views, threshold, tile), for `qmed evaluate` to state.
-    A progress bar over the images goes to stderr (not with `quiet`, nor when stderr is no terminal)."""
+    A progress bar over the images goes to stderr (not with `quiet`, nor when stderr is no terminal).
+    `backend`: "torch" (a run directory or .pt checkpoint) or "onnxruntime" (a .onnx file written by
+    qmed export; same windows, TTA and thresholds); by default the model file's suffix decides."""
     import shutil
 
     from tqdm.auto import tqdm
@@ -182,8 +203,19 @@ def predict_folder(model_path, input_path, out, tta: bool = False, threshold: fl
     names = [f.stem for f in files]
     if len(set(names)) != len(names):
         raise QmedInputError(input_path, "two input images share a name (e.g. a.png and a.tif); names must be unique")
-    dev = pick_device(device)
-    model, cfg, ckpt = load_model(model_path, dev)
+    backend = backend or ("onnxruntime" if Path(model_path).suffix.lower() == ".onnx" else "torch")
+    if backend == "onnxruntime":
+        from qmed.segment.onnx_backend import load_onnx
+
+        model, cfg, _ = load_onnx(model_path, device)
+        dev, ckpt = torch.device("cpu"), model_path  # ONNX Runtime's provider places the work; tensors stay here
+    elif backend == "torch":
+        if Path(model_path).suffix.lower() == ".onnx":
+            raise QmedInputError(model_path, "is an ONNX model; predict with it through --backend onnxruntime")
+        dev = pick_device(device)
+        model, cfg, ckpt = load_model(model_path, dev)
+    else:
+        raise QmedInputError(None, f"unknown --backend {backend!r}; use torch or onnxruntime")
     thr = cfg.predict.threshold if threshold is None else threshold
     n_views = cfg.predict.tta if tta else 1
     if tile:
@@ -207,7 +239,7 @@ def predict_folder(model_path, input_path, out, tta: bool = False, threshold: fl
         if rescale:
             write_json(stage / "scales.json", {"object_diameter": object_diameter or cfg.predict.object_diameter, "scales": scales})
         write_json(stage / PREDICTION_META, {
-            "model": str(model_path), "checkpoint": str(Path(ckpt).resolve()), "tta": n_views, "threshold": thr,
+            "model": str(model_path), "checkpoint": str(Path(ckpt).resolve()), "backend": backend, "tta": n_views, "threshold": thr,
             "tile": cfg.predict.tile, "rescale": bool(rescale), "input": str(input_path), "n_images": len(files)})
         commit_staged(stage, out)
     finally:
