@@ -246,8 +246,9 @@ def train_step_fn(s: StepSetup, batches: list, device: torch.device, amp: bool, 
         x, y = batches[i % len(batches)]
         x, y = _to_device(x, device, channels_last), y.to(device, non_blocking=True)
         with _autocast(device, amp):
-            logits = s.model(x)
-        loss = s.loss(logits.float(), y)
+            outputs = s.model(x)
+        # deep supervision returns (main, aux...); the recipe's loss then needs the wrapper
+        loss = s.loss(outputs.float() if isinstance(outputs, torch.Tensor) else outputs, y)
         s.scaler.scale(loss / s.accumulate).backward()
         if (i + 1) % s.accumulate == 0:
             if s.clip:
@@ -353,7 +354,7 @@ class SpeedRun:
         if kind == "recipe":
             model = build(cfg.model, pretrained=False)
             opt_cls = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
-            loss, acc, clip = loss_from_config(cfg.train), cfg.train.accumulate, cfg.train.clip_grad
+            loss, acc, clip = loss_from_config(cfg.train, cfg.model.deep_supervision), cfg.train.accumulate, cfg.train.clip_grad
             lr, wd = cfg.train.lr, cfg.train.weight_decay
         else:
             model, opt_cls, loss, acc, clip = BareSmp(cfg.model), torch.optim.Adam, build_loss("dice_bce"), 1, None

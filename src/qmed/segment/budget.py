@@ -72,8 +72,9 @@ def calibrate(cfg, train_dir: Path, val_dir: Path, device: str | None, n_steps: 
             t0 = time.perf_counter()
             x, y = runtime.channels_last(x.to(t.device)), y.to(t.device)
             with runtime.autocast(t.device, t.amp_dtype):
-                logits = t.model(x)
-            loss = t.loss_fn(logits.float(), y)
+                outputs = t.model(x)
+            # deep supervision returns (main, aux...): the trainer's loss takes the whole tuple
+            loss = t.loss_fn(outputs.float() if isinstance(outputs, torch.Tensor) else outputs, y)
             t.scaler.scale(loss / acc).backward()
             if (i + 1) % acc == 0:
                 t.optimizer_step()
