@@ -380,3 +380,18 @@ def test_prediction_kind_detection(tmp_path):
     save_png(tmp_path / "t.png", tiled)
     assert read_prediction(tmp_path / "t.png", "labels")[0] == "labels"
     assert read_prediction(tmp_path / "t.png", "mask")[1].all()
+
+
+def test_instances_folder_object_tables_are_not_predictions(dataset, tmp_path, caplog):
+    """OUT/instances of qmed predict --instances: NAME.png label maps, NAME.csv tables, predict.json."""
+    root, masks = dataset
+    pred = tmp_path / "instances"
+    for name, lab in label_maps(masks).items():
+        save_png(pred / f"{name}.png", lab)
+        (pred / f"{name}.csv").write_text("id,area\n")
+    (pred / "predict.json").write_text(json.dumps({"checkpoint": "/x/best.pt", "tta": 1, "threshold": 0.5, "kind": "labels"}))
+    (pred / "notes.csv").write_text("x\n")  # a CSV without an image of its name is still worth a word
+    with caplog.at_level(logging.WARNING, logger="qmed"):
+        s, rows = evaluate_folders(pred, root, n_boot=10)
+    assert "ignoring 1 non-image file(s): notes.csv" in caplog.text and len(rows) == 4
+    assert s["predictions"]["description"] == "no TTA, threshold 0.5, watershed label maps, from /x/best.pt"

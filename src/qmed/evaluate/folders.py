@@ -79,6 +79,8 @@ def describe_predictions(meta: dict) -> str:
         parts.append(f"tile {meta['tile']} px")
     if meta.get("rescale"):
         parts.append("rescaled")
+    if meta.get("kind") == "labels":
+        parts.append("watershed label maps")
     text = ", ".join(parts)
     return f"{text}, from {meta['checkpoint']}" if meta.get("checkpoint") else text
 
@@ -100,9 +102,12 @@ def _prediction_files(pred_dir: Path) -> dict[str, Path]:
     if not pred_dir.exists():
         raise QmedInputError(pred_dir, "prediction folder does not exist")
     files = list_images(pred_dir, warn=False)
-    # qmed predict's own records beside the masks are expected; anything else is worth a word.
+    # qmed predict's own records beside the masks are expected (and NAME.csv object tables beside
+    # the label maps of qmed predict --instances); anything else is worth a word.
+    stems = {f.stem for f in files}
     other = sorted(q.name for q in pred_dir.iterdir() if q.is_file() and not q.name.startswith(".")
-                   and not is_image_file(q) and q.name not in PREDICT_RECORDS)
+                   and not is_image_file(q) and q.name not in PREDICT_RECORDS
+                   and not (q.suffix.lower() == ".csv" and q.stem in stems))
     if other:
         log.warning("%s: ignoring %d non-image file(s): %s", pred_dir, len(other), ", ".join(other[:5]) + (" ..." if len(other) > 5 else ""))
     if not files:
