@@ -109,3 +109,35 @@ def test_object_across_a_window_seam_keeps_one_label():
     assert labels.max() == 2
     assert np.unique(labels[nucleus]).tolist() == [labels[75, 100]]  # one label over the whole nucleus
     assert np.array_equal(labels > 0, prob > 0.5)
+
+
+def test_evaluate_cli_label_maps(fluo_subset, tmp_path):
+    """qmed evaluate on DSB2018 instance truth: label maps (auto-detected and said), a watershed of
+    the truth's foreground, and the options' one-line errors."""
+    import json
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from qmed.cli.app import app
+    from qmed.io.images import read_mask, write_labels
+
+    val = fluo_subset["val"]
+    (tmp_path / "labels").mkdir()
+    for m in sorted((val / "masks").iterdir()):
+        shutil.copy(m, tmp_path / "labels" / m.name)
+        write_labels(tmp_path / "split" / m.name, split_instances(read_mask(m)[0]))
+    runner = CliRunner()
+    out = tmp_path / "eval.json"
+    res = runner.invoke(app, ["evaluate", "--pred", str(tmp_path / "labels"), "--truth", str(val), "--out", str(out), "--n-boot", "20"])
+    assert res.exit_code == 0, res.output
+    assert "predictions read as 3 label maps (--pred-kind auto)" in res.output and "Mean AP" in res.output
+    doc = json.loads(out.read_text())
+    assert doc["summary"]["map_dsb"]["mean"] == 1.0 and doc["summary"]["pred_kinds"] == {"labels": 3}
+    assert all(r["pred_kind"] == "labels" and r["count_error"] == 0 for r in doc["per_image"])
+    res = runner.invoke(app, ["evaluate", "--pred", str(tmp_path / "split"), "--truth", str(val), "--out", str(out), "--n-boot", "20", "--pred-kind", "labels"])
+    assert res.exit_code == 0, res.output
+    s = json.loads(out.read_text())["summary"]
+    assert s["dice_pooled"] == 1.0 and 0.0 < s["map_dsb"]["mean"] <= 1.0  # same pixels; objects as the watershed cut them
+    res = runner.invoke(app, ["evaluate", "--pred", str(tmp_path / "labels"), "--truth", str(val), "--pred-kind", "blobs"])
+    assert res.exit_code == 2 and "--pred-kind must be one of auto, mask, probability, labels" in res.output

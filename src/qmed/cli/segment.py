@@ -43,21 +43,29 @@ def inspect(
 
 @handle_errors
 def evaluate(
-    pred: Path = typer.Option(..., "--pred", help="Folder of predicted masks (0/1, 0/255) or probability maps, one per NAME."),
+    pred: Path = typer.Option(..., "--pred", help="Folder of predictions, one per NAME: masks (0/1, 0/255), probability maps or instance label maps."),
     truth: Path = typer.Option(..., "--truth", help="Ground truth: a dataset folder (masks/ inside) or a folder of masks."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the summary and per-image figures as JSON here (and a per-image CSV beside it)."),
     threshold: float = typer.Option(0.5, help="Probability threshold for probability maps."),
     n_boot: int = typer.Option(2000, help="Bootstrap resamples for the 95 % confidence intervals."),
     seed: int = typer.Option(0, help="Bootstrap seed."),
+    pred_kind: str = typer.Option("auto", "--pred-kind", help=(
+        "What the prediction files hold: mask (foreground = non-zero), probability (foreground = value > threshold), "
+        "labels (instance label maps, e.g. qmed predict --instances, Cellpose, StarDist), or auto (decided per file and reported).")),
+    instances: bool = typer.Option(False, "--instances", help=(
+        "Report the instance figures (DSB2018 mean AP, PQ, count error) also for masks and probability maps, "
+        "their connected components as objects (label maps always report them).")),
 ):
     """Score predictions from any tool against ground truth (the three Dice figures, IoU, HD95, objects, CIs).
 
     For predictions written by qmed predict, the table caption and the JSON ("predictions") state
-    how they were made (checkpoint, TTA views, threshold), read from PRED/predict.json."""
+    how they were made (checkpoint, TTA views, threshold), read from PRED/predict.json. Label maps
+    (read as such by --pred-kind auto, or told with --pred-kind labels) add the instance figures."""
     setup_logging()
-    from qmed.evaluate.folders import evaluate_folders, summary_table, write_outputs
+    from qmed.evaluate.folders import describe_kinds, evaluate_folders, summary_table, write_outputs
 
-    summary, rows = evaluate_folders(pred, truth, threshold=threshold, n_boot=n_boot, seed=seed)
+    summary, rows = evaluate_folders(pred, truth, threshold=threshold, n_boot=n_boot, seed=seed, pred_kind=pred_kind, instances=instances)
+    console.print(f"predictions read as {describe_kinds(summary['pred_kinds'], pred_kind)}")
     console.print(summary_table(summary))
     if out:
         j, c = write_outputs(summary, rows, out)

@@ -42,6 +42,7 @@ H_FRACTION = 0.05  # h-maxima height as a fraction of the object diameter ...
 H_MIN = 1.0  # ... and at least this many px (below it, boundary pixels' staircase makes maxima)
 OBJECT_COLUMNS = ("id", "area", "centroid_y", "centroid_x", "bbox_min_row", "bbox_min_col", "bbox_max_row", "bbox_max_col", "mean_probability")
 PNG_MAX_LABEL = 65535
+INSTANCES_DIR = "instances"  # qmed predict --instances: OUT/instances/NAME.png + NAME.csv
 
 
 def split_instances(prob: np.ndarray, threshold: float = 0.5, diameter: float | None = None, h: float | None = None) -> np.ndarray:
