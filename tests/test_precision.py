@@ -8,7 +8,10 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
 
 def test_dtype_choice(monkeypatch):
-    assert precision.autocast_dtype(CUDA, amp=True, cpu_bf16=False) is torch.float16
+    monkeypatch.setattr(precision, "cuda_has_bf16", lambda: False)
+    assert precision.autocast_dtype(CUDA, amp=True, cpu_bf16=False) is torch.float16  # with loss scaling
+    monkeypatch.setattr(precision, "cuda_has_bf16", lambda: True)
+    assert precision.autocast_dtype(CUDA, amp=True, cpu_bf16=False) is torch.bfloat16  # A100 and later
     assert precision.autocast_dtype(CUDA, amp=False, cpu_bf16=True) is None  # cpu_bf16 is for the CPU only
     assert precision.autocast_dtype(CPU, amp=True, cpu_bf16=False) is None  # amp alone never lowers CPU math
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)

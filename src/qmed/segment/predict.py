@@ -142,7 +142,7 @@ def predict_probability(
 
 def predict_image(model: nn.Module, image: np.ndarray, cfg, tta: int = 1, device: torch.device | str = "cpu",
                   threshold: float | None = None, rescale: bool | None = None,
-                  object_diameter: float | None = None) -> tuple[np.ndarray, float]:
+                  object_diameter: float | None = None, cpu_bf16: bool = False) -> tuple[np.ndarray, float]:
     """One image through the run's settings -> (probability HxW, scale factor used).
 
     With rescaling on (PredictConfig.rescale), a first pass without TTA measures the predicted
@@ -154,7 +154,7 @@ def predict_image(model: nn.Module, image: np.ndarray, cfg, tta: int = 1, device
     from qmed.data.objects import object_diameter as measure
 
     p = cfg.predict
-    kw = dict(tile=p.tile, overlap=p.overlap, batch_size=p.batch_size, device=device, amp=cfg.train.amp)
+    kw = dict(tile=p.tile, overlap=p.overlap, batch_size=p.batch_size, device=device, amp=cfg.train.amp, cpu_bf16=cpu_bf16)
     rescale = p.rescale if rescale is None else rescale
     target = p.object_diameter if object_diameter is None else object_diameter
     if not rescale or not target:
@@ -173,13 +173,15 @@ def predict_image(model: nn.Module, image: np.ndarray, cfg, tta: int = 1, device
 
 def predict_folder(model_path, input_path, out, tta: bool = False, threshold: float | None = None, tile: int | None = None,
                    force: bool = False, device: str | None = None, rescale: bool | None = None,
-                   object_diameter: float | None = None, quiet: bool = False, backend: str | None = None) -> int:
+                   object_diameter: float | None = None, quiet: bool = False, backend: str | None = None,
+                   cpu_bf16: bool = False) -> int:
     """Write OUT/NAME.png (0/255 mask) and OUT/probabilities/NAME.png (16-bit) per input image;
     with rescaling, OUT/scales.json records each image's scale factor. OUT/predict.json records
     what made them (checkpoint, TTA views, threshold, tile), for `qmed evaluate` to state.
     A progress bar over the images goes to stderr (not with `quiet`, nor when stderr is no terminal).
     `backend`: "torch" (a run directory or .pt checkpoint) or "onnxruntime" (a .onnx file written by
-    qmed export; same windows, TTA and thresholds); by default the model file's suffix decides."""
+    qmed export; same windows, TTA and thresholds); by default the model file's suffix decides.
+    `cpu_bf16`: torch on a CPU with native bfloat16 runs under bfloat16 autocast (benchmarks/predict_speed.py)."""
     import shutil
 
     from tqdm.auto import tqdm
@@ -232,7 +234,7 @@ def predict_folder(model_path, input_path, out, tta: bool = False, threshold: fl
         for f in bar:
             img = model_input(read_image(f), cfg)
             prob, scales[f.name] = predict_image(model, img, cfg, tta=n_views, device=dev, threshold=thr, rescale=rescale,
-                                                 object_diameter=object_diameter)
+                                                 object_diameter=object_diameter, cpu_bf16=cpu_bf16)
             write_mask_png(stage / f"{f.stem}.png", prob > thr)
             write_probability_png(stage / "probabilities" / f"{f.stem}.png", prob)
         bar.close()
