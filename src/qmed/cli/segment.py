@@ -162,6 +162,9 @@ def predict(
     backend: Optional[str] = typer.Option(None, "--backend", help=(
         "torch, or onnxruntime for a .onnx file from qmed export (same windows, TTA and threshold; needs qmed[onnx]). "
         "Default: onnxruntime for a .onnx --model, else torch.")),
+    instances: bool = typer.Option(False, "--instances", help=(
+        "Also split the foreground into objects (watershed of its distance transform): OUT/instances/NAME.png "
+        "(16-bit label map) and NAME.csv (id, area, centroid, bounding box, mean probability). The masks are unchanged.")),
 ):
     """Predict masks and probability maps for new images of any size.
 
@@ -170,8 +173,10 @@ def predict(
     from qmed.segment.predict import predict_folder
 
     n = predict_folder(model, input, out, tta=tta, threshold=threshold, tile=tile, force=force, device=device, rescale=rescale,
-                       object_diameter=object_diameter, quiet=quiet, backend=backend)
+                       object_diameter=object_diameter, quiet=quiet, backend=backend, instances=instances)
     console.print(f"wrote {n} masks to {out} and probability maps to {out / 'probabilities'} (settings in {out / 'predict.json'})")
+    if instances:
+        console.print(f"wrote {n} label maps and object tables to {out / 'instances'} (qmed evaluate --pred {out / 'instances'} scores them)")
 
 
 @handle_errors

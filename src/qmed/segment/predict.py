@@ -174,14 +174,16 @@ def predict_image(model: nn.Module, image: np.ndarray, cfg, tta: int = 1, device
 def predict_folder(model_path, input_path, out, tta: bool = False, threshold: float | None = None, tile: int | None = None,
                    force: bool = False, device: str | None = None, rescale: bool | None = None,
                    object_diameter: float | None = None, quiet: bool = False, backend: str | None = None,
-                   cpu_bf16: bool = False) -> int:
+                   cpu_bf16: bool = False, instances: bool = False) -> int:
     """Write OUT/NAME.png (0/255 mask) and OUT/probabilities/NAME.png (16-bit) per input image;
     with rescaling, OUT/scales.json records each image's scale factor. OUT/predict.json records
     what made them (checkpoint, TTA views, threshold, tile), for `qmed evaluate` to state.
     A progress bar over the images goes to stderr (not with `quiet`, nor when stderr is no terminal).
     `backend`: "torch" (a run directory or .pt checkpoint) or "onnxruntime" (a .onnx file written by
     qmed export; same windows, TTA and thresholds); by default the model file's suffix decides.
-    `cpu_bf16`: torch on a CPU with native bfloat16 runs under bfloat16 autocast (benchmarks/predict_speed.py)."""
+    `cpu_bf16`: torch on a CPU with native bfloat16 runs under bfloat16 autocast (benchmarks/predict_speed.py).
+    `instances`: also OUT/instances/NAME.png (16-bit label map) and NAME.csv (one row per object),
+    split from the whole image's probability map by qmed.segment.instances, with a predict.json."""
     import shutil
 
     from tqdm.auto import tqdm
@@ -194,6 +196,7 @@ def predict_folder(model_path, input_path, out, tta: bool = False, threshold: fl
     from qmed.io.images import read_image, write_mask_png, write_probability_png
     from qmed.runtime import pick_device
     from qmed.segment.checkpoint import load_model
+    from qmed.segment.instances import INSTANCES_DIR, write_instances
 
     input_path, out = Path(input_path), Path(out)
     if input_path.is_file():
@@ -229,6 +232,8 @@ def predict_folder(model_path, input_path, out, tta: bool = False, threshold: fl
     scales = {}
     try:
         (stage / "probabilities").mkdir()
+        if instances:
+            (stage / INSTANCES_DIR).mkdir()
         bar = tqdm(files, desc=f"predict{f' (TTA {n_views} views)' if n_views > 1 else ''}", unit="image", leave=False,
                    disable=True if quiet else None, dynamic_ncols=True)
         for f in bar:
@@ -237,12 +242,16 @@ def predict_folder(model_path, input_path, out, tta: bool = False, threshold: fl
                                                  object_diameter=object_diameter, cpu_bf16=cpu_bf16)
             write_mask_png(stage / f"{f.stem}.png", prob > thr)
             write_probability_png(stage / "probabilities" / f"{f.stem}.png", prob)
+            if instances:
+                write_instances(stage / INSTANCES_DIR, f.stem, prob, thr)
         bar.close()
         if rescale:
             write_json(stage / "scales.json", {"object_diameter": object_diameter or cfg.predict.object_diameter, "scales": scales})
-        write_json(stage / PREDICTION_META, {
-            "model": str(model_path), "checkpoint": str(Path(ckpt).resolve()), "backend": backend, "tta": n_views, "threshold": thr,
-            "tile": cfg.predict.tile, "rescale": bool(rescale), "input": str(input_path), "n_images": len(files)})
+        meta = {"model": str(model_path), "checkpoint": str(Path(ckpt).resolve()), "backend": backend, "tta": n_views, "threshold": thr,
+                "tile": cfg.predict.tile, "rescale": bool(rescale), "input": str(input_path), "n_images": len(files), "instances": instances}
+        write_json(stage / PREDICTION_META, meta)
+        if instances:
+            write_json(stage / INSTANCES_DIR / PREDICTION_META, {**meta, "kind": "labels"})
         commit_staged(stage, out)
     finally:
         if stage.exists():
