@@ -22,7 +22,8 @@ val images' nuclei range from 9 to 52 px; larger fractions (0.1: 0.890, 0.2: 0.8
 Instances are computed on the stitched full-image probability map, so an object cut by a
 sliding-window seam is never split by the seam.
 Memory: a few arrays of the image's size (float32 distance map and its reconstruction, int32
-labels); time about 2 us per pixel on one CPU core (a 4000x4000 image: about 30 s).
+labels, the watershed's queue), about 50 bytes per pixel at peak; time about 1.5 us per pixel on
+one CPU core. A 4000x4000 image with 32 000 nuclei: 25 s, 0.8 GB above the probability map.
 """
 
 from __future__ import annotations
