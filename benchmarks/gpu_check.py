@@ -114,7 +114,8 @@ def train_paper(data: Path, out: Path, steps: int, dev, preset: str = "paper") -
         t = time.time()
         run = train(cfg, data / "train", data / "val", out, force=True, device=str(dev), quiet=True)
         wall = time.time() - t
-        rows = list(csv.DictReader(open(run / "metrics.csv")))
+        with open(run / "metrics.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
         last = rows[-1]
         loss, bad, opt = float(last["train_loss"]), int(float(last["bad_steps"])), int(float(last["opt_steps"]))
         ok = math.isfinite(loss) and bad == 0
@@ -135,7 +136,6 @@ def train_paper(data: Path, out: Path, steps: int, dev, preset: str = "paper") -
 
 def measure(forward, img, cfg, tta: int, dev, min_s: float = 3.0, max_iter: int = 60) -> tuple[float, float, float]:
     """(images/s, peak allocated GiB, peak reserved GiB) of predict_probability on one 512² image."""
-    import torch
 
     from qmed.segment.predict import predict_probability
 
@@ -171,7 +171,6 @@ def compiled_forward(model, cfg, dev):
 
 
 def inference_rows(name: str, model, cfg, img, dev, compile_ok: bool) -> None:
-    import torch
 
     from qmed import runtime
 
@@ -204,7 +203,6 @@ def inference_rows(name: str, model, cfg, img, dev, compile_ok: bool) -> None:
 
 def onnx_rows(run: Path, img, dev, tmp: Path, name: str = "paper (B7)") -> None:
     import numpy as np
-    import torch
 
     try:
         import onnxruntime as ort

@@ -196,3 +196,25 @@ def test_export_and_backend_errors_are_one_line(tmp_path, tiny_ckpt, exported, f
     one_line_error(run("predict", "--model", other, "--input", img, "--out", tmp_path / "p"), "not an ONNX model written by qmed export")
     monkeypatch.setitem(sys.modules, "onnx", None)  # as when the extra is not installed
     one_line_error(run("export", "--model", tiny_ckpt, "--out", tmp_path / "m.onnx"), "pip install 'qmed[onnx]'")
+
+
+def test_export_without_percentile_scaling(tmp_path):
+    """A run with data.normalize=none: no scaling part, ORT runs the whole graph from "image"."""
+    from qmed.config import resolve_config
+    from qmed.io import checkpoints
+    from qmed.models.segmenter import build
+    from qmed.segment.export import export_onnx
+    from qmed.segment.onnx_backend import load_onnx
+
+    cfg = resolve_config("tiny", None, {})
+    torch.manual_seed(1)
+    m = build(cfg.model, pretrained=False).eval()
+    torch.nn.init.normal_(m.projection.conv1.weight, std=0.5)
+    checkpoints.save(tmp_path / "t.pt", {"config": cfg.model_dump(), "model": m.state_dict(), "ema_model": None})
+    meta = export_onnx(tmp_path / "t.pt", tmp_path / "t.onnx")
+    assert meta["preprocessing"] == {"normalize": "none", "norm_percentiles": [1.0, 99.8], "in_graph": True, "normalized_tensor": None}
+    forward, cfg2, _ = load_onnx(tmp_path / "t.onnx")
+    assert forward.input_name == "image" and cfg2.model_dump() == cfg.model_dump()
+    x = discs(64, 96).repeat(2, 1, 1, 1)
+    with torch.no_grad():
+        assert (forward(x) - torch.sigmoid(m(x))).abs().max() < 1e-4

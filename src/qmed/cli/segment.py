@@ -160,7 +160,7 @@ def predict(
         "Target object diameter in px for --rescale (default: the training masks' median, recorded by qmed train).")),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar (it goes to stderr, and only to a terminal)."),
     backend: Optional[str] = typer.Option(None, "--backend", help=(
-        "torch, or onnxruntime for a .onnx file from qmed export (same windows, TTA and threshold; needs qmed[onnx]). "
+        "torch, or onnxruntime for a .onnx file from qmed export (same windows, TTA and threshold; needs the onnx extra). "
         "Default: onnxruntime for a .onnx --model, else torch.")),
     instances: bool = typer.Option(False, "--instances", help=(
         "Also split the foreground into objects (watershed of its distance transform): OUT/instances/NAME.png "
@@ -191,7 +191,7 @@ def export(
     Input "image": float32 N x 3 x H x W in [0, 1] (gray repeated to 3 channels), H and W multiples of 32
     (reflect-pad the bottom and right, crop the output back); output "probability": N x 1 x H x W. The file's
     metadata (and OUT.json) hold the threshold, TTA views, tile and the run's config, so
-    qmed predict --backend onnxruntime --model OUT needs nothing else. Needs qmed[onnx]."""
+    qmed predict --backend onnxruntime --model OUT needs nothing else. Needs the onnx extra (pip install onnx onnxruntime)."""
     setup_logging()
     from qmed.segment.export import export_onnx, sidecar_path
 

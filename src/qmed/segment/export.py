@@ -228,7 +228,7 @@ def export_onnx(model_path: str | Path, out: str | Path, force: bool = False, op
             graph = _merge(_to_onnx(PercentileScaling(cfg.data.norm_percentiles), sample, INPUT, NORMALIZED, opset), graph)
     except QmedInputError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any exporter failure becomes the one-line error
         raise QmedInputError(ckpt, f"could not be exported to ONNX ({type(exc).__name__}: {str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ''})") from None
     meta = metadata(cfg, ckpt, opset, normalize_in_graph)
     meta["check"] = _check(graph, model, cfg, model_input)

@@ -68,7 +68,7 @@ def load_onnx(path: str | Path, device: torch.device | str | None = None, whole_
         raise QmedInputError(path, "ONNX model does not exist")
     try:
         model = onnx.load_model(str(path))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - onnx raises several types for a bad file
         raise QmedInputError(path, f"cannot be read as an ONNX model ({type(exc).__name__}); the file may be truncated") from None
     meta = read_metadata(model, path)
     cfg = config_from_dict(meta["config"], path)
