@@ -38,10 +38,6 @@ EFFICIENTNET_LITE_FILES = {
 }
 _LITE_ENCODER = re.compile(r"(?:tu-|timm-)tf_efficientnet_lite(\d)")
 
-# Weights files already reported in this process. `qmed train --minutes` (and `qmed demo`) build
-# the model twice, first for the budget calibration and then for the run: the second load of the
-# same file is logged at DEBUG, so the "loaded N/N encoder tensors" line shows once.
-_reported: set[tuple] = set()
 
 
 def offline_mobilenet_path() -> Path | None:
@@ -227,6 +223,4 @@ def load_encoder_file(encoder: nn.Module, path: Path) -> None:
     if coverage < 0.9:
         raise QmedInputError(path, f"matches only {len(cleaned)} of {len(own)} encoder tensors ({coverage:.0%}); is it for another encoder?")
     encoder.load_state_dict(cleaned, strict=False)
-    key = (str(Path(path).resolve()), len(cleaned), len(own))
-    log.log(logging.DEBUG if key in _reported else logging.INFO, "loaded %d/%d encoder tensors from %s", len(cleaned), len(own), path)
-    _reported.add(key)
+    log.info("loaded %d/%d encoder tensors from %s", len(cleaned), len(own), path)
