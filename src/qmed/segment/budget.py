@@ -151,6 +151,6 @@ def fit_to_budget(cfg, train_dir: Path, val_dir: Path | None, budget_s: float, d
         f"{plan['epochs']} epochs x {plan['samples_per_epoch']} crops ({plan['optimizer_steps']} optimizer steps)")
     if plan["overran"]:
         say(f"  WARNING: {budget_s / 60:g} min affords only {plan['budget_steps']} optimizer steps on this machine, too few "
-            f"for a useful model; training the floor of {cfg.train.min_steps} steps instead, about "
-            f"{plan['estimated_seconds'] / 60:.1f} min: OVER the budget (set train.min_steps=0 to keep to it)")
+            f"for a useful model; training {plan['optimizer_steps']} instead (the floor, train.min_steps, is {cfg.train.min_steps}), "
+            f"about {plan['estimated_seconds'] / 60:.1f} min: OVER the budget (set train.min_steps=0 to keep to it)")
     return config_from_dict(data), plan
