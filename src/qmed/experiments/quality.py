@@ -123,19 +123,23 @@ def parse_methods(spec: str) -> list[str]:
     return list(dict.fromkeys(methods))
 
 
-def qmed_default(preset: str, train_dir: Path):
-    """qmed's settings for the row: the named preset, or with "auto" the fingerprint's choices (qmed.data.planning)."""
-    from qmed.config import resolve_config
+def qmed_default(preset: str, train_dir: Path, overrides: list[str] | None = None):
+    """qmed's settings for the row: the named preset, or with "auto" the fingerprint's choices
+    (qmed.data.planning); then `overrides` (--set KEY=VALUE, qmed's row only: how a lever is measured)."""
+    from qmed.config import parse_overrides, resolve_config
     from qmed.data.planning import auto_config
 
-    return auto_config(train_dir) if preset == "auto" else resolve_config(preset)
+    if preset == "auto":
+        return auto_config(train_dir, overrides=overrides or None)
+    return resolve_config(preset, overrides=parse_overrides(overrides) if overrides else None)
 
 
 def run_quality(train_dir: str | Path, val_dir: str | Path, out: str | Path, minutes: float = 30.0,
                 methods: list[str] | tuple[str, ...] = METHODS, preset: str = "cpu", device: str | None = None,
                 nnunet_trainer: str = NNUNET_BUDGET_TRAINER, dataset_id: int = 501, n_boot: int = 2000, seed: int = 0,
-                force: bool = False, say: Callable = print) -> dict:
-    """Train, predict and score every method; write OUT/quality.json and OUT/quality.md. Returns the JSON document."""
+                force: bool = False, say: Callable = print, overrides: list[str] | None = None) -> dict:
+    """Train, predict and score every method; write OUT/quality.json and OUT/quality.md. Returns the JSON document.
+    `overrides` (KEY=VALUE) change qmed's settings only; the smp baseline stays the plain script."""
     from qmed.data.dataset import find_pairs
 
     train_dir, val_dir, out = Path(train_dir), Path(val_dir), Path(out)
@@ -143,7 +147,7 @@ def run_quality(train_dir: str | Path, val_dir: str | Path, out: str | Path, min
         raise QmedInputError(None, f"--minutes must be positive, got {minutes}")
     find_pairs(train_dir)  # bad data or a bad preset fails here, before any method runs
     find_pairs(val_dir)
-    qmed_config = qmed_default(preset, train_dir)
+    qmed_config = qmed_default(preset, train_dir, overrides)
     base = "cpu" if preset == "auto" else preset  # the smp baseline's encoder, crop and batch
     prepare_output_dir(out, force)
     budget_s = minutes * 60.0

@@ -1,0 +1,45 @@
+"""One lever against qmed's default, side by side, on several datasets at one budget.
+
+For each dataset (split as the suite splits it: qmed.experiments.suite.dataset_splits), two
+`qmed benchmark quality --methods qmed --preset auto` processes run at once, one torch thread
+each, each pinned to its own core: "base" (the default) and "lever" (the default with the --set
+overrides). Prints per dataset the paired per-image Dice difference lever - base, with TTA (qmed)
+and without (qmed-notta), with its bootstrap CI; writes OUT/screen.json.
+
+    python benchmarks/lever_screen.py DATA_ROOT OUT MINUTES DATASET[,DATASET...] KEY=VALUE [KEY=VALUE ...]
+"""
+
+import json
+import sys
+from pathlib import Path
+
+from qmed.experiments.suite import dataset_splits, paired_difference, run_side_by_side
+
+
+def main() -> None:
+    root, out, minutes, names, sets = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4].split(","), sys.argv[5:]
+    doc = {"minutes": float(minutes), "lever": sets, "datasets": {}}
+    for name in names:
+        train, val, _ = dataset_splits(root, name, out)
+        base = [sys.executable, "-m", "qmed.cli", "benchmark", "quality", "--data", str(train), "--val", str(val),
+                "--minutes", minutes, "--methods", "qmed", "--preset", "auto", "--force"]
+        cmds = {"base": base + ["--out", str(out / name / "base")],
+                "lever": base + ["--out", str(out / name / "lever")] + [a for kv in sets for a in ("--set", kv)]}
+        print(name, run_side_by_side(cmds, out / name / "logs", print), flush=True)
+        q = {arm: json.loads((out / name / arm / "quality.json").read_text()) for arm in cmds}
+        row = {}
+        for arm, d in q.items():
+            r = next(x for x in d["results"] if x["method"] == "qmed")
+            row[arm] = {"work": r["work"], **{k: r["figures"][k]["mean"] for k in ("dice_empty1", "dice_pooled", "object_f1")}}
+            print(f"  {arm}: {r['work']}", {k: round(v, 4) for k, v in row[arm].items() if k != "work"}, flush=True)
+        for key in ("qmed", "qmed-notta"):
+            d = paired_difference(q["lever"]["per_image"][key], q["base"]["per_image"][key])
+            row[f"paired_{key}"] = d
+            print(f"  {key}: lever - base per-image Dice {d['mean']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}] "
+                  f"n={d['n']} better {d['better']} worse {d['worse']}", flush=True)
+        doc["datasets"][name] = row
+        (out / "screen.json").write_text(json.dumps(doc, indent=1))
+
+
+if __name__ == "__main__":
+    main()
