@@ -149,3 +149,12 @@ def test_quality_one_minute_all_methods(fluo_subset, tmp_path):
     assert rows["nnunet"]["status"] == "ok", rows["nnunet"].get("reason")
     assert 0.0 <= rows["nnunet"]["figures"]["dice_empty1"]["mean"] <= 1.0
     assert rows["nnunet"]["nnunet"]["epochs"] >= 1
+
+
+def test_quality_set_changes_qmed_row_only(fluo_subset):
+    """`benchmark quality --set` reaches qmed's settings (preset or auto) and drops the planner's reason."""
+    cfg = bench_quality.qmed_default("tiny", fluo_subset["train"], ["train.accumulate=3", "model.input_mode=none"])
+    assert cfg.train.accumulate == 3 and cfg.model.input_mode == "none"
+    auto = bench_quality.qmed_default("auto", fluo_subset["train"], ["data.sampler=uniform"])
+    assert auto.data.sampler == "uniform" and "data.sampler" not in auto.reasons
+    assert bench_quality.qmed_default("auto", fluo_subset["train"]).reasons.get("data.sampler")
