@@ -55,8 +55,28 @@ def test_tiny_run_writes_report(fluo_subset, tmp_path):
     for name in ("dice_hist.png", "best_1.png", "worst_1.png"):
         im = Image.open(out / "figures" / name)
         assert im.size[0] > 300 and np.asarray(im).std() > 0  # non-empty picture
-    # 3 val images: best and worst both hold all 3
-    assert len(list((out / "figures").glob("best_*.png"))) == 3
+    # 3 val images: best and worst both hold all 3 (plus the objects panel of each first case)
+    assert len(list((out / "figures").glob("best_[0-9].png"))) == 3
+    # Objects: watershed instances scored against the truth's objects, with a coloured panel.
+    objects = md.split("## Objects", 1)[1].split("\n## ", 1)[0]
+    assert "mean AP, IoU 0.5:0.05:0.95" in objects and "panoptic quality" in objects and "count error" in objects
+    inst = json.loads((out / "report_metrics.json").read_text())["instances"]
+    assert 0.0 <= inst["summary"]["map_dsb"]["mean"] <= 1.0 and len(inst["per_image"]) == 3
+    assert all(r["n_truth"] > 0 for r in inst["per_image"])
+    for name in ("best_1_objects.png", "worst_1_objects.png"):
+        assert np.asarray(Image.open(out / "figures" / name)).std() > 0
+
+
+def testlabel_colours_background_black_objects_distinct():
+    from qmed.report.run import label_colours
+
+    lab = np.zeros((4, 6), int)
+    lab[0:2, 0:2], lab[2:4, 4:6] = 1, 2
+    rgb = label_colours(lab)
+    assert rgb.shape == (4, 6, 3)
+    assert (rgb[lab == 0] == 0).all()
+    assert (rgb[lab == 1] > 0).any(axis=1).all() and not np.allclose(rgb[0, 0], rgb[3, 5])
+    assert (label_colours(np.zeros((3, 3), int)) == 0).all()  # no objects: all black
 
 
 def test_resume_matches_uninterrupted(fluo_subset, tmp_path):

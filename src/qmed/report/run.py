@@ -122,6 +122,39 @@ def plot_case(img: np.ndarray, truth: np.ndarray, prob: np.ndarray, threshold: f
     return save_figure(fig, path)
 
 
+def label_colours(labels: np.ndarray) -> np.ndarray:
+    """Instance label map -> RGB, one fixed random colour per label, background black."""
+    from skimage.color import label2rgb
+
+    return label2rgb(labels, bg_label=0, bg_color=(0, 0, 0), colors=_PALETTE) if labels.any() else np.zeros(labels.shape + (3,))
+
+
+# A fixed palette (seeded): the same label number keeps its colour in every panel of a report.
+_PALETTE = [tuple(c) for c in np.random.default_rng(0).uniform(0.25, 1.0, size=(64, 3))]
+
+
+def plot_instances(img: np.ndarray, truth_labels: np.ndarray, pred_labels: np.ndarray, title: str, path: Path) -> Path:
+    """Input, ground-truth objects and predicted objects (each object its own colour), and the
+    predicted objects' outlines on the input."""
+    from skimage.segmentation import find_boundaries
+
+    plt = pyplot()
+    disp = _stretch(img if img.shape[2] == 3 else np.repeat(img, 3, axis=2))
+    outline = disp.copy()
+    outline[find_boundaries(pred_labels, mode="inner")] = (1.0, 1.0, 0.0)
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3.9))
+    n_t, n_p = len(np.unique(truth_labels[truth_labels > 0])), len(np.unique(pred_labels[pred_labels > 0]))
+    panels = [(disp, "input (contrast enhanced)"), (label_colours(truth_labels), f"ground-truth objects ({n_t})"),
+              (label_colours(pred_labels), f"predicted objects ({n_p})"), (outline, "predicted outlines")]
+    for ax, (a, t) in zip(axes, panels):
+        ax.imshow(a)
+        ax.set_title(t, fontsize=9)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
 def plot_histogram(rows: list[dict], path: Path) -> Path:
     plt = pyplot()
     d = [r["dice"] for r in rows if r.get("dice") is not None and not math.isnan(r["dice"])]
@@ -156,10 +189,22 @@ METRIC_ROWS = [
     ("fp_rate_empty", "FP rate on empty images"),
 ]
 
+# The objects table: instances split from the probability map (qmed.segment.instances), as
+# `qmed predict --instances` writes them, scored against the ground truth's objects.
+INSTANCE_ROWS = [
+    ("map_dsb", "mean AP, IoU 0.5:0.05:0.95 (DSB 2018)"),
+    ("ap50", "AP at IoU 0.5"),
+    ("ap75", "AP at IoU 0.75"),
+    ("pq", "panoptic quality PQ"),
+    ("aji", "AJI"),
+    ("count_error", "count error per image (predicted - true)"),
+    ("count_abs_error", "absolute count error per image"),
+]
 
-def metrics_markdown(summary: dict) -> str:
+
+def metrics_markdown(summary: dict, rows: list[tuple[str, str]] = METRIC_ROWS) -> str:
     lines = ["| metric | mean ± std | 95 % CI (bootstrap) | n |", "|---|---|---|---|"]
-    for key, label in METRIC_ROWS:
+    for key, label in rows:
         if key in summary:
             v, ci, n = _ci(summary[key])
             lines.append(f"| {label} | {v} | {ci} | {n} |")
@@ -172,7 +217,9 @@ def build_report(run_dir: str | Path, data: str | Path | None = None, tta: bool 
     from qmed.data.batches import LoadedPairs
     from qmed.data.dataset import find_pairs
     from qmed.runtime import pick_device
+    from qmed.evaluate.metrics import score_image, summarize
     from qmed.segment.checkpoint import load_model
+    from qmed.segment.instances import split_instances
     from qmed.segment.validate import validate
 
     run = Path(run_dir)
@@ -191,6 +238,9 @@ def build_report(run_dir: str | Path, data: str | Path | None = None, tta: bool 
     figs = run / "figures"
     figs.mkdir(exist_ok=True)
     written = [plot_curves(curves, figs / "curves.png"), plot_histogram(rows, figs / "dice_hist.png")]
+    labels = [split_instances(probs[i].astype(np.float32), cfg.predict.threshold, cfg.predict.object_diameter) for i in range(len(rows))]
+    inst_rows = [score_image(None, pairs[i][1], pairs[i][2], pred_labels=labels[i]) for i in range(len(rows))]
+    inst_summary = summarize(inst_rows, n_boot=2000)
     cases = select_cases(rows, k)
     index = {r["name"]: i for i, r in enumerate(rows)}
     case_figs = []
@@ -200,6 +250,11 @@ def build_report(run_dir: str | Path, data: str | Path | None = None, tta: bool 
             img, fg, _ = pairs[i]
             p = plot_case(img, fg, probs[i].astype(np.float32), cfg.predict.threshold, f"{kind} {rank}: {r['name']}  Dice {r['dice']:.4f}", figs / f"{kind}_{rank}.png")
             case_figs.append((f"{kind} {rank}: {r['name']} (Dice {r['dice']:.4f})", p))
+            if rank == 1 and (labels[i].any() or pairs[i][2].any()):
+                ir = inst_rows[i]
+                p = plot_instances(img, pairs[i][2], labels[i], f"{kind} 1: {r['name']}  mean AP {ir['map_dsb']:.3f}, "
+                                   f"{ir['n_pred']} objects found, {ir['n_truth']} true", figs / f"{kind}_1_objects.png")
+                case_figs.append((f"{kind} 1, objects: {r['name']} (mean AP {ir['map_dsb']:.3f}, {ir['n_pred']} found / {ir['n_truth']} true)", p))
     if cases["empty_fp"] is not None:
         r = cases["empty_fp"]
         i = index[r["name"]]
@@ -211,13 +266,17 @@ def build_report(run_dir: str | Path, data: str | Path | None = None, tta: bool 
     scoring["description"] = f"{scoring['checkpoint']}, " + describe_predictions({**scoring, "checkpoint": None})
     write_json(run / "report_metrics.json", {"data": str(data), "tta": n_views, "checkpoint": str(ckpt),
                                                "threshold": cfg.predict.threshold, "scoring": scoring,
-                                               "summary": summary, "per_image": rows})
+                                               "summary": summary, "per_image": rows,
+                                               "instances": {"method": "watershed split of the probability map (qmed.segment.instances)",
+                                                             "summary": {k: inst_summary[k] for k, _ in INSTANCE_ROWS if k in inst_summary},
+                                                             "per_image": [{"name": r["name"], **{k: ir.get(k) for k in ("map_dsb", "ap50", "ap75", "pq", "aji", "n_pred", "n_truth", "count_error")}}
+                                                                           for r, ir in zip(rows, inst_rows)]}})
     outliers = [r for r in curves if r.get("outlier") == 1]
     restored = [r for r in curves if r.get("restored")]
     fp_path = run / "fingerprint.json"
     fingerprint = json.loads(fp_path.read_text()) if fp_path.is_file() else {}
     md = _markdown(run, cfg, dump_yaml(cfg), fingerprint, summary, curves, outliers, restored, written, case_figs, data, n_views, ckpt,
-                   scoring["description"])
+                   scoring["description"], inst_summary)
     write_text(run / "report.md", md)
     write_text(run / "report.html", _html(md, run))
     return run / "report.md"
@@ -231,7 +290,8 @@ def rel_or_abs(path: str | Path, run: Path) -> str:
         return str(path)
 
 
-def _markdown(run, cfg, cfg_yaml, fp, summary, curves, outliers, restored, figs, case_figs, data, n_views, ckpt, scoring) -> str:
+def _markdown(run, cfg, cfg_yaml, fp, summary, curves, outliers, restored, figs, case_figs, data, n_views, ckpt, scoring,
+              inst_summary: dict) -> str:
     rel = lambda p: Path(p).relative_to(run).as_posix()  # noqa: E731
     best = [r for r in curves if r.get("selected") == 1]
     out = [f"# qmed run report: {run.name}", "",
@@ -247,6 +307,11 @@ def _markdown(run, cfg, cfg_yaml, fp, summary, curves, outliers, restored, figs,
            metrics_markdown(summary), "",
            "Dice on an image whose ground truth and prediction are both empty is undefined; the three Dice rows "
            "show the conventions side by side.", "",
+           "## Objects", "",
+           "Each predicted object is split from the probability map by a marker-controlled watershed on the distance "
+           "transform (what `qmed predict --instances` writes) and matched to the ground truth's objects "
+           "(8-connected components of the mask, or its labels).", "",
+           metrics_markdown(inst_summary, INSTANCE_ROWS), "",
            "## Training curves", "", f"![training curves]({rel(figs[0])})", "",
            "## Per-image Dice", "", f"![Dice histogram]({rel(figs[1])})", "",
            "## Rejected epochs", ""]
