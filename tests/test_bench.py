@@ -136,6 +136,9 @@ def test_quality_one_minute_all_methods(fluo_subset, tmp_path):
         for key in ("dice_empty1", "dice_fg", "dice_pooled", "iou_fg", "hd95", "small_object_recall"):
             assert key in f
         assert 0.0 <= f["dice_empty1"]["mean"] <= 1.0
+        for key in ("map_dsb", "pq", "aji", "count_abs_error"):  # the object figures
+            assert f[key]["n"] == 3 and (f[key]["mean"] >= 0.0)
+        assert f["objects"] == ("connected components" if m == "smp" else "watershed (qmed predict --instances)")
         assert rows[m]["train_seconds"] <= 3 * 0.5 * 60 + 60  # the budget, calibration included (loose: shared machines)
     assert rows["smp"]["config"]["model"]["input_mode"] == "none"
     assert rows["smp"]["config"]["train"]["schedule"] == "constant"
@@ -143,6 +146,8 @@ def test_quality_one_minute_all_methods(fluo_subset, tmp_path):
         assert m in res.output
     md = (out / "quality.md").read_text()
     assert md.count("\n| ") >= 4  # header + rows
+    assert "mean AP" in md and "watershed" in md
+    assert len(list((out / "qmed" / "preds-tta" / "instances").glob("*.png"))) == 3
     if not HAVE_NNUNET:
         assert rows["nnunet"]["status"] == "skipped" and "not installed" in rows["nnunet"]["reason"]
         pytest.skip("nnunetv2 is not installed: the nnU-Net row was checked as 'skipped' only")

@@ -285,6 +285,13 @@ class TrainConfig(_Section):
     seed: int = 0
     # EMA of the validation Dice that selects best.pt (paper eq. 6).
     val_ema_alpha: float = 0.9
+    # How the accepted epochs' validation Dice is smoothed to select best.pt (qmed.segment.train.
+    # selection_score): "ema", the paper's eq. 6, starts at epoch 1's score, so over 12 epochs with
+    # alpha 0.9 it trails the raw score and best.pt is nearly always the last epoch; "ema_debiased"
+    # divides a zero-started EMA by 1 - alpha^t (Adam's bias correction); "window" is the mean of
+    # the last `selection_window` accepted scores. Outlier rejection applies to all three.
+    selection: Literal["ema", "ema_debiased", "window"] = "ema"
+    selection_window: int = Field(3, ge=1)
     # Outlier rule: an epoch whose validation Dice lies more than `outlier_z` robust z-scores
     # (median/MAD of the last `outlier_window` accepted epochs) below the median is rejected.
     outlier_window: int = 5

@@ -33,10 +33,11 @@ SMP_BASELINE = {
 
 
 def train_to_budget(cfg, train_dir: Path, val_dir: Path, out: Path, budget_s: float, device: str | None,
-                    tta_views: list[bool], say: Callable) -> dict:
+                    tta_views: list[bool], say: Callable, instances: bool = False) -> dict:
     """Train `cfg` on TRAIN (a folder or CSV list) for `budget_s` seconds of training loop (fitted as
     in the module docstring) into OUT/run, then predict VAL's images once per entry of `tta_views`
-    (True: the preset's TTA) into OUT/preds-tta or OUT/preds. Also used by `qmed ablate` and `qmed curve`."""
+    (True: the preset's TTA) into OUT/preds-tta or OUT/preds; with `instances`, also the label maps
+    of `qmed predict --instances` (PREDS/instances). Also used by `qmed ablate` and `qmed curve`."""
     import csv
 
     from qmed.segment.predict import predict_folder
@@ -50,7 +51,7 @@ def train_to_budget(cfg, train_dir: Path, val_dir: Path, out: Path, budget_s: fl
     preds = {}
     for tta in tta_views:
         p = out / ("preds-tta" if tta else "preds")
-        predict_folder(run, val_dir / "images", p, tta=tta, force=True, device=device)
+        predict_folder(run, val_dir / "images", p, tta=tta, force=True, device=device, instances=instances)
         preds[tta] = p
     work = f"{summary['epochs']} ep x {cfg.data.samples_per_epoch} crops ({summary['opt_steps']} steps)"
     return {"train_seconds": round(train_s, 1), "work": work, "plan": plan, "train_summary": summary,
@@ -87,10 +88,16 @@ def _small_recall(rows: list[dict]) -> float:
     return sum(r.get("n_small_detected") or 0 for r in rows) / n if n else float("nan")
 
 
-def score(pred_dir: Path, val_dir: Path, n_boot: int, seed: int) -> dict:
+def score(pred_dir: Path, val_dir: Path, n_boot: int, seed: int, instance_dir: Path | None = None) -> dict:
+    """The row's figures on VAL. The object figures (mean AP, PQ, AJI, count error) are those of
+    INSTANCE_DIR's label maps when given (qmed predict --instances), else of the 8-connected
+    components of the predicted mask (what a plain script that thresholds gets); "objects" says which."""
     from qmed.evaluate.folders import evaluate_folders
 
-    summary, rows = evaluate_folders(pred_dir, val_dir, n_boot=n_boot, seed=seed)
+    summary, rows = evaluate_folders(pred_dir, val_dir, n_boot=n_boot, seed=seed, instances=True)
+    inst = summary
+    if instance_dir is not None:
+        inst, _ = evaluate_folders(instance_dir, val_dir, n_boot=n_boot, seed=seed, pred_kind="labels")
 
     def per_image(key: str) -> dict:
         a = summary[key]
@@ -107,6 +114,10 @@ def score(pred_dir: Path, val_dir: Path, n_boot: int, seed: int) -> dict:
                                 "n": summary["small_object_counts"]["n_small"]},
         "object_f1": {"mean": summary["object_f1"], "ci": [float("nan"), float("nan")], "n": len(rows)},
     }
+    for key in ("map_dsb", "pq", "aji", "count_abs_error"):
+        a = inst[key]
+        figures[key] = {"mean": a["mean"], "ci": [a["ci_low"], a["ci_high"]], "n": a["n"]}
+    figures["objects"] = "watershed (qmed predict --instances)" if instance_dir is not None else "connected components"
     return {"figures": figures, "summary": summary, "per_image": rows}
 
 
@@ -121,7 +132,7 @@ def run_guarded(method: str, run: Callable[[], list[dict]], err_dir: Path, val_d
     try:
         rows = run()
         for row in rows:
-            row.update(score(row["pred_dir"], val_dir, n_boot, seed))
+            row.update(score(row["pred_dir"], val_dir, n_boot, seed, row.get("instance_dir")))
             row["status"] = "ok"
     except KeyboardInterrupt:
         raise

@@ -52,6 +52,7 @@ from qmed.experiments.nnunet_peer import NNUNET_BUDGET_TRAINER, run_nnunet
 from qmed.io.files import json_safe, prepare_output_dir, write_json, write_text
 from qmed.report.tables import figure_cell, fmt_figure, md_table
 from qmed.runtime import pick_device
+from qmed.segment.instances import INSTANCES_DIR
 
 log = logging.getLogger("qmed")
 
@@ -61,7 +62,7 @@ METHODS = ("qmed", "smp", "nnunet")
 # -- the table ----------------------------------------------------------------------------------
 
 TABLE_COLUMNS = ["method", "budget min", "train min", "total min", "work done", "Dice empty=1", "Dice fg", "Dice pooled",
-                 "IoU fg", "HD95 px", "small-obj recall", "status"]
+                 "IoU fg", "HD95 px", "small-obj recall", "mean AP", "PQ", "objects", "status"]
 
 
 def table_rows(results: list[dict]) -> list[list[str]]:
@@ -72,14 +73,16 @@ def table_rows(results: list[dict]) -> list[list[str]]:
             r["method"], f"{r['budget_minutes']:g}", f"{r['train_seconds'] / 60:.1f}" if r.get("train_seconds") is not None else "-",
             f"{r['total_seconds'] / 60:.1f}" if r.get("total_seconds") is not None else "-", r.get("work") or "-",
             fmt_figure(f.get("dice_empty1")), fmt_figure(f.get("dice_fg")), fmt_figure(f.get("dice_pooled")), fmt_figure(f.get("iou_fg")),
-            fmt_figure(f.get("hd95"), 1), fmt_figure(f.get("small_object_recall")),
+            fmt_figure(f.get("hd95"), 1), fmt_figure(f.get("small_object_recall")), fmt_figure(f.get("map_dsb")),
+            fmt_figure(f.get("pq")), f.get("objects") or "-",
             "ok" if r["status"] == "ok" else f"{r['status']}: {r.get('reason', '')}",
         ])
     return out
 
 
 FIGURE_ROWS = [("Dice, empty=1 (paper)", "dice_empty1", 3), ("Dice, fg images", "dice_fg", 3), ("Dice, pooled", "dice_pooled", 3),
-               ("IoU, fg images", "iou_fg", 3), ("HD95 (px)", "hd95", 1), ("small-object recall", "small_object_recall", 3)]
+               ("IoU, fg images", "iou_fg", 3), ("HD95 (px)", "hd95", 1), ("small-object recall", "small_object_recall", 3),
+               ("mean AP (DSB), objects", "map_dsb", 3), ("PQ, objects", "pq", 3), ("AJI, objects", "aji", 3)]
 
 
 def rich_table(results: list[dict], title: str):
@@ -100,6 +103,7 @@ def rich_table(results: list[dict], title: str):
     t.add_row("work done", *[r.get("work") or "-" for r in results])
     for label, key, digits in FIGURE_ROWS:
         t.add_row(label, *[figure_cell((r.get("figures") or {}).get(key), digits) for r in results])
+    t.add_row("objects from", *[(r.get("figures") or {}).get("objects") or "-" for r in results])
     t.add_row("status", *["ok" if r["status"] == "ok" else f"{r['status']} (below)" for r in results])
     return t
 
@@ -158,9 +162,11 @@ def run_quality(train_dir: str | Path, val_dir: str | Path, out: str | Path, min
 
         def run_method(method: str = method) -> list[dict]:
             if method == "qmed":
-                r = train_to_budget(qmed_config, train_dir, val_dir, out / "qmed", budget_s, device, [True, False], say)
-                return [{"method": "qmed", "tta": 7, **r, "pred_dir": r["preds"][True]},
-                        {"method": "qmed-notta", "tta": 1, **r, "pred_dir": r["preds"][False]}]
+                r = train_to_budget(qmed_config, train_dir, val_dir, out / "qmed", budget_s, device, [True, False], say,
+                                    instances=True)
+                return [{"method": "qmed", "tta": 7, **r, "pred_dir": r["preds"][True], "instance_dir": r["preds"][True] / INSTANCES_DIR},
+                        {"method": "qmed-notta", "tta": 1, **r, "pred_dir": r["preds"][False],
+                         "instance_dir": r["preds"][False] / INSTANCES_DIR}]
             if method == "smp":
                 r = train_to_budget(smp_baseline_config(base), train_dir, val_dir, out / "smp", budget_s, device, [False], say)
                 return [{"method": "smp", "tta": 1, **r, "pred_dir": r["preds"][False]}]

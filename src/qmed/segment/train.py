@@ -5,7 +5,8 @@ One epoch = `samples_per_epoch` random crops drawn by the complexity sampler, in
 clipped to norm `clip_grad`, AdamW, OneCycleLR stepped once per optimizer step.
 
 After each epoch the model is scored on the whole validation images. Model selection follows the
-paper's EMA of the validation Dice (eq. 6, alpha 0.9), with one addition the paper only names:
+paper's EMA of the validation Dice (eq. 6, alpha 0.9; `train.selection` offers a bias-corrected
+EMA and a window mean instead), with one addition the paper only names:
 an epoch whose score is a statistical outlier (robust z-score below -outlier_z against the median
 and MAD of the last accepted epochs, and at least `outlier_min_drop` below that median) is
 rejected: it never updates the EMA, is never selected, is reported in metrics.csv, and the run
@@ -87,6 +88,29 @@ def is_outlier(score: float, history: list[float], window: int, z: float, min_dr
     return drop > min_drop and drop > z * max(mad, 1e-3)
 
 
+def selection_score(history: list[float], rule: str = "ema", alpha: float = 0.9, window: int = 3) -> float:
+    """The smoothed validation score that selects best.pt, from the accepted epochs' scores (oldest
+    first; outliers are never in it). "ema": e1 = s1, e_t = alpha e_(t-1) + (1 - alpha) s_t (paper
+    eq. 6); "ema_debiased": the same sum started at 0, divided by 1 - alpha^t; "window": the mean of
+    the last `window` scores. NaN for an empty history."""
+    if not history:
+        return float("nan")
+    if rule == "window":
+        return float(np.mean(history[-window:]))
+    if rule == "ema_debiased":
+        t = len(history)
+        if alpha <= 0:
+            return float(history[-1])
+        e = sum((1 - alpha) * alpha ** (t - 1 - k) * s for k, s in enumerate(history))
+        return float(e / (1 - alpha**t))
+    if rule != "ema":
+        raise ValueError(f"unknown selection rule {rule!r}")
+    e = history[0]
+    for s in history[1:]:
+        e = alpha * e + (1 - alpha) * s
+    return float(e)
+
+
 # How the --force check names a run directory, and what else the user can do with one.
 RUN_DIR = ("output directory", " or --resume to continue it")
 
@@ -105,6 +129,25 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     w.writeheader()
     for r in rows:
         w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    write_text(path, buf.getvalue())
+
+
+VAL_PER_IMAGE = "val_per_image.csv"  # epoch, image, Dice (empty = 1): each epoch's per-image validation scores
+
+
+def record_val_per_image(path: Path, epoch: int, rows: list[dict]) -> None:
+    """Replace epoch `epoch`'s (and any later epoch's: a resumed run redoes them) lines of PATH with
+    `rows`' per-image Dice. Kept so that a model-selection rule can be judged on images it did not
+    select on (benchmarks/selection_rules.py)."""
+    kept = []
+    if path.is_file():
+        with open(path, newline="", encoding="utf-8") as fh:
+            kept = [r for r in csv.DictReader(fh) if int(r["epoch"]) < epoch]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["epoch", "name", "dice_empty1"])
+    w.writeheader()
+    w.writerows(kept)
+    w.writerows({"epoch": epoch, "name": r["name"], "dice_empty1": f"{r['dice_empty1']:.6g}"} for r in rows)
     write_text(path, buf.getvalue())
 
 
@@ -435,8 +478,9 @@ class Trainer:
     def _validate_epoch(self, st: RunState, row: dict, good: dict) -> str:
         cfg = self.cfg
         model = self.ema_model.module if self.ema_model is not None else self.model
-        summary, _ = validate(model, self.val_data, cfg, self.device, tta=cfg.predict.tta if cfg.train.val_tta else 1,
-                              cpu_bf16=cfg.train.cpu_bf16)
+        summary, per_image = validate(model, self.val_data, cfg, self.device, tta=cfg.predict.tta if cfg.train.val_tta else 1,
+                                      cpu_bf16=cfg.train.cpu_bf16)
+        record_val_per_image(self.out / VAL_PER_IMAGE, row["epoch"], per_image)
         score = _nan_to(summary["dice_mean_empty1"]["mean"], 0.0)
         row.update({
             "val_dice_empty1": summary["dice_mean_empty1"]["mean"], "val_dice_fg": summary["dice_mean_fg"]["mean"],
@@ -449,8 +493,7 @@ class Trainer:
             row["val_ema"] = st.val_ema
             return self._restore(good, st, f"validation outlier at epoch {row['epoch']} (Dice {score:.4f} vs recent median {np.median(st.accepted[-cfg.train.outlier_window:]):.4f})")
         st.accepted.append(score)
-        a = cfg.train.val_ema_alpha
-        st.val_ema = score if st.val_ema is None else a * st.val_ema + (1 - a) * score
+        st.val_ema = selection_score(st.accepted, cfg.train.selection, cfg.train.val_ema_alpha, cfg.train.selection_window)
         row["val_ema"] = st.val_ema
         if st.val_ema > st.best_ema:
             st.best_ema = st.val_ema
