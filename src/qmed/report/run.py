@@ -129,7 +129,7 @@ def label_colours(labels: np.ndarray) -> np.ndarray:
     return label2rgb(labels, bg_label=0, bg_color=(0, 0, 0), colors=_PALETTE) if labels.any() else np.zeros(labels.shape + (3,))
 
 
-# A fixed palette (seeded): the same label number keeps its colour in every panel of a report.
+# A fixed palette (seeded), so a report draws the same colours every time it is built.
 _PALETTE = [tuple(c) for c in np.random.default_rng(0).uniform(0.25, 1.0, size=(64, 3))]
 
 
@@ -238,7 +238,8 @@ def build_report(run_dir: str | Path, data: str | Path | None = None, tta: bool 
     figs = run / "figures"
     figs.mkdir(exist_ok=True)
     written = [plot_curves(curves, figs / "curves.png"), plot_histogram(rows, figs / "dice_hist.png")]
-    labels = [split_instances(probs[i].astype(np.float32), cfg.predict.threshold, cfg.predict.object_diameter) for i in range(len(rows))]
+    # No diameter: each image's own, as `qmed predict --instances` splits (the one training diameter did worse; design.md "Instances").
+    labels = [split_instances(probs[i].astype(np.float32), cfg.predict.threshold) for i in range(len(rows))]
     inst_rows = [score_image(None, pairs[i][1], pairs[i][2], pred_labels=labels[i]) for i in range(len(rows))]
     inst_summary = summarize(inst_rows, n_boot=2000)
     cases = select_cases(rows, k)
