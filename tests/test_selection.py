@@ -65,3 +65,19 @@ def test_val_per_image_rewrites_redone_epochs(tmp_path):
     record_val_per_image(p, 2, [{"name": "a", "dice_empty1": 0.7}])  # epoch 2 again, after a resume
     rows = list(csv.DictReader(open(p, newline="")))
     assert [(r["epoch"], r["dice_empty1"]) for r in rows] == [("1", "0.5"), ("2", "0.7")]
+
+
+def test_val_every_validates_every_nth_epoch_and_the_last(fluo_subset, tmp_path):
+    """train.val_every=2 over 3 epochs: epochs 2 and 3 are validated, epoch 1 has no val figures."""
+    import csv
+
+    from qmed.config import resolve_config
+    from qmed.segment.train import train
+
+    cfg = resolve_config("tiny", overrides={"train": {"epochs": 3, "val_every": 2}})
+    run = train(cfg, fluo_subset["train"], fluo_subset["val"], tmp_path / "run", quiet=True)
+    rows = list(csv.DictReader(open(run / "metrics.csv", newline="")))
+    assert [r["val_score"] != "" and r["val_score"] != "nan" for r in rows] == [False, True, True]
+    per = list(csv.DictReader(open(run / "val_per_image.csv", newline="")))
+    assert {r["epoch"] for r in per} == {"2", "3"}
+    assert (run / "checkpoints" / "best.pt").is_file()

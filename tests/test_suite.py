@@ -49,9 +49,14 @@ def test_suite_end_to_end_tiny(fluo_subset, tmp_path):
     shutil.copytree(fluo_subset["train"], root / "noval" / "train")  # 6 images, no val/: a seeded 5/1 split
     out = tmp_path / "suite"
     res = CliRunner().invoke(app, ["benchmark", "suite", "--data-root", str(root), "--datasets", "given,noval", "--minutes", "0.05",
-                                   "--preset", "tiny", "--n-boot", "50", "--out", str(out)])
+                                   "--preset", "tiny", "--n-boot", "50", "--out", str(out),
+                                   "--set", "train.val_every=2"])
     assert res.exit_code == 0, res.output
     doc = json.loads((out / "suite.json").read_text())
+    assert doc["settings"]["qmed_overrides"] == ["train.val_every=2"]
+    # the lever reaches qmed's runs only; smp stays the plain script
+    assert yaml.safe_load((out / "given" / "qmed" / "qmed" / "run" / "config.yaml").read_text())["train"]["val_every"] == 2
+    assert yaml.safe_load((out / "given" / "smp" / "smp" / "run" / "config.yaml").read_text())["train"]["val_every"] == 1
     assert doc["finished"] and [r["dataset"] for r in doc["datasets"]] == ["given", "noval"]
     for r in doc["datasets"]:
         assert set(r["methods"]) == {"qmed", "smp"}
@@ -59,7 +64,7 @@ def test_suite_end_to_end_tiny(fluo_subset, tmp_path):
         assert r["paired_dice_empty1"]["n"] >= 1
     split = json.loads((out / "splits" / "noval.json").read_text())
     assert len(split["train"]) == 5 and len(split["val"]) == 1 and not set(split["train"]) & set(split["val"])
-    assert "qmed - smp" in (out / "suite.md").read_text()
+    assert "qmed - smp" in (out / "suite.md").read_text() and "with --set train.val_every=2" in (out / "suite.md").read_text()
 
 
 def test_suite_refuses_a_missing_dataset(tmp_path):

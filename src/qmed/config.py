@@ -300,7 +300,7 @@ class TrainConfig(_Section):
     # Polyak EMA of the weights, evaluated instead of the raw weights when enabled.
     weight_ema: bool = False
     weight_ema_decay: float = 0.999
-    val_every: int = 1
+    val_every: int = Field(1, ge=1)  # validate every n-th epoch (and the last); the budget planner counts only those passes
     val_tta: bool = False
     max_minutes: Optional[float] = None
     # The floor of useful work for `qmed train --minutes` and the demo: a budget that affords fewer

@@ -88,6 +88,7 @@ def suite(
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda if available)."),
     n_boot: int = typer.Option(2000, help="Bootstrap resamples for the 95 % confidence intervals."),
     force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out folder."),
+    set_: List[str] = typer.Option([], "--set", help="Override a setting of qmed's runs only, e.g. --set train.accumulate=1 (a candidate default against smp)."),
 ):
     """qmed's default and the plain smp script, side by side (one core each) at one budget on each dataset; Dice, object F1, HD95 and the paired difference."""
     from qmed.experiments.suite import rich_table, run_suite
@@ -95,7 +96,7 @@ def suite(
     setup_logging()
     names = [d.strip() for d in datasets.split(",") if d.strip()]
     doc = run_suite(data_root, out, names, minutes=minutes, preset=preset, device=device, n_boot=n_boot, force=force,
-                    say=lambda m: err_console.print(m, style="dim", markup=False))
+                    say=lambda m: err_console.print(m, style="dim", markup=False), overrides=set_ or None)
     console.print(rich_table(doc))
     if doc.get("mean_paired_dice_empty1") is not None:
         console.print(f"mean paired difference qmed - smp over the datasets: {doc['mean_paired_dice_empty1']:+.4f}")

@@ -79,9 +79,11 @@ def dataset_splits(root: Path, name: str, out: Path) -> tuple[Path, Path, dict]:
 
 
 def _method_command(method: str, train, val: Path, out: Path, minutes: float, preset: str, device: str | None,
-                    n_boot: int) -> list[str]:
+                    n_boot: int, overrides: list[str] | None = None) -> list[str]:
     cmd = [sys.executable, "-m", "qmed.cli", "benchmark", "quality", "--data", str(train), "--val", str(val), "--out", str(out),
            "--minutes", f"{minutes:g}", "--methods", method, "--preset", preset, "--n-boot", str(n_boot), "--force"]
+    if method == "qmed":  # a lever changes qmed's row only; smp stays the plain script
+        cmd += [a for kv in overrides or [] for a in ("--set", kv)]
     return cmd + (["--device", device] if device else [])
 
 
@@ -126,7 +128,7 @@ def paired_difference(a_rows: list[dict], b_rows: list[dict], key: str = "dice_e
 
 def run_suite(data_root: str | Path, out: str | Path, datasets: list[str] | tuple[str, ...] = DATASETS, minutes: float = 30.0,
               preset: str = "auto", device: str | None = None, n_boot: int = 2000, seed: int = 0, force: bool = False,
-              say: Callable = print) -> dict:
+              say: Callable = print, overrides: list[str] | None = None) -> dict:
     """Every dataset: qmed and smp side by side at one budget, scored and compared; -> the JSON document."""
     data_root, out = Path(data_root), Path(out)
     if minutes <= 0:
@@ -142,12 +144,13 @@ def run_suite(data_root: str | Path, out: str | Path, datasets: list[str] | tupl
     for name in datasets:
         say(f"[{name}] {minutes:g} min per method")
         train, val, split = dataset_splits(data_root, name, out)
-        commands = {m: _method_command(m, train, val, out / name / m, minutes, preset, device, n_boot) for m in ("qmed", "smp")}
+        commands = {m: _method_command(m, train, val, out / name / m, minutes, preset, device, n_boot, overrides) for m in ("qmed", "smp")}
         t0 = time.time()
         codes = run_side_by_side(commands, out / name / "logs", say)
         rows.append(_dataset_row(name, split, out / name, codes, n_boot, seed, time.time() - t0))
-        write_json(out / "suite.json", json_safe(_document(rows, data_root, datasets, minutes, preset, device, n_boot, seed, started)))
-    doc = json_safe(_document(rows, data_root, datasets, minutes, preset, device, n_boot, seed, started, finished=True))
+        write_json(out / "suite.json", json_safe(_document(rows, data_root, datasets, minutes, preset, device, n_boot, seed, started, overrides=overrides)))
+    doc = json_safe(_document(rows, data_root, datasets, minutes, preset, device, n_boot, seed, started, finished=True,
+                              overrides=overrides))
     write_json(out / "suite.json", doc)
     write_text(out / "suite.md", markdown(doc))
     return doc
@@ -171,11 +174,12 @@ def _dataset_row(name: str, split: dict, root: Path, codes: dict[str, int], n_bo
     return row
 
 
-def _document(rows, data_root, datasets, minutes, preset, device, n_boot, seed, started, finished: bool = False) -> dict:
+def _document(rows, data_root, datasets, minutes, preset, device, n_boot, seed, started, finished: bool = False,
+              overrides: list[str] | None = None) -> dict:
     diffs = [r["paired_dice_empty1"]["mean"] for r in rows if r.get("paired_dice_empty1")]
     return {"benchmark": "suite", "finished": finished, "started": started,
             "settings": {"data_root": str(Path(data_root).resolve()), "datasets": list(datasets), "minutes_per_method": minutes,
-                         "preset": preset, "device": device or "default", "n_boot": n_boot, "seed": seed,
+                         "preset": preset, "qmed_overrides": list(overrides or []), "device": device or "default", "n_boot": n_boot, "seed": seed,
                          "side_by_side": "one process per method, 1 torch thread each, pinned to its own core"},
             "machine": machine_info(), "datasets": rows,
             "mean_paired_dice_empty1": float(np.mean(diffs)) if diffs else None}
@@ -206,10 +210,15 @@ def markdown(doc: dict) -> str:
     s = doc["settings"]
     mean = doc.get("mean_paired_dice_empty1")
     head = (f"# qmed benchmark suite\n\nstarted {doc['started']}; {s['minutes_per_method']:g} min training per method, qmed "
-            f"preset {s['preset']}, {s['side_by_side']}; {doc['machine']['cpu_count']} CPUs "
+            f"preset {s['preset']}{overrides_note(s)}, {s['side_by_side']}; {doc['machine']['cpu_count']} CPUs "
             f"({doc['machine'].get('cpu_model', doc['machine']['processor'])}); 95 % bootstrap CIs ({s['n_boot']} resamples, seed {s['seed']}).\n\n")
     tail = f"\nMean paired difference (qmed - smp, Dice per image, empty = 1) over the datasets: {mean:+.4f}\n" if mean is not None else ""
     return head + md_table(COLUMNS, table_rows(doc)) + tail
+
+
+def overrides_note(settings: dict) -> str:
+    sets = settings.get("qmed_overrides") or []
+    return f" with {' '.join('--set ' + kv for kv in sets)}" if sets else ""
 
 
 def rich_table(doc: dict):

@@ -2,7 +2,7 @@
 
 A few training micro-steps, one validation pass and one checkpoint write of qmed's trainer are
 timed first (calibrate); then `train.epochs` (at most the config's) and `data.samples_per_epoch`
-are set so that epochs x (steps + validation + checkpoint) fill the budget (plan_budget), and
+are set so that epochs x (steps + checkpoint) plus the validation passes fill the budget (plan_budget), and
 `train.max_minutes` (budget + 5 %) is set as a safety net, checked after each epoch. Used by
 `qmed train --minutes`, `qmed benchmark quality`, `qmed ablate` and `qmed curve`.
 """
@@ -17,22 +17,31 @@ from typing import Callable
 import numpy as np
 
 
-def plan_budget(budget_s: float, t_micro: float, t_val: float, batch_size: int, accumulate: int, max_epochs: int,
-                epoch_overhead_s: float = 1.0, val_share: float = 0.25) -> dict:
-    """Epochs and crops per epoch so that epochs x (micro-steps x t_micro + t_val + overhead) <= budget_s.
+def validations(epochs: int, val_every: int = 1) -> int:
+    """Validation passes in `epochs` epochs: every `val_every`-th epoch and always the last (as the trainer does)."""
+    val_every = max(1, val_every)
+    return epochs // val_every + (1 if epochs % val_every else 0)
 
-    Validation (one pass per epoch) may take at most `val_share` of the budget; at most
-    `max_epochs` epochs (the preset's); every epoch has at least one optimizer step."""
+
+def plan_budget(budget_s: float, t_micro: float, t_val: float, batch_size: int, accumulate: int, max_epochs: int,
+                epoch_overhead_s: float = 1.0, val_share: float = 0.25, val_every: int = 1) -> dict:
+    """Epochs and crops per epoch so that epochs x (micro-steps x t_micro + overhead) plus the
+    validation passes (every `val_every`-th epoch and the last) take at most budget_s.
+
+    Validation may take at most `val_share` of the budget; at most `max_epochs` epochs (the
+    preset's); every epoch has at least one optimizer step."""
     budget_s = max(0.0, budget_s)
-    epochs = max(1, min(max_epochs, int(val_share * budget_s / max(t_val + epoch_overhead_s, 1e-6))))
+    per_epoch_val = t_val / max(1, val_every)  # amortised: only for choosing the number of epochs
+    epochs = max(1, min(max_epochs, int(val_share * budget_s / max(per_epoch_val + epoch_overhead_s, 1e-6))))
     while True:
-        micro = int((budget_s / epochs - t_val - epoch_overhead_s) / max(t_micro, 1e-6))
+        train_s = budget_s - validations(epochs, val_every) * t_val - epochs * epoch_overhead_s
+        micro = int(train_s / epochs / max(t_micro, 1e-6))
         micro = micro // accumulate * accumulate
         if micro >= accumulate or epochs == 1:
             break
         epochs -= 1
     micro = max(accumulate, micro)
-    est = epochs * (micro * t_micro + t_val + epoch_overhead_s)
+    est = epochs * (micro * t_micro + epoch_overhead_s) + validations(epochs, val_every) * t_val
     return {"epochs": epochs, "samples_per_epoch": micro * batch_size, "micro_steps_per_epoch": micro,
             "optimizer_steps": epochs * math.ceil(micro / accumulate), "estimated_seconds": round(est, 1)}
 
@@ -107,14 +116,14 @@ def calibrate(cfg, train_dir: Path, val_dir: Path, device: str | None, n_steps: 
 
 
 def apply_floor(plan: dict, min_steps: int, t_micro: float, t_val: float, batch_size: int, accumulate: int,
-                epoch_overhead_s: float = 1.0) -> dict:
+                epoch_overhead_s: float = 1.0, val_every: int = 1) -> dict:
     """Raise a plan below `min_steps` optimizer steps to that floor: the same epochs, more crops per
     epoch. The plan says so (`overran`, `budget_steps`) and re-estimates its time."""
     if min_steps <= 0 or plan["optimizer_steps"] >= min_steps:
         return {**plan, "overran": False}
     epochs = plan["epochs"]
     micro = math.ceil(min_steps / epochs) * accumulate
-    est = epochs * (micro * t_micro + t_val + epoch_overhead_s)
+    est = epochs * (micro * t_micro + epoch_overhead_s) + validations(epochs, val_every) * t_val
     return {**plan, "overran": True, "budget_steps": plan["optimizer_steps"], "budget_seconds": plan["estimated_seconds"],
             "samples_per_epoch": micro * batch_size, "micro_steps_per_epoch": micro,
             "optimizer_steps": epochs * math.ceil(micro / accumulate), "estimated_seconds": round(est, 1)}
@@ -136,9 +145,10 @@ def fit_to_budget(cfg, train_dir: Path, val_dir: Path | None, budget_s: float, d
     # The budget is the training loop's (epochs with their validation), as for nnU-Net; 2 % slack.
     # Per epoch besides the steps: validation, last.pt (+ best.pt when selected), metrics.csv.
     plan = plan_budget(0.98 * budget_s, cal["t_micro"], cal["t_val"], cfg.train.batch_size,
-                       cfg.train.accumulate, cfg.train.epochs, epoch_overhead_s=2 * cal["t_checkpoint"] + 0.5)
+                       cfg.train.accumulate, cfg.train.epochs, epoch_overhead_s=2 * cal["t_checkpoint"] + 0.5,
+                       val_every=cfg.train.val_every)
     plan = apply_floor(plan, cfg.train.min_steps if floor else 0, cal["t_micro"], cal["t_val"], cfg.train.batch_size,
-                       cfg.train.accumulate, epoch_overhead_s=2 * cal["t_checkpoint"] + 0.5)
+                       cfg.train.accumulate, epoch_overhead_s=2 * cal["t_checkpoint"] + 0.5, val_every=cfg.train.val_every)
     data = cfg.model_dump()
     data["train"]["epochs"] = plan["epochs"]
     data["data"]["samples_per_epoch"] = plan["samples_per_epoch"]

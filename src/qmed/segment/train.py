@@ -357,7 +357,7 @@ class Trainer:
         for i, (x, y) in enumerate(bar):
             self._micro_batch(epoch, i, x, y, st, good, hard, tally)
             if tally.n_ok and i % 5 == 0:
-                bar.set_postfix(loss=f"{tally.mean('loss'):.4f}", val=f"{st.rows[-1]['val_score']:.4f}" if st.rows else "-")
+                bar.set_postfix(loss=f"{tally.mean('loss'):.4f}", val=_fmt(st.rows[-1].get("val_score")) if st.rows else "-")
         bar.close()
         return tally
 
