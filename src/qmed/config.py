@@ -194,11 +194,25 @@ class ModelConfig(_Section):
     # prediction uses the main output only. Off until a measurement says otherwise.
     # qmed.models.segmenter.nested_nodes, qmed.segment.losses.DeepSupervisionLoss.
     deep_supervision: bool = False
+    # Issue 20's learned instance head: "contact" adds a second output channel trained on the
+    # pixels of each object within `contact_width` px of another object (the DSB2018 winners'
+    # touching-border channel, qmed.data.objects.contact_map); `qmed predict --instances` then
+    # seeds a watershed with foreground minus contact (qmed.segment.instances). "none": the
+    # paper's single foreground output, split by the distance transform alone.
+    instance_head: Literal["none", "contact"] = "none"
+    contact_width: int = Field(2, ge=1, le=16)
+
+    @property
+    def out_channels(self) -> int:
+        """Output channels: the foreground, plus the contact channel with instance_head=contact."""
+        return 2 if self.instance_head == "contact" else 1
 
     @model_validator(mode="after")
     def _deep_supervision_needs_unetplusplus(self):
         if self.deep_supervision and self.arch != "unetplusplus":
             raise _refuse(f"deep_supervision needs arch 'unetplusplus' (UNet++'s nested decoder), not {self.arch!r}; set it to false")
+        if self.instance_head != "none" and self.arch not in ("unetplusplus", "unet"):
+            raise _refuse(f"instance_head needs arch 'unetplusplus' or 'unet' (smp's multi-class head), not {self.arch!r}; set it to none")
         return self
 
 
@@ -314,6 +328,9 @@ class TrainConfig(_Section):
     # model.deep_supervision only: the auxiliary outputs' loss weights, nearest the main output
     # first (X^{0,3}, X^{0,2}, X^{0,1}); the main output weighs 1 and the sum is normalised by the
     # sum of the weights. qmed.segment.losses.DeepSupervisionLoss.
+    # model.instance_head=contact only: the contact channel's loss (0.5 Dice + 0.5 BCE) weighs this
+    # much beside the foreground loss. qmed.segment.losses.ContactLoss.
+    contact_weight: float = Field(1.0, ge=0.0)
     deep_supervision_weights: list[Annotated[float, Field(ge=0.0)]] = Field(default_factory=lambda: [0.5, 0.25, 0.125],
                                                                             min_length=3, max_length=3)
 

@@ -14,6 +14,7 @@ from torch.utils.data import Dataset, Sampler
 from qmed.config import QmedConfig
 from qmed.data.augment import train_transform
 from qmed.data.dataset import Pair, load_pair
+from qmed.data.objects import contact_map
 from qmed.data.sampling import complexity_score, complexity_weights, make_sampler
 
 
@@ -59,19 +60,21 @@ class LoadedPairs:
         return item
 
 
-def _pad_to(img: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    h, w = mask.shape
+def _pad_to(img: np.ndarray, masks: tuple[np.ndarray, ...], size: int) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    h, w = masks[0].shape
     ph, pw = max(0, size - h), max(0, size - w)
     if ph == 0 and pw == 0:
-        return img, mask
+        return img, masks
     pads = ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2))
     # Reflection keeps the local texture; for a 1-pixel image fall back to edge replication.
     mode = "reflect" if min(h, w) > 1 and ph < h and pw < w else "edge"
-    return np.pad(img, pads + ((0, 0),), mode=mode), np.pad(mask, pads, mode=mode)
+    return np.pad(img, pads + ((0, 0),), mode=mode), tuple(np.pad(m, pads, mode=mode) for m in masks)
 
 
 class TrainCrops(Dataset):
-    """Yields (image 3xSxS, mask 1xSxS) random crops; items are (index, draw position)."""
+    """Yields (image 3xSxS, target CxSxS) random crops; items are (index, draw position). The target
+    is the foreground mask, with model.instance_head=contact also the crop's contact map
+    (qmed.data.objects.contact_map of its instance labels), augmented as masks are."""
 
     def __init__(self, data: LoadedPairs, cfg: QmedConfig):
         self.data = data
@@ -81,6 +84,7 @@ class TrainCrops(Dataset):
         self.epoch = 0
         self.aug = train_transform(cfg.augment)
         self.scale_p, self.scale_range = cfg.augment.scale_p, cfg.augment.scale_range
+        self.contact_width = cfg.model.contact_width if cfg.model.instance_head == "contact" else 0
 
     def __len__(self) -> int:
         return len(self.data)
@@ -88,12 +92,12 @@ class TrainCrops(Dataset):
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         idx, pos = item
         rng = np.random.default_rng([self.seed, self.epoch, pos])
-        img, fg, _ = self.data[idx]
+        img, fg, labels = self.data[idx]
         s = self.crop
         if self.scale_p > 0 and rng.random() < self.scale_p:
             lo, hi = np.log(self.scale_range)
             s = max(8, int(round(self.crop / np.exp(rng.uniform(lo, hi)))))  # window resized to the crop below
-        img, fg = _pad_to(img, fg, s)
+        img, (fg, labels) = _pad_to(img, (fg, labels), s)
         h, w = fg.shape
         if self.fg_crop_p > 0 and fg.any() and rng.random() < self.fg_crop_p:
             ys, xs = np.nonzero(fg)
@@ -104,16 +108,23 @@ class TrainCrops(Dataset):
             y0, x0 = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
         img_c = np.ascontiguousarray(img[y0 : y0 + s, x0 : x0 + s])
         m_c = np.ascontiguousarray(fg[y0 : y0 + s, x0 : x0 + s]).astype(np.uint8)
+        masks = [m_c]
+        if self.contact_width:  # on the crop's labels at the source scale: the band's width is in image px
+            masks.append(contact_map(labels[y0 : y0 + s, x0 : x0 + s], self.contact_width).astype(np.uint8))
         if s != self.crop:
             size = (self.crop, self.crop)
             img_c = cv2.resize(img_c, size, interpolation=cv2.INTER_AREA if s > self.crop else cv2.INTER_LINEAR)
             img_c = img_c[..., None] if img_c.ndim == 2 else img_c
-            m_c = cv2.resize(m_c, size, interpolation=cv2.INTER_NEAREST)
+            masks = [cv2.resize(m, size, interpolation=cv2.INTER_NEAREST) for m in masks]
         self.aug.set_random_seed(int(rng.integers(2**31 - 1)))
-        out = self.aug(image=img_c, mask=m_c)
+        if len(masks) == 1:
+            out = self.aug(image=img_c, mask=masks[0])
+            y = out["mask"][None]
+        else:
+            out = self.aug(image=img_c, masks=masks)
+            y = np.stack(out["masks"])
         x = torch.from_numpy(np.clip(out["image"], 0.0, 1.0).transpose(2, 0, 1).copy()).float()
-        y = torch.from_numpy(out["mask"][None].astype(np.float32))
-        return x, y
+        return x, torch.from_numpy(y.astype(np.float32))
 
 
 class EpochDraws(Sampler):

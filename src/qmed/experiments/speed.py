@@ -354,7 +354,8 @@ class SpeedRun:
         if kind == "recipe":
             model = build(cfg.model, pretrained=False)
             opt_cls = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
-            loss, acc, clip = loss_from_config(cfg.train, cfg.model.deep_supervision), cfg.train.accumulate, cfg.train.clip_grad
+            loss, acc, clip = (loss_from_config(cfg.train, cfg.model.deep_supervision, cfg.model.instance_head),
+                               cfg.train.accumulate, cfg.train.clip_grad)
             lr, wd = cfg.train.lr, cfg.train.weight_decay
         else:
             model, opt_cls, loss, acc, clip = BareSmp(cfg.model), torch.optim.Adam, build_loss("dice_bce"), 1, None

@@ -48,7 +48,8 @@ class Segmenter(nn.Module):
         register_imagenet_stats(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        """Logits (B, 1, H, W). With deep supervision, in training mode only: the tuple (main logits,
+        """Logits (B, C, H, W): C = 1 (foreground), 2 with model.instance_head=contact (foreground,
+        contact). With deep supervision, in training mode only: the tuple (main logits,
         then one auxiliary logit map per `aux_nodes` entry, each upsampled to H x W)."""
         if not (self.aux_nodes and self.training):
             return self._forward(x)
@@ -116,7 +117,7 @@ def build(cfg: ModelConfig, pretrained: bool = True) -> Segmenter:
         if cfg.arch in LADDER_ARCHS:
             encoder = smp.encoders.get_encoder(cfg.encoder, in_channels=3, depth=5, weights=hub_name)
             return LadderUNet(encoder, cfg.decoder_channels, dropout=cfg.dropout, **LADDER_ARCHS[cfg.arch])
-        return getattr(smp, ARCHS[cfg.arch])(encoder_name=cfg.encoder, encoder_weights=hub_name, in_channels=3, classes=1,
+        return getattr(smp, ARCHS[cfg.arch])(encoder_name=cfg.encoder, encoder_weights=hub_name, in_channels=3, classes=cfg.out_channels,
                                              decoder_channels=list(cfg.decoder_channels), decoder_attention_type=cfg.attention)
 
     net = _fetch(make, cfg.encoder, hub_name)

@@ -239,7 +239,9 @@ def build_report(run_dir: str | Path, data: str | Path | None = None, tta: bool 
     figs.mkdir(exist_ok=True)
     written = [plot_curves(curves, figs / "curves.png"), plot_histogram(rows, figs / "dice_hist.png")]
     # No diameter: each image's own, as `qmed predict --instances` splits (the one training diameter did worse; design.md "Instances").
-    labels = [split_instances(probs[i].astype(np.float32), cfg.predict.threshold) for i in range(len(rows))]
+    # With an instance head (probs[i] has a contact channel), split as predict does with it.
+    labels = [split_instances(probs[i][0].astype(np.float32), cfg.predict.threshold,
+                              contact=probs[i][1].astype(np.float32) if len(probs[i]) > 1 else None) for i in range(len(rows))]
     inst_rows = [score_image(None, pairs[i][1], pairs[i][2], pred_labels=labels[i]) for i in range(len(rows))]
     inst_summary = summarize(inst_rows, n_boot=2000)
     cases = select_cases(rows, k)
@@ -249,7 +251,7 @@ def build_report(run_dir: str | Path, data: str | Path | None = None, tta: bool 
         for rank, r in enumerate(cases[kind], 1):
             i = index[r["name"]]
             img, fg, _ = pairs[i]
-            p = plot_case(img, fg, probs[i].astype(np.float32), cfg.predict.threshold, f"{kind} {rank}: {r['name']}  Dice {r['dice']:.4f}", figs / f"{kind}_{rank}.png")
+            p = plot_case(img, fg, probs[i][0].astype(np.float32), cfg.predict.threshold, f"{kind} {rank}: {r['name']}  Dice {r['dice']:.4f}", figs / f"{kind}_{rank}.png")
             case_figs.append((f"{kind} {rank}: {r['name']} (Dice {r['dice']:.4f})", p))
             if rank == 1 and (labels[i].any() or pairs[i][2].any()):
                 ir = inst_rows[i]
@@ -260,7 +262,7 @@ def build_report(run_dir: str | Path, data: str | Path | None = None, tta: bool 
         r = cases["empty_fp"]
         i = index[r["name"]]
         img, fg, _ = pairs[i]
-        p = plot_case(img, fg, probs[i].astype(np.float32), cfg.predict.threshold, f"empty image with most false positives: {r['name']} ({r.get('fp', 0)} px)", figs / "empty_fp.png")
+        p = plot_case(img, fg, probs[i][0].astype(np.float32), cfg.predict.threshold, f"empty image with most false positives: {r['name']} ({r.get('fp', 0)} px)", figs / "empty_fp.png")
         case_figs.append((f"empty image with most false positives: {r['name']} ({r.get('fp', 0)} FP px)", p))
     scoring = {"checkpoint": rel_or_abs(ckpt, run), "tta": n_views, "threshold": cfg.predict.threshold, "tile": cfg.predict.tile}
     # "checkpoints/best.pt, no TTA, threshold 0.5, tile 1024 px": the same words as qmed evaluate's caption.

@@ -1,7 +1,7 @@
 """`qmed export`: a segmentation checkpoint as one ONNX file holding the whole inference path.
 
 The graph maps the image as `qmed.io.images` reads it (float32 N×3×H×W in [0, 1], gray repeated to
-3 channels) to the foreground probability N×1×H×W:
+3 channels) to the foreground probability N×1×H×W (N×2×H×W with model.instance_head=contact: foreground, contact):
 
     image -> [per-image percentile scaling, when the run used data.normalize=percentile] -> "normalized"
           -> edge channel (direct conv2d, models.edge mode "conv") -> 4->3 projection -> network -> sigmoid
@@ -157,7 +157,9 @@ def metadata(cfg, ckpt: Path, opset: int, normalize_in_graph: bool) -> dict:
         "input": {"name": INPUT, "shape": ["N", 3, "H", "W"], "dtype": "float32", "range": [0.0, 1.0],
                   "channels": "RGB; a gray image repeated to 3 channels (as qmed.io.images reads it, alpha dropped)",
                   "size_multiple": SIZE_MULTIPLE, "padding": PADDING},
-        "output": {"name": OUTPUT, "shape": ["N", 1, "H", "W"], "dtype": "float32", "meaning": "foreground probability (sigmoid applied)"},
+        "output": {"name": OUTPUT, "shape": ["N", m.out_channels, "H", "W"], "dtype": "float32",
+                   "meaning": "foreground probability (sigmoid applied)" if m.out_channels == 1 else
+                   "channel 0 foreground, channel 1 contact probability (sigmoid applied; model.instance_head=contact)"},
         "graph": steps,
         "preprocessing": {"normalize": cfg.data.normalize, "norm_percentiles": list(cfg.data.norm_percentiles),
                           "in_graph": True, "normalized_tensor": NORMALIZED if normalize_in_graph else None},

@@ -273,19 +273,48 @@ class DeepSupervisionLoss(nn.Module):
         return loss
 
 
+class ContactLoss(nn.Module):
+    """Issue 20's instance head around a foreground loss: outputs with a second (contact) channel,
+    targets (B, 2, H, W) = (foreground, contact map),
+
+        L = L_fg(foreground channel) + w (0.5 (1 - soft Dice) + 0.5 BCE)(contact channel),
+
+    L_fg the wrapped loss (DeepSupervisionLoss included: its auxiliary outputs, one channel each,
+    are foreground only). `self.last`: L_fg's components, "contact" and "loss" = L."""
+
+    def __init__(self, base: nn.Module, weight: float = 1.0):
+        super().__init__()
+        self.base, self.weight = base, float(weight)
+        self.contact = DiceBCELoss()
+        self.last: dict[str, float] = {}
+
+    def forward(self, outputs, target: torch.Tensor) -> torch.Tensor:
+        main = main_logits(outputs)
+        if main.dim() != 4 or main.shape[1] != 2 or target.dim() != 4 or target.shape[1] != 2:
+            raise ValueError(f"expected (B, 2, H, W) outputs and targets (foreground, contact), got {tuple(main.shape)} and {tuple(target.shape)}")
+        fg = main[:, :1] if isinstance(outputs, torch.Tensor) else (main[:, :1], *outputs[1:])
+        l_fg = self.base(fg, target[:, :1])
+        l_ct = self.contact(main[:, 1:].float(), target[:, 1:])
+        loss = l_fg + self.weight * l_ct
+        self.last = {**getattr(self.base, "last", {}), "contact": float(l_ct.detach()), "loss": float(loss.detach())}
+        return loss
+
+
 def main_logits(outputs) -> torch.Tensor:
     """The main logits of a model output: the tensor itself, or the first of deep supervision's tuple."""
     return outputs if isinstance(outputs, torch.Tensor) else outputs[0]
 
 
-def loss_from_config(t, deep_supervision: bool = False) -> nn.Module:
+def loss_from_config(t, deep_supervision: bool = False, instance_head: str = "none") -> nn.Module:
     """The loss a TrainConfig names, with the fields that loss takes (the trainer's and the speed
     benchmark's one way to build it); `deep_supervision` (model.deep_supervision) wraps it in
-    DeepSupervisionLoss with t.deep_supervision_weights."""
+    DeepSupervisionLoss with t.deep_supervision_weights, and instance_head="contact"
+    (model.instance_head) that in ContactLoss with t.contact_weight."""
     if t.loss == "stabilized":
         base = build_loss(t.loss, max_pos_weight=t.pos_weight_max)
     elif t.loss == "dice_bce":
         base = build_loss(t.loss, boundary_weight=t.boundary_weight, boundary_sigma=t.boundary_sigma, per_image=t.dice_per_image)
     else:
         base = build_loss(t.loss)
-    return DeepSupervisionLoss(base, t.deep_supervision_weights) if deep_supervision else base
+    loss = DeepSupervisionLoss(base, t.deep_supervision_weights) if deep_supervision else base
+    return ContactLoss(loss, t.contact_weight) if instance_head == "contact" else loss

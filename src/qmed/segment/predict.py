@@ -67,7 +67,7 @@ def _starts(total: int, size: int, overlap: float) -> list[int]:
     return starts
 
 
-Forward = Callable[[torch.Tensor], torch.Tensor]  # (B,3,H,W) float32 -> (B,1,H,W) foreground probability
+Forward = Callable[[torch.Tensor], torch.Tensor]  # (B,3,H,W) float32 -> (B,C,H,W) probabilities, channel 0 the foreground
 
 
 def as_forward(model: nn.Module | Forward, device: torch.device, amp: bool, cpu_bf16: bool = False) -> Forward:
@@ -109,10 +109,13 @@ def predict_probability(
     device: torch.device | str = "cpu",
     amp: bool = True,
     cpu_bf16: bool = False,
+    channels: bool = False,
 ) -> np.ndarray:
-    """image HxWx3 float32 in [0,1] -> foreground probability HxW float32. `amp`: float16 on CUDA;
-    `cpu_bf16`: bfloat16 on a CPU with native support (qmed.runtime; per-epoch validation only).
-    `model` may also be a probability function (as_forward), e.g. an ONNX Runtime session's."""
+    """image HxWx3 float32 in [0,1] -> foreground probability HxW float32 (with `channels`, every
+    output channel: CxHxW, the foreground first; model.instance_head=contact adds the contact
+    probability). `amp`: float16 on CUDA; `cpu_bf16`: bfloat16 on a CPU with native support
+    (qmed.runtime; per-epoch validation only). `model` may also be a probability function
+    (as_forward), e.g. an ONNX Runtime session's."""
     device = torch.device(device)
     if isinstance(model, nn.Module):
         model.eval()
@@ -121,12 +124,12 @@ def predict_probability(
     tile = max(32, int(tile) // 32 * 32)
     if h <= tile and w <= tile:
         xp, _ = pad_multiple(x)
-        p = forward_views(model, xp.to(device), tta, amp, cpu_bf16)
-        return p[0, 0, :h, :w].cpu().numpy()
+        p = forward_views(model, xp.to(device), tta, amp, cpu_bf16)[0, :, :h, :w].cpu().numpy()
+        return p if channels else p[0]
     xp, _ = pad_multiple(x, 32)
     H, W = xp.shape[-2:]
     th, tw = min(tile, H), min(tile, W)  # rectangular windows for long, thin images
-    acc = torch.zeros((H, W), dtype=torch.float32)
+    acc = None  # (C, H, W), once the first window says C
     norm = torch.zeros((H, W), dtype=torch.float32)
     weight = _gaussian_weight(th, tw)
     coords = [(y, x0) for y in _starts(H, th, overlap) for x0 in _starts(W, tw, overlap)]
@@ -134,16 +137,22 @@ def predict_probability(
         chunk = coords[i : i + batch_size]
         batch = torch.cat([xp[:, :, y : y + th, x0 : x0 + tw] for y, x0 in chunk]).to(device)
         probs = forward_views(model, batch, tta, amp, cpu_bf16).cpu()
+        if not channels:
+            probs = probs[:, :1]
+        if acc is None:
+            acc = torch.zeros((probs.shape[1], H, W), dtype=torch.float32)
         for (y, x0), pr in zip(chunk, probs):
-            acc[y : y + th, x0 : x0 + tw] += pr[0] * weight
+            acc[:, y : y + th, x0 : x0 + tw] += pr * weight
             norm[y : y + th, x0 : x0 + tw] += weight
-    return (acc / norm)[:h, :w].numpy()
+    p = (acc / norm)[:, :h, :w].numpy()
+    return p if channels else p[0]
 
 
 def predict_image(model: nn.Module, image: np.ndarray, cfg, tta: int = 1, device: torch.device | str = "cpu",
                   threshold: float | None = None, rescale: bool | None = None,
-                  object_diameter: float | None = None, cpu_bf16: bool = False) -> tuple[np.ndarray, float]:
-    """One image through the run's settings -> (probability HxW, scale factor used).
+                  object_diameter: float | None = None, cpu_bf16: bool = False, channels: bool = False) -> tuple[np.ndarray, float]:
+    """One image through the run's settings -> (probability HxW, or CxHxW with `channels`, as
+    predict_probability; scale factor used).
 
     With rescaling on (PredictConfig.rescale), a first pass without TTA measures the predicted
     objects' median diameter; if it differs from the training diameter by more than 10 %, the
@@ -154,13 +163,13 @@ def predict_image(model: nn.Module, image: np.ndarray, cfg, tta: int = 1, device
     from qmed.data.objects import object_diameter as measure
 
     p = cfg.predict
-    kw = dict(tile=p.tile, overlap=p.overlap, batch_size=p.batch_size, device=device, amp=cfg.train.amp, cpu_bf16=cpu_bf16)
+    kw = dict(tile=p.tile, overlap=p.overlap, batch_size=p.batch_size, device=device, amp=cfg.train.amp, cpu_bf16=cpu_bf16, channels=channels)
     rescale = p.rescale if rescale is None else rescale
     target = p.object_diameter if object_diameter is None else object_diameter
     if not rescale or not target:
         return predict_probability(model, image, tta=tta, **kw), 1.0
     first = predict_probability(model, image, tta=1, **kw)
-    found = measure(first > (p.threshold if threshold is None else threshold))
+    found = measure((first[0] if channels else first) > (p.threshold if threshold is None else threshold))
     f = 1.0 if found is None else float(np.clip(target / found, *p.rescale_limits))
     if abs(math.log(f)) < math.log(1.1):
         return (first if tta <= 1 else predict_probability(model, image, tta=tta, **kw)), 1.0
@@ -168,7 +177,10 @@ def predict_image(model: nn.Module, image: np.ndarray, cfg, tta: int = 1, device
     big = cv2.resize(image, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_LINEAR if f > 1 else cv2.INTER_AREA)
     big = big[..., None] if big.ndim == 2 else big
     prob = predict_probability(model, big, tta=tta, **kw)
-    return cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR if f > 1 else cv2.INTER_CUBIC).clip(0.0, 1.0), f
+    interp = cv2.INTER_LINEAR if f > 1 else cv2.INTER_CUBIC
+    if channels:
+        return np.stack([cv2.resize(c, (w, h), interpolation=interp) for c in prob]).clip(0.0, 1.0), f
+    return cv2.resize(prob, (w, h), interpolation=interp).clip(0.0, 1.0), f
 
 
 def predict_folder(model_path, input_path, out, tta: bool = False, threshold: float | None = None, tile: int | None = None,
@@ -183,7 +195,8 @@ def predict_folder(model_path, input_path, out, tta: bool = False, threshold: fl
     qmed export; same windows, TTA and thresholds); by default the model file's suffix decides.
     `cpu_bf16`: torch on a CPU with native bfloat16 runs under bfloat16 autocast (benchmarks/predict_speed.py).
     `instances`: also OUT/instances/NAME.png (16-bit label map) and NAME.csv (one row per object),
-    split from the whole image's probability map by qmed.segment.instances, with a predict.json."""
+    split from the whole image's probability map (and contact map, for a model with
+    model.instance_head=contact) by qmed.segment.instances, with a predict.json."""
     import shutil
 
     from tqdm.auto import tqdm
@@ -236,19 +249,22 @@ def predict_folder(model_path, input_path, out, tta: bool = False, threshold: fl
             (stage / INSTANCES_DIR).mkdir()
         bar = tqdm(files, desc=f"predict{f' (TTA {n_views} views)' if n_views > 1 else ''}", unit="image", leave=False,
                    disable=True if quiet else None, dynamic_ncols=True)
+        contact = instances and cfg.model.instance_head == "contact"
         for f in bar:
             img = model_input(read_image(f), cfg)
-            prob, scales[f.name] = predict_image(model, img, cfg, tta=n_views, device=dev, threshold=thr, rescale=rescale,
-                                                 object_diameter=object_diameter, cpu_bf16=cpu_bf16)
+            maps, scales[f.name] = predict_image(model, img, cfg, tta=n_views, device=dev, threshold=thr, rescale=rescale,
+                                                 object_diameter=object_diameter, cpu_bf16=cpu_bf16, channels=True)
+            prob = maps[0]
             write_mask_png(stage / f"{f.stem}.png", prob > thr)
             write_probability_png(stage / "probabilities" / f"{f.stem}.png", prob)
             if instances:
-                write_instances(stage / INSTANCES_DIR, f.stem, prob, thr)
+                write_instances(stage / INSTANCES_DIR, f.stem, prob, thr, contact=maps[1] if contact else None)
         bar.close()
         if rescale:
             write_json(stage / "scales.json", {"object_diameter": object_diameter or cfg.predict.object_diameter, "scales": scales})
         meta = {"model": str(model_path), "checkpoint": str(Path(ckpt).resolve()), "backend": backend, "tta": n_views, "threshold": thr,
-                "tile": cfg.predict.tile, "rescale": bool(rescale), "input": str(input_path), "n_images": len(files), "instances": instances}
+                "tile": cfg.predict.tile, "rescale": bool(rescale), "input": str(input_path), "n_images": len(files), "instances": instances,
+                "instance_split": ("contact" if contact else "distance") if instances else None}
         write_json(stage / PREDICTION_META, meta)
         if instances:
             write_json(stage / INSTANCES_DIR / PREDICTION_META, {**meta, "kind": "labels"})

@@ -219,7 +219,7 @@ class Trainer:
         cfg = self.cfg
         seed_everything(cfg.train.seed)
         self.model = build(cfg.model, pretrained=pretrained).to(self.device).to(memory_format=torch.channels_last)
-        self.loss_fn = loss_from_config(cfg.train, deep_supervision=cfg.model.deep_supervision)
+        self.loss_fn = loss_from_config(cfg.train, deep_supervision=cfg.model.deep_supervision, instance_head=cfg.model.instance_head)
         opt_cls = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = opt_cls(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         steps_per_epoch = math.ceil(self.micro_per_epoch / cfg.train.accumulate)
@@ -369,11 +369,12 @@ class Trainer:
         x, y = runtime.channels_last(x.to(self.device, non_blocking=True)), y.to(self.device, non_blocking=True)
         with runtime.autocast(self.device, self.amp_dtype):
             outputs = self.model(x)
-        # model.deep_supervision: outputs = (main, *auxiliary), all weighed by the loss; the rest uses the main logits.
+        # model.deep_supervision: outputs = (main, *auxiliary), all weighed by the loss; the rest uses the
+        # main logits' foreground channel (model.instance_head=contact adds a second one).
         logits = main_logits(outputs)
         loss = self.loss_fn(logits.float() if outputs is logits else outputs, y)
         if hard is not None:
-            self._track_hardness(hard, i, logits, y)
+            self._track_hardness(hard, i, logits[:, :1], y[:, :1])
         if self._inject_nan(epoch, i):
             loss = loss * float("nan")
         if not torch.isfinite(loss):

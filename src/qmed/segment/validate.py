@@ -14,17 +14,19 @@ from qmed.segment.predict import predict_probability
 
 def validate(model: nn.Module, data: LoadedPairs, cfg: QmedConfig, device: torch.device, tta: int = 1, n_boot: int = 0, keep_probs: bool = False,
              cpu_bf16: bool = False):
-    """-> (summary dict, per-image rows[, probabilities])."""
+    """-> (summary dict, per-image rows[, probabilities CxHxW float16: the foreground, then an
+    instance head's contact map]). Scored on the foreground channel."""
     rows, probs = [], []
     for i in range(len(data)):
         img, fg, labels = data[i]
-        prob = predict_probability(model, img, tile=cfg.predict.tile, overlap=cfg.predict.overlap, tta=tta,
+        maps = predict_probability(model, img, tile=cfg.predict.tile, overlap=cfg.predict.overlap, tta=tta,
                                    batch_size=cfg.predict.batch_size, device=device, amp=cfg.train.amp,
-                                   cpu_bf16=cpu_bf16)
+                                   cpu_bf16=cpu_bf16, channels=keep_probs)
+        prob = maps[0] if keep_probs else maps
         row = score_image(prob, fg, labels, threshold=cfg.predict.threshold)
         row["name"] = data.pairs[i].name
         rows.append(row)
         if keep_probs:
-            probs.append(prob.astype(np.float16))
+            probs.append(maps.astype(np.float16))
     summary = summarize(rows, n_boot=n_boot, seed=cfg.train.seed)
     return (summary, rows, probs) if keep_probs else (summary, rows)
