@@ -4,9 +4,12 @@ For each dataset (split as the suite splits it: qmed.experiments.suite.dataset_s
 `qmed benchmark quality --methods qmed --preset auto` processes run at once, one torch thread
 each, each pinned to its own core: "base" (the default) and "lever" (the default with the --set
 overrides). Prints per dataset the paired per-image Dice difference lever - base, with TTA (qmed)
-and without (qmed-notta), with its bootstrap CI; writes OUT/screen.json.
+and without (qmed-notta), with its bootstrap CI; writes OUT/screen.json. Arguments starting with
+-- go to both arms' `qmed benchmark quality` (e.g. --qmed-no-val: both train without the val
+split, which then only scores; with data.val_fraction=0 as the lever, that measures training on
+every image against keeping a fifth back for validation).
 
-    python benchmarks/lever_screen.py DATA_ROOT OUT MINUTES DATASET[,DATASET...] KEY=VALUE [KEY=VALUE ...]
+    python benchmarks/lever_screen.py DATA_ROOT OUT MINUTES DATASET[,DATASET...] [--FLAG ...] KEY=VALUE [KEY=VALUE ...]
 """
 
 import json
@@ -17,12 +20,14 @@ from qmed.experiments.suite import dataset_splits, paired_difference, run_side_b
 
 
 def main() -> None:
-    root, out, minutes, names, sets = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4].split(","), sys.argv[5:]
-    doc = {"minutes": float(minutes), "lever": sets, "datasets": {}}
+    root, out, minutes, names = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4].split(",")
+    flags = [a for a in sys.argv[5:] if a.startswith("--")]
+    sets = [a for a in sys.argv[5:] if not a.startswith("--")]
+    doc = {"minutes": float(minutes), "lever": sets, "both_arms": flags, "datasets": {}}
     for name in names:
         train, val, _ = dataset_splits(root, name, out)
         base = [sys.executable, "-m", "qmed.cli", "benchmark", "quality", "--data", str(train), "--val", str(val),
-                "--minutes", minutes, "--methods", "qmed", "--preset", "auto", "--force"]
+                "--minutes", minutes, "--methods", "qmed", "--preset", "auto", "--force", *flags]
         cmds = {"base": base + ["--out", str(out / name / "base")],
                 "lever": base + ["--out", str(out / name / "lever")] + [a for kv in sets for a in ("--set", kv)]}
         print(name, run_side_by_side(cmds, out / name / "logs", print), flush=True)

@@ -224,3 +224,46 @@ def test_train_hard_sampler_tracks_per_image_loss(fluo_subset, tmp_path):
     hard = state["run"]["hardness"]
     seen = [h for h in hard if h is not None]
     assert seen and all(0.0 <= h <= 1.0 for h in seen)
+
+
+def test_train_without_val_reports_on_the_split(fluo_subset, tmp_path):
+    """No --val: the run validates on images split off --data, and the report scores those same images."""
+    import json
+
+    out = tmp_path / "noval"
+    res = run("train", "--preset", "tiny", "--data", fluo_subset["train"], "--out", out, "--quiet", "--set", "train.epochs=1")
+    assert res.exit_code == 0, res.output
+    split = json.loads((out / "run.json").read_text())["val_split"]
+    assert len(split) == 1  # 20 % of 6 images, rounded
+    rep = json.loads((out / "report_metrics.json").read_text())
+    assert [r["name"] for r in rep["per_image"]] == split
+    assert "split off for validation" in (out / "report.md").read_text()
+
+
+def test_run_with_val_records_no_split(tiny_run):
+    import json
+
+    assert json.loads((tiny_run / "run.json").read_text())["val_split"] is None
+
+
+def test_train_on_every_image_without_validation(fluo_subset, tmp_path):
+    """data.val_fraction=0 and no --val: all 6 images train, no epoch is validated, best.pt is the
+    last epoch, the report is left for held-out data (qmed report --data), which then works."""
+    import csv
+    import json
+
+    out = tmp_path / "all"
+    res = run("train", "--preset", "tiny", "--data", fluo_subset["train"], "--out", out, "--quiet", "--minutes", "0.1",
+              "--set", "data.val_fraction=0")
+    assert res.exit_code == 0, res.output
+    assert "no validation images" in " ".join(res.output.split()) and not (out / "report.md").exists()
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["val"] is None and meta["val_split"] == []
+    rows = list(csv.DictReader(open(out / "metrics.csv", newline="")))
+    assert rows and all(r["val_score"] in ("", "nan") for r in rows)
+    assert (out / "checkpoints" / "best.pt").read_bytes() == (out / "checkpoints" / "last.pt").read_bytes()
+    res = run("report", out, "--data", fluo_subset["val"])
+    assert res.exit_code == 0, res.output
+    assert (out / "report.md").is_file()
+    res = run("train", "--preset", "tiny", "--data", fluo_subset["train"], "--out", tmp_path / "bad", "--set", "data.val_fraction=1")
+    assert res.exit_code == 2 and "val_fraction" in res.output

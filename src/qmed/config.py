@@ -244,7 +244,9 @@ class AugmentConfig(_Section):
 
 class DataConfig(_Section):
     crop: int = 512
-    val_fraction: float = 0.2
+    # Without --val: this share of --data is split off for validation; 0 trains on every image
+    # without validation (the last epoch is the model; the report then needs --data).
+    val_fraction: float = Field(0.2, ge=0.0, lt=1.0)
     split_seed: int = 0
     group_pattern: Optional[str] = None
     # complexity: static weights from the masks (the paper's S6; qmed.data.sampling); uniform;

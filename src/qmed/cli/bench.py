@@ -62,6 +62,7 @@ def quality(
     n_boot: int = typer.Option(2000, help="Bootstrap resamples for the 95 % confidence intervals."),
     force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out folder."),
     set_: List[str] = typer.Option([], "--set", help="Override a setting of qmed's row only, e.g. --set model.input_mode=none (how a lever is measured)."),
+    qmed_val: bool = typer.Option(True, "--qmed-val/--qmed-no-val", help="--qmed-no-val: qmed trains without --val, as a user without a val folder (its own split of --data, or all of it with --set data.val_fraction=0); --val only scores."),
 ):
     """Train and score qmed, a plain smp baseline and nnU-Net v2 on the same data and budget; print one table."""
     from qmed.experiments.quality import failure_notes, parse_methods, rich_table, run_quality
@@ -69,7 +70,7 @@ def quality(
     setup_logging()
     doc = run_quality(data, val, out, minutes=minutes, methods=parse_methods(methods), preset=preset, device=device,
                       nnunet_trainer=nnunet_trainer, dataset_id=dataset_id, n_boot=n_boot, force=force,
-                      overrides=set_ or None, say=lambda m: err_console.print(m, style="dim", markup=False))
+                      overrides=set_ or None, say=lambda m: err_console.print(m, style="dim", markup=False), qmed_val=qmed_val)
     console.print(rich_table(doc["results"], f"quality on {val}, {minutes:g} min training per method, 95 % CIs"))
     for note in failure_notes(doc["results"]):
         console.print(note, markup=False, highlight=False, soft_wrap=True)

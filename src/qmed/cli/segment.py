@@ -3,6 +3,7 @@ plus the demo and format conversion."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import List, Optional
 
@@ -128,6 +129,10 @@ def train(
             cfg, _ = fit_to_budget(cfg, data, val, minutes * 60.0, device, console.print)
         run = train_run(cfg, data, val, out, force=force, device=device, quiet=quiet, tensorboard=tensorboard, stop_after=stop_after)
     finished = _finished(run)
+    meta = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
+    if not no_report and finished and not (meta.get("val") or meta.get("val_split")):
+        no_report = True  # data.val_fraction=0: nothing held out to score
+        console.print(f"no validation images: score the model on held-out data with qmed report {run} --data TEST_DIR")
     if not no_report and finished:
         from qmed.report.run import build_report
 

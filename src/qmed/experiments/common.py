@@ -33,18 +33,21 @@ SMP_BASELINE = {
 
 
 def train_to_budget(cfg, train_dir: Path, val_dir: Path, out: Path, budget_s: float, device: str | None,
-                    tta_views: list[bool], say: Callable, instances: bool = False) -> dict:
+                    tta_views: list[bool], say: Callable, instances: bool = False, train_val: bool = True) -> dict:
     """Train `cfg` on TRAIN (a folder or CSV list) for `budget_s` seconds of training loop (fitted as
     in the module docstring) into OUT/run, then predict VAL's images once per entry of `tta_views`
     (True: the preset's TTA) into OUT/preds-tta or OUT/preds; with `instances`, also the label maps
-    of `qmed predict --instances` (PREDS/instances). Also used by `qmed ablate` and `qmed curve`."""
+    of `qmed predict --instances` (PREDS/instances). `train_val=False`: VAL is not shown to the
+    training (it validates on its own split of TRAIN, or not at all), only predicted and scored.
+    Also used by `qmed ablate` and `qmed curve`."""
     import csv
 
     from qmed.segment.predict import predict_folder
     from qmed.segment.train import train
 
-    cfg, plan = fit_to_budget(cfg, train_dir, val_dir, budget_s, device, say, floor=False)  # equal budgets, no floor
-    run = train(cfg, train_dir, val_dir, out / "run", force=True, device=device, quiet=True)
+    seen = val_dir if train_val else None
+    cfg, plan = fit_to_budget(cfg, train_dir, seen, budget_s, device, say, floor=False)  # equal budgets, no floor
+    run = train(cfg, train_dir, seen, out / "run", force=True, device=device, quiet=True)
     summary = json.loads((run / "summary.json").read_text())
     with open(run / "metrics.csv", newline="", encoding="utf-8") as fh:
         train_s = sum(float(r["epoch_seconds"] or 0) for r in csv.DictReader(fh))  # the training loop, validation included

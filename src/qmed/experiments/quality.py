@@ -141,9 +141,12 @@ def qmed_default(preset: str, train_dir: Path, overrides: list[str] | None = Non
 def run_quality(train_dir: str | Path, val_dir: str | Path, out: str | Path, minutes: float = 30.0,
                 methods: list[str] | tuple[str, ...] = METHODS, preset: str = "cpu", device: str | None = None,
                 nnunet_trainer: str = NNUNET_BUDGET_TRAINER, dataset_id: int = 501, n_boot: int = 2000, seed: int = 0,
-                force: bool = False, say: Callable = print, overrides: list[str] | None = None) -> dict:
+                force: bool = False, say: Callable = print, overrides: list[str] | None = None,
+                qmed_val: bool = True) -> dict:
     """Train, predict and score every method; write OUT/quality.json and OUT/quality.md. Returns the JSON document.
-    `overrides` (KEY=VALUE) change qmed's settings only; the smp baseline stays the plain script."""
+    `overrides` (KEY=VALUE) change qmed's settings only; the smp baseline stays the plain script.
+    `qmed_val=False`: qmed trains without VAL, as a user without a val folder does (it splits its
+    own off TRAIN, or with data.val_fraction=0 trains on all of it); VAL then only scores."""
     from qmed.data.dataset import find_pairs
 
     train_dir, val_dir, out = Path(train_dir), Path(val_dir), Path(out)
@@ -163,7 +166,7 @@ def run_quality(train_dir: str | Path, val_dir: str | Path, out: str | Path, min
         def run_method(method: str = method) -> list[dict]:
             if method == "qmed":
                 r = train_to_budget(qmed_config, train_dir, val_dir, out / "qmed", budget_s, device, [True, False], say,
-                                    instances=True)
+                                    instances=True, train_val=qmed_val)
                 return [{"method": "qmed", "tta": 7, **r, "pred_dir": r["preds"][True], "instance_dir": r["preds"][True] / INSTANCES_DIR},
                         {"method": "qmed-notta", "tta": 1, **r, "pred_dir": r["preds"][False],
                          "instance_dir": r["preds"][False] / INSTANCES_DIR}]
@@ -177,18 +180,19 @@ def run_quality(train_dir: str | Path, val_dir: str | Path, out: str | Path, min
             row["budget_minutes"] = minutes
             results.append(row)
         write_json(out / "quality.json", json_safe(_document(results, train_dir, val_dir, minutes, preset, device, nnunet_trainer,
-                                                              n_boot, seed, started)))
+                                                              n_boot, seed, started, qmed_val=qmed_val)))
     doc = json_safe(_document(results, train_dir, val_dir, minutes, preset, device, nnunet_trainer, n_boot, seed, started,
-                               finished=True))
+                               finished=True, qmed_val=qmed_val))
     write_json(out / "quality.json", doc)
     write_text(out / "quality.md", _markdown(doc, results))
     return doc
 
 
 def _document(results, train_dir, val_dir, minutes, preset, device, nnunet_trainer, n_boot, seed, started,
-              finished: bool = False) -> dict:
+              finished: bool = False, qmed_val: bool = True) -> dict:
     settings = {"train": str(Path(train_dir).resolve()), "val": str(Path(val_dir).resolve()), "minutes_per_method": minutes,
-                "preset": preset, "device": str(pick_device(device)), "nnunet_trainer": nnunet_trainer, "n_boot": n_boot, "seed": seed}
+                "preset": preset, "device": str(pick_device(device)), "nnunet_trainer": nnunet_trainer, "n_boot": n_boot, "seed": seed,
+                "qmed_trained_with_val": qmed_val}
     return result_document("quality", results, settings, started, finished)
 
 

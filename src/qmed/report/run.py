@@ -227,12 +227,18 @@ def build_report(run_dir: str | Path, data: str | Path | None = None, tta: bool 
         raise QmedInputError(run, "is not a qmed run directory (no run.json)")
     meta = json.loads((run / "run.json").read_text())
     data = Path(data) if data else (Path(meta["val"]) if meta.get("val") else None)
-    if data is None:
+    split = meta.get("val_split") if data is None else None
+    if data is None and not split:
         raise QmedInputError(run, "the run had no --val folder; pass --data VAL_OR_TEST_DIR")
     curves = read_metrics_csv(run / "metrics.csv")
     dev = pick_device(device)
     model, cfg, ckpt = load_model(run, dev)
-    pairs = LoadedPairs(find_pairs(data), cfg)
+    if split:  # the images split off --data for validation (run.json), as the run validated on them
+        names = set(split)
+        pairs = LoadedPairs([p for p in find_pairs(meta["train"]) if p.name in names], cfg)
+        data = f"{meta['train']} (the {len(pairs)} images split off for validation)"
+    else:
+        pairs = LoadedPairs(find_pairs(data), cfg)
     n_views = cfg.predict.tta if tta else 1
     summary, rows, probs = validate(model, pairs, cfg, dev, tta=n_views, n_boot=2000, keep_probs=True)
     figs = run / "figures"

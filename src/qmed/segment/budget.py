@@ -101,7 +101,8 @@ def calibrate(cfg, train_dir: Path, val_dir: Path, device: str | None, n_steps: 
         for i in range(len(sub)):
             sub._cache[i] = t.val_data[i]
         t0 = time.perf_counter()
-        validate(t.model, sub, cfg, t.device, cpu_bf16=cfg.train.cpu_bf16)
+        if n_val:  # data.val_fraction=0 without --val: no validation pass to time
+            validate(t.model, sub, cfg, t.device, cpu_bf16=cfg.train.cpu_bf16)
         t_sub = time.perf_counter() - t0
         px_sub = sum(sub[i][1].size for i in range(len(sub)))
         px_all = sum(t.val_data[i][1].size for i in range(n_val))

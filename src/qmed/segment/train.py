@@ -192,9 +192,13 @@ class Trainer:
         pairs = find_pairs(self.train_source)
         if self.val_source is not None:
             train_pairs, val_pairs = pairs, find_pairs(self.val_source)
+        elif cfg.data.val_fraction == 0:
+            train_pairs, val_pairs = pairs, []
+            log.warning("no --val and data.val_fraction=0: training on all %d images of %s without validation; "
+                        "the last epoch is the model", len(pairs), self.train_source)
         else:
             if len(pairs) < 2:
-                raise QmedInputError(self.train_source, f"holds {len(pairs)} image; training needs at least 2 (one for validation) or a separate --val folder")
+                raise QmedInputError(self.train_source, f"holds {len(pairs)} image; training needs at least 2 (one for validation), a separate --val folder, or --set data.val_fraction=0")
             train_pairs, val_pairs = split_pairs(pairs, cfg.data.val_fraction, cfg.data.split_seed, cfg.data.group_pattern)
             log.warning("no --val given: validating on %d of %d images split off %s (seed %d)", len(val_pairs), len(pairs), self.train_source, cfg.data.split_seed)
         self.train_data = LoadedPairs(train_pairs, cfg, cache=cfg.data.cache)
@@ -286,9 +290,11 @@ class Trainer:
                 log.info("resuming %s after epoch %d", out, st.epoch)
             else:
                 write_text(out / "config.yaml", dump_yaml(self.cfg))
+                # Without --val, the names split off --data for validation: the report scores those.
+                split = None if self.val_source else [p.name for p in self.val_data.pairs]
                 write_json(out / "run.json", {"train": str(self.train_source.resolve()),
                                               "val": str(self.val_source.resolve()) if self.val_source else None,
-                                              "device": str(self.device), "torch": torch.__version__})
+                                              "val_split": split, "device": str(self.device), "torch": torch.__version__})
                 write_json(out / "fingerprint.json", fingerprint(self.train_data.pairs))
                 log.info("train %d images, val %d images, %s on %s, %.2fM parameters", len(self.train_data), len(self.val_data),
                          self.cfg.model.encoder, self.device, count_parameters(self.model) / 1e6)
@@ -319,12 +325,14 @@ class Trainer:
                    "train_loss": tally.mean("loss"), "loss_dice": tally.mean("dice"),
                    "loss_bce": tally.mean("bce"), "loss_tversky": tally.mean("tversky"),
                    "bad_steps": tally.bad, "outlier": 0, "selected": 0, "restored": tally.restored}
-            if epoch % cfg.train.val_every == 0 or epoch == cfg.train.epochs:
+            if len(self.val_data) and (epoch % cfg.train.val_every == 0 or epoch == cfg.train.epochs):
                 tv = time.time()
                 row["restored"] = self._validate_epoch(st, row, good) or tally.restored
                 row["val_seconds"] = round(time.time() - tv, 2)
                 if not row["outlier"]:
                     good = self._snapshot(st)
+            elif not len(self.val_data) and not tally.bad:
+                good = self._snapshot(st)  # no validation to accept an epoch: a clean epoch is the fallback
             row["epoch_seconds"] = round(time.time() - t0, 2)
             self._record_epoch(st, row, hard)
             if self.stop_after is not None and epoch - first_epoch + 1 >= self.stop_after and epoch < cfg.train.epochs:
