@@ -163,3 +163,17 @@ def test_quality_set_changes_qmed_row_only(fluo_subset):
     auto = bench_quality.qmed_default("auto", fluo_subset["train"], ["data.sampler=uniform"])
     assert auto.data.sampler == "uniform" and "data.sampler" not in auto.reasons
     assert bench_quality.qmed_default("auto", fluo_subset["train"]).reasons.get("data.sampler")
+
+
+def test_quality_qmed_no_val_trains_on_the_data_alone(fluo_subset, tmp_path):
+    """--qmed-no-val: qmed's run never sees --val (all 6 images train with data.val_fraction=0); --val only scores."""
+    out = tmp_path / "q"
+    res = run("benchmark", "quality", "--data", fluo_subset["train"], "--val", fluo_subset["val"], "--out", out, "--minutes", 0.1,
+              "--methods", "qmed", "--preset", "tiny", "--n-boot", 20, "--qmed-no-val", "--set", "data.val_fraction=0")
+    assert res.exit_code == 0, res.output
+    doc = json.loads((out / "quality.json").read_text())
+    assert doc["settings"]["qmed_trained_with_val"] is False
+    meta = json.loads((out / "qmed" / "run" / "run.json").read_text())
+    assert meta["val"] is None and meta["val_split"] == []
+    row = next(r for r in doc["results"] if r["method"] == "qmed")
+    assert row["status"] == "ok" and row["figures"]["dice_empty1"]["n"] == 3  # scored on the 3 val images

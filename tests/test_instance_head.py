@@ -158,6 +158,7 @@ def test_tiny_run_with_the_head_end_to_end(fluo_subset, tmp_path):
                                  "--instances", "--quiet"])
     assert r.exit_code == 0, r.output
     assert json.loads((out / "predict.json").read_text())["instance_split"] == "contact"
+    assert len(list((out / "contact").glob("*.png"))) == 3  # the contact probabilities, 16-bit
     for p in (fluo_subset["val"] / "images").iterdir():
         lab = np.array(Image.open(out / "instances" / f"{p.stem}.png"))
         assert np.array_equal(lab > 0, np.array(Image.open(out / f"{p.stem}.png")) > 0)

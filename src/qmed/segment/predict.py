@@ -23,6 +23,8 @@ from torch import nn
 
 from qmed import runtime
 
+CONTACT_DIR = "contact"  # a model with the instance head: OUT/contact/NAME.png, 16-bit contact probability
+
 # (forward, inverse) pairs on (..., H, W) tensors.
 DIHEDRAL: list[tuple[Callable, Callable]] = [
     (lambda t: t, lambda t: t),
@@ -187,7 +189,8 @@ def predict_folder(model_path, input_path, out, tta: bool = False, threshold: fl
                    force: bool = False, device: str | None = None, rescale: bool | None = None,
                    object_diameter: float | None = None, quiet: bool = False, backend: str | None = None,
                    cpu_bf16: bool = False, instances: bool = False) -> int:
-    """Write OUT/NAME.png (0/255 mask) and OUT/probabilities/NAME.png (16-bit) per input image;
+    """Write OUT/NAME.png (0/255 mask) and OUT/probabilities/NAME.png (16-bit) per input image (and,
+    for a model with model.instance_head=contact, OUT/contact/NAME.png, the contact probability);
     with rescaling, OUT/scales.json records each image's scale factor. OUT/predict.json records
     what made them (checkpoint, TTA views, threshold, tile), for `qmed evaluate` to state.
     A progress bar over the images goes to stderr (not with `quiet`, nor when stderr is no terminal).
@@ -249,7 +252,10 @@ def predict_folder(model_path, input_path, out, tta: bool = False, threshold: fl
             (stage / INSTANCES_DIR).mkdir()
         bar = tqdm(files, desc=f"predict{f' (TTA {n_views} views)' if n_views > 1 else ''}", unit="image", leave=False,
                    disable=True if quiet else None, dynamic_ncols=True)
-        contact = instances and cfg.model.instance_head == "contact"
+        head = cfg.model.instance_head == "contact"
+        contact = instances and head
+        if head:
+            (stage / CONTACT_DIR).mkdir()
         for f in bar:
             img = model_input(read_image(f), cfg)
             maps, scales[f.name] = predict_image(model, img, cfg, tta=n_views, device=dev, threshold=thr, rescale=rescale,
@@ -257,6 +263,8 @@ def predict_folder(model_path, input_path, out, tta: bool = False, threshold: fl
             prob = maps[0]
             write_mask_png(stage / f"{f.stem}.png", prob > thr)
             write_probability_png(stage / "probabilities" / f"{f.stem}.png", prob)
+            if head:
+                write_probability_png(stage / CONTACT_DIR / f"{f.stem}.png", maps[1])
             if instances:
                 write_instances(stage / INSTANCES_DIR, f.stem, prob, thr, contact=maps[1] if contact else None)
         bar.close()
