@@ -29,7 +29,7 @@ def test_small_budget_is_raised_to_the_floor():
 
 
 def test_presets_floor():
-    assert resolve_config("cpu").train.min_steps == 100
+    assert resolve_config("cpu").train.min_steps == 200
     assert resolve_config("tiny").train.min_steps == 0
 
 
