@@ -5,7 +5,9 @@ U-Net with style vectors, random initialisation) is trained with Cellpose's own 
 `cellpose.train.train_seg` (AdamW 0.005, its warm-up and its flow + cell-probability loss), on
 the instance label maps of TRAIN. The flow targets are computed first, outside the budget (qmed's
 own data loading is outside its budget too). A short timed run of 16 images then fits the epochs
-to MINUTES: n_epochs = max(10, images that fit / the set), and images per epoch to match. The
+to MINUTES: n_epochs = max(10, images that fit / the set), and images per epoch to match (at
+least 8: Cellpose's 10 warm-up epochs of 8 images, about 3 minutes here, are the floor, so a
+smaller budget overruns; train_seconds in OUT/cellpose.json says what it took). The
 model then segments VAL's images (Cellpose's flow dynamics, its default thresholds, the training
 objects' mean diameter) into 16-bit label maps OUT/preds/NAME.png, for `qmed evaluate --pred
 OUT/preds --pred-kind labels --truth VAL`.
