@@ -117,14 +117,9 @@ class TrainCrops(Dataset):
             img_c = img_c[..., None] if img_c.ndim == 2 else img_c
             masks = [cv2.resize(m, size, interpolation=cv2.INTER_NEAREST) for m in masks]
         self.aug.set_random_seed(int(rng.integers(2**31 - 1)))
-        if len(masks) == 1:
-            out = self.aug(image=img_c, mask=masks[0])
-            y = out["mask"][None]
-        else:
-            out = self.aug(image=img_c, masks=masks)
-            y = np.stack(out["masks"])
+        out = self.aug(image=img_c, masks=masks)
         x = torch.from_numpy(np.clip(out["image"], 0.0, 1.0).transpose(2, 0, 1).copy()).float()
-        return x, torch.from_numpy(y.astype(np.float32))
+        return x, torch.from_numpy(np.stack(out["masks"]).astype(np.float32))
 
 
 class EpochDraws(Sampler):

@@ -17,10 +17,14 @@ from typing import Callable
 import numpy as np
 
 
+def validates(epoch: int, epochs: int, val_every: int = 1) -> bool:
+    """Whether the trainer validates after `epoch` of `epochs`: every `val_every`-th epoch and the last."""
+    return epoch % max(1, val_every) == 0 or epoch == epochs
+
+
 def validations(epochs: int, val_every: int = 1) -> int:
-    """Validation passes in `epochs` epochs: every `val_every`-th epoch and always the last (as the trainer does)."""
-    val_every = max(1, val_every)
-    return epochs // val_every + (1 if epochs % val_every else 0)
+    """Validation passes in `epochs` epochs (`validates`)."""
+    return sum(validates(e, epochs, val_every) for e in range(1, epochs + 1))
 
 
 def plan_budget(budget_s: float, t_micro: float, t_val: float, batch_size: int, accumulate: int, max_epochs: int,

@@ -71,7 +71,7 @@ def split_instances(prob: np.ndarray, threshold: float = 0.5, diameter: float | 
     n_cc = int(cc.max())
     if n_cc == 0:
         return cc
-    d = diameter if diameter else object_diameter(cc)
+    d = diameter if diameter or (h is not None and contact is None) else object_diameter(cc)
     if h is None and not d:  # only speckle: nothing to split
         return cc
     if contact is not None:
@@ -80,11 +80,11 @@ def split_instances(prob: np.ndarray, threshold: float = 0.5, diameter: float | 
             raise ValueError(f"contact map is {c.shape}, the probability map {fg.shape}")
         min_px = MARKER_FRACTION * np.pi * (float(d) / 2) ** 2 if d else 0.0
         markers = label_components(fg & (c <= CONTACT_THRESHOLD))
-        sizes = np.bincount(markers.ravel())
-        small = sizes < min_px
+        # By hand, not skimage's remove_small_objects: its size keyword changed in 0.26 (min_size
+        # deprecated for max_size) and qmed supports scikit-image >= 0.21.
+        small = np.bincount(markers.ravel()) < min_px
         small[0] = False
-        if small.any():
-            markers[small[markers]] = 0
+        markers[small[markers]] = 0
         return _flood(cc, n_cc, fg, markers, c)
     if h is None:
         h = max(H_MIN, H_FRACTION * float(d))

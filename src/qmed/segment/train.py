@@ -45,6 +45,7 @@ from qmed.io.files import check_output, prepare_output_dir, write_json, write_te
 from qmed.models.common import count_parameters
 from qmed.models.segmenter import build
 from qmed.runtime import pick_device, seed_everything
+from qmed.segment.budget import validates
 from qmed.segment.losses import loss_from_config, main_logits, per_sample_dice_loss
 from qmed.segment.validate import validate
 
@@ -325,7 +326,7 @@ class Trainer:
                    "train_loss": tally.mean("loss"), "loss_dice": tally.mean("dice"),
                    "loss_bce": tally.mean("bce"), "loss_tversky": tally.mean("tversky"),
                    "bad_steps": tally.bad, "outlier": 0, "selected": 0, "restored": tally.restored}
-            if len(self.val_data) and (epoch % cfg.train.val_every == 0 or epoch == cfg.train.epochs):
+            if len(self.val_data) and validates(epoch, cfg.train.epochs, cfg.train.val_every):
                 tv = time.time()
                 row["restored"] = self._validate_epoch(st, row, good) or tally.restored
                 row["val_seconds"] = round(time.time() - tv, 2)
