@@ -17,13 +17,10 @@ from typing import Callable
 import numpy as np
 
 
-def validates(epoch: int, epochs: int, val_every: int = 1) -> bool:
-    """Whether the trainer validates after `epoch` of `epochs`: every `val_every`-th epoch and the last."""
-    return epoch % max(1, val_every) == 0 or epoch == epochs
-
-
 def validations(epochs: int, val_every: int = 1) -> int:
-    """Validation passes in `epochs` epochs (`validates`)."""
+    """Validation passes in `epochs` epochs: those after which the trainer validates."""
+    from qmed.segment.train import validates  # the trainer's own rule (this module already depends on it)
+
     return sum(validates(e, epochs, val_every) for e in range(1, epochs + 1))
 
 

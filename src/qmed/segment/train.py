@@ -45,7 +45,6 @@ from qmed.io.files import check_output, prepare_output_dir, write_json, write_te
 from qmed.models.common import count_parameters
 from qmed.models.segmenter import build
 from qmed.runtime import pick_device, seed_everything
-from qmed.segment.budget import validates
 from qmed.segment.losses import loss_from_config, main_logits, per_sample_dice_loss
 from qmed.segment.validate import validate
 
@@ -87,6 +86,11 @@ def is_outlier(score: float, history: list[float], window: int, z: float, min_dr
     mad = float(np.median(np.abs(np.asarray(recent) - med))) * 1.4826
     drop = med - score
     return drop > min_drop and drop > z * max(mad, 1e-3)
+
+
+def validates(epoch: int, epochs: int, val_every: int = 1) -> bool:
+    """Whether the trainer validates after `epoch` of `epochs`: every `val_every`-th epoch and the last."""
+    return epoch % max(1, val_every) == 0 or epoch == epochs
 
 
 def selection_score(history: list[float], rule: str = "ema", alpha: float = 0.9, window: int = 3) -> float:
