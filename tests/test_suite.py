@@ -50,10 +50,13 @@ def test_suite_end_to_end_tiny(fluo_subset, tmp_path):
     out = tmp_path / "suite"
     res = CliRunner().invoke(app, ["benchmark", "suite", "--data-root", str(root), "--datasets", "given,noval", "--minutes", "0.05",
                                    "--preset", "tiny", "--n-boot", "50", "--out", str(out),
-                                   "--set", "train.val_every=2"])
+                                   "--set", "train.val_every=2", "--train-seed", "3"])
     assert res.exit_code == 0, res.output
     doc = json.loads((out / "suite.json").read_text())
-    assert doc["settings"]["qmed_overrides"] == ["train.val_every=2"]
+    assert doc["settings"]["qmed_overrides"] == ["train.val_every=2"] and doc["settings"]["train_seed"] == 3
+    # the training seed reaches both methods (a second seed measures each one's own spread)
+    for m in ("qmed", "smp"):
+        assert yaml.safe_load((out / "given" / m / m / "run" / "config.yaml").read_text())["train"]["seed"] == 3
     # the lever reaches qmed's runs only; smp stays the plain script
     assert yaml.safe_load((out / "given" / "qmed" / "qmed" / "run" / "config.yaml").read_text())["train"]["val_every"] == 2
     assert yaml.safe_load((out / "given" / "smp" / "smp" / "run" / "config.yaml").read_text())["train"]["val_every"] == 1

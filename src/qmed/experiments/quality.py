@@ -142,8 +142,10 @@ def run_quality(train_dir: str | Path, val_dir: str | Path, out: str | Path, min
                 methods: list[str] | tuple[str, ...] = METHODS, preset: str = "cpu", device: str | None = None,
                 nnunet_trainer: str = NNUNET_BUDGET_TRAINER, dataset_id: int = 501, n_boot: int = 2000, seed: int = 0,
                 force: bool = False, say: Callable = print, overrides: list[str] | None = None,
-                qmed_val: bool = True) -> dict:
+                qmed_val: bool = True, train_seed: int = 0) -> dict:
     """Train, predict and score every method; write OUT/quality.json and OUT/quality.md. Returns the JSON document.
+    `train_seed`: train.seed of qmed and smp (initialisation, crops, augmentation), so repeated
+    runs with other seeds show each method's own spread; `seed` is the bootstrap's.
     `overrides` (KEY=VALUE) change qmed's settings only; the smp baseline stays the plain script.
     `qmed_val=False`: qmed trains without VAL, as a user without a val folder does (it splits its
     own off TRAIN, or with data.val_fraction=0 trains on all of it); VAL then only scores."""
@@ -154,7 +156,7 @@ def run_quality(train_dir: str | Path, val_dir: str | Path, out: str | Path, min
         raise QmedInputError(None, f"--minutes must be positive, got {minutes}")
     find_pairs(train_dir)  # bad data or a bad preset fails here, before any method runs
     find_pairs(val_dir)
-    qmed_config = qmed_default(preset, train_dir, overrides)
+    qmed_config = qmed_default(preset, train_dir, [f"train.seed={train_seed}", *(overrides or [])])
     base = "cpu" if preset == "auto" else preset  # the smp baseline's encoder, crop and batch
     prepare_output_dir(out, force)
     budget_s = minutes * 60.0
@@ -171,7 +173,7 @@ def run_quality(train_dir: str | Path, val_dir: str | Path, out: str | Path, min
                         {"method": "qmed-notta", "tta": 1, **r, "pred_dir": r["preds"][False],
                          "instance_dir": r["preds"][False] / INSTANCES_DIR}]
             if method == "smp":
-                r = train_to_budget(smp_baseline_config(base), train_dir, val_dir, out / "smp", budget_s, device, [False], say)
+                r = train_to_budget(smp_baseline_config(base, {"train": {"seed": train_seed}}), train_dir, val_dir, out / "smp", budget_s, device, [False], say)
                 return [{"method": "smp", "tta": 1, **r, "pred_dir": r["preds"][False]}]
             r = run_nnunet(train_dir, val_dir, out / "nnunet", budget_s, device, nnunet_trainer, dataset_id, say)
             return [{"method": "nnunet", "tta": 4, **r, "pred_dir": r["preds"][True]}]
@@ -180,19 +182,19 @@ def run_quality(train_dir: str | Path, val_dir: str | Path, out: str | Path, min
             row["budget_minutes"] = minutes
             results.append(row)
         write_json(out / "quality.json", json_safe(_document(results, train_dir, val_dir, minutes, preset, device, nnunet_trainer,
-                                                              n_boot, seed, started, qmed_val=qmed_val)))
+                                                              n_boot, seed, started, qmed_val=qmed_val, train_seed=train_seed)))
     doc = json_safe(_document(results, train_dir, val_dir, minutes, preset, device, nnunet_trainer, n_boot, seed, started,
-                               finished=True, qmed_val=qmed_val))
+                               finished=True, qmed_val=qmed_val, train_seed=train_seed))
     write_json(out / "quality.json", doc)
     write_text(out / "quality.md", _markdown(doc, results))
     return doc
 
 
 def _document(results, train_dir, val_dir, minutes, preset, device, nnunet_trainer, n_boot, seed, started,
-              finished: bool = False, qmed_val: bool = True) -> dict:
+              finished: bool = False, qmed_val: bool = True, train_seed: int = 0) -> dict:
     settings = {"train": str(Path(train_dir).resolve()), "val": str(Path(val_dir).resolve()), "minutes_per_method": minutes,
                 "preset": preset, "device": str(pick_device(device)), "nnunet_trainer": nnunet_trainer, "n_boot": n_boot, "seed": seed,
-                "qmed_trained_with_val": qmed_val}
+                "qmed_trained_with_val": qmed_val, "train_seed": train_seed}
     return result_document("quality", results, settings, started, finished)
 
 

@@ -79,9 +79,10 @@ def dataset_splits(root: Path, name: str, out: Path) -> tuple[Path, Path, dict]:
 
 
 def _method_command(method: str, train, val: Path, out: Path, minutes: float, preset: str, device: str | None,
-                    n_boot: int, overrides: list[str] | None = None) -> list[str]:
+                    n_boot: int, overrides: list[str] | None = None, train_seed: int = 0) -> list[str]:
     cmd = [sys.executable, "-m", "qmed.cli", "benchmark", "quality", "--data", str(train), "--val", str(val), "--out", str(out),
-           "--minutes", f"{minutes:g}", "--methods", method, "--preset", preset, "--n-boot", str(n_boot), "--force"]
+           "--minutes", f"{minutes:g}", "--methods", method, "--preset", preset, "--n-boot", str(n_boot), "--force",
+           "--train-seed", str(train_seed)]
     if method == "qmed":  # a lever changes qmed's row only; smp stays the plain script
         cmd += [a for kv in overrides or [] for a in ("--set", kv)]
     return cmd + (["--device", device] if device else [])
@@ -128,8 +129,9 @@ def paired_difference(a_rows: list[dict], b_rows: list[dict], key: str = "dice_e
 
 def run_suite(data_root: str | Path, out: str | Path, datasets: list[str] | tuple[str, ...] = DATASETS, minutes: float = 30.0,
               preset: str = "auto", device: str | None = None, n_boot: int = 2000, seed: int = 0, force: bool = False,
-              say: Callable = print, overrides: list[str] | None = None) -> dict:
-    """Every dataset: qmed and smp side by side at one budget, scored and compared; -> the JSON document."""
+              say: Callable = print, overrides: list[str] | None = None, train_seed: int = 0) -> dict:
+    """Every dataset: qmed and smp side by side at one budget, scored and compared; -> the JSON document.
+    `train_seed`: both methods' train.seed (`seed` is the bootstrap's)."""
     data_root, out = Path(data_root), Path(out)
     if minutes <= 0:
         raise QmedInputError(None, f"--minutes must be positive, got {minutes}")
@@ -144,12 +146,14 @@ def run_suite(data_root: str | Path, out: str | Path, datasets: list[str] | tupl
     for name in datasets:
         say(f"[{name}] {minutes:g} min per method")
         train, val, split = dataset_splits(data_root, name, out)
-        commands = {m: _method_command(m, train, val, out / name / m, minutes, preset, device, n_boot, overrides) for m in ("qmed", "smp")}
+        commands = {m: _method_command(m, train, val, out / name / m, minutes, preset, device, n_boot, overrides, train_seed)
+                    for m in ("qmed", "smp")}
         t0 = time.time()
         codes = run_side_by_side(commands, out / name / "logs", say)
         rows.append(_dataset_row(name, split, out / name, codes, n_boot, seed, time.time() - t0))
-        write_json(out / "suite.json", json_safe(_document(rows, data_root, datasets, minutes, preset, device, n_boot, seed, started, overrides=overrides)))
-    doc = json_safe(_document(rows, data_root, datasets, minutes, preset, device, n_boot, seed, started, finished=True,
+        write_json(out / "suite.json", json_safe(_document(rows, data_root, datasets, minutes, preset, device, n_boot, seed, started, overrides=overrides,
+                                                  train_seed=train_seed)))
+    doc = json_safe(_document(rows, data_root, datasets, minutes, preset, device, n_boot, seed, started, finished=True, train_seed=train_seed,
                               overrides=overrides))
     write_json(out / "suite.json", doc)
     write_text(out / "suite.md", markdown(doc))
@@ -175,11 +179,12 @@ def _dataset_row(name: str, split: dict, root: Path, codes: dict[str, int], n_bo
 
 
 def _document(rows, data_root, datasets, minutes, preset, device, n_boot, seed, started, finished: bool = False,
-              overrides: list[str] | None = None) -> dict:
+              overrides: list[str] | None = None, train_seed: int = 0) -> dict:
     diffs = [r["paired_dice_empty1"]["mean"] for r in rows if r.get("paired_dice_empty1")]
     return {"benchmark": "suite", "finished": finished, "started": started,
             "settings": {"data_root": str(Path(data_root).resolve()), "datasets": list(datasets), "minutes_per_method": minutes,
                          "preset": preset, "qmed_overrides": list(overrides or []), "device": device or "default", "n_boot": n_boot, "seed": seed,
+                         "train_seed": train_seed,
                          "side_by_side": "one process per method, 1 torch thread each, pinned to its own core"},
             "machine": machine_info(), "datasets": rows,
             "mean_paired_dice_empty1": float(np.mean(diffs)) if diffs else None}
