@@ -1,12 +1,12 @@
 """Issue 20's bar: the learned instance head against connected components of the same model.
 
 Two `qmed benchmark quality --methods qmed --preset auto` processes at once on one dataset (split
-as the suite splits it), one torch thread each, each pinned to its own core: "base" (the default,
-no head) and "head" (the default with --set model.instance_head=contact, plus any further
-KEY=VALUE). Each arm's TTA predictions are scored three ways, per image:
+as the suite splits it), one torch thread each, each pinned to its own core: "base" (the default
+without the head: --set model.instance_head=none) and "head" (the default with --set
+model.instance_head=contact, plus any further KEY=VALUE). Each arm's TTA predictions are scored three ways, per image:
 * cc: the 8-connected components of its mask (what a plain script that thresholds gets);
-* split: its `qmed predict --instances` label maps (base: distance-transform watershed; head:
-  seeded by the contact channel);
+* split: its `qmed predict --instances` label maps (base: the distance-transform watershed;
+  head: the same on foreground minus contact);
 and the script prints mean AP (DSB2018, IoU 0.5:0.95), AJI, PQ, |count error| and pixel Dice per
 arm and way, then the paired differences that the bar reads: head split - head cc (mean AP, AJI;
 bar +0.05), head - base pixel Dice (bar: within 0.003), and head split - base split. Writes
@@ -38,7 +38,7 @@ def main() -> None:
     base = [sys.executable, "-m", "qmed.cli", "benchmark", "quality", "--data", str(train), "--val", str(val),
             "--minutes", minutes, "--methods", "qmed", "--preset", "auto", "--force"]
     sets = ["model.instance_head=contact", *rest]
-    cmds = {"base": base + ["--out", str(out / name / "base")],
+    cmds = {"base": base + ["--out", str(out / name / "base"), "--set", "model.instance_head=none"],
             "head": base + ["--out", str(out / name / "head")] + [a for kv in sets for a in ("--set", kv)]}
     print(name, run_side_by_side(cmds, out / name / "logs", print), flush=True)
     rows: dict[str, list[dict]] = {}

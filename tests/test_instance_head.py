@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from qmed.config import resolve_config
+from qmed.errors import QmedInputError
 from qmed.data.objects import contact_map
 from qmed.segment.instances import split_instances
 from qmed.segment.losses import ContactLoss, DeepSupervisionLoss, DiceBCELoss, loss_from_config
@@ -121,6 +122,20 @@ def test_crops_carry_the_contact_target(fluo_subset):
     assert seen > 0  # and 72 crops of them find some
 
 
+def test_cpu_and_auto_carry_the_head_the_paper_and_the_plain_baseline_do_not():
+    from qmed.experiments.common import smp_baseline_config
+
+    assert resolve_config("cpu").model.out_channels == 2
+    assert resolve_config("paper").model.instance_head == "none"
+    assert smp_baseline_config("cpu").model.out_channels == 1
+    assert resolve_config("cpu", overrides=["model.instance_head=none"]).model.out_channels == 1
+    # an architecture asked for that cannot carry the head drops the preset's; asking for both is refused
+    assert resolve_config("cpu", overrides=["model.arch=hq_unet", "model.attention=null"]).model.instance_head == "none"
+    assert resolve_config("cpu", overrides=["model.arch=unet"]).model.instance_head == "contact"
+    with pytest.raises(QmedInputError, match="instance_head"):
+        resolve_config("cpu", overrides=["model.arch=attention_unet", "model.instance_head=contact"])
+
+
 def test_contact_splits_what_the_distance_map_cannot():
     # a 10 x 20 rectangle: two square nuclei side by side. Its distance map has no dip between them.
     prob = np.full((20, 30), 0.1, np.float32)
@@ -128,19 +143,46 @@ def test_contact_splits_what_the_distance_map_cannot():
     assert split_instances(prob, diameter=11.0).max() == 1
     contact = np.zeros_like(prob)
     contact[5:15, 14:16] = 0.9  # the head marks where they meet
-    lab = split_instances(prob, contact=contact)
+    lab = split_instances(prob, contact=contact, seeds="components")
     assert lab.max() == 2 and np.array_equal(lab > 0, prob > 0.5)
     assert len(np.unique(lab[5:15, 5:14])) == 1 and len(np.unique(lab[5:15, 16:25])) == 1
     assert lab[10, 6] != lab[10, 24]
     # no contact anywhere: one object per component; an all-contact component stays one object
-    assert split_instances(prob, contact=np.zeros_like(prob)).max() == 1
-    assert split_instances(prob, contact=np.ones_like(prob)).max() == 1
-    assert split_instances(np.zeros_like(prob), contact=contact).max() == 0
+    assert split_instances(prob, contact=np.zeros_like(prob), seeds="components").max() == 1
+    assert split_instances(prob, contact=np.ones_like(prob), seeds="components").max() == 1
+    assert split_instances(np.zeros_like(prob), contact=contact, seeds="components").max() == 0
     # speckle markers (under 10 % of a disc of the diameter) do not make objects of their own
     speck = contact.copy()
     speck[5:15, 5:25] = 0.9
     speck[9:11, 9:11] = 0.0  # a 4 px hole in the contact map
-    assert split_instances(prob, diameter=11.0, contact=speck).max() == 1
+    assert split_instances(prob, diameter=11.0, contact=speck, seeds="components").max() == 1
+
+
+def test_contact_and_distance_seeds_use_both_cues():
+    """seeds="distance": h-maxima of the distance to background or contact. It splits the
+    rectangle along the contact the head predicted, and two touching discs the head missed."""
+    prob = np.full((20, 30), 0.1, np.float32)
+    prob[5:15, 5:25] = 0.9
+    contact = np.zeros_like(prob)
+    contact[5:15, 14:16] = 0.9
+    lab = split_instances(prob, contact=contact, seeds="distance")
+    assert lab.max() == 2 and np.array_equal(lab > 0, prob > 0.5)
+    assert lab[10, 6] != lab[10, 24]
+    # the contact column itself goes to one side or the other: every foreground pixel is labelled
+    assert set(np.unique(lab[5:15, 14:16])) <= {int(lab[10, 6]), int(lab[10, 24])}
+    # two discs of radius 8 whose centres are 14 px apart, and no contact predicted: the
+    # components seeds keep one object, the distance seeds find the dip (about 3.8 px > h = 1)
+    yy, xx = np.mgrid[:30, :50]
+    discs = ((yy - 15) ** 2 + (xx - 17) ** 2 <= 64) | ((yy - 15) ** 2 + (xx - 31) ** 2 <= 64)
+    none = np.zeros(discs.shape, np.float32)
+    assert split_instances(discs, contact=none, seeds="components").max() == 1
+    two = split_instances(discs, contact=none, seeds="distance")
+    assert two.max() == 2 and two[15, 17] != two[15, 31] and np.array_equal(two > 0, discs)
+    # empty and all-contact: nothing, and one object per component
+    assert split_instances(np.zeros_like(prob), contact=contact, seeds="distance").max() == 0
+    assert split_instances(prob, contact=np.ones_like(prob), seeds="distance").max() == 1
+    with pytest.raises(ValueError, match="seeds"):
+        split_instances(prob, contact=contact, seeds="flow")
 
 
 def test_tiny_run_with_the_head_end_to_end(fluo_subset, tmp_path):
@@ -158,7 +200,7 @@ def test_tiny_run_with_the_head_end_to_end(fluo_subset, tmp_path):
     r = CliRunner().invoke(app, ["predict", "--model", str(run), "--input", str(fluo_subset["val"] / "images"), "--out", str(out),
                                  "--instances", "--quiet"])
     assert r.exit_code == 0, r.output
-    assert json.loads((out / "predict.json").read_text())["instance_split"] == "contact"
+    assert json.loads((out / "predict.json").read_text())["instance_split"] == "contact+distance"
     assert len(list((out / "contact").glob("*.png"))) == 3  # the contact probabilities, 16-bit
     for p in (fluo_subset["val"] / "images").iterdir():
         lab = np.array(Image.open(out / "instances" / f"{p.stem}.png"))

@@ -169,6 +169,9 @@ class HQConfig(PQCConfig):
     placement: Literal["positions", "pooled"] = "positions"
 
 
+HEAD_ARCHS = ("unetplusplus", "unet")  # smp's multi-class head carries model.instance_head's second channel
+
+
 class ModelConfig(_Section):
     # unetplusplus / unet: smp's. attention_unet, ms_attention_unet (Table II ladder) and hq_unet
     # (Q4) use the same smp encoder (model.encoder, model.encoder_weights) with qmed's decoders
@@ -197,7 +200,7 @@ class ModelConfig(_Section):
     # Issue 20's learned instance head: "contact" adds a second output channel trained on the
     # pixels of each object within `contact_width` px of another object (the DSB2018 winners'
     # touching-border channel, qmed.data.objects.contact_map); `qmed predict --instances` then
-    # seeds a watershed with foreground minus contact (qmed.segment.instances). "none": the
+    # seeds a watershed with the h-maxima of the distance to background or contact (qmed.segment.instances). "none": the
     # paper's single foreground output, split by the distance transform alone.
     instance_head: Literal["none", "contact"] = "none"
     contact_width: int = Field(2, ge=1, le=16)
@@ -211,7 +214,7 @@ class ModelConfig(_Section):
     def _deep_supervision_needs_unetplusplus(self):
         if self.deep_supervision and self.arch != "unetplusplus":
             raise _refuse(f"deep_supervision needs arch 'unetplusplus' (UNet++'s nested decoder), not {self.arch!r}; set it to false")
-        if self.instance_head != "none" and self.arch not in ("unetplusplus", "unet"):
+        if self.instance_head != "none" and self.arch not in HEAD_ARCHS:
             raise _refuse(f"instance_head needs arch 'unetplusplus' or 'unet' (smp's multi-class head), not {self.arch!r}; set it to none")
         return self
 
@@ -597,16 +600,22 @@ def parse_overrides(items: list[str]) -> dict:
 
 
 def resolve_config(preset: str = "cpu", config_file: str | Path | None = None, overrides: list[str] | dict | None = None) -> QmedConfig:
-    """preset <- config file <- overrides, validated once at the end."""
+    """preset <- config file <- overrides, validated once at the end. A preset's instance head
+    gives way to an architecture asked for that cannot carry it (`--set model.arch=hq_unet` on
+    `cpu`), unless the head is asked for too: then the validator refuses the pair."""
     base = load_preset(preset).model_dump()
     source: str | Path | None = PRESET_DIR / f"{preset}.yaml"
+    asked: dict = {}
     if config_file is not None:
-        base = deep_merge(base, load_yaml(config_file))
+        asked = load_yaml(config_file)
         source = config_file
     if overrides:
-        over = parse_overrides(overrides) if isinstance(overrides, list) else overrides
-        base = deep_merge(base, over)
+        asked = deep_merge(asked, parse_overrides(overrides) if isinstance(overrides, list) else overrides)
         source = source if config_file is not None else "--set"
+    base = deep_merge(base, asked)
+    model = asked.get("model") if isinstance(asked.get("model"), dict) else {}
+    if "arch" in model and "instance_head" not in model and model["arch"] not in HEAD_ARCHS and isinstance(base.get("model"), dict):
+        base["model"]["instance_head"] = "none"
     return _validate(base, source)
 
 

@@ -23,7 +23,7 @@ from qmed.segment.budget import fit_to_budget
 # The plain smp baseline as switches on qmed's config (see the module docstring).
 SMP_BASELINE = {
     "name": "smp-baseline",
-    "model": {"input_mode": "none"},
+    "model": {"input_mode": "none", "instance_head": "none"},  # one output channel, as a plain script has
     "data": {"sampler": "uniform", "fg_crop_p": 0.0, "normalize": "none"},
     "augment": {"flip_p": 0.5, "rot90_p": 0.5, "elastic_p": 0.0, "brightness_contrast_p": 0.0},
     "train": {"loss": "dice_bce", "optimizer": "adam", "lr": 1.0e-3, "weight_decay": 0.0, "schedule": "constant",

@@ -19,12 +19,16 @@ foreground as the "prediction" (so only the splitting is judged; benchmarks/wate
 DSB mean AP from 0.781 (connected components) to 0.901 and AJI from 0.793 to 0.924; h from the
 training set's one recorded diameter (predict.object_diameter, 17 px) gives 0.885 / 0.919, because
 val images' nuclei range from 9 to 52 px; larger fractions (0.1: 0.890, 0.2: 0.841) merge more.
-With a learned contact channel (model.instance_head=contact), step 3's markers are instead the
-8-connected components of foreground minus contact (contact probability > `CONTACT_THRESHOLD`),
-those smaller than `MARKER_FRACTION` of a disc of the image's object diameter dropped as speckle,
-and step 4 floods the contact probability from them (the DSB2018 winners' recipe): the split runs
-along the predicted contact ridge, where the network saw two nuclei meet, rather than at the
-distance map's dip, which a pair of flattened nuclei need not have.
+With a learned contact channel (model.instance_head=contact), steps 2-4 run on the core,
+foreground minus contact (contact probability > `CONTACT_THRESHOLD`): the distance transform is
+the distance to background *or* to a predicted contact, so the dip between two nuclei deepens
+where the network saw them meet (a pair of flattened nuclei pressed together has no dip of its
+own), and is still found where the head saw nothing; the flood from its h-maxima runs along the
+contact ridge (distance 0). `seeds="components"` is the DSB2018 winners' plain recipe instead:
+markers are the core's 8-connected components (those under `MARKER_FRACTION` of a disc of the
+object diameter dropped as speckle), flooding the contact probability. Measured on dsb2018-fluo
+val, the same head model's TTA maps (docs/benchmarks.md 13b): mean AP 0.636 with both cues
+against 0.599 with components and 0.609 with the distance transform alone.
 Instances are computed on the stitched full-image probability map, so an object cut by a
 sliding-window seam is never split by the seam.
 Memory: a few arrays of the image's size (float32 distance map and its reconstruction, int32
@@ -52,19 +56,23 @@ PNG_MAX_LABEL = 65535
 INSTANCES_DIR = "instances"  # qmed predict --instances: OUT/instances/NAME.png + NAME.csv
 CONTACT_THRESHOLD = 0.5
 MARKER_FRACTION = 0.1  # markers under this share of a disc of the object diameter are speckle
+CONTACT_SEEDS = ("components", "distance")  # split_instances' markers with a contact map
 
 
 def split_instances(prob: np.ndarray, threshold: float = 0.5, diameter: float | None = None, h: float | None = None,
-                    contact: np.ndarray | None = None) -> np.ndarray:
+                    contact: np.ndarray | None = None, seeds: str = "distance") -> np.ndarray:
     """Foreground probability HxW (or a bool mask) -> int32 instance labels 1..N, 0 = background.
 
     `diameter`: the objects' typical diameter in px (None: measured on this mask's components);
     `h`: the marker height in px (None: max(H_MIN, H_FRACTION x diameter)); `contact`: the contact
-    probability HxW of an instance head (None: the distance transform's markers).
+    probability HxW of an instance head (None: the distance transform's markers); `seeds`, with a
+    contact map: "distance" (h-maxima of the distance to background or contact, the default) or
+    "components" (the components of foreground minus contact).
     labels > 0 equals `prob > threshold` (a bool mask: itself) pixel for pixel."""
     from scipy import ndimage
-    from skimage.morphology import local_maxima, reconstruction
 
+    if seeds not in CONTACT_SEEDS:
+        raise ValueError(f"seeds must be one of {CONTACT_SEEDS}, got {seeds!r}")
     p = np.asarray(prob)
     fg = p if p.dtype == np.bool_ else p > threshold
     cc = label_components(fg)
@@ -78,8 +86,15 @@ def split_instances(prob: np.ndarray, threshold: float = 0.5, diameter: float | 
         c = np.asarray(contact, dtype=np.float32)
         if c.shape != fg.shape:
             raise ValueError(f"contact map is {c.shape}, the probability map {fg.shape}")
+        core = fg & (c <= CONTACT_THRESHOLD)
+        if seeds == "distance":
+            # Both cues: the distance to background or to a predicted contact, so the dip between
+            # two nuclei is deepened where the head saw them meet and still found where it did not.
+            dist = ndimage.distance_transform_edt(core).astype(np.float32)
+            markers = _h_maxima(dist, max(H_MIN, H_FRACTION * float(d)) if h is None else h) & core
+            return _flood(cc, n_cc, fg, label_components(markers), -dist)
         min_px = MARKER_FRACTION * np.pi * (float(d) / 2) ** 2 if d else 0.0
-        markers = label_components(fg & (c <= CONTACT_THRESHOLD))
+        markers = label_components(core)
         # By hand, not skimage's remove_small_objects: its size keyword changed in 0.26 (min_size
         # deprecated for max_size) and qmed supports scikit-image >= 0.21.
         small = np.bincount(markers.ravel()) < min_px
@@ -89,13 +104,17 @@ def split_instances(prob: np.ndarray, threshold: float = 0.5, diameter: float | 
     if h is None:
         h = max(H_MIN, H_FRACTION * float(d))
     dist = ndimage.distance_transform_edt(fg).astype(np.float32)
-    # The h-maxima transform: reconstruct dist - h under dist; its regional maxima are the markers.
-    # (skimage's h_maxima marks the tops instead, which leaves two equal peaks joined by a dip < h
-    # as two markers; on the reconstruction they are one plateau, so one marker.)
+    return _flood(cc, n_cc, fg, label_components(_h_maxima(dist, h) & fg), -dist)
+
+
+def _h_maxima(dist: np.ndarray, h: float) -> np.ndarray:
+    """The h-maxima transform: the regional maxima of the reconstruction of dist - h under dist
+    (skimage's h_maxima marks the tops instead, which leaves two equal peaks joined by a dip < h
+    as two markers; on the reconstruction they are one plateau, so one marker)."""
+    from skimage.morphology import local_maxima, reconstruction
+
     rec = reconstruction(dist - np.float32(h), dist, method="dilation")
-    markers = label_components(local_maxima(rec, connectivity=2, allow_borders=True).astype(bool) & fg)
-    del rec
-    return _flood(cc, n_cc, fg, markers, -dist)
+    return local_maxima(rec, connectivity=2, allow_borders=True).astype(bool)
 
 
 def _flood(cc: np.ndarray, n_cc: int, fg: np.ndarray, markers: np.ndarray, elevation: np.ndarray) -> np.ndarray:

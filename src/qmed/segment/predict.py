@@ -272,7 +272,7 @@ def predict_folder(model_path, input_path, out, tta: bool = False, threshold: fl
             write_json(stage / "scales.json", {"object_diameter": object_diameter or cfg.predict.object_diameter, "scales": scales})
         meta = {"model": str(model_path), "checkpoint": str(Path(ckpt).resolve()), "backend": backend, "tta": n_views, "threshold": thr,
                 "tile": cfg.predict.tile, "rescale": bool(rescale), "input": str(input_path), "n_images": len(files), "instances": instances,
-                "instance_split": ("contact" if contact else "distance") if instances else None}
+                "instance_split": ("contact+distance" if contact else "distance") if instances else None}
         write_json(stage / PREDICTION_META, meta)
         if instances:
             write_json(stage / INSTANCES_DIR / PREDICTION_META, {**meta, "kind": "labels"})
