@@ -82,6 +82,8 @@ def split_instances(prob: np.ndarray, threshold: float = 0.5, diameter: float | 
     d = diameter if diameter or (h is not None and contact is None) else object_diameter(cc)
     if h is None and not d:  # only speckle: nothing to split
         return cc
+    if h is None:
+        h = max(H_MIN, H_FRACTION * float(d))
     if contact is not None:
         c = np.asarray(contact, dtype=np.float32)
         if c.shape != fg.shape:
@@ -91,8 +93,7 @@ def split_instances(prob: np.ndarray, threshold: float = 0.5, diameter: float | 
             # Both cues: the distance to background or to a predicted contact, so the dip between
             # two nuclei is deepened where the head saw them meet and still found where it did not.
             dist = ndimage.distance_transform_edt(core).astype(np.float32)
-            markers = _h_maxima(dist, max(H_MIN, H_FRACTION * float(d)) if h is None else h) & core
-            return _flood(cc, n_cc, fg, label_components(markers), -dist)
+            return _flood(cc, n_cc, fg, label_components(_h_maxima(dist, h) & core), -dist)
         min_px = MARKER_FRACTION * np.pi * (float(d) / 2) ** 2 if d else 0.0
         markers = label_components(core)
         # By hand, not skimage's remove_small_objects: its size keyword changed in 0.26 (min_size
@@ -101,8 +102,6 @@ def split_instances(prob: np.ndarray, threshold: float = 0.5, diameter: float | 
         small[0] = False
         markers[small[markers]] = 0
         return _flood(cc, n_cc, fg, markers, c)
-    if h is None:
-        h = max(H_MIN, H_FRACTION * float(d))
     dist = ndimage.distance_transform_edt(fg).astype(np.float32)
     return _flood(cc, n_cc, fg, label_components(_h_maxima(dist, h) & fg), -dist)
 
