@@ -9,10 +9,14 @@ an instance head) and, for every image with a truth mask in TRUTH, splits them e
 * contact+distance: markers = h-maxima of the distance to background or contact (`seeds="distance"`).
 Prints mean AP (DSB2018, IoU 0.5:0.95), AJI, PQ and |count error| per way, then paired per-image
 differences against the way named BASE (default cc). --h=F[,F...] adds the distance watershed with
-the marker height h = F x the image's object diameter (the default is max(1 px, 0.05 d)). No
-training: seconds per image on one core. Writes OUT.json when given.
+the marker height h = F x the image's object diameter (the default is max(1 px, 0.05 d)).
+--against=OTHER_PRED adds the way "against": another model's probability maps split as its own
+`qmed predict --instances` does (the head-less default: the distance watershed), and BASE then
+defaults to it, pixel Dice included (how the head is compared with no head);
+--against-labels=DIR reads DIR's label maps as they are (e.g. Cellpose's). No training: seconds
+per image on one core. Writes OUT.json when given.
 
-    python benchmarks/instance_splits.py PRED_DIR TRUTH_DIR [BASE] [OUT.json] [--h=0.1,0.2]
+    python benchmarks/instance_splits.py PRED_DIR TRUTH_DIR [BASE] [OUT.json] [--h=0.1,0.2] [--against=DIR | --against-labels=DIR]
 """
 
 import json
@@ -24,11 +28,13 @@ import numpy as np
 from qmed.data.objects import label_components, object_diameter
 from qmed.evaluate.metrics import score_image
 from qmed.experiments.suite import paired_difference
-from qmed.io.images import read_mask, read_probability
+from qmed.io.images import read_mask, read_prediction, read_probability
 from qmed.segment.instances import H_MIN, split_instances
 from qmed.segment.predict import CONTACT_DIR
 
-KEYS = ("map_dsb", "aji", "pq", "count_error")
+from instance_head import mean  # (this script's folder is on sys.path when it runs)
+
+KEYS = ("dice_empty1", "map_dsb", "aji", "pq", "count_error")
 
 
 def ways(prob: np.ndarray, contact: np.ndarray | None, fractions: list[float]) -> dict[str, np.ndarray]:
@@ -44,10 +50,12 @@ def ways(prob: np.ndarray, contact: np.ndarray | None, fractions: list[float]) -
 
 
 def main() -> None:
-    args = [a for a in sys.argv[1:] if not a.startswith("--h=")]
-    fractions = [float(x) for a in sys.argv[1:] if a.startswith("--h=") for x in a[4:].split(",")]
+    opts = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--")}
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    fractions = [float(x) for x in opts["--h"].split(",")] if "--h" in opts else []
+    other = opts.get("--against") or opts.get("--against-labels")
     pred, truth = Path(args[0]), Path(args[1])
-    base = args[2] if len(args) > 2 else "cc"
+    base = args[2] if len(args) > 2 else ("against" if other else "cc")
     out = Path(args[3]) if len(args) > 3 else None
     rows: dict[str, list[dict]] = {}
     for mask in sorted((truth / "masks").iterdir()):
@@ -56,17 +64,25 @@ def main() -> None:
             continue
         c = pred / CONTACT_DIR / p.name
         truth_fg, truth_labels = read_mask(mask)
-        for way, labels in ways(read_probability(p), read_probability(c) if c.exists() else None, fractions).items():
+        split = ways(read_probability(p), read_probability(c) if c.exists() else None, fractions)
+        if other:  # another model's maps, split as its own `qmed predict --instances` does, or its label maps
+            q = Path(other) / p.name
+            if "--against-labels" in opts:
+                split["against"] = read_prediction(q, "labels")[1]
+            else:
+                qc = Path(other) / CONTACT_DIR / p.name
+                split["against"] = split_instances(read_probability(q), contact=read_probability(qc) if qc.exists() else None)
+        for way, labels in split.items():
             rows.setdefault(way, []).append({"name": mask.stem, **score_image(None, truth_fg, truth_labels, pred_labels=labels)})
-    doc = {"pred_dir": str(pred), "truth_dir": str(truth), "ways": {}, "paired": {}}
+    doc = {"pred_dir": str(pred), "truth_dir": str(truth), "against": other, "ways": {}, "paired": {}}
     print(f"{'way':<18}" + "".join(f"{k:>12}" for k in KEYS) + f"   n={len(rows['cc'])}")
     for way, rs in rows.items():
-        doc["ways"][way] = {k: float(np.mean([abs(r[k]) if k == "count_error" else r[k] for r in rs])) for k in KEYS}
+        doc["ways"][way] = {k: mean(rs, k) for k in KEYS}
         print(f"{way:<18}" + "".join(f"{doc['ways'][way][k]:>12.4f}" for k in KEYS))
     for way in rows:
         if way == base:
             continue
-        for key in ("map_dsb", "aji"):
+        for key in ("map_dsb", "aji", "pq") + (("dice_empty1",) if base == "against" else ()):
             d = paired_difference(rows[way], rows[base], key=key)
             doc["paired"][f"{way} - {base}: {key}"] = d
             print(f"{way} - {base}, {key}: {d['mean']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}] "
