@@ -8,8 +8,9 @@ an instance head) and, for every image with a truth mask in TRUTH, splits them e
 * contact: markers = components of foreground minus contact (`seeds="components"`);
 * contact+distance: markers = h-maxima of the distance to background or contact (`seeds="distance"`).
 Prints mean AP (DSB2018, IoU 0.5:0.95), AJI, PQ and |count error| per way, then paired per-image
-differences against the way named BASE (default cc). --h=F[,F...] adds the distance watershed with
-the marker height h = F x the image's object diameter (the default is max(1 px, 0.05 d)).
+differences against the way named BASE (default cc). --h=F[,F...] adds the distance watershed (and,
+with contact maps, the contact+distance split) with the marker height h = F x the image's object
+diameter (the default is max(1 px, 0.05 d) for the distance watershed, 0.1 d for contact+distance).
 --against=OTHER_PRED adds the way "against": another model's probability maps split as its own
 `qmed predict --instances` does (the head-less default: the distance watershed), and BASE then
 defaults to it, pixel Dice included (how the head is compared with no head);
@@ -39,13 +40,15 @@ KEYS = ("dice_empty1", "map_dsb", "aji", "pq", "count_error")
 
 def ways(prob: np.ndarray, contact: np.ndarray | None, fractions: list[float]) -> dict[str, np.ndarray]:
     out = {"cc": label_components(prob > 0.5), "distance": split_instances(prob)}
-    if fractions:
-        d = object_diameter(out["cc"])
-        for f in fractions:  # the marker height as other fractions of the image's object diameter
-            out[f"distance h={f:g}d"] = split_instances(prob, diameter=d, h=max(H_MIN, f * d)) if d else out["cc"]
     if contact is not None:
         out["contact"] = split_instances(prob, contact=contact, seeds="components")
         out["contact+distance"] = split_instances(prob, contact=contact, seeds="distance")
+    d = object_diameter(out["cc"]) if fractions else 0.0
+    for f in fractions:  # the marker height as other fractions of the image's object diameter
+        h = max(H_MIN, f * d)
+        out[f"distance h={f:g}d"] = split_instances(prob, diameter=d, h=h) if d else out["cc"]
+        if contact is not None:  # the head's split (the default) at the same height
+            out[f"contact+distance h={f:g}d"] = split_instances(prob, diameter=d, h=h, contact=contact) if d else out["contact+distance"]
     return out
 
 

@@ -221,3 +221,20 @@ def test_tiny_run_with_the_head_end_to_end(fluo_subset, tmp_path):
         a = np.array(Image.open(out / f"{p.stem}.png")) > 0
         b = np.array(Image.open(out2 / f"{p.stem}.png")) > 0
         assert (a != b).mean() < 0.01  # the same model through ONNX Runtime
+
+
+def test_contact_split_marker_height_is_a_tenth_of_the_diameter():
+    """With a contact map the h-maxima height is 0.1 d (H_FRACTION_CONTACT), without it 0.05 d.
+    Two discs of radius 10, centres 14 px apart: the distance map peaks at 10.05 px and the neck
+    at 8.0, a dip of 2.05 px; the union's equivalent diameter is 27.0 px, so 0.05 d = 1.35 px
+    splits the pair and 0.1 d = 2.70 px keeps it whole, unless the head predicts the contact."""
+    yy, xx = np.mgrid[:30, :50]
+    pair = ((yy - 15) ** 2 + (xx - 18) ** 2 <= 100) | ((yy - 15) ** 2 + (xx - 32) ** 2 <= 100)
+    none = np.zeros(pair.shape, np.float32)
+    assert split_instances(pair).max() == 2
+    assert split_instances(pair, contact=none).max() == 1
+    assert split_instances(pair, contact=none, h=1.35).max() == 2
+    contact = none.copy()
+    contact[:, 24:27] = 0.9  # the head saw them meet: the core is two discs
+    two = split_instances(pair, contact=contact)
+    assert two.max() == 2 and two[15, 18] != two[15, 32] and np.array_equal(two > 0, pair)
