@@ -70,7 +70,8 @@ def split_instances(prob: np.ndarray, threshold: float = 0.5, diameter: float | 
     """Foreground probability HxW (or a bool mask) -> int32 instance labels 1..N, 0 = background.
 
     `diameter`: the objects' typical diameter in px (None: measured on this mask's components);
-    `h`: the marker height in px (None: max(H_MIN, H_FRACTION x diameter)); `contact`: the contact
+    `h`: the marker height in px (None: max(H_MIN, H_FRACTION x diameter), or H_FRACTION_CONTACT
+    with a contact map and seeds="distance"); `contact`: the contact
     probability HxW of an instance head (None: the distance transform's markers); `seeds`, with a
     contact map: "distance" (h-maxima of the distance to background or contact, the default) or
     "components" (the components of foreground minus contact).
