@@ -14,7 +14,7 @@ with `--set`. The rules:
 * augmentation family: H&E stain and hue/saturation jitter for stained colour tissue; gamma for
   gray images other than fluorescence; fluorescence keeps the `cpu` preset's (tuned there).
 * peak LR: 2e-3 for stained colour tissue, where it won side by side at 15 minutes (docs 11d);
-  the `cpu` preset's 1e-3 elsewhere (not measured on fluorescence).
+  the `cpu` preset's 1e-3 elsewhere (on fluorescence 2e-3 leaned to a loss, −0.013, 11d).
 * sampler: online hard-image mining (measured on dsb2018-fluo, 1g); uniform when there are fewer
   than 16 training images (too few for per-image weights to mean much).
 * epochs: `--minutes` fits them to the budget on this machine (qmed.segment.budget), with the
