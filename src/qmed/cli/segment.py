@@ -78,7 +78,7 @@ def train(
     data: Optional[Path] = typer.Option(None, "--data", help="Training dataset folder (images/ + masks/)."),
     val: Optional[Path] = typer.Option(None, "--val", help="Validation dataset folder. Without it, a seeded split of --data is used."),
     out: Path = typer.Option(Path("runs/qmed"), "--out", help="Run directory: config.yaml, metrics.csv, checkpoints/, train.log."),
-    preset: str = typer.Option("auto", help="auto (the default: the cpu recipe with normalisation, crop, augmentation and sampler chosen from the training set's fingerprint, reasons in config.yaml), cpu (MobileNetV2, sized for 2 CPU cores and about 30 minutes), paper (the paper's exact recipe, GPU), tiny (smoke tests)."),
+    preset: str = typer.Option("auto", help="auto (the default: the cpu recipe with normalisation, crop, augmentation, sampler and (stained tissue) peak LR chosen from the training set's fingerprint, reasons in config.yaml), cpu (MobileNetV2, sized for 2 CPU cores and about 30 minutes), paper (the paper's exact recipe, GPU), tiny (smoke tests)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML file overriding preset fields."),
     set_: List[str] = typer.Option([], "--set", help="Override one field, e.g. --set train.epochs=50 --set model.encoder=resnet34."),
     epochs: Optional[int] = typer.Option(None, help="Shortcut for --set train.epochs=N."),
