@@ -45,6 +45,11 @@ def test_every_row_has_a_valid_config_and_model():
     cpu_rows = {r.name: row_config(r, "cpu", {}) for r in ROWS}
     assert resolve_config("cpu").train.cpu_bf16 and all(c.train.cpu_bf16 for c in cpu_rows.values())
     assert not smp_baseline_config("cpu").train.cpu_bf16  # `qmed benchmark quality`'s plain smp stays float32
+    # --smp-bf16, the precision control: the same plain script with bfloat16 autocast, nothing else changed
+    b = smp_baseline_config("cpu", {"train": {"seed": 3}}, bf16=True)
+    p = smp_baseline_config("cpu", {"train": {"seed": 3}})
+    assert b.train.cpu_bf16 and b.train.seed == 3
+    assert b.model_dump()["train"] | {"cpu_bf16": False} == p.model_dump()["train"] and b.model == p.model and b.augment == p.augment
 
 
 def test_select_rows():

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from qmed.cli.app import app
 from qmed.data.planning import auto_config
-from qmed.experiments.suite import paired_difference
+from qmed.experiments.suite import bf16_note, paired_difference, work_done
 
 
 def test_paired_difference_hand_computed():
@@ -20,6 +20,17 @@ def test_paired_difference_hand_computed():
     assert d["n"] == 2 and d["mean"] == pytest.approx(0.1) and (d["better"], d["worse"]) == (1, 0)
     assert 0.0 <= d["ci"][0] <= d["ci"][1] <= 0.2 + 1e-12
     assert paired_difference([], b, key="d")["n"] == 0
+
+
+def test_work_done_and_bf16_note():
+    # each method's schedule comes from its own calibration, so the row says how long training took
+    assert work_done({"work": "12 ep x 472 crops (1416 steps)", "train_seconds": 1867.2}) == "12 ep x 472 crops (1416 steps), 31.1 min"
+    assert work_done({"work": "2 ep x 8 crops (4 steps)", "train_seconds": None}) == "2 ep x 8 crops (4 steps)"
+    assert work_done({}) == "-"
+    assert "smp trains in float32" in bf16_note({"cpu_native_bf16": True})
+    assert "and by smp (--smp-bf16)" in bf16_note({"cpu_native_bf16": True}, smp_bf16=True)
+    assert bf16_note({"cpu_native_bf16": False}) == ", no native bfloat16: both train in float32"
+    assert bf16_note({}) == ""  # a document written before the field existed
 
 
 def test_auto_config_on_fluorescence_is_the_cpu_recipe(fluo_subset):
@@ -67,6 +78,7 @@ def test_suite_end_to_end_tiny(fluo_subset, tmp_path):
         assert r["paired_dice_empty1"]["n"] >= 1
     split = json.loads((out / "splits" / "noval.json").read_text())
     assert len(split["train"]) == 5 and len(split["val"]) == 1 and not set(split["train"]) & set(split["val"])
+    assert isinstance(doc["machine"]["cpu_native_bf16"], bool) and " min |" in (out / "suite.md").read_text()
     assert "qmed - smp" in (out / "suite.md").read_text() and "with --set train.val_every=2" in (out / "suite.md").read_text()
 
 

@@ -64,6 +64,7 @@ def quality(
     set_: List[str] = typer.Option([], "--set", help="Override a setting of qmed's row only, e.g. --set model.input_mode=none (how a lever is measured)."),
     qmed_val: bool = typer.Option(True, "--qmed-val/--qmed-no-val", help="--qmed-no-val: qmed trains without --val, as a user without a val folder (its own split of --data, or all of it with --set data.val_fraction=0); --val only scores."),
     train_seed: int = typer.Option(0, "--train-seed", help="train.seed of qmed and smp: rerun with other seeds to see each method's spread."),
+    smp_bf16: bool = typer.Option(False, "--smp-bf16", help="The smp baseline also trains in bfloat16 where the CPU has it natively (as qmed does): tells qmed's recipe from its precision."),
 ):
     """Train and score qmed, a plain smp baseline and nnU-Net v2 on the same data and budget; print one table."""
     from qmed.experiments.quality import failure_notes, parse_methods, rich_table, run_quality
@@ -72,7 +73,7 @@ def quality(
     doc = run_quality(data, val, out, minutes=minutes, methods=parse_methods(methods), preset=preset, device=device,
                       nnunet_trainer=nnunet_trainer, dataset_id=dataset_id, n_boot=n_boot, force=force,
                       overrides=set_ or None, say=lambda m: err_console.print(m, style="dim", markup=False), qmed_val=qmed_val,
-                      train_seed=train_seed)
+                      train_seed=train_seed, smp_bf16=smp_bf16)
     console.print(rich_table(doc["results"], f"quality on {val}, {minutes:g} min training per method, 95 % CIs"))
     for note in failure_notes(doc["results"]):
         console.print(note, markup=False, highlight=False, soft_wrap=True)
@@ -93,6 +94,7 @@ def suite(
     force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out folder."),
     set_: List[str] = typer.Option([], "--set", help="Override a setting of qmed's runs only, e.g. --set train.accumulate=1 (a candidate default against smp)."),
     train_seed: int = typer.Option(0, "--train-seed", help="train.seed of both methods: rerun with other seeds to see each method's spread."),
+    smp_bf16: bool = typer.Option(False, "--smp-bf16", help="The smp script also trains in bfloat16 where the CPU has it natively (as qmed does): tells qmed's recipe from its precision."),
 ):
     """qmed's default and the plain smp script, side by side (one core each) at one budget on each dataset; Dice, object F1, HD95 and the paired difference."""
     from qmed.experiments.suite import rich_table, run_suite
@@ -100,7 +102,8 @@ def suite(
     setup_logging()
     names = [d.strip() for d in datasets.split(",") if d.strip()]
     doc = run_suite(data_root, out, names, minutes=minutes, preset=preset, device=device, n_boot=n_boot, force=force,
-                    say=lambda m: err_console.print(m, style="dim", markup=False), overrides=set_ or None, train_seed=train_seed)
+                    say=lambda m: err_console.print(m, style="dim", markup=False), overrides=set_ or None, train_seed=train_seed,
+                    smp_bf16=smp_bf16)
     console.print(rich_table(doc))
     if doc.get("mean_paired_dice_empty1") is not None:
         console.print(f"mean paired difference qmed - smp over the datasets: {doc['mean_paired_dice_empty1']:+.4f}")

@@ -142,13 +142,14 @@ def run_quality(train_dir: str | Path, val_dir: str | Path, out: str | Path, min
                 methods: list[str] | tuple[str, ...] = METHODS, preset: str = "cpu", device: str | None = None,
                 nnunet_trainer: str = NNUNET_BUDGET_TRAINER, dataset_id: int = 501, n_boot: int = 2000, seed: int = 0,
                 force: bool = False, say: Callable = print, overrides: list[str] | None = None,
-                qmed_val: bool = True, train_seed: int = 0) -> dict:
+                qmed_val: bool = True, train_seed: int = 0, smp_bf16: bool = False) -> dict:
     """Train, predict and score every method; write OUT/quality.json and OUT/quality.md. Returns the JSON document.
     `train_seed`: train.seed of qmed and smp (initialisation, crops, augmentation), so repeated
     runs with other seeds show each method's own spread; `seed` is the bootstrap's.
     `overrides` (KEY=VALUE) change qmed's settings only; the smp baseline stays the plain script.
     `qmed_val=False`: qmed trains without VAL, as a user without a val folder does (it splits its
-    own off TRAIN, or with data.val_fraction=0 trains on all of it); VAL then only scores."""
+    own off TRAIN, or with data.val_fraction=0 trains on all of it); VAL then only scores.
+    `smp_bf16`: the smp baseline also trains in bfloat16 where the CPU has it (the precision control)."""
     from qmed.data.dataset import find_pairs
 
     train_dir, val_dir, out = Path(train_dir), Path(val_dir), Path(out)
@@ -173,7 +174,7 @@ def run_quality(train_dir: str | Path, val_dir: str | Path, out: str | Path, min
                         {"method": "qmed-notta", "tta": 1, **r, "pred_dir": r["preds"][False],
                          "instance_dir": r["preds"][False] / INSTANCES_DIR}]
             if method == "smp":
-                r = train_to_budget(smp_baseline_config(base, {"train": {"seed": train_seed}}), train_dir, val_dir, out / "smp", budget_s, device, [False], say)
+                r = train_to_budget(smp_baseline_config(base, {"train": {"seed": train_seed}}, bf16=smp_bf16), train_dir, val_dir, out / "smp", budget_s, device, [False], say)
                 return [{"method": "smp", "tta": 1, **r, "pred_dir": r["preds"][False]}]
             r = run_nnunet(train_dir, val_dir, out / "nnunet", budget_s, device, nnunet_trainer, dataset_id, say)
             return [{"method": "nnunet", "tta": 4, **r, "pred_dir": r["preds"][True]}]
@@ -182,19 +183,20 @@ def run_quality(train_dir: str | Path, val_dir: str | Path, out: str | Path, min
             row["budget_minutes"] = minutes
             results.append(row)
         write_json(out / "quality.json", json_safe(_document(results, train_dir, val_dir, minutes, preset, device, nnunet_trainer,
-                                                              n_boot, seed, started, qmed_val=qmed_val, train_seed=train_seed)))
+                                                              n_boot, seed, started, qmed_val=qmed_val, train_seed=train_seed,
+                                                              smp_bf16=smp_bf16)))
     doc = json_safe(_document(results, train_dir, val_dir, minutes, preset, device, nnunet_trainer, n_boot, seed, started,
-                               finished=True, qmed_val=qmed_val, train_seed=train_seed))
+                               finished=True, qmed_val=qmed_val, train_seed=train_seed, smp_bf16=smp_bf16))
     write_json(out / "quality.json", doc)
     write_text(out / "quality.md", _markdown(doc, results))
     return doc
 
 
 def _document(results, train_dir, val_dir, minutes, preset, device, nnunet_trainer, n_boot, seed, started,
-              finished: bool = False, qmed_val: bool = True, train_seed: int = 0) -> dict:
+              finished: bool = False, qmed_val: bool = True, train_seed: int = 0, smp_bf16: bool = False) -> dict:
     settings = {"train": str(Path(train_dir).resolve()), "val": str(Path(val_dir).resolve()), "minutes_per_method": minutes,
                 "preset": preset, "device": str(pick_device(device)), "nnunet_trainer": nnunet_trainer, "n_boot": n_boot, "seed": seed,
-                "qmed_trained_with_val": qmed_val, "train_seed": train_seed}
+                "qmed_trained_with_val": qmed_val, "train_seed": train_seed, "smp_bf16": smp_bf16}
     return result_document("quality", results, settings, started, finished)
 
 

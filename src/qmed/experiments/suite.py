@@ -79,12 +79,14 @@ def dataset_splits(root: Path, name: str, out: Path) -> tuple[Path, Path, dict]:
 
 
 def _method_command(method: str, train, val: Path, out: Path, minutes: float, preset: str, device: str | None,
-                    n_boot: int, overrides: list[str] | None = None, train_seed: int = 0) -> list[str]:
+                    n_boot: int, overrides: list[str] | None = None, train_seed: int = 0, smp_bf16: bool = False) -> list[str]:
     cmd = [sys.executable, "-m", "qmed.cli", "benchmark", "quality", "--data", str(train), "--val", str(val), "--out", str(out),
            "--minutes", f"{minutes:g}", "--methods", method, "--preset", preset, "--n-boot", str(n_boot), "--force",
            "--train-seed", str(train_seed)]
     if method == "qmed":  # a lever changes qmed's row only; smp stays the plain script
         cmd += [a for kv in overrides or [] for a in ("--set", kv)]
+    if method == "smp" and smp_bf16:
+        cmd.append("--smp-bf16")
     return cmd + (["--device", device] if device else [])
 
 
@@ -129,9 +131,10 @@ def paired_difference(a_rows: list[dict], b_rows: list[dict], key: str = "dice_e
 
 def run_suite(data_root: str | Path, out: str | Path, datasets: list[str] | tuple[str, ...] = DATASETS, minutes: float = 30.0,
               preset: str = "auto", device: str | None = None, n_boot: int = 2000, seed: int = 0, force: bool = False,
-              say: Callable = print, overrides: list[str] | None = None, train_seed: int = 0) -> dict:
+              say: Callable = print, overrides: list[str] | None = None, train_seed: int = 0, smp_bf16: bool = False) -> dict:
     """Every dataset: qmed and smp side by side at one budget, scored and compared; -> the JSON document.
-    `train_seed`: both methods' train.seed (`seed` is the bootstrap's)."""
+    `train_seed`: both methods' train.seed (`seed` is the bootstrap's). `smp_bf16`: smp also trains
+    in bfloat16 where the CPU has it (the control for qmed's precision)."""
     data_root, out = Path(data_root), Path(out)
     if minutes <= 0:
         raise QmedInputError(None, f"--minutes must be positive, got {minutes}")
@@ -146,15 +149,16 @@ def run_suite(data_root: str | Path, out: str | Path, datasets: list[str] | tupl
     for name in datasets:
         say(f"[{name}] {minutes:g} min per method")
         train, val, split = dataset_splits(data_root, name, out)
-        commands = {m: _method_command(m, train, val, out / name / m, minutes, preset, device, n_boot, overrides, train_seed)
+        commands = {m: _method_command(m, train, val, out / name / m, minutes, preset, device, n_boot, overrides, train_seed,
+                                     smp_bf16)
                     for m in ("qmed", "smp")}
         t0 = time.time()
         codes = run_side_by_side(commands, out / name / "logs", say)
         rows.append(_dataset_row(name, split, out / name, codes, n_boot, seed, time.time() - t0))
         write_json(out / "suite.json", json_safe(_document(rows, data_root, datasets, minutes, preset, device, n_boot, seed, started, overrides=overrides,
-                                                  train_seed=train_seed)))
+                                                  train_seed=train_seed, smp_bf16=smp_bf16)))
     doc = json_safe(_document(rows, data_root, datasets, minutes, preset, device, n_boot, seed, started, finished=True, train_seed=train_seed,
-                              overrides=overrides))
+                              overrides=overrides, smp_bf16=smp_bf16))
     write_json(out / "suite.json", doc)
     write_text(out / "suite.md", markdown(doc))
     return doc
@@ -179,12 +183,12 @@ def _dataset_row(name: str, split: dict, root: Path, codes: dict[str, int], n_bo
 
 
 def _document(rows, data_root, datasets, minutes, preset, device, n_boot, seed, started, finished: bool = False,
-              overrides: list[str] | None = None, train_seed: int = 0) -> dict:
+              overrides: list[str] | None = None, train_seed: int = 0, smp_bf16: bool = False) -> dict:
     diffs = [r["paired_dice_empty1"]["mean"] for r in rows if r.get("paired_dice_empty1")]
     return {"benchmark": "suite", "finished": finished, "started": started,
             "settings": {"data_root": str(Path(data_root).resolve()), "datasets": list(datasets), "minutes_per_method": minutes,
                          "preset": preset, "qmed_overrides": list(overrides or []), "device": device or "default", "n_boot": n_boot, "seed": seed,
-                         "train_seed": train_seed,
+                         "train_seed": train_seed, "smp_bf16": smp_bf16,
                          "side_by_side": "one process per method, 1 torch thread each, pinned to its own core"},
             "machine": machine_info(), "datasets": rows,
             "mean_paired_dice_empty1": float(np.mean(diffs)) if diffs else None}
@@ -205,10 +209,17 @@ def table_rows(doc: dict) -> list[list[str]]:
             if m.get("status") != "ok":
                 out.append([r["dataset"], method, m.get("reason") or "-", "-", "-", "-", "-", "-", "-", ""])
                 continue
-            out.append([r["dataset"], method, m.get("work") or "-", fmt_figure(f.get("dice_empty1")), fmt_figure(f.get("dice_fg")),
+            out.append([r["dataset"], method, work_done(m), fmt_figure(f.get("dice_empty1")), fmt_figure(f.get("dice_fg")),
                         fmt_figure(f.get("dice_pooled")), fmt_figure(f.get("object_f1")), fmt_figure(f.get("hd95"), 1),
                         fmt_figure(f.get("map_dsb")), paired if method == "qmed" else ""])
     return out
+
+
+def work_done(m: dict) -> str:
+    """The row's work and the minutes its training loop really took: each method's schedule is fitted
+    to the budget by its own calibration, so the two can end a few minutes apart."""
+    work = m.get("work") or "-"
+    return f"{work}, {m['train_seconds'] / 60:.1f} min" if m.get("train_seconds") else work
 
 
 def markdown(doc: dict) -> str:
@@ -216,9 +227,19 @@ def markdown(doc: dict) -> str:
     mean = doc.get("mean_paired_dice_empty1")
     head = (f"# qmed benchmark suite\n\nstarted {doc['started']}; {s['minutes_per_method']:g} min training per method, qmed "
             f"preset {s['preset']}{overrides_note(s)}, {s['side_by_side']}; {doc['machine']['cpu_count']} CPUs "
-            f"({doc['machine'].get('cpu_model', doc['machine']['processor'])}); 95 % bootstrap CIs ({s['n_boot']} resamples, seed {s['seed']}).\n\n")
+            f"({doc['machine'].get('cpu_model', doc['machine']['processor'])}{bf16_note(doc['machine'], s.get('smp_bf16', False))}); 95 % bootstrap CIs ({s['n_boot']} resamples, seed {s['seed']}).\n\n")
     tail = f"\nMean paired difference (qmed - smp, Dice per image, empty = 1) over the datasets: {mean:+.4f}\n" if mean is not None else ""
     return head + md_table(COLUMNS, table_rows(doc)) + tail
+
+
+def bf16_note(machine: dict, smp_bf16: bool = False) -> str:
+    native = machine.get("cpu_native_bf16")
+    if native is None:  # a document from before the field was recorded
+        return ""
+    if not native:
+        return ", no native bfloat16: both train in float32"
+    return ", native bfloat16: used by qmed's train.cpu_bf16 and by smp (--smp-bf16)" if smp_bf16 else \
+        ", native bfloat16: used by qmed's train.cpu_bf16; smp trains in float32"
 
 
 def overrides_note(settings: dict) -> str:
