@@ -6,6 +6,7 @@ replacement, seeded), which is far tighter than comparing two separate CIs.
 Usage: python benchmarks/paired_difference.py OUT/quality.json qmed smp [--metric dice] [--n-boot 2000]
    or: python benchmarks/paired_difference.py A.per_image.csv B.per_image.csv   (two `qmed evaluate` outputs)
    A or B may also be DOC.json:METHOD, one method of a quality/ablate document.
+   --exclude NAME[,NAME...] leaves those images out (e.g. the three DSB embryo images of docs 12c/12d).
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ def main() -> None:
     ap.add_argument("--metric", default="dice")
     ap.add_argument("--n-boot", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--exclude", default="", help="comma-separated image names to leave out")
     args = ap.parse_args()
+    excluded = {n for n in args.exclude.split(",") if n}
     if len(args.sources) == 3:
         doc, args.a, args.b = args.sources
         per_image = json.load(open(doc, encoding="utf-8"))["per_image"]
@@ -38,7 +41,7 @@ def main() -> None:
         a, b = (_column(f, args.metric) for f in args.sources)
     else:
         ap.error("give DOC.json A B, or two per_image.csv files")
-    names = sorted(n for n in a.keys() & b.keys() if a[n] is not None and b[n] is not None)
+    names = sorted(n for n in a.keys() & b.keys() - excluded if a[n] is not None and b[n] is not None)
     diff = np.array([a[n] - b[n] for n in names], dtype=float)
     boots = bootstrap_means(diff, args.n_boot, args.seed)
     lo, hi = percentile_interval(boots)

@@ -27,8 +27,8 @@ def test_work_done_and_bf16_note():
     assert work_done({"work": "12 ep x 472 crops (1416 steps)", "train_seconds": 1867.2}) == "12 ep x 472 crops (1416 steps), 31.1 min"
     assert work_done({"work": "2 ep x 8 crops (4 steps)", "train_seconds": None}) == "2 ep x 8 crops (4 steps)"
     assert work_done({}) == "-"
-    assert "smp trains in float32" in bf16_note({"cpu_native_bf16": True})
-    assert "and by smp (--smp-bf16)" in bf16_note({"cpu_native_bf16": True}, smp_bf16=True)
+    assert bf16_note({"cpu_native_bf16": True}) == ", native bfloat16: qmed per train.cpu_bf16, smp in float32"
+    assert bf16_note({"cpu_native_bf16": True}, smp_bf16=True) == ", native bfloat16: qmed per train.cpu_bf16, smp too (--smp-bf16)"
     assert bf16_note({"cpu_native_bf16": False}) == ", no native bfloat16: both train in float32"
     assert bf16_note({}) == ""  # a document written before the field existed
 

@@ -159,8 +159,8 @@ def run_guarded(method: str, run: Callable[[], list[dict]], err_dir: Path, val_d
 
 def machine_info(dev=None) -> dict:
     """What a result was measured on: platform, Python, torch, CPU model and threads, whether the CPU
-    computes bfloat16 natively (qmed's `train.cpu_bf16` then trains about 1.8x faster; the plain smp
-    baseline stays float32); the GPU on CUDA."""
+    computes bfloat16 natively (where `train.cpu_bf16` trains in it: qmed's `cpu`/`auto`, smp only
+    with --smp-bf16); the GPU on CUDA."""
     import platform
 
     import torch

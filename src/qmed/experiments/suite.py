@@ -238,8 +238,9 @@ def bf16_note(machine: dict, smp_bf16: bool = False) -> str:
         return ""
     if not native:
         return ", no native bfloat16: both train in float32"
-    return ", native bfloat16: used by qmed's train.cpu_bf16 and by smp (--smp-bf16)" if smp_bf16 else \
-        ", native bfloat16: used by qmed's train.cpu_bf16; smp trains in float32"
+    # qmed follows its config's train.cpu_bf16 (on in cpu/auto); smp is float32 unless --smp-bf16
+    return ", native bfloat16: qmed per train.cpu_bf16, smp too (--smp-bf16)" if smp_bf16 else \
+        ", native bfloat16: qmed per train.cpu_bf16, smp in float32"
 
 
 def overrides_note(settings: dict) -> str:
