@@ -140,3 +140,68 @@ def test_rescale_limits_and_dead_band():
     assert predict_image(_Bright(), img, _cfg(1.05 * found))[1] == 1.0  # within 10 %: no resize
     assert predict_image(_Bright(), np.zeros((64, 64, 3), np.float32), _cfg(20.0))[1] == 1.0  # nothing found
     assert predict_image(_Bright(), img, _cfg(2 * found, rescale=False))[1] == 1.0
+
+
+def _zoomed_crops(zoom):
+    c = _crops(0.0, (1.0, 1.0)).data
+    cfg = QmedConfig()
+    cfg.data.crop = 32
+    cfg.data.zoom = zoom
+    cfg.augment.elastic_p = 0.0
+    cfg.augment.brightness_contrast_p = 0.0
+    return TrainCrops(c, cfg)
+
+
+def test_zoom_cuts_a_smaller_window_and_enlarges_it():
+    # zoom 2: a 16 px source window is resized to the 32 px crop, so each source pixel covers 2x2.
+    # The window lies wholly inside or around the 16x16 square; the crop's mask pixels are 4x the
+    # source pixels it covers (nearest-neighbour resize of a window aligned to whole pixels).
+    seen = set()
+    for pos in range(20):
+        x, y = _zoomed_crops(2.0)[(0, pos)]
+        assert x.shape == (3, 32, 32) and y.shape == (1, 32, 32)
+        n = int(y.sum().item())
+        assert n % 4 == 0 and n <= 32 * 32
+        seen.add(n)
+    assert 32 * 32 in seen or max(seen) > 256  # some window falls inside the square: more than a plain crop holds
+    # zoom 0.5: the whole 64 px image is resized into the crop, the square becomes 8x8 (as scale_p with f = 0.5)
+    _, y = _zoomed_crops(0.5)[(0, 0)]
+    assert y.sum().item() == 64
+
+
+class _Sizes(nn.Module):
+    """_Bright that records the spatial size of every batch it sees."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(tuple(x.shape[-2:]))
+        return _Bright()(x)
+
+
+def test_zoomed_prediction_sees_the_enlarged_image_and_returns_the_original_size():
+    from pathlib import Path
+
+    from qmed.data.batches import LoadedPairs
+    from qmed.data.dataset import Pair
+    from qmed.segment.validate import validate
+
+    img = _disks(6)
+    truth = img[..., 0] > 0.5
+    for zoom, side in ((1.0, 96), (2.0, 192)):
+        cfg = _cfg(None, rescale=False)
+        cfg.data.zoom = zoom
+        cfg.predict.tile = 512
+        net = _Sizes()
+        prob, f = predict_image(net, img, cfg)
+        assert f == 1.0 and prob.shape == (96, 96)
+        assert max(s[0] for s in net.seen) >= side and min(s[0] for s in net.seen) >= side  # padded to a multiple of 32
+        assert 2 * ((prob > 0.5) & truth).sum() / ((prob > 0.5).sum() + truth.sum()) > 0.97
+        # validation during training goes through the same path
+        data = LoadedPairs([Pair("disks", Path("disks.png"), Path("disks_mask.png"))], cfg)
+        data._cache[0] = (img, truth, truth.astype(np.int32))  # held in memory: no files read
+        net.seen.clear()
+        summary, rows = validate(net, data, cfg, torch.device("cpu"))
+        assert min(s[0] for s in net.seen) >= side and rows[0]["dice"] > 0.97

@@ -247,6 +247,11 @@ class AugmentConfig(_Section):
 
 class DataConfig(_Section):
     crop: int = 512
+    # Magnification the model works at: training crops are cut as crop/zoom source px and resized
+    # to crop, and validation and `qmed predict` resize each image by zoom and the probabilities
+    # back, so small objects span more of the encoder's stride-2 features (Cellpose rescales to a
+    # 30 px diameter for the same reason). 1 = the files' own scale.
+    zoom: float = Field(1.0, ge=0.25, le=4.0)
     # Without --val: this share of --data is split off for validation; 0 trains on every image
     # without validation (the last epoch is the model; the report then needs --data).
     val_fraction: float = Field(0.2, ge=0.0, lt=1.0)
@@ -322,6 +327,11 @@ class TrainConfig(_Section):
     val_every: int = Field(1, ge=1)  # validate every n-th epoch (and the last); the budget planner counts only those passes
     val_tta: bool = False
     max_minutes: Optional[float] = None
+    # The training loop's budget in seconds, set by `--minutes` (qmed.segment.budget): after each
+    # epoch the trainer re-plans the remaining epochs' crops from the pace it measured, so the run
+    # ends near the budget with its schedule complete even when the machine slows down or speeds up
+    # after the few-second calibration. None: the epochs and crops as configured.
+    budget_seconds: Optional[float] = Field(None, gt=0)
     # The floor of useful work for `qmed train --minutes` and the demo: a budget that affords fewer
     # optimizer steps trains this many anyway and says it overran (a barely trained model is never
     # shown as the result). Benchmarks at equal budget do not apply it. 0: no floor.

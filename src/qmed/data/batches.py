@@ -79,6 +79,7 @@ class TrainCrops(Dataset):
     def __init__(self, data: LoadedPairs, cfg: QmedConfig):
         self.data = data
         self.crop = cfg.data.crop
+        self.zoom = cfg.data.zoom
         self.fg_crop_p = cfg.data.fg_crop_p
         self.seed = cfg.train.seed
         self.epoch = 0
@@ -93,10 +94,11 @@ class TrainCrops(Dataset):
         idx, pos = item
         rng = np.random.default_rng([self.seed, self.epoch, pos])
         img, fg, labels = self.data[idx]
-        s = self.crop
+        f = self.zoom  # the window is cut at the source scale and resized to the crop below
         if self.scale_p > 0 and rng.random() < self.scale_p:
             lo, hi = np.log(self.scale_range)
-            s = max(8, int(round(self.crop / np.exp(rng.uniform(lo, hi)))))  # window resized to the crop below
+            f *= float(np.exp(rng.uniform(lo, hi)))
+        s = self.crop if f == 1.0 else max(8, int(round(self.crop / f)))
         img, (fg, labels) = _pad_to(img, (fg, labels), s)
         h, w = fg.shape
         if self.fg_crop_p > 0 and fg.any() and rng.random() < self.fg_crop_p:

@@ -56,7 +56,8 @@ def train_to_budget(cfg, train_dir: Path, val_dir: Path, out: Path, budget_s: fl
         p = out / ("preds-tta" if tta else "preds")
         predict_folder(run, val_dir / "images", p, tta=tta, force=True, device=device, instances=instances)
         preds[tta] = p
-    work = f"{summary['epochs']} ep x {cfg.data.samples_per_epoch} crops ({summary['opt_steps']} steps)"
+    # crops per epoch are re-planned from the measured pace (train.budget_seconds): the totals
+    work = f"{summary['epochs']} ep, {summary['crops']} crops ({summary['opt_steps']} steps)"
     return {"train_seconds": round(train_s, 1), "work": work, "plan": plan, "train_summary": summary,
             "config": cfg.model_dump(), "preds": preds, "run": str(run)}
 

@@ -157,6 +157,9 @@ def fit_to_budget(cfg, train_dir: Path, val_dir: Path | None, budget_s: float, d
     # A safety net only (checked after each epoch; stopping there leaves the schedule unfinished):
     # 5 % slack so that ordinary timing noise does not cut the last epoch.
     data["train"]["max_minutes"] = 1.05 * max(budget_s, plan["estimated_seconds"]) / 60.0
+    # Re-planned after each epoch from the measured pace (qmed.segment.train); not when the floor
+    # of useful work already overruns the budget.
+    data["train"]["budget_seconds"] = None if plan["overran"] else 0.98 * budget_s
     plan.update({"calibration_seconds": round(spent, 1), "seconds_per_micro_step": round(cal["t_micro"], 4),
                  "seconds_per_validation": round(cal["t_val"], 2), "seconds_per_checkpoint": round(cal["t_checkpoint"], 2)})
     say(f"  calibrated in {spent:.0f}s: {cal['t_micro']:.2f}s per batch, {cal['t_val']:.1f}s per validation -> "

@@ -150,39 +150,49 @@ def predict_probability(
     return p if channels else p[0]
 
 
+def predict_at_scale(model: nn.Module, image: np.ndarray, factor: float, tta: int = 1, **kw) -> np.ndarray:
+    """predict_probability on the image resized by `factor` (1: as it is), the probabilities resized
+    back to the image's size."""
+    import cv2
+
+    if factor == 1.0:
+        return predict_probability(model, image, tta=tta, **kw)
+    h, w = image.shape[:2]
+    big = cv2.resize(image, (max(1, round(w * factor)), max(1, round(h * factor))),
+                     interpolation=cv2.INTER_LINEAR if factor > 1 else cv2.INTER_AREA)
+    big = big[..., None] if big.ndim == 2 else big
+    prob = predict_probability(model, big, tta=tta, **kw)
+    interp = cv2.INTER_LINEAR if factor > 1 else cv2.INTER_CUBIC
+    if prob.ndim == 3:
+        return np.stack([cv2.resize(c, (w, h), interpolation=interp) for c in prob]).clip(0.0, 1.0)
+    return cv2.resize(prob, (w, h), interpolation=interp).clip(0.0, 1.0)
+
+
 def predict_image(model: nn.Module, image: np.ndarray, cfg, tta: int = 1, device: torch.device | str = "cpu",
                   threshold: float | None = None, rescale: bool | None = None,
                   object_diameter: float | None = None, cpu_bf16: bool = False, channels: bool = False) -> tuple[np.ndarray, float]:
     """One image through the run's settings -> (probability HxW, or CxHxW with `channels`, as
-    predict_probability; scale factor used).
+    predict_probability; rescale factor used). The model sees the image at the run's magnification
+    (data.zoom), and the probabilities come back at the image's size.
 
     With rescaling on (PredictConfig.rescale), a first pass without TTA measures the predicted
     objects' median diameter; if it differs from the training diameter by more than 10 %, the
-    image is resized by their ratio (clipped to `rescale_limits`), predicted with TTA, and the
-    probabilities resized back to the image's size."""
-    import cv2
-
+    image is resized by their ratio (clipped to `rescale_limits`) as well, and predicted with TTA."""
     from qmed.data.objects import object_diameter as measure
 
     p = cfg.predict
+    zoom = cfg.data.zoom
     kw = dict(tile=p.tile, overlap=p.overlap, batch_size=p.batch_size, device=device, amp=cfg.train.amp, cpu_bf16=cpu_bf16, channels=channels)
     rescale = p.rescale if rescale is None else rescale
     target = p.object_diameter if object_diameter is None else object_diameter
     if not rescale or not target:
-        return predict_probability(model, image, tta=tta, **kw), 1.0
-    first = predict_probability(model, image, tta=1, **kw)
+        return predict_at_scale(model, image, zoom, tta=tta, **kw), 1.0
+    first = predict_at_scale(model, image, zoom, tta=1, **kw)
     found = measure((first[0] if channels else first) > (p.threshold if threshold is None else threshold))
     f = 1.0 if found is None else float(np.clip(target / found, *p.rescale_limits))
     if abs(math.log(f)) < math.log(1.1):
-        return (first if tta <= 1 else predict_probability(model, image, tta=tta, **kw)), 1.0
-    h, w = image.shape[:2]
-    big = cv2.resize(image, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_LINEAR if f > 1 else cv2.INTER_AREA)
-    big = big[..., None] if big.ndim == 2 else big
-    prob = predict_probability(model, big, tta=tta, **kw)
-    interp = cv2.INTER_LINEAR if f > 1 else cv2.INTER_CUBIC
-    if channels:
-        return np.stack([cv2.resize(c, (w, h), interpolation=interp) for c in prob]).clip(0.0, 1.0), f
-    return cv2.resize(prob, (w, h), interpolation=interp).clip(0.0, 1.0), f
+        return (first if tta <= 1 else predict_at_scale(model, image, zoom, tta=tta, **kw)), 1.0
+    return predict_at_scale(model, image, zoom * f, tta=tta, **kw), f
 
 
 def predict_folder(model_path, input_path, out, tta: bool = False, threshold: float | None = None, tile: int | None = None,

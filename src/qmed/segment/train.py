@@ -54,6 +54,7 @@ CSV_FIELDS = [
     "epoch", "opt_steps", "lr", "train_loss", "loss_dice", "loss_bce", "loss_tversky", "bad_steps",
     "val_dice_empty1", "val_dice_fg", "val_dice_pooled", "val_iou_fg", "val_hd95", "val_small_recall",
     "val_fp_rate_empty", "val_score", "val_ema", "outlier", "selected", "restored", "epoch_seconds", "val_seconds",
+    "crops",
 ]
 
 
@@ -70,6 +71,10 @@ class RunState:
     events: list[str] = field(default_factory=list)
     # data.sampler=hard: running training loss per image (None = not drawn yet).
     hardness: list | None = None
+    # train.budget_seconds: wall seconds of the loop so far (epochs, validation, checkpoints), and the
+    # last epoch's bookkeeping (checkpoint and metrics writes), for re-planning.
+    loop_seconds: float = 0.0
+    record_seconds: float = 1.0
 
 
 
@@ -91,6 +96,18 @@ def is_outlier(score: float, history: list[float], window: int, z: float, min_dr
 def validates(epoch: int, epochs: int, val_every: int = 1) -> bool:
     """Whether the trainer validates after `epoch` of `epochs`: every `val_every`-th epoch and the last."""
     return epoch % max(1, val_every) == 0 or epoch == epochs
+
+
+def replan_samples(remaining_s: float, epoch: int, epochs: int, val_every: int, t_crop: float, t_val: float,
+                   overhead_s: float, batch_size: int, accumulate: int) -> int:
+    """Crops per epoch for epochs epoch+1..epochs so that they, their validation passes (at t_val
+    each) and their bookkeeping (overhead_s per epoch) fill `remaining_s`, at t_crop seconds per
+    crop: a multiple of batch_size, at least one optimizer step's worth."""
+    left = epochs - epoch
+    vals = sum(validates(e, epochs, val_every) for e in range(epoch + 1, epochs + 1))
+    train_s = remaining_s - vals * t_val - left * overhead_s
+    micro = int(max(0.0, train_s) / max(left, 1) / max(t_crop * batch_size, 1e-9))
+    return max(accumulate, micro) * batch_size
 
 
 def selection_score(history: list[float], rule: str = "ema", alpha: float = 0.9, window: int = 3) -> float:
@@ -232,25 +249,40 @@ class Trainer:
         opt_cls = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = opt_cls(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         steps_per_epoch = math.ceil(self.micro_per_epoch / cfg.train.accumulate)
-        # OneCycleLR needs each phase to span at least one step; tiny runs get a short warm-up.
-        self.total_steps = max(4, steps_per_epoch * cfg.train.epochs)
-        pct = min(max(cfg.train.warmup, 1.5 / self.total_steps), 0.5)
-        div = 25.0
         if cfg.train.schedule == "constant":
             # Chainable: keeps whatever lr the param groups hold, so _scale_lr's recovery cut sticks.
+            self.total_steps = max(4, steps_per_epoch * cfg.train.epochs)
             self.scheduler = torch.optim.lr_scheduler.ConstantLR(self.optimizer, factor=1.0, total_iters=0)
         else:
-            self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
-                self.optimizer, max_lr=cfg.train.lr, total_steps=self.total_steps, pct_start=pct,
-                anneal_strategy="cos", div_factor=div, final_div_factor=max(1.0, (cfg.train.lr / div) / cfg.train.final_lr),
-                cycle_momentum=False,
-            )
+            self._one_cycle(steps_per_epoch * cfg.train.epochs)
         self.ema_model = None
         if cfg.train.weight_ema:
             self.ema_model = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.weight_ema_decay), use_buffers=True)
         self.amp_dtype = runtime.autocast_dtype(self.device, cfg.train.amp, cfg.train.cpu_bf16)
         # Loss scaling only for float16; bfloat16 has float32's exponent range.
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+
+    def _one_cycle(self, total_steps: int, done: int = 0, lr_scale: float = 1.0) -> None:
+        """self.scheduler: OneCycleLR over `total_steps`, already `done` steps into it (a re-plan
+        rebuilds it over the new total; its lr is a closed form of the step, so it resumes exactly
+        there), peak train.lr x lr_scale (a recovery's cut carries over)."""
+        import warnings
+
+        cfg = self.cfg
+        # OneCycleLR needs each phase to span at least one step; tiny runs get a short warm-up.
+        self.total_steps = max(4, total_steps)
+        pct = min(max(cfg.train.warmup, 1.5 / self.total_steps), 0.5)
+        div = 25.0
+        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            self.optimizer, max_lr=cfg.train.lr * lr_scale, total_steps=self.total_steps, pct_start=pct,
+            anneal_strategy="cos", div_factor=div, final_div_factor=max(1.0, (cfg.train.lr / div) / cfg.train.final_lr),
+            cycle_momentum=False,
+        )
+        if done:
+            self.scheduler.last_epoch = min(done, self.total_steps - 1) - 1
+            with warnings.catch_warnings():  # "step() before optimizer.step()": the optimizer has stepped, under the old scheduler
+                warnings.simplefilter("ignore", UserWarning)
+                self.scheduler.step()
 
     def checkpoint_state(self, st: RunState) -> dict:
         return {
@@ -288,6 +320,7 @@ class Trainer:
                 self.model.load_state_dict(state["model"])
                 self.optimizer.load_state_dict(state["optimizer"])
                 self.scheduler.load_state_dict(state["scheduler"])
+                self.total_steps = getattr(self.scheduler, "total_steps", self.total_steps)  # a re-plan's total
                 self.scaler.load_state_dict(state["scaler"])
                 if self.ema_model is not None and state.get("ema_model"):
                     self.ema_model.load_state_dict(state["ema_model"])
@@ -339,7 +372,13 @@ class Trainer:
             elif not len(self.val_data) and not tally.bad:
                 good = self._snapshot(st)  # no validation to accept an epoch: a clean epoch is the fallback
             row["epoch_seconds"] = round(time.time() - t0, 2)
+            row["crops"] = self.micro_per_epoch * cfg.train.batch_size
+            st.loop_seconds += time.time() - t0 + st.record_seconds  # this epoch's bookkeeping: the last one's time
+            if cfg.train.budget_seconds and epoch < cfg.train.epochs:
+                self._replan(st, row)  # before the checkpoint, so a resumed run carries the new plan
+            t1 = time.time()
             self._record_epoch(st, row, hard)
+            st.record_seconds = time.time() - t1
             if self.stop_after is not None and epoch - first_epoch + 1 >= self.stop_after and epoch < cfg.train.epochs:
                 log.warning("stopping after epoch %d as asked; continue with: qmed train --resume %s", epoch, self.out)
                 return
@@ -348,6 +387,30 @@ class Trainer:
                 log.warning(st.events[-1])
                 break
         self._finish(st)
+
+    def _replan(self, st: RunState, row: dict) -> None:
+        """Crops per epoch for the remaining epochs, from this epoch's measured pace, so the loop
+        ends at train.budget_seconds with its schedule complete however the machine's speed drifts
+        from the few-second calibration (sustained load, thermal limits, a neighbour's job). A
+        change under 3 % is left alone; the one-cycle schedule is rebuilt over the new total."""
+        cfg = self.cfg
+        bs, acc = cfg.train.batch_size, cfg.train.accumulate
+        crops = self.micro_per_epoch * bs
+        t_crop = (row["epoch_seconds"] - row.get("val_seconds", 0.0)) / crops
+        vals = [r["val_seconds"] for r in st.rows + [row] if r.get("val_seconds") is not None]
+        t_val = vals[-1] if vals else 0.0
+        n = replan_samples(cfg.train.budget_seconds - st.loop_seconds, row["epoch"], cfg.train.epochs, cfg.train.val_every,
+                           t_crop, t_val, st.record_seconds, bs, acc)
+        if abs(n - crops) <= 0.03 * crops:
+            return
+        log.info("re-planned after epoch %d: %d crops per epoch instead of %d (%.3fs per crop measured; %.0fs of %.0fs left)",
+                 row["epoch"], n, crops, t_crop, cfg.train.budget_seconds - st.loop_seconds, cfg.train.budget_seconds)
+        cfg.data.samples_per_epoch = n
+        self.draws.num_samples = n
+        self.micro_per_epoch = n // bs
+        if cfg.train.schedule == "onecycle":
+            left = cfg.train.epochs - row["epoch"]
+            self._one_cycle(st.opt_steps + left * math.ceil(self.micro_per_epoch / acc), done=st.opt_steps, lr_scale=st.lr_scale)
 
     def _begin_epoch(self, epoch: int, st: RunState) -> np.ndarray | None:
         """Seed the epoch's crops and draws; with the hard sampler, weight the draws by the tracked
@@ -441,7 +504,8 @@ class Trainer:
         out = self.out
         if not (out / "checkpoints" / "best.pt").exists():
             shutil.copyfile(out / "checkpoints" / "last.pt", out / "checkpoints" / "best.pt")
-        write_json(out / "summary.json", {"epochs": st.epoch, "opt_steps": st.opt_steps, "best_val_ema": st.best_ema,
+        write_json(out / "summary.json", {"epochs": st.epoch, "opt_steps": st.opt_steps, "crops": sum(r.get("crops", 0) for r in st.rows),
+                                          "best_val_ema": st.best_ema,
                                           "bad_steps": st.bad_steps_total, "events": st.events,
                                           "best_epoch": next((r["epoch"] for r in reversed(st.rows) if r["selected"]), None)})
 

@@ -9,7 +9,7 @@ from torch import nn
 from qmed.config import QmedConfig
 from qmed.data.batches import LoadedPairs
 from qmed.evaluate.metrics import score_image, summarize
-from qmed.segment.predict import predict_probability
+from qmed.segment.predict import predict_image
 
 
 def validate(model: nn.Module, data: LoadedPairs, cfg: QmedConfig, device: torch.device, tta: int = 1, n_boot: int = 0, keep_probs: bool = False,
@@ -19,9 +19,7 @@ def validate(model: nn.Module, data: LoadedPairs, cfg: QmedConfig, device: torch
     rows, probs = [], []
     for i in range(len(data)):
         img, fg, labels = data[i]
-        maps = predict_probability(model, img, tile=cfg.predict.tile, overlap=cfg.predict.overlap, tta=tta,
-                                   batch_size=cfg.predict.batch_size, device=device, amp=cfg.train.amp,
-                                   cpu_bf16=cpu_bf16, channels=keep_probs)
+        maps, _ = predict_image(model, img, cfg, tta=tta, device=device, rescale=False, cpu_bf16=cpu_bf16, channels=keep_probs)
         prob = maps[0] if keep_probs else maps
         row = score_image(prob, fg, labels, threshold=cfg.predict.threshold)
         row["name"] = data.pairs[i].name
