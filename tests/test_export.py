@@ -137,6 +137,7 @@ def test_export_round_trip(exported, tiny_ckpt, fluo_subset):
     for key in ("threshold", "training_crop", "tta", "tile", "preprocessing", "config", "input", "output"):
         assert key in side, key
     assert side["preprocessing"]["normalize"] == "percentile" and side["training_crop"] == 64 and side["tile"] == 192
+    assert side["zoom"] == 1.0
     assert side["check"]["max_abs_diff_vs_torch"] < 1e-4
 
     # the whole graph on images as read (normalised inside it) against the torch path, batched and at two sizes

@@ -165,6 +165,8 @@ def metadata(cfg, ckpt: Path, opset: int, normalize_in_graph: bool) -> dict:
                           "in_graph": True, "normalized_tensor": NORMALIZED if normalize_in_graph else None},
         "threshold": p.threshold,
         "training_crop": cfg.data.crop,
+        # data.zoom: resize the image by this factor before the graph and the output back (qmed predict does)
+        "zoom": cfg.data.zoom,
         "tta": p.tta,
         "tta_views": "the first N of: identity, flip W, flip H, rot90, rot180, rot270, transpose (probabilities averaged)",
         "tile": p.tile,

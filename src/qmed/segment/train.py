@@ -389,21 +389,25 @@ class Trainer:
         self._finish(st)
 
     def _replan(self, st: RunState, row: dict) -> None:
-        """Crops per epoch for the remaining epochs, from this epoch's measured pace, so the loop
+        """Crops per epoch for the remaining epochs, from the measured pace, so the loop
         ends at train.budget_seconds with its schedule complete however the machine's speed drifts
         from the few-second calibration (sustained load, thermal limits, a neighbour's job). A
         change under 3 % is left alone; the one-cycle schedule is rebuilt over the new total."""
         cfg = self.cfg
         bs, acc = cfg.train.batch_size, cfg.train.accumulate
         crops = self.micro_per_epoch * bs
-        t_crop = (row["epoch_seconds"] - row.get("val_seconds", 0.0)) / crops
+        # The median pace of the last three epochs: one fast or slow epoch should not swing the plan.
+        paces = [(r["epoch_seconds"] - (r.get("val_seconds") or 0.0)) / r["crops"] for r in (st.rows + [row])[-3:] if r.get("crops")]
+        t_crop = float(np.median(paces))
         vals = [r["val_seconds"] for r in st.rows + [row] if r.get("val_seconds") is not None]
+        if len(self.val_data) and not vals:
+            return  # the remaining validation passes cannot be costed before one has run (val_every > 1)
         t_val = vals[-1] if vals else 0.0
         n = replan_samples(cfg.train.budget_seconds - st.loop_seconds, row["epoch"], cfg.train.epochs, cfg.train.val_every,
                            t_crop, t_val, st.record_seconds, bs, acc)
         if abs(n - crops) <= 0.03 * crops:
             return
-        log.info("re-planned after epoch %d: %d crops per epoch instead of %d (%.3fs per crop measured; %.0fs of %.0fs left)",
+        log.info("re-planned after epoch %d: %d crops per epoch instead of %d (%.3fs per crop, median of the last epochs; %.0fs of %.0fs left)",
                  row["epoch"], n, crops, t_crop, cfg.train.budget_seconds - st.loop_seconds, cfg.train.budget_seconds)
         cfg.data.samples_per_epoch = n
         self.draws.num_samples = n
