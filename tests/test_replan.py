@@ -107,3 +107,11 @@ def test_replan_pace_is_the_median_of_the_last_three_epochs(fluo_subset, tmp_pat
     # left 900 s for epochs 5, 6 (both validate): (900 - 2 x 2 - 2 x 1) / 2 = 447 s at 1.0 s per crop (median of 0.5, 4, 1)
     # -> 223 micro-batches of 2 = 446 crops
     assert t.micro_per_epoch == 223
+
+
+def test_replan_with_a_constant_schedule_keeps_the_lr(fluo_subset, tmp_path):
+    # The plain smp baseline's schedule: the crops change as for one-cycle, the lr stays train.lr.
+    t = _trainer(fluo_subset, tmp_path, budget_seconds=100.0, schedule="constant")
+    t._replan(RunState(opt_steps=2, loop_seconds=40.0, record_seconds=1.0), {"epoch": 1, "epoch_seconds": 10.0, "val_seconds": 2.0, "crops": 8})
+    assert t.micro_per_epoch == 8 and t.total_steps == 2 + 3 * 4  # as in the one-cycle case above
+    assert t.optimizer.param_groups[0]["lr"] == pytest.approx(t.cfg.train.lr)

@@ -412,9 +412,11 @@ class Trainer:
         cfg.data.samples_per_epoch = n
         self.draws.num_samples = n
         self.micro_per_epoch = n // bs
+        total = st.opt_steps + (cfg.train.epochs - row["epoch"]) * math.ceil(self.micro_per_epoch / acc)
         if cfg.train.schedule == "onecycle":
-            left = cfg.train.epochs - row["epoch"]
-            self._one_cycle(st.opt_steps + left * math.ceil(self.micro_per_epoch / acc), done=st.opt_steps, lr_scale=st.lr_scale)
+            self._one_cycle(total, done=st.opt_steps, lr_scale=st.lr_scale)
+        else:  # a constant lr has nothing to rebuild; the step count still follows the plan
+            self.total_steps = max(4, total)
 
     def _begin_epoch(self, epoch: int, st: RunState) -> np.ndarray | None:
         """Seed the epoch's crops and draws; with the hard sampler, weight the draws by the tracked
