@@ -24,7 +24,8 @@ CASES = [
      {"data.normalize": "percentile", "data.crop": 256, "data.sampler": "hard"}),
     ("H&E: ImageNet statistics and stain jitter", fp("brightfield-stain"), False,
      {"data.normalize": "none", "data.crop": 256, "data.sampler": "hard", "augment.stain_p": 0.3, "augment.hue_saturation_p": 0.3,
-      "train.lr": 2e-3}),
+      "train.lr": 2e-3, "model.arch": "unet"}),
+    ("H&E on a GPU: the recipe's UNet++", fp("brightfield-stain"), True, {"model.arch": None}),
     ("other gray (e.g. ultrasound): gamma", fp("gray"), False,
      {"data.normalize": "percentile", "data.crop": 256, "data.sampler": "hard", "augment.gamma_p": 0.3}),
     # 10 x 6 px = 60 -> at least 128
@@ -51,6 +52,7 @@ def test_fluorescence_sets_no_new_augmentation():
     over, _ = plan(fp())
     assert "augment" not in over
     assert "train" not in over  # the cpu preset's peak LR (1e-3): 2e-3 won on stained tissue, leaned to a loss here (docs 11d)
+    assert "model" not in over  # UNet++: the plain U-Net won on stained tissue, lost here (docs 11g)
 
 
 def gray_rgb(v):

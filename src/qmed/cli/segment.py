@@ -96,7 +96,8 @@ def train(
 
     The default, --preset auto, starts from the cpu preset and sets normalisation, crop size, the
     augmentation family and the sampler from the training set's fingerprint (fluorescence keeps the
-    cpu preset's settings; stained colour tissue gets ImageNet statistics and stain jitter); each
+    cpu preset's settings; stained colour tissue gets ImageNet statistics, stain jitter, a peak LR of
+    2e-3 and, on a CPU, the plain U-Net decoder); each
     choice and its reason is printed and written to config.yaml. The cpu preset: ImageNet
     MobileNetV2 encoder, UNet++ decoder with SCSE attention, Gabor edge channel with the learned
     4->3 projection, 256 px crops, 12 epochs of 680 crops, Dice + BCE loss,

@@ -15,6 +15,9 @@ with `--set`. The rules:
   gray images other than fluorescence; fluorescence keeps the `cpu` preset's (tuned there).
 * peak LR: 2e-3 for stained colour tissue, where it won side by side at 15 minutes (docs 11d);
   the `cpu` preset's 1e-3 elsewhere (on fluorescence 2e-3 leaned to a loss, −0.013, 11d).
+* decoder: the plain U-Net for stained colour tissue on a CPU, where its cheaper steps (1.5x the
+  crops of UNet++ in the same minutes) won on both stained datasets side by side (docs 11g); UNet++
+  elsewhere (on fluorescence the U-Net lost, 11g) and on a GPU (not measured there).
 * sampler: online hard-image mining (measured on dsb2018-fluo, 1g); uniform when there are fewer
   than 16 training images (too few for per-image weights to mean much).
 * epochs: `--minutes` fits them to the budget on this machine (qmed.segment.budget), with the
@@ -69,6 +72,12 @@ def plan(fp: dict, gpu: bool = False) -> tuple[dict, dict[str, str]]:
         put("augment.hue_saturation_p", 0.3, "stained tissue: hue/saturation jitter")
         put("train.lr", 2e-3, "stained tissue: one-cycle peak LR 2e-3 instead of 1e-3 (side by side at 15 min: MoNuSeg "
             "Dice +0.005 [+0.000, +0.009], dsb2018-histo +0.002 [-0.011, +0.019]; docs 11d)")
+        if not gpu:  # measured where the minutes bind (a CPU); a GPU keeps the recipe's UNet++
+            put("model.arch", "unet", "stained tissue on a CPU: the plain U-Net decoder does 1.5x UNet++'s crops in the same "
+                "minutes (side by side at 12 min: dsb2018-histo Dice +0.008 [-0.004, +0.022], MoNuSeg +0.004 [-0.000, +0.008]; "
+                "on fluorescence it lost, -0.013 [-0.031, -0.001]; docs 11g)")
+        else:
+            why["model.arch"] = "stained tissue on a GPU: the recipe's UNet++ (the plain U-Net won where the minutes bind, on a CPU; docs 11g)"
     elif kind == "gray":
         put("augment.gamma_p", 0.3, "gray images: gamma jitter for exposure variation")
     else:
