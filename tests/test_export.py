@@ -200,14 +200,15 @@ def test_export_and_backend_errors_are_one_line(tmp_path, tiny_ckpt, exported, f
 
 
 def test_export_without_percentile_scaling(tmp_path):
-    """A run with data.normalize=none: no scaling part, ORT runs the whole graph from "image"."""
+    """A run as `auto` trains stained tissue on a CPU (data.normalize=none, the plain U-Net decoder):
+    no scaling part, ORT runs the whole graph from "image"."""
     from qmed.config import resolve_config
     from qmed.io import checkpoints
     from qmed.models.segmenter import build
     from qmed.segment.export import export_onnx
     from qmed.segment.onnx_backend import load_onnx
 
-    cfg = resolve_config("tiny", None, {})
+    cfg = resolve_config("tiny", None, {"model": {"arch": "unet"}})
     torch.manual_seed(1)
     m = build(cfg.model, pretrained=False).eval()
     torch.nn.init.normal_(m.projection.conv1.weight, std=0.5)
