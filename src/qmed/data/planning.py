@@ -17,7 +17,8 @@ with `--set`. The rules:
   the `cpu` preset's 1e-3 elsewhere (on fluorescence 2e-3 leaned to a loss, −0.013, 11d).
 * decoder: the plain U-Net for stained colour tissue on a CPU, where its cheaper steps (1.5x the
   crops of UNet++ in the same minutes) won on both stained datasets side by side (docs 11g); UNet++
-  elsewhere (on fluorescence the U-Net lost, 11g) and on a GPU (not measured there).
+  elsewhere (on fluorescence the U-Net lost, 11g) and on a GPU (not measured there). At the suite's
+  30 minutes its gain did not carry: level with UNet++ (12f), so what lasts there is the cheaper step.
 * sampler: online hard-image mining (measured on dsb2018-fluo, 1g); uniform when there are fewer
   than 16 training images (too few for per-image weights to mean much).
 * epochs: `--minutes` fits them to the budget on this machine (qmed.segment.budget), with the
@@ -75,7 +76,8 @@ def plan(fp: dict, gpu: bool = False) -> tuple[dict, dict[str, str]]:
         if not gpu:  # measured where the minutes bind (a CPU); a GPU keeps the recipe's UNet++
             put("model.arch", "unet", "stained tissue on a CPU: the plain U-Net decoder does 1.5x UNet++'s crops in the same "
                 "minutes (side by side at 12 min: dsb2018-histo Dice +0.008 [-0.004, +0.022], MoNuSeg +0.004 [-0.000, +0.008]; "
-                "on fluorescence it lost, -0.013 [-0.031, -0.001]; docs 11g)")
+                "on fluorescence it lost, -0.013 [-0.031, -0.001]; docs 11g; at 30 min level with UNet++ at about two thirds "
+                "of its cost per image, docs 12f)")
         else:
             why["model.arch"] = "stained tissue on a GPU: the recipe's UNet++ (the plain U-Net won where the minutes bind, on a CPU; docs 11g)"
     elif kind == "gray":
