@@ -16,22 +16,32 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-@pytest.fixture(scope="session")
-def fluo_subset(shared_data, tmp_path_factory) -> dict:
-    """A few real DSB2018 fluorescence images (small ones) as train/val folders, copied once."""
+def copy_subset(src: Path, root: Path, size: tuple[int, int], counts: dict[str, int]) -> dict:
+    """The first counts[split] images of SRC/split whose size (W, H) is `size`, with their masks, copied
+    into ROOT/split: {split: folder}."""
     import shutil
 
-    src = shared_data / "dsb2018-fluo"
-    root = tmp_path_factory.mktemp("fluo")
-    out = {}
-    for split, n in (("train", 6), ("val", 3)):
-        names = sorted(p.name for p in (src / split / "images").iterdir())
-        from PIL import Image
+    from PIL import Image
 
-        small = [nm for nm in names if Image.open(src / split / "images" / nm).size == (256, 256)][:n]
+    out = {}
+    for split, n in counts.items():
+        names = sorted(p.name for p in (src / split / "images").iterdir())
+        picked = [nm for nm in names if Image.open(src / split / "images" / nm).size == size][:n]
         for sub in ("images", "masks"):
             (root / split / sub).mkdir(parents=True)
-            for nm in small:
+            for nm in picked:
                 shutil.copy(src / split / sub / nm, root / split / sub / nm)
         out[split] = root / split
     return out
+
+
+@pytest.fixture(scope="session")
+def fluo_subset(shared_data, tmp_path_factory) -> dict:
+    """A few real DSB2018 fluorescence images (small ones) as train/val folders, copied once."""
+    return copy_subset(shared_data / "dsb2018-fluo", tmp_path_factory.mktemp("fluo"), (256, 256), {"train": 6, "val": 3})
+
+
+@pytest.fixture(scope="session")
+def histo_subset(shared_data, tmp_path_factory) -> dict:
+    """A few real DSB2018 H&E tissue images (the 320x256 ones) as train/val folders, copied once."""
+    return copy_subset(shared_data / "dsb2018-histo", tmp_path_factory.mktemp("histo"), (320, 256), {"train": 4, "val": 2})
