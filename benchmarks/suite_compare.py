@@ -10,12 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from qmed.experiments.suite import paired_difference
-
-
-def per_image(suite: Path, dataset: str, method: str) -> list[dict]:
-    q = json.loads((suite / dataset / method / "quality.json").read_text())
-    return (q.get("per_image") or {}).get(method) or []
+from qmed.experiments.suite import method_per_image, paired_difference
 
 
 def main() -> None:
@@ -25,7 +20,7 @@ def main() -> None:
     for row in doc["datasets"]:
         name = row["dataset"]
         for method in ("qmed", "smp"):
-            d = paired_difference(per_image(new, name, method), per_image(old, name, method))
+            d = paired_difference(method_per_image(new, name, method), method_per_image(old, name, method))
             print(f"{name:<14} {method:<5} new - old per-image Dice {d['mean']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}] "
                   f"n={d['n']} better {d['better']} worse {d['worse']}", flush=True)
 

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from qmed.cli.app import app
 from qmed.data.planning import auto_config
-from qmed.experiments.suite import bf16_note, paired_difference, work_done
+from qmed.experiments.suite import bf16_note, method_per_image, paired_difference, pooled_per_image, work_done
 
 
 def test_paired_difference_hand_computed():
@@ -20,6 +20,30 @@ def test_paired_difference_hand_computed():
     assert d["n"] == 2 and d["mean"] == pytest.approx(0.1) and (d["better"], d["worse"]) == (1, 0)
     assert 0.0 <= d["ci"][0] <= d["ci"][1] <= 0.2 + 1e-12
     assert paired_difference([], b, key="d")["n"] == 0
+
+
+def _fake_suite(root, dataset, method, dice: dict):
+    d = root / dataset / method
+    d.mkdir(parents=True)
+    rows = [{"name": n, "dice_empty1": v} for n, v in dice.items()]
+    (d / "quality.json").write_text(json.dumps({"results": [], "per_image": {method: rows}}))
+    return root
+
+
+def test_pooled_per_image_hand_computed(tmp_path):
+    a = _fake_suite(tmp_path / "a", "histo", "qmed", {"x": 0.9, "y": 0.6, "z": 0.5, "gone": 0.1})
+    b = _fake_suite(tmp_path / "b", "histo", "qmed", {"x": 0.7, "y": 0.8, "z": None})
+    assert method_per_image(a, "histo", "smp") == []  # a method the run never scored
+    rows, means = pooled_per_image([a, b], "histo", "qmed")
+    # z has no Dice in b and "gone" is only in a: pooled on x and y, x (0.9+0.7)/2 = 0.8, y (0.6+0.8)/2 = 0.7
+    assert [r["name"] for r in rows] == ["x", "y"]
+    assert [r["dice_empty1"] for r in rows] == pytest.approx([0.8, 0.7])
+    assert means == pytest.approx([0.75, 0.75])  # a: (0.9+0.6)/2, b: (0.7+0.8)/2
+    rows, means = pooled_per_image([a, b], "histo", "qmed", excluded={"y"})
+    assert [r["dice_empty1"] for r in rows] == pytest.approx([0.8]) and means == pytest.approx([0.9, 0.7])
+    # a run without the dataset drops out: a alone, (0.9+0.6+0.5+0.1)/4
+    assert pooled_per_image([a, tmp_path / "missing"], "histo", "qmed")[1] == pytest.approx([0.525])
+    assert pooled_per_image([tmp_path / "missing"], "histo", "qmed") == ([], [])
 
 
 def test_work_done_and_bf16_note():

@@ -164,6 +164,29 @@ def run_suite(data_root: str | Path, out: str | Path, datasets: list[str] | tupl
     return doc
 
 
+def method_per_image(suite: str | Path, dataset: str, method: str) -> list[dict]:
+    """One method's per-image rows (name, dice_empty1, ...) in a suite run's DATASET/METHOD/quality.json; [] if absent."""
+    qfile = Path(suite) / dataset / method / "quality.json"
+    if not qfile.is_file():
+        return []
+    return (json.loads(qfile.read_text()).get("per_image") or {}).get(method) or []
+
+
+def pooled_per_image(suites: list[str | Path], dataset: str, method: str,
+                     excluded: frozenset[str] | set[str] = frozenset()) -> tuple[list[dict], list[float]]:
+    """One method's per-image Dice (empty = 1) averaged over several suite runs, on the images every run
+    scored, and each run's mean on those images. One run cannot resolve a lead of the bar's size (the
+    plain script moved 0.010 on histology run to run, docs 12g), so runs are pooled before pairing."""
+    per_run = [{r["name"]: r["dice_empty1"] for r in method_per_image(s, dataset, method)
+                if r["name"] not in excluded and r.get("dice_empty1") is not None} for s in suites]
+    per_run = [d for d in per_run if d]
+    if not per_run:
+        return [], []
+    names = sorted(set.intersection(*(set(d) for d in per_run)))
+    rows = [{"name": n, "dice_empty1": float(np.mean([d[n] for d in per_run]))} for n in names]
+    return rows, [float(np.mean([d[n] for n in names])) for d in per_run]
+
+
 def _dataset_row(name: str, split: dict, root: Path, codes: dict[str, int], n_boot: int, seed: int, seconds: float) -> dict:
     row: dict = {"dataset": name, "split": {k: v for k, v in split.items() if k in ("split", "train", "val")},
                  "wall_seconds": round(seconds, 1), "methods": {}}
@@ -176,7 +199,7 @@ def _dataset_row(name: str, split: dict, root: Path, codes: dict[str, int], n_bo
         q = json.loads(qfile.read_text())
         r = next(x for x in q["results"] if x["method"] == method)
         row["methods"][method] = {k: r.get(k) for k in ("status", "reason", "figures", "work", "train_seconds", "tta")}
-        per_image[method] = (q.get("per_image") or {}).get(method) or []
+        per_image[method] = method_per_image(root.parent, name, method)
     if len(per_image) == 2:
         row["paired_dice_empty1"] = paired_difference(per_image["qmed"], per_image["smp"], n_boot=n_boot, seed=seed)
     return row
