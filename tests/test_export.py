@@ -214,9 +214,40 @@ def test_export_without_percentile_scaling(tmp_path):
     torch.nn.init.normal_(m.projection.conv1.weight, std=0.5)
     checkpoints.save(tmp_path / "t.pt", {"config": cfg.model_dump(), "model": m.state_dict(), "ema_model": None})
     meta = export_onnx(tmp_path / "t.pt", tmp_path / "t.onnx")
-    assert meta["preprocessing"] == {"normalize": "none", "norm_percentiles": [1.0, 99.8], "in_graph": True, "normalized_tensor": None}
+    assert meta["preprocessing"] == {"normalize": "none", "norm_percentiles": [1.0, 99.8], "stain_target": None,
+                                     "in_graph": True, "normalized_tensor": None}
     forward, cfg2, _ = load_onnx(tmp_path / "t.onnx")
     assert forward.input_name == "image" and cfg2.model_dump() == cfg.model_dump()
     x = discs(64, 96).repeat(2, 1, 1, 1)
     with torch.no_grad():
         assert (forward(x) - torch.sigmoid(m(x))).abs().max() < 1e-4
+
+
+def test_export_with_reinhard_normalisation(tmp_path, histo_subset):
+    """data.normalize=reinhard: the stain normalisation is the graph's first part, and the whole graph
+    on a raw H&E image matches the torch path (normalised in numpy by the same torch code)."""
+    from qmed.config import resolve_config
+    from qmed.data.batches import model_input
+    from qmed.io import checkpoints
+    from qmed.io.images import read_image
+    from qmed.models.segmenter import build
+    from qmed.segment.export import export_onnx
+
+    import onnxruntime as ort
+
+    target = (66.0, 19.0, -23.7, 12.4, 13.2, 14.4)
+    cfg = resolve_config("tiny", None, {"model": {"arch": "unet"}, "data": {"normalize": "reinhard", "stain_target": target}})
+    torch.manual_seed(2)
+    m = build(cfg.model, pretrained=False).eval()
+    torch.nn.init.normal_(m.projection.conv1.weight, std=0.5)
+    checkpoints.save(tmp_path / "r.pt", {"config": cfg.model_dump(), "model": m.state_dict(), "ema_model": None})
+    meta = export_onnx(tmp_path / "r.pt", tmp_path / "r.onnx")
+    assert meta["preprocessing"]["stain_target"] == list(target) and meta["preprocessing"]["normalized_tensor"] == "normalized"
+    assert meta["graph"][0].startswith("Reinhard stain normalisation")
+    img = read_image(sorted((histo_subset["train"] / "images").glob("*.png"))[0])[:128, :160]
+    x = torch.from_numpy(model_input(img, cfg).transpose(2, 0, 1).copy())[None]
+    with torch.no_grad():
+        ref = torch.sigmoid(m(x)).numpy()
+    sess = ort.InferenceSession(str(tmp_path / "r.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(["probability"], {"image": img.transpose(2, 0, 1)[None].astype(np.float32).copy()})[0]
+    assert np.abs(got - ref).max() < 1e-3

@@ -270,8 +270,13 @@ class DataConfig(_Section):
     # Per-image intensity scaling before the model: `none` keeps the file's [0, 1] values;
     # `percentile` maps the image's `norm_percentiles` (low, high; over all pixels and channels)
     # to 0 and 1 and clips, so dim fluorescence images look like bright ones (as StarDist/CSBDeep do).
-    normalize: Literal["none", "percentile"] = "none"
+    # `reinhard` moves each image's colour, per channel in L*a*b*, to `stain_target`'s mean and std
+    # (Reinhard stain normalisation for stained tissue; qmed.data.stain).
+    normalize: Literal["none", "percentile", "reinhard"] = "none"
     norm_percentiles: tuple[float, float] = (1.0, 99.8)
+    # reinhard: L*, a*, b* means then their stds; null = the median over the training images,
+    # computed when training starts and saved with the run, so new images get the same stain.
+    stain_target: Optional[tuple[float, float, float, float, float, float]] = None
     cache: bool = True
 
 

@@ -16,6 +16,8 @@ from qmed.data.augment import train_transform
 from qmed.data.dataset import Pair, load_pair
 from qmed.data.objects import contact_map
 from qmed.data.sampling import complexity_score, complexity_weights, make_sampler
+from qmed.data.stain import reinhard
+from qmed.errors import QmedInputError
 
 
 def to_rgb(img: np.ndarray) -> np.ndarray:
@@ -35,6 +37,10 @@ def normalize_intensity(img: np.ndarray, mode: str = "none", percentiles: tuple[
 
 def model_input(img: np.ndarray, cfg: QmedConfig) -> np.ndarray:
     """The one conversion from a file's image to what the model sees: train, validate and predict."""
+    if cfg.data.normalize == "reinhard":
+        if cfg.data.stain_target is None:  # training sets it before reading any image (segment.train)
+            raise QmedInputError(None, "data.normalize=reinhard needs data.stain_target (6 numbers: L*a*b* means, then stds)")
+        return reinhard(to_rgb(img), cfg.data.stain_target)
     return to_rgb(normalize_intensity(img, cfg.data.normalize, cfg.data.norm_percentiles)).astype(np.float32)
 
 

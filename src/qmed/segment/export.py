@@ -3,7 +3,8 @@
 The graph maps the image as `qmed.io.images` reads it (float32 N×3×H×W in [0, 1], gray repeated to
 3 channels) to the foreground probability N×1×H×W (N×2×H×W with model.instance_head=contact: foreground, contact):
 
-    image -> [per-image percentile scaling, when the run used data.normalize=percentile] -> "normalized"
+    image -> [per-image percentile scaling (data.normalize=percentile) or Reinhard stain
+              normalisation (data.normalize=reinhard, qmed.data.stain)] -> "normalized"
           -> edge channel (direct conv2d, models.edge mode "conv") -> 4->3 projection -> network -> sigmoid
           -> probability
 
@@ -42,6 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from qmed.data.stain import ReinhardNormalization
 from qmed.errors import QmedInputError, require_extra
 
 log = logging.getLogger("qmed")
@@ -140,7 +142,10 @@ def metadata(cfg, ckpt: Path, opset: int, normalize_in_graph: bool) -> dict:
     """What the sidecar and the file's metadata say: everything `qmed predict` needs, and the rest for people."""
     m, e, p = cfg.model, cfg.model.edge, cfg.predict
     steps = []
-    if normalize_in_graph:
+    if normalize_in_graph and cfg.data.normalize == "reinhard":
+        steps.append(f"Reinhard stain normalisation: each image's L*a*b* (sRGB, D65) mean and std per channel -> "
+                     f"{list(cfg.data.stain_target)} (means, then stds), back to RGB, clipped to [0, 1]")
+    elif normalize_in_graph:
         steps.append(f"per-image percentile scaling: percentiles {list(cfg.data.norm_percentiles)} -> 0 and 1, clipped "
                      "(over all pixels of a gray image, all pixels and channels of an RGB one; unchanged if flat)")
     if m.input_mode != "none":
@@ -162,6 +167,7 @@ def metadata(cfg, ckpt: Path, opset: int, normalize_in_graph: bool) -> dict:
                    "channel 0 foreground, channel 1 contact probability (sigmoid applied; model.instance_head=contact)"},
         "graph": steps,
         "preprocessing": {"normalize": cfg.data.normalize, "norm_percentiles": list(cfg.data.norm_percentiles),
+                          "stain_target": list(cfg.data.stain_target) if cfg.data.stain_target else None,
                           "in_graph": True, "normalized_tensor": NORMALIZED if normalize_in_graph else None},
         "threshold": p.threshold,
         "training_crop": cfg.data.crop,
@@ -224,12 +230,14 @@ def export_onnx(model_path: str | Path, out: str | Path, force: bool = False, op
     net = copy.deepcopy(model).eval()
     if net.edge is not None:
         net.edge.mode = "conv"
-    normalize_in_graph = cfg.data.normalize == "percentile"
+    normalize_in_graph = cfg.data.normalize in ("percentile", "reinhard")
+    pre = (ReinhardNormalization(cfg.data.stain_target) if cfg.data.normalize == "reinhard"
+           else PercentileScaling(cfg.data.norm_percentiles))
     sample = torch.rand(1, 3, 2 * SIZE_MULTIPLE, 2 * SIZE_MULTIPLE)
     try:
         graph = _to_onnx(ProbabilityModel(net), sample, NORMALIZED if normalize_in_graph else INPUT, OUTPUT, opset)
         if normalize_in_graph:
-            graph = _merge(_to_onnx(PercentileScaling(cfg.data.norm_percentiles), sample, INPUT, NORMALIZED, opset), graph)
+            graph = _merge(_to_onnx(pre, sample, INPUT, NORMALIZED, opset), graph)
     except QmedInputError:
         raise
     except Exception as exc:  # noqa: BLE001 - any exporter failure becomes the one-line error

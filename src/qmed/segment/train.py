@@ -35,13 +35,15 @@ from tqdm.auto import tqdm
 
 from qmed import runtime
 from qmed.config import QmedConfig, config_from_dict, dump_yaml
-from qmed.data.batches import EpochDraws, LoadedPairs, TrainCrops, sampling_weights
+from qmed.data.batches import EpochDraws, LoadedPairs, TrainCrops, sampling_weights, to_rgb
 from qmed.data.dataset import find_pairs, fingerprint, split_pairs
 from qmed.data.objects import dataset_diameter
 from qmed.data.sampling import hardness_weights
+from qmed.data.stain import stain_target
 from qmed.errors import QmedInputError
 from qmed.io import checkpoints
 from qmed.io.files import check_output, prepare_output_dir, write_json, write_text
+from qmed.io.images import read_image
 from qmed.models.common import count_parameters
 from qmed.models.segmenter import build
 from qmed.runtime import pick_device, seed_everything
@@ -223,6 +225,10 @@ class Trainer:
                 raise QmedInputError(self.train_source, f"holds {len(pairs)} image; training needs at least 2 (one for validation), a separate --val folder, or --set data.val_fraction=0")
             train_pairs, val_pairs = split_pairs(pairs, cfg.data.val_fraction, cfg.data.split_seed, cfg.data.group_pattern)
             log.warning("no --val given: validating on %d of %d images split off %s (seed %d)", len(val_pairs), len(pairs), self.train_source, cfg.data.split_seed)
+        if cfg.data.normalize == "reinhard" and cfg.data.stain_target is None:
+            # the training images' typical stain, saved in the run's config for predict and export
+            cfg.data.stain_target = tuple(stain_target(to_rgb(read_image(p.image)) for p in train_pairs))
+            log.info("Reinhard stain target (L*a*b* means, stds) from %d training images: %s", len(train_pairs), cfg.data.stain_target)
         self.train_data = LoadedPairs(train_pairs, cfg, cache=cfg.data.cache)
         self.val_data = LoadedPairs(val_pairs, cfg, cache=cfg.data.cache)
         for data in (self.train_data, self.val_data):
