@@ -12,7 +12,8 @@ Why: a rare stain group on stained tissue (dsb2018-histo's 87ea72894f6534b2 shar
 background with 3 of 74 training images) swung every model's score there by 0.3 between epochs;
 normalising those val images at test time raised it by 0.08–0.16 in all four saved qmed runs but
 lowered the typical images, which the models had seen raw (docs 11j). Training on normalised
-images removes that shift.
+images removes that shift; at 12 minutes that came out level on both stained sets (docs 11l), so
+it is an option, off by default.
 
 One implementation in torch (sRGB with the D65 white, as OpenCV's float RGB2Lab), used by the numpy
 path too and exported as is into the ONNX graph (qmed.segment.export). torchstain's Reinhard is
