@@ -5,10 +5,11 @@ probability, that `qmed.segment.predict` drives through the same sliding windows
 a torch model, and the run's config, read back from the file's own metadata (no checkpoint, no
 torch model).
 
-Intensity normalisation: when the run scaled each image by its percentiles, `qmed predict` does
-that on the whole image (qmed.data.batches.model_input, the torch path's code) and ONNX Runtime runs
-the graph from its tensor "normalized" on, so the windows of one large image share the image's
-percentiles, exactly as with torch. The file's full graph (normalisation included) is what other
+Intensity normalisation: when the run scaled each image by its percentiles (or normalised its
+stain, data.normalize=reinhard), `qmed predict` does that on the whole image
+(qmed.data.batches.model_input, the torch path's code) and ONNX Runtime runs the graph from its
+tensor "normalized" on, so the windows of one large image share the image's statistics, exactly
+as with torch. The file's full graph (normalisation included) is what other
 tools run on a whole image; tests/test_export.py checks that both agree.
 """
 
