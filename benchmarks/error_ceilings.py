@@ -7,7 +7,10 @@ truth, and prints per-image Dice (foreground images) for:
 * ensembles: the mean probability map of every subset of k runs, averaged over the subsets;
 * oracles, per run and for the ensemble of all runs: each image at its own best threshold (of a
   grid), and each image's 0.5-mask at its own best erosion / dilation (-1..+3 px). They use the
-  truth, so they are upper bounds of what any per-image calibration could gain, not methods.
+  truth, so they are upper bounds of what any per-image calibration could gain, not methods;
+* one per-image rule that needs no truth: the area-matched threshold, which keeps as many pixels
+  as the probabilities sum to (the expected foreground area if the model is calibrated), so a pale
+  image whose nuclei sit at 0.3-0.5 gets a lower threshold.
 
 Usage: python benchmarks/error_ceilings.py --truth VAL_DIR PRED_DIR [PRED_DIR ...]
 """
@@ -47,6 +50,15 @@ def oracles(probs: list[np.ndarray], truths: list[np.ndarray]) -> tuple[float, f
     return float(np.mean(best_t)), float(np.mean(best_s))
 
 
+def area_matched(p: np.ndarray) -> np.ndarray:
+    """The round(sum p) most probable pixels of p: its expected foreground area (ties cut by order)."""
+    k = min(int(round(float(p.sum()))), p.size)
+    fg = np.zeros(p.size, bool)
+    if k:
+        fg[np.argpartition(p.ravel(), p.size - k)[p.size - k:]] = True
+    return fg.reshape(p.shape)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--truth", required=True, type=Path)
@@ -60,10 +72,11 @@ def main() -> None:
         return dice_mean_fg([confusion(p > 0.5, m) for p, m in zip(probs, truths)])
 
     print(f"{len(pairs)} images, per-image Dice (foreground images)")
-    print(f"{'':44s} {'at 0.5':>8s} {'oracle threshold':>17s} {'oracle shift':>13s}")
+    print(f"{'':44s} {'at 0.5':>8s} {'area-matched':>13s} {'oracle threshold':>17s} {'oracle shift':>13s}")
     for d, probs in runs.items():
         t, s = oracles(probs, truths)
-        print(f"{str(d)[-44:]:44s} {score(probs):8.4f} {t:17.4f} {s:13.4f}")
+        area = dice_mean_fg([confusion(area_matched(p), m) for p, m in zip(probs, truths)])
+        print(f"{str(d)[-44:]:44s} {score(probs):8.4f} {area:13.4f} {t:17.4f} {s:13.4f}")
     names = list(runs)
     for k in range(2, len(names) + 1):
         subsets = list(itertools.combinations(names, k))
