@@ -3,7 +3,7 @@
 Two `qmed benchmark quality --methods qmed --preset auto` processes at once on one dataset (split
 as the suite splits it), one torch thread each, each pinned to its own core: "base" (the default
 without the head: --set model.instance_head=none) and "head" (the default with --set
-model.instance_head=contact, plus any further KEY=VALUE). Each arm's TTA predictions are scored three ways, per image:
+model.instance_head=contact, plus any further KEY=VALUE). Each arm's TTA predictions are scored two ways, per image:
 * cc: the 8-connected components of its mask (what a plain script that thresholds gets);
 * split: its `qmed predict --instances` label maps (base: the distance-transform watershed;
   head: the same on foreground minus contact);

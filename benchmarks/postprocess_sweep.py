@@ -4,7 +4,7 @@ Reads PRED_DIR/probabilities/NAME.png (written by `qmed predict`) and the ground
 per-image Dice (foreground images) and pooled Dice for each combination of threshold, removal of
 connected components smaller than N px, and hole filling. Tune on val only.
 
-Usage: python benchmarks/postprocess_sweep.py --pred PRED_DIR --truth VAL_DIR
+Usage: python benchmarks/postprocess_sweep.py --pred PRED_DIR --truth VAL_DIR [--thresholds 0.4,0.5,0.6] [--min-px 0,5,10,20,40]
 """
 
 from __future__ import annotations

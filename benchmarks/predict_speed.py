@@ -3,7 +3,7 @@ with native bfloat16, AVX512-BF16 or AMX) and ONNX Runtime, at 256² and 512², 
 7-fold TTA, side by side in one run (issue 21).
 
 Usage:
-    python benchmarks/predict_speed.py [--model RUN_DIR_OR_CKPT] [--data IMAGES_DIR] [--n 8] [--n-tta 3]
+    python benchmarks/predict_speed.py [--model RUN_DIR_OR_CKPT] [--data IMAGES_DIR] [--n 8] [--n-tta 5]
                                        [--sizes 256,512] [--threads 2] [--json out.json]
 
 Without --model, a `cpu`-preset model with random weights is used (speed does not depend on the

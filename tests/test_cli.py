@@ -27,7 +27,7 @@ def tiny_run(fluo_subset, tmp_path_factory):
 def test_inspect_real(shared_data):
     res = run("inspect", shared_data / "dsb2018-fluo" / "val")
     assert res.exit_code == 0, res.output
-    assert "66" in res.output and "suggested crop" in res.output
+    assert "66" in res.output and "fluorescence" in res.output and "auto data.crop" in res.output
 
 
 def test_train_writes_run(tiny_run):

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from qmed.data.dataset import Pair, find_pairs, fingerprint, load_pair, split_pairs
+from qmed.data.planning import plan
 from qmed.errors import QmedInputError
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -279,7 +280,11 @@ def test_fingerprint_small_hand_made_set(tmp_path):
     assert fp["object_diameter_px"] == pytest.approx((d_a + d_c) / 2)
     assert fp["foreground_fraction"]["max"] == pytest.approx(120 / 320)
     assert fp["foreground_fraction"]["min"] == 0.0
-    assert fp["suggested_crop"] == 64 and fp["suggested_preset"] == "cpu"
+    # --preset auto's crop: objects ~8 px across want 128 px (10 diameters, at least 128), but the
+    # smallest side (16 px, rounded up to the 64 px floor) bounds it, and the reason says so
+    over, why = plan(fp)
+    assert over["data"]["crop"] == 64
+    assert "bounded by the smallest image side, 16 px; smaller images are padded" in why["data.crop"]
     assert isinstance(fp["hash"], str) and len(fp["hash"]) == 12
     assert fingerprint(find_pairs(root))["hash"] == fp["hash"]  # stable
 
@@ -308,5 +313,5 @@ def test_fingerprint_dsb2018_fluo_train():
     assert 0.001 < fp["foreground_fraction"]["min"] < 0.003
     assert 0.40 < fp["foreground_fraction"]["max"] < 0.42
     assert fp["empty_fraction"] == 0.0
-    assert fp["suggested_crop"] == 256
+    assert plan(fp)[0]["data"]["crop"] == 256  # nuclei ~17 px across want 256 (10 diameters), and every side is >= 256
     assert elapsed < 120, f"fingerprint of 373 images took {elapsed:.0f}s"

@@ -41,7 +41,7 @@ CLASSIFY_PREFIX = "classify-"  # classification presets: configs/classify-NAME.y
 def _ordered_positive(v: tuple[float, float]) -> tuple[float, float]:
     """A (low, high) factor range: 0 < low <= high."""
     if not 0 < v[0] <= v[1]:
-        raise ValueError(f"needs 0 < low <= high, got {list(v)}")
+        raise _refuse(f"needs 0 < low <= high, got {list(v)}")
     return v
 
 
@@ -345,12 +345,12 @@ class TrainConfig(_Section):
     # Numerical safeguards: this many non-finite steps in a row restore the last good state.
     max_bad_steps: int = 5
     recovery_lr_factor: float = 0.5
-    # model.deep_supervision only: the auxiliary outputs' loss weights, nearest the main output
-    # first (X^{0,3}, X^{0,2}, X^{0,1}); the main output weighs 1 and the sum is normalised by the
-    # sum of the weights. qmed.segment.losses.DeepSupervisionLoss.
     # model.instance_head=contact only: the contact channel's loss (0.5 Dice + 0.5 BCE) weighs this
     # much beside the foreground loss. qmed.segment.losses.ContactLoss.
     contact_weight: float = Field(1.0, ge=0.0)
+    # model.deep_supervision only: the auxiliary outputs' loss weights, nearest the main output
+    # first (X^{0,3}, X^{0,2}, X^{0,1}); the main output weighs 1 and the sum is normalised by the
+    # sum of the weights. qmed.segment.losses.DeepSupervisionLoss.
     deep_supervision_weights: list[Annotated[float, Field(ge=0.0)]] = Field(default_factory=lambda: [0.5, 0.25, 0.125],
                                                                             min_length=3, max_length=3)
 
@@ -358,9 +358,9 @@ class TrainConfig(_Section):
     def _dice_bce_options_need_dice_bce(self):
         # Only Dice + BCE takes them; silently ignoring them would mislead an ablation.
         if self.boundary_weight > 0 and self.loss != "dice_bce":
-            raise ValueError(f"boundary_weight applies to loss 'dice_bce' only, not {self.loss!r}")
+            raise _refuse(f"boundary_weight applies to loss 'dice_bce' only, not {self.loss!r}")
         if self.dice_per_image and self.loss != "dice_bce":
-            raise ValueError(f"dice_per_image applies to loss 'dice_bce' only, not {self.loss!r}")
+            raise _refuse(f"dice_per_image applies to loss 'dice_bce' only, not {self.loss!r}")
         return self
 
 

@@ -15,9 +15,6 @@ from qmed.io.files import check_output, write_json, write_text
 
 log = logging.getLogger("qmed")
 
-BASELINES = ("resnet18", "mobilenet_v2", "densenet121", "vgg16", "efficientnet_b0")
-PQC_METHOD = "mobilenet_v2+pqc"
-
 
 @dataclass
 class CompareRow:

@@ -1,4 +1,4 @@
-"""`qmed benchmark speed|quality`: the recipe's cost, and qmed against plain smp and nnU-Net.
+"""`qmed benchmark speed|quality|suite`: the recipe's cost, and qmed against plain smp and nnU-Net.
 
 Registered on the main app by `qmed.cli.app`; the shared helpers come from `qmed.cli.common`.
 """

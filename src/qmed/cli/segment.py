@@ -19,7 +19,8 @@ def inspect(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the fingerprint as JSON here."),
     positive: Optional[str] = typer.Option(None, help="Classification data: report this class's share (positive vs rest)."),
 ):
-    """Print the dataset fingerprint: sizes, channels, foreground, empty images, objects; suggest crop and preset.
+    """Print the dataset fingerprint (sizes, channels, foreground, empty images, objects) and what
+    `qmed train --preset auto` would set on it on this machine, with the reasons.
 
     For classification data (class folders, or a MedMNIST-style .npz) it prints the class counts and imbalance."""
     setup_logging()
@@ -32,12 +33,15 @@ def inspect(
         from qmed.cli.classify import inspect_cmd
 
         return inspect_cmd(data_dir, positive)
+    import torch
+
+    from qmed.data.planning import plan
     from qmed.io.files import write_json
     from qmed.report.tables import fingerprint_table
 
     pairs = find_pairs(data_dir)
     fp = fingerprint(pairs)
-    console.print(fingerprint_table(fp, str(data_dir)))
+    console.print(fingerprint_table(fp, str(data_dir), plan(fp, gpu=torch.cuda.is_available())))
     if json_out:
         write_json(json_out, fp)
 
@@ -78,7 +82,7 @@ def train(
     data: Optional[Path] = typer.Option(None, "--data", help="Training dataset folder (images/ + masks/)."),
     val: Optional[Path] = typer.Option(None, "--val", help="Validation dataset folder. Without it, a seeded split of --data is used."),
     out: Path = typer.Option(Path("runs/qmed"), "--out", help="Run directory: config.yaml, metrics.csv, checkpoints/, train.log."),
-    preset: str = typer.Option("auto", help="auto (the default: the cpu recipe with normalisation, crop, augmentation, sampler and (stained tissue) peak LR chosen from the training set's fingerprint, reasons in config.yaml), cpu (MobileNetV2, sized for 2 CPU cores and about 30 minutes), paper (the paper's exact recipe, GPU), tiny (smoke tests)."),
+    preset: str = typer.Option("auto", help="auto (the default: the cpu recipe with normalisation, crop, augmentation, sampler and (stained tissue) peak LR and, on a CPU, the plain U-Net decoder chosen from the training set's fingerprint, reasons in config.yaml), cpu (MobileNetV2, sized for 2 CPU cores and about 30 minutes), paper (the paper's exact recipe, GPU), tiny (smoke tests)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML file overriding preset fields."),
     set_: List[str] = typer.Option([], "--set", help="Override one field, e.g. --set train.epochs=50 --set model.encoder=resnet34."),
     epochs: Optional[int] = typer.Option(None, help="Shortcut for --set train.epochs=N."),
@@ -195,7 +199,8 @@ def export(
     """Export a segmentation model to ONNX: normalisation, edge channel, projection, network and sigmoid in one graph.
 
     Input "image": float32 N x 3 x H x W in [0, 1] (gray repeated to 3 channels), H and W multiples of 32
-    (reflect-pad the bottom and right, crop the output back); output "probability": N x 1 x H x W. The file's
+    (reflect-pad the bottom and right, crop the output back); output "probability": N x C x H x W (C = 1, or 2 with the contact head: foreground,
+    contact). The file's
     metadata (and OUT.json) hold the threshold, TTA views, tile and the run's config, so
     qmed predict --backend onnxruntime --model OUT needs nothing else. Needs the onnx extra (pip install onnx onnxruntime)."""
     setup_logging()

@@ -249,7 +249,7 @@ def _median_or_nan(values: list[float]) -> float:
 def fingerprint(pairs: list[Pair]) -> dict:
     """What the dataset looks like: sizes, channels, foreground, emptiness, objects.
 
-    Drives the suggested preset and crop size (the start of automatic configuration)."""
+    Drives `--preset auto`'s settings (qmed.data.planning.plan), which `qmed inspect` prints."""
     if not pairs:
         raise QmedInputError(None, "cannot fingerprint an empty dataset (no image/mask pairs)")
     sizes, channels, fg_frac, n_objects, obj_sizes, diameters = [], [], [], [], [], []
@@ -278,8 +278,6 @@ def fingerprint(pairs: list[Pair]) -> dict:
         size_counts[f"{w}x{h}"] = size_counts.get(f"{w}x{h}", 0) + 1
     min_side = int(sizes_arr.min())
     median_side = float(np.median(sizes_arr))
-    crop = 512 if min_side >= 512 else 256 if min_side >= 256 else int(2 ** int(np.floor(np.log2(max(min_side, 32)))))
-    crop = max(crop, 64)
     fp = {
         "n_pairs": len(pairs),
         "sizes": dict(sorted(size_counts.items(), key=lambda kv: -kv[1])),
@@ -303,12 +301,6 @@ def fingerprint(pairs: list[Pair]) -> dict:
         "background_intensity": _median_or_nan(bg_level),
         "foreground_intensity": _median_or_nan(fg_level),
         "modality": modality(float(np.mean(colour)), _median_or_nan(bg_level), _median_or_nan(fg_level)),
-        "suggested_crop": crop,
-        "suggested_preset": "paper" if crop >= 512 else "cpu",
         "hash": digest.hexdigest()[:12],
     }
-    fp["suggestion_note"] = (
-        f"crop {crop}px (smallest image side {min_side}px; larger images are cropped, smaller ones padded); "
-        f"'cpu' preset on CPU, 'paper' on a GPU with >= 16 GB"
-    )
     return fp

@@ -65,8 +65,10 @@ def plan(fp: dict, gpu: bool = False) -> tuple[dict, dict[str, str]]:
     crop = int(max(64, min(cap, want, side)))
     put("data.crop", crop, f"objects ~{diam:.0f} px across: {crop} px holds about {crop / diam:.0f} diameters" if diam else
         f"no objects measured: {crop} px")
-    if crop > side:
-        why["data.crop"] += f" (smallest image side {fp.get('min_side')} px)"
+    if side < min(cap, want):  # the images, not the objects, bound the crop
+        small = fp.get("min_side", crop)
+        why["data.crop"] += f" (bounded by the smallest image side, {small} px" + (
+            "; smaller images are padded)" if small < crop else ")")
 
     if kind == "brightfield-stain":
         put("augment.stain_p", 0.3, "stained tissue: H&E stain jitter (HEStain) for colour variation between slides and scanners")
@@ -101,10 +103,10 @@ def auto_config(train_source: str | Path, config_file: str | Path | None = None,
     if n > MAX_FINGERPRINT_IMAGES:  # an even spread of the sorted names
         pairs = [pairs[int(i * n / MAX_FINGERPRINT_IMAGES)] for i in range(MAX_FINGERPRINT_IMAGES)]
     over, why = plan({**fingerprint(pairs), "n_pairs": n}, gpu=gpu)
-    if config_file is not None:
-        over = deep_merge(over, load_yaml(config_file))
+    users = [load_yaml(config_file)] if config_file is not None else []
     if overrides:
-        user = parse_overrides(overrides) if isinstance(overrides, list) else overrides
+        users.append(parse_overrides(overrides) if isinstance(overrides, list) else overrides)
+    for user in users:
         over = deep_merge(over, user)
         for section, fields in user.items():  # a user's setting is no longer the planner's
             for f in (fields if isinstance(fields, dict) else {}):

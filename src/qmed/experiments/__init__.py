@@ -1,1 +1,1 @@
-"""Experiments: ablations, the data-efficiency curve, active learning, speed and quality benchmarks, the demo."""
+"""Experiments: ablations, the data-efficiency curve, active learning, speed and quality benchmarks, the multi-dataset suite, the demo."""

@@ -127,14 +127,15 @@ def parse_methods(spec: str) -> list[str]:
     return list(dict.fromkeys(methods))
 
 
-def qmed_default(preset: str, train_dir: Path, overrides: list[str] | None = None):
-    """qmed's settings for the row: the named preset, or with "auto" the fingerprint's choices
-    (qmed.data.planning); then `overrides` (--set KEY=VALUE, qmed's row only: how a lever is measured)."""
+def qmed_default(preset: str, train_dir: Path, overrides: list[str] | None = None, gpu: bool = False):
+    """qmed's settings for the row: the named preset, or with "auto" the fingerprint's choices for
+    this hardware (qmed.data.planning; `gpu` as `qmed train` decides it); then `overrides`
+    (--set KEY=VALUE, qmed's row only: how a lever is measured)."""
     from qmed.config import parse_overrides, resolve_config
     from qmed.data.planning import auto_config
 
     if preset == "auto":
-        return auto_config(train_dir, overrides=overrides or None)
+        return auto_config(train_dir, overrides=overrides or None, gpu=gpu)
     return resolve_config(preset, overrides=parse_overrides(overrides) if overrides else None)
 
 
@@ -157,7 +158,8 @@ def run_quality(train_dir: str | Path, val_dir: str | Path, out: str | Path, min
         raise QmedInputError(None, f"--minutes must be positive, got {minutes}")
     find_pairs(train_dir)  # bad data or a bad preset fails here, before any method runs
     find_pairs(val_dir)
-    qmed_config = qmed_default(preset, train_dir, [f"train.seed={train_seed}", *(overrides or [])])
+    qmed_config = qmed_default(preset, train_dir, [f"train.seed={train_seed}", *(overrides or [])],
+                               gpu=pick_device(device).type == "cuda")
     base = "cpu" if preset == "auto" else preset  # the smp baseline's encoder, crop and batch
     prepare_output_dir(out, force)
     budget_s = minutes * 60.0

@@ -39,8 +39,14 @@ def read_metrics_csv(path: Path) -> list[dict]:
     return [{k: (v if k == "restored" else num(v)) for k, v in r.items()} for r in rows]
 
 
-def plot_curves(rows: list[dict], path: Path) -> Path:
-    """Loss, Dice (with 94 % and 95 % lines, EMA, rejected epochs) and IoU per epoch."""
+def selection_label(train_cfg) -> str:
+    """The rule that selected best.pt (train.selection), in words."""
+    return {"ema": "EMA", "ema_debiased": "bias-corrected EMA",
+            "window": f"mean of the last {train_cfg.selection_window} epochs"}[train_cfg.selection]
+
+
+def plot_curves(rows: list[dict], path: Path, selection: str = "EMA") -> Path:
+    """Loss, Dice (with 94 % and 95 % lines, the selection score, rejected epochs) and IoU per epoch."""
     plt = pyplot()
     ep = [r["epoch"] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(15, 5.0))
@@ -55,7 +61,7 @@ def plot_curves(rows: list[dict], path: Path) -> Path:
     ax.plot(ep, [r["val_dice_empty1"] for r in rows], "o-", label="per image, empty=1 (paper)")
     ax.plot(ep, [r["val_dice_fg"] for r in rows], "s-", label="per image, foreground images")
     ax.plot(ep, [r["val_dice_pooled"] for r in rows], "^-", label="pooled over pixels")
-    ax.plot(ep, [r["val_ema"] for r in rows], "k-", lw=2, label="EMA (selects best.pt)")
+    ax.plot(ep, [r["val_ema"] for r in rows], "k-", lw=2, label=f"{selection} (selects best.pt)")
     # The targets are 1 point apart (a few px at this size): labels outside the right edge, the
     # highest above its line and the others below theirs, so they never overlap each other or a curve.
     for t in DICE_TARGETS:
@@ -243,7 +249,7 @@ def build_report(run_dir: str | Path, data: str | Path | None = None, tta: bool 
     summary, rows, probs = validate(model, pairs, cfg, dev, tta=n_views, n_boot=2000, keep_probs=True)
     figs = run / "figures"
     figs.mkdir(exist_ok=True)
-    written = [plot_curves(curves, figs / "curves.png"), plot_histogram(rows, figs / "dice_hist.png")]
+    written = [plot_curves(curves, figs / "curves.png", selection_label(cfg.train)), plot_histogram(rows, figs / "dice_hist.png")]
     # No diameter: each image's own, as `qmed predict --instances` splits (the one training diameter did worse; design.md "Instances").
     # With an instance head (probs[i] has a contact channel), split as predict does with it.
     labels = [split_instances(probs[i][0].astype(np.float32), cfg.predict.threshold,
@@ -305,7 +311,7 @@ def _markdown(run, cfg, cfg_yaml, fp, summary, curves, outliers, restored, figs,
     best = [r for r in curves if r.get("selected") == 1]
     out = [f"# qmed run report: {run.name}", "",
            f"Model `{cfg.model.encoder}` {cfg.model.arch} (input: {cfg.model.input_mode}), preset `{cfg.name}`; "
-           f"checkpoint `{rel(ckpt)}` (epoch {int(best[-1]['epoch']) if best else '?'} selected by the EMA of validation Dice); "
+           f"checkpoint `{rel(ckpt)}` (epoch {int(best[-1]['epoch']) if best else '?'} selected by the {selection_label(cfg.train)} of validation Dice); "
            f"scored on `{data}` ({summary['n_images']} images, {summary['n_empty_truth']} with empty ground truth), "
            f"{f'TTA {n_views} views' if n_views > 1 else 'no TTA'}, threshold {cfg.predict.threshold:g}.", "",
            "## Metrics", "",

@@ -10,7 +10,9 @@ import math
 from rich.table import Table
 
 
-def fingerprint_table(fp: dict, title: str) -> Table:
+def fingerprint_table(fp: dict, title: str, plan: tuple[dict, dict[str, str]] | None = None) -> Table:
+    """The fingerprint's rows, then, given `plan` (qmed.data.planning.plan's settings and reasons),
+    what `qmed train --preset auto` would set on this data and machine, and why."""
     t = Table(title=f"dataset fingerprint: {title}", show_header=True, header_style="bold")
     t.add_column("property")
     t.add_column("value")
@@ -27,8 +29,16 @@ def fingerprint_table(fp: dict, title: str) -> Table:
     t.add_row("object size (px)", f"median {os_['median']:.0f}, 5-95 % {os_['p5']:.0f}-{os_['p95']:.0f}; {os_['small_lt_50']} of {os_['n']} objects < 50 px")
     if fp.get("object_diameter_px"):
         t.add_row("object diameter (px)", f"{fp['object_diameter_px']:.1f} (median over images of the mask components' median)")
-    t.add_row("suggested crop", f"{fp['suggested_crop']} px")
-    t.add_row("suggested preset", f"{fp['suggested_preset']}  ({fp['suggestion_note']})")
+    over, why = plan or ({}, {})
+    t.add_row("modality", why.get("modality", fp.get("modality", "?")))
+    for key, reason in why.items():
+        if key == "modality":
+            continue
+        node = over
+        for part in key.split("."):
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        value = "" if isinstance(node, dict) else f"{node}: "  # a reason without a setting of its own
+        t.add_row(f"auto {key}", value + reason)
     t.add_row("fingerprint hash", fp["hash"])
     return t
 

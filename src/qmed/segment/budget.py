@@ -4,7 +4,7 @@ A few training micro-steps, one validation pass and one checkpoint write of qmed
 timed first (calibrate); then `train.epochs` (at most the config's) and `data.samples_per_epoch`
 are set so that epochs x (steps + checkpoint) plus the validation passes fill the budget (plan_budget), and
 `train.max_minutes` (budget + 5 %) is set as a safety net, checked after each epoch. Used by
-`qmed train --minutes`, `qmed benchmark quality`, `qmed ablate` and `qmed curve`.
+`qmed train --minutes`, `qmed demo`, `qmed benchmark quality` and `suite`, `qmed ablate` and `qmed curve`.
 """
 
 from __future__ import annotations
