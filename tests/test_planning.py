@@ -48,6 +48,16 @@ def test_plan_table(case, fingerprint, gpu, expected):
     assert "modality" in why
 
 
+def test_crop_reason_names_the_bound():
+    # objects bound it (20 px -> 256 on 256 px images): no note about the image side
+    assert "smallest image side" not in plan(fp())[1]["data.crop"]
+    # the smallest side (100 px -> 64) bounds it
+    assert plan(fp(min_side=100))[1]["data.crop"].endswith("(bounded by the smallest image side, 100 px)")
+    # 40 px images: the 64 px floor is larger than every image, which is padded
+    over, why = plan(fp(min_side=40))
+    assert over["data"]["crop"] == 64 and why["data.crop"].endswith("(bounded by the smallest image side, 40 px; smaller images are padded)")
+
+
 def test_fluorescence_sets_no_new_augmentation():
     over, _ = plan(fp())
     assert "augment" not in over

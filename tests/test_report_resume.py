@@ -48,6 +48,7 @@ def test_tiny_run_writes_report(fluo_subset, tmp_path):
     # The metrics section names the setting behind its figures (qmed predict --tta + evaluate differ).
     metrics = md.split("## Metrics", 1)[1].split("##", 1)[0]
     assert "checkpoints/best.pt, no TTA, threshold 0.5" in metrics and "--tta" in metrics
+    assert "selected by the EMA of validation Dice" in md  # the tiny preset's train.selection
     scoring = json.loads((out / "report_metrics.json").read_text())["scoring"]
     assert scoring["tta"] == 1 and scoring["threshold"] == 0.5 and scoring["checkpoint"] == "checkpoints/best.pt"
     curves = Image.open(out / "figures" / "curves.png")
@@ -67,7 +68,16 @@ def test_tiny_run_writes_report(fluo_subset, tmp_path):
         assert np.asarray(Image.open(out / "figures" / name)).std() > 0
 
 
-def testlabel_colours_background_black_objects_distinct():
+def test_selection_label_names_the_rule():
+    from qmed.config import TrainConfig
+    from qmed.report.run import selection_label
+
+    assert selection_label(TrainConfig()) == "EMA"
+    assert selection_label(TrainConfig(selection="ema_debiased")) == "bias-corrected EMA"
+    assert selection_label(TrainConfig(selection="window", selection_window=4)) == "mean of the last 4 epochs"
+
+
+def test_label_colours_background_black_objects_distinct():
     from qmed.report.run import label_colours
 
     lab = np.zeros((4, 6), int)

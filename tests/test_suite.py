@@ -57,13 +57,17 @@ def test_work_done_and_bf16_note():
     assert bf16_note({}) == ""  # a document written before the field existed
 
 
-def test_auto_config_on_fluorescence_is_the_cpu_recipe(fluo_subset):
+def test_auto_config_on_fluorescence_is_the_cpu_recipe(fluo_subset, tmp_path):
     cfg = auto_config(fluo_subset["train"])
     assert cfg.name == "auto" and cfg.data.normalize == "percentile" and cfg.data.sampler == "uniform"  # 6 images
     assert cfg.reasons["modality"].startswith("fluorescence") and "data.crop" in cfg.reasons
     # a user's --set wins and drops the planner's reason for it
     cfg = auto_config(fluo_subset["train"], overrides=["data.crop=128"])
     assert cfg.data.crop == 128 and "data.crop" not in cfg.reasons
+    # so does a --config file's
+    (tmp_path / "mine.yaml").write_text("data:\n  crop: 64\n")
+    cfg = auto_config(fluo_subset["train"], config_file=tmp_path / "mine.yaml")
+    assert cfg.data.crop == 64 and "data.crop" not in cfg.reasons and "data.normalize" in cfg.reasons
 
 
 def test_train_auto_writes_its_reasons(fluo_subset, tmp_path):
