@@ -9,7 +9,9 @@ and without (qmed-notta), with its bootstrap CI; writes OUT/screen.json. Argumen
 split, which then only scores; with data.val_fraction=0 as the lever, that measures training on
 every image against keeping a fifth back for validation).
 
-    python benchmarks/lever_screen.py DATA_ROOT OUT MINUTES DATASET[,DATASET...] [--FLAG ...] KEY=VALUE [KEY=VALUE ...]
+    python benchmarks/lever_screen.py DATA_ROOT OUT MINUTES DATASET[,DATASET...] [--FLAG[=VALUE] ...] KEY=VALUE [KEY=VALUE ...]
+
+A flag's value may also follow it as the next word (--train-seed 1): only KEY=VALUE words are levers.
 """
 
 import json
@@ -21,8 +23,9 @@ from qmed.experiments.suite import dataset_splits, paired_difference, run_side_b
 
 def main() -> None:
     root, out, minutes, names = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4].split(",")
-    flags = [a for a in sys.argv[5:] if a.startswith("--")]
-    sets = [a for a in sys.argv[5:] if not a.startswith("--")]
+    flags, sets = [], []
+    for a in sys.argv[5:]:  # a word without "=" after a flag is that flag's value, not a lever
+        (flags if a.startswith("--") or (flags and "=" not in a) else sets).append(a)
     doc = {"minutes": float(minutes), "lever": sets, "both_arms": flags, "datasets": {}}
     for name in names:
         train, val, _ = dataset_splits(root, name, out)
@@ -30,7 +33,11 @@ def main() -> None:
                 "--minutes", minutes, "--methods", "qmed", "--preset", "auto", "--force", *flags]
         cmds = {"base": base + ["--out", str(out / name / "base")],
                 "lever": base + ["--out", str(out / name / "lever")] + [a for kv in sets for a in ("--set", kv)]}
-        print(name, run_side_by_side(cmds, out / name / "logs", print), flush=True)
+        codes = run_side_by_side(cmds, out / name / "logs", print)
+        print(name, codes, flush=True)
+        failed = [arm for arm in cmds if codes.get(arm) != 0 or not (out / name / arm / "quality.json").is_file()]
+        if failed:
+            sys.exit(f"{name}: arm {', '.join(failed)} failed (exit codes {codes}); see {out / name / 'logs'}")
         q = {arm: json.loads((out / name / arm / "quality.json").read_text()) for arm in cmds}
         row = {}
         for arm, d in q.items():

@@ -44,6 +44,11 @@ def test_pooled_per_image_hand_computed(tmp_path):
     # a run without the dataset drops out: a alone, (0.9+0.6+0.5+0.1)/4
     assert pooled_per_image([a, tmp_path / "missing"], "histo", "qmed")[1] == pytest.approx([0.525])
     assert pooled_per_image([tmp_path / "missing"], "histo", "qmed") == ([], [])
+    # a lever screen keeps qmed's rows under base/ and lever/: folder picks the arm, method the rows
+    (a / "histo" / "qmed").rename(a / "histo" / "lever")
+    assert pooled_per_image([a], "histo", "qmed") == ([], [])
+    rows, means = pooled_per_image([a], "histo", "qmed", folder="lever")
+    assert [r["name"] for r in rows] == ["gone", "x", "y", "z"] and means == pytest.approx([0.525])
 
 
 def test_work_done_and_bf16_note():

@@ -164,20 +164,21 @@ def run_suite(data_root: str | Path, out: str | Path, datasets: list[str] | tupl
     return doc
 
 
-def method_per_image(suite: str | Path, dataset: str, method: str) -> list[dict]:
-    """One method's per-image rows (name, dice_empty1, ...) in a suite run's DATASET/METHOD/quality.json; [] if absent."""
-    qfile = Path(suite) / dataset / method / "quality.json"
+def method_per_image(suite: str | Path, dataset: str, method: str, folder: str | None = None) -> list[dict]:
+    """One method's per-image rows (name, dice_empty1, ...) in a suite run's DATASET/METHOD/quality.json
+    (DATASET/FOLDER/quality.json: a lever screen keeps qmed's rows in base/ and lever/); [] if absent."""
+    qfile = Path(suite) / dataset / (folder or method) / "quality.json"
     if not qfile.is_file():
         return []
     return (json.loads(qfile.read_text()).get("per_image") or {}).get(method) or []
 
 
 def pooled_per_image(suites: list[str | Path], dataset: str, method: str,
-                     excluded: frozenset[str] | set[str] = frozenset()) -> tuple[list[dict], list[float]]:
+                     excluded: frozenset[str] | set[str] = frozenset(), folder: str | None = None) -> tuple[list[dict], list[float]]:
     """One method's per-image Dice (empty = 1) averaged over several suite runs, on the images every run
     scored, and each run's mean on those images. One run cannot resolve a lead of the bar's size (the
     plain script moved 0.010 on histology run to run, docs 12g), so runs are pooled before pairing."""
-    per_run = [{r["name"]: r["dice_empty1"] for r in method_per_image(s, dataset, method)
+    per_run = [{r["name"]: r["dice_empty1"] for r in method_per_image(s, dataset, method, folder)
                 if r["name"] not in excluded and r.get("dice_empty1") is not None} for s in suites]
     per_run = [d for d in per_run if d]
     if not per_run:
