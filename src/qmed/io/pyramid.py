@@ -1,0 +1,190 @@
+"""Pyramidal OME-TIFF writing, streamed tile by tile in memory that does not grow with the image's area.
+
+The file is what QuPath, napari (with a tifffile/OME reader) and Bio-Formats open: BigTIFF, tiled, deflate
+(or JPEG for RGB) compressed, level 0 as the OME image and each half-size level as a SubIFD (tifffile's
+layout for pyramidal OME-TIFF), the pixel size in the OME metadata and in the resolution tags.
+
+How memory stays bounded: level 0 is pulled from `read_tile` one tile at a time (row by row) and written
+straight into the TIFF. Each tile is also halved at once and placed into a one-band buffer of level 1
+(`tile` rows by level 1's width); a full band is saved to a compressed temporary zarr array beside the output
+and halved into level 2's band buffer, and so on down the pyramid. When level 0 is written, every smaller
+level is on disk, and is written from its zarr array one band at a time. So the memory held is about
+`tile` x width pixels (one band per level, halving), never a level's area; a 32k x 32k uint32 label map
+costs ~64 MB of bands, not 4 GB.
+
+Halving: nearest neighbour (every other pixel, starting at 0) for labels and masks, so every value in a
+smaller level is a real value of level 0; the mean of each 2 x 2 block for probabilities and images (an odd
+last row or column is averaged with itself).
+
+Atomic: written to `.NAME.tmp` beside the output and renamed at the end; the temporary zarr folder
+`.NAME.levels.tmp` is removed. Leftovers of a killed run (same names) are removed by the next write.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+KINDS = ("labels", "mask", "probability", "image")
+_NEAREST = ("labels", "mask")
+_BUFFER_BYTES = 32 << 20  # tifffile compresses this many bytes of tiles per batch
+
+
+def level_shapes(height: int, width: int, min_size: int = 512) -> list[tuple[int, int]]:
+    """(height, width) of each level: level 0, then halved (rounding up) until the largest side <= min_size."""
+    shapes = [(int(height), int(width))]
+    while max(shapes[-1]) > min_size:
+        h, w = shapes[-1]
+        shapes.append(((h + 1) // 2, (w + 1) // 2))
+    return shapes
+
+
+def halve(block: np.ndarray, kind: str) -> np.ndarray:
+    """One level down: nearest neighbour for labels/mask, 2x2 mean for probability/image."""
+    if kind in _NEAREST:
+        return block[::2, ::2]
+    h, w = block.shape[:2]
+    pad = [(0, h % 2), (0, w % 2)] + [(0, 0)] * (block.ndim - 2)
+    if h % 2 or w % 2:
+        block = np.pad(block, pad, mode="edge")
+    h2, w2 = block.shape[0] // 2, block.shape[1] // 2
+    quads = block.reshape(h2, 2, w2, 2, *block.shape[2:])
+    if np.issubdtype(block.dtype, np.integer):
+        total = quads.astype(np.int64).sum(axis=(1, 3))
+        return ((total + 2) // 4).astype(block.dtype)  # round half up
+    return quads.mean(axis=(1, 3), dtype=np.float64).astype(block.dtype)
+
+
+class _LevelBuffer:
+    """One band (`tile` rows) of one smaller level, filled from the level above; flushed to zarr when full."""
+
+    def __init__(self, store: Path, shape: tuple[int, ...], dtype, tile: int, kind: str, below: "_LevelBuffer | None"):
+        import zarr
+
+        self.shape, self.tile, self.kind, self.below = shape, tile, kind, below
+        self.array = zarr.open_array(str(store), mode="w", shape=shape, dtype=dtype,
+                                     chunks=(tile, tile) + tuple(shape[2:]))
+        self.band = np.zeros((tile,) + tuple(shape[1:]), dtype)
+        self.band_y0 = 0
+
+    def put(self, y: int, x: int, block: np.ndarray) -> None:
+        """Place level data at (y, x) of this level; y lies in the current band."""
+        self.band[y - self.band_y0:y - self.band_y0 + block.shape[0], x:x + block.shape[1]] = block
+
+    def rows_done(self, filled_to: int) -> None:
+        """Rows [0, filled_to) of this level are complete: flush the band if it is."""
+        end = min(self.band_y0 + self.tile, self.shape[0])
+        if filled_to < end:
+            return
+        rows = end - self.band_y0
+        data = self.band[:rows]
+        self.array[self.band_y0:end] = data
+        if self.below is not None:
+            self.below.put(self.band_y0 // 2, 0, halve(data, self.kind))
+            self.below.rows_done((end + 1) // 2)
+        self.band_y0 = end
+
+
+def write_pyramid(path: str | Path, shape: tuple[int, ...], dtype, read_tile: Callable[[int, int, int, int], np.ndarray],
+                  *, tile: int = 512, kind: str = "labels", mpp: float | None = None, min_size: int = 512,
+                  compression: str = "zlib", maxworkers: int | None = None) -> None:
+    """Write a pyramidal OME-TIFF at `path` from level-0 tiles.
+
+    `shape`: (height, width), or (height, width, channels) for kind "image" (RGB, uint8).
+    `read_tile(y, x, h, w)` returns level 0's (h, w[, channels]) array of `dtype` at row y, column x; it is
+    called once per tile, row by row. `kind`: "labels"/"mask" (nearest-neighbour halving), "probability"
+    (mean; float32), "image" (mean, rounded). Levels halve until the largest side <= `min_size`.
+    `mpp`: level-0 microns per pixel, written to the OME metadata and the resolution tags.
+    `compression`: a tifffile codec name ("zlib" = deflate, read everywhere; "jpeg" for RGB images; None)."""
+    import tifffile
+
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if tile <= 0 or tile % 16:
+        raise ValueError(f"TIFF tiles must be a positive multiple of 16 pixels, got {tile}")
+    shape = tuple(int(s) for s in shape)
+    if len(shape) not in (2, 3) or min(shape[:2]) < 1:
+        raise ValueError(f"shape must be (height, width[, channels]) with at least one pixel, got {shape}")
+    dtype = np.dtype(dtype)
+    channels = shape[2:]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    scratch = path.with_name(f".{path.name}.levels.tmp")
+    _remove(tmp)
+    _remove(scratch)
+
+    shapes = [s + channels for s in level_shapes(shape[0], shape[1], min_size)]
+    try:
+        buffers: list[_LevelBuffer] = []
+        below = None
+        for k in range(len(shapes) - 1, 0, -1):  # smallest first, so each knows the level below it
+            below = _LevelBuffer(scratch / str(k), shapes[k], dtype, tile, kind, below)
+            buffers.insert(0, below)
+        first = buffers[0] if buffers else None
+
+        def level0_tiles():
+            height, width = shape[:2]
+            for y in range(0, height, tile):
+                th = min(tile, height - y)
+                for x in range(0, width, tile):
+                    tw = min(tile, width - x)
+                    data = np.asarray(read_tile(y, x, th, tw))
+                    if data.shape != (th, tw) + channels:
+                        raise ValueError(f"read_tile({y}, {x}, {th}, {tw}) returned shape {data.shape}, "
+                                         f"expected {(th, tw) + channels}")
+                    data = data.astype(dtype, copy=False)
+                    if first is not None:
+                        first.put(y // 2, x // 2, halve(data, kind))
+                        if x + tw == width:  # before the yield: tifffile stops pulling after the last tile
+                            first.rows_done((y + th + 1) // 2)
+                    yield data
+
+        def stored_tiles(buffer: _LevelBuffer):
+            height, width = buffer.shape[:2]
+            for y in range(0, height, tile):
+                band = np.asarray(buffer.array[y:y + tile])
+                for x in range(0, width, tile):
+                    yield band[:, x:x + tile]
+
+        photometric = "rgb" if channels and channels[0] in (3, 4) else "minisblack"
+        common = dict(tile=(tile, tile), photometric=photometric, compression=compression,
+                      maxworkers=maxworkers, buffersize=_BUFFER_BYTES)
+
+        def resolution(level: int) -> dict:
+            if mpp is None:
+                return {}
+            level_mpp = mpp * shapes[0][1] / shapes[level][1]
+            return dict(resolution=(1e4 / level_mpp, 1e4 / level_mpp), resolutionunit="CENTIMETER")
+
+        metadata = {"axes": "YXS" if channels else "YX", "Name": path.name}
+        if mpp is not None:
+            metadata.update(PhysicalSizeX=mpp, PhysicalSizeXUnit="µm", PhysicalSizeY=mpp, PhysicalSizeYUnit="µm")
+        with tifffile.TiffWriter(tmp, bigtiff=True, ome=True) as tw:
+            tw.write(level0_tiles(), shape=shapes[0], dtype=dtype, subifds=len(shapes) - 1, metadata=metadata,
+                     **resolution(0), **common)
+            for k, buffer in enumerate(buffers, start=1):
+                assert buffer.band_y0 == buffer.shape[0], f"level {k} was not filled"
+                tw.write(stored_tiles(buffer), shape=shapes[k], dtype=dtype, subfiletype=1, metadata=None,
+                         **resolution(k), **common)
+        os.replace(tmp, path)
+    finally:
+        _remove(tmp)
+        _remove(scratch)
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir():
+        shutil.rmtree(p, ignore_errors=True)
+    elif p.exists() or p.is_symlink():
+        p.unlink()
+
+
+def pyramid_levels(height: int, width: int, min_size: int = 512) -> int:
+    """How many levels write_pyramid writes for an image of this size."""
+    return len(level_shapes(height, width, min_size))
+
