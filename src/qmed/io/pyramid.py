@@ -91,7 +91,8 @@ class _LevelBuffer:
 
 def write_pyramid(path: str | Path, shape: tuple[int, ...], dtype, read_tile: Callable[[int, int, int, int], np.ndarray],
                   *, tile: int = 512, kind: str = "labels", mpp: float | None = None, min_size: int = 512,
-                  compression: str = "zlib", maxworkers: int | None = None) -> None:
+                  compression: str | None = "zlib", compressionargs: dict | None = None,
+                  maxworkers: int | None = None) -> None:
     """Write a pyramidal OME-TIFF at `path` from level-0 tiles.
 
     `shape`: (height, width), or (height, width, channels) for kind "image" (RGB, uint8).
@@ -99,7 +100,8 @@ def write_pyramid(path: str | Path, shape: tuple[int, ...], dtype, read_tile: Ca
     called once per tile, row by row. `kind`: "labels"/"mask" (nearest-neighbour halving), "probability"
     (mean; float32), "image" (mean, rounded). Levels halve until the largest side <= `min_size`.
     `mpp`: level-0 microns per pixel, written to the OME metadata and the resolution tags.
-    `compression`: a tifffile codec name ("zlib" = deflate, read everywhere; "jpeg" for RGB images; None)."""
+    `compression`: a tifffile codec name ("zlib" = deflate, read everywhere; "jpeg" for RGB images; None),
+    with `compressionargs` (e.g. {"level": 90} for JPEG quality). `maxworkers`: tifffile's encoding threads."""
     import tifffile
 
     if kind not in KINDS:
@@ -153,7 +155,7 @@ def write_pyramid(path: str | Path, shape: tuple[int, ...], dtype, read_tile: Ca
 
         photometric = "rgb" if channels and channels[0] in (3, 4) else "minisblack"
         common = dict(tile=(tile, tile), photometric=photometric, compression=compression,
-                      maxworkers=maxworkers, buffersize=_BUFFER_BYTES)
+                      compressionargs=compressionargs, maxworkers=maxworkers, buffersize=_BUFFER_BYTES)
 
         def resolution(level: int) -> dict:
             if mpp is None:
