@@ -25,23 +25,33 @@ def to_rgb(img: np.ndarray) -> np.ndarray:
     return np.repeat(img, 3, axis=2) if img.shape[2] == 1 else img
 
 
-def normalize_intensity(img: np.ndarray, mode: str = "none", percentiles: tuple[float, float] = (1.0, 99.8)) -> np.ndarray:
-    """Per-image intensity scaling (DataConfig.normalize); a flat image is returned unchanged."""
+def normalize_intensity(img: np.ndarray, mode: str = "none", percentiles: tuple[float, float] = (1.0, 99.8),
+                        bounds: tuple[float, float] | None = None) -> np.ndarray:
+    """Per-image intensity scaling (DataConfig.normalize); a flat image is returned unchanged.
+    `bounds`: the (low, high) values to map to 0 and 1, taken elsewhere (a whole slide's), instead of
+    this image's own percentiles."""
     if mode == "none":
         return img
-    lo, hi = np.percentile(img, percentiles)
+    lo, hi = np.percentile(img, percentiles) if bounds is None else bounds
     if hi - lo < 1e-6:
         return img
     return np.clip((img - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 
-def model_input(img: np.ndarray, cfg: QmedConfig) -> np.ndarray:
-    """The one conversion from a file's image to what the model sees: train, validate and predict."""
+def model_input(img: np.ndarray, cfg: QmedConfig, stats: dict | None = None) -> np.ndarray:
+    """The one conversion from a file's image to what the model sees: train, validate and predict.
+
+    `stats`: statistics the conversion would take from this image, fixed instead (a whole slide's,
+    so that no block of it is scaled on its own): "intensity", the (low, high) values that
+    data.normalize=percentile maps to 0 and 1; "lab", the 6 L*a*b* means and stds that
+    data.normalize=reinhard moves to the stain target."""
+    stats = stats or {}
     if cfg.data.normalize == "reinhard":
         if cfg.data.stain_target is None:  # training sets it before reading any image (segment.train)
             raise QmedInputError(None, "data.normalize=reinhard needs data.stain_target (6 numbers: L*a*b* means, then stds)")
-        return reinhard(to_rgb(img), cfg.data.stain_target)
-    return to_rgb(normalize_intensity(img, cfg.data.normalize, cfg.data.norm_percentiles)).astype(np.float32)
+        return reinhard(to_rgb(img), cfg.data.stain_target, source=stats.get("lab"))
+    return to_rgb(normalize_intensity(img, cfg.data.normalize, cfg.data.norm_percentiles,
+                                      bounds=stats.get("intensity"))).astype(np.float32)
 
 
 class LoadedPairs:

@@ -74,9 +74,13 @@ class ReinhardNormalization(nn.Module):
         self.register_buffer("mean", t[:3].view(1, 3, 1, 1))
         self.register_buffer("std", t[3:].view(1, 3, 1, 1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, source: torch.Tensor | None = None) -> torch.Tensor:
+        """`source`: the 6 L*a*b* means and stds to move from (a whole slide's), instead of each image's own."""
         lab = rgb_to_lab(x)
-        mean, std = lab_stats(lab)
+        if source is None:
+            mean, std = lab_stats(lab)
+        else:
+            mean, std = source[:3].view(1, 3, 1, 1).to(lab), source[3:].view(1, 3, 1, 1).to(lab)
         return lab_to_rgb((lab - mean) / std.clamp_min(_STD_FLOOR) * self.std + self.mean)
 
 
@@ -84,10 +88,12 @@ def _as_batch(img: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32))[None]
 
 
-def reinhard(img: np.ndarray, target: Iterable[float]) -> np.ndarray:
-    """HxWx3 float RGB in [0, 1] -> the same normalised to `target` (float32)."""
+def reinhard(img: np.ndarray, target: Iterable[float], source: Iterable[float] | None = None) -> np.ndarray:
+    """HxWx3 float RGB in [0, 1] -> the same normalised to `target` (float32). `source`: the 6
+    L*a*b* means and stds to move from (a whole slide's, see pooled_lab_stats), instead of the image's own."""
+    src = None if source is None else torch.as_tensor(list(source), dtype=torch.float32)
     with torch.no_grad():
-        out = ReinhardNormalization(target)(_as_batch(img))
+        out = ReinhardNormalization(target)(_as_batch(img), src)
     return out[0].numpy().transpose(1, 2, 0).astype(np.float32)
 
 
@@ -101,3 +107,20 @@ def stain_target(images: Iterable[np.ndarray]) -> list[float]:
     if not stats:
         raise ValueError("a Reinhard target needs at least one training image")
     return [round(float(v), 4) for v in np.median(np.stack(stats), axis=0)]
+
+
+def pooled_lab_stats(images: Iterable[np.ndarray]) -> list[float]:
+    """The L*a*b* means and population stds (6 floats) of all the images' pixels pooled: one
+    slide's statistics from a sample of its tiles (HxWx3 float RGB in [0, 1])."""
+    n, s1, s2 = 0, np.zeros(3), np.zeros(3)
+    with torch.no_grad():
+        for img in images:
+            lab = rgb_to_lab(_as_batch(img))[0].double().flatten(1)
+            n += lab.shape[1]
+            s1 += lab.sum(dim=1).numpy()
+            s2 += (lab ** 2).sum(dim=1).numpy()
+    if n == 0:
+        raise ValueError("pooled L*a*b* statistics need at least one pixel")
+    mean = s1 / n
+    std = np.sqrt(np.maximum(s2 / n - mean ** 2, 0.0))
+    return [float(v) for v in np.concatenate([mean, std])]
