@@ -31,7 +31,7 @@ import numpy as np
 
 KINDS = ("labels", "mask", "probability", "image")
 _NEAREST = ("labels", "mask")
-_BUFFER_BYTES = 32 << 20  # tifffile compresses this many bytes of tiles per batch
+_BUFFER_BYTES = 8 << 20  # tifffile holds and compresses this many bytes of tiles per batch
 
 
 def level_shapes(height: int, width: int, min_size: int = 512) -> list[tuple[int, int]]:

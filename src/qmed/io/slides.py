@@ -274,6 +274,11 @@ def _check_extent(path: Path, levels) -> None:
                 continue
             offsets = np.asarray(page.dataoffsets, dtype=np.int64)
             counts = np.asarray(page.databytecounts, dtype=np.int64)
+            # a tag whose values lay past the end is dropped by tifffile: the tile table comes up short
+            expected = math.prod(getattr(page, "chunked", ()) or (offsets.size,))
+            if offsets.size != expected or counts.size != expected:
+                raise QmedInputError(path, f"file is truncated or corrupt: level {i} lists {offsets.size} of "
+                                           f"its {expected} tiles")
             if offsets.size and int((offsets + counts).max()) > size:
                 raise QmedInputError(path, f"file is truncated: level {i}'s tiles end at byte "
                                            f"{int((offsets + counts).max())} but the file has {size} bytes")
