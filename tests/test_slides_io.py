@@ -170,6 +170,15 @@ def test_gray_slide_reads_as_rgb(tmp_path):
         assert r.mpp is None  # written without a pixel size
 
 
+def test_planar_ome_tiff_reads_as_rgb(tmp_path):
+    planes = _rgb(40, 50, seed=6).transpose(2, 0, 1).copy()  # (3, H, W): samples stored plane by plane
+    tifffile.imwrite(tmp_path / "planar.ome.tif", planes, photometric="rgb", planarconfig="separate", tile=(16, 16),
+                     metadata={"axes": "SYX"})
+    with open_slide(tmp_path / "planar.ome.tif") as r:
+        assert r.dimensions == [(50, 40)]
+        np.testing.assert_array_equal(r.read(0, 5, 6, 20, 10), planes.transpose(1, 2, 0)[6:16, 5:25])
+
+
 def test_reader_pickles_small_and_reopens_lazily(tmp_path):
     rgb = _rgb(40, 40, seed=1)
     _write_rgb_slide(tmp_path / "s.tif", rgb)
@@ -365,6 +374,16 @@ def test_polygons_single_pixel_line_ids_and_pieces():
     assert [i for i, _ in label_polygons(labels, ids=[9, 42])] == [9]
     assert list(label_polygons(np.zeros((5, 5), np.int32))) == []
     assert list(label_polygons(np.zeros((0, 0), np.int32))) == []
+
+
+def test_polygons_with_slide_unique_ids_far_above_the_map_size():
+    labels = np.zeros((6, 6), np.uint32)
+    labels[1:3, 1:3] = 4_000_000_000   # renumbered internally, reported as given
+    labels[4, 4] = 3_999_999_999
+    polys = list(label_polygons(labels))
+    assert [i for i, _ in polys] == [3_999_999_999, 4_000_000_000]
+    _same_ring(polys[1][1], [(1, 1), (3, 1), (3, 3), (1, 3)])
+    assert [i for i, _ in label_polygons(labels, ids=[4_000_000_000])] == [4_000_000_000]
 
 
 def test_polygons_of_real_shapes_are_valid_closed_and_near_the_pixel_count():

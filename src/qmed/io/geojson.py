@@ -132,21 +132,30 @@ def label_polygons(labels: np.ndarray, offset_xy: tuple[float, float] = (0, 0), 
         raise ValueError(f"labels must be 2-D, got shape {labels.shape}")
     if labels.size == 0:
         return
-    values, inverse = np.unique(labels, return_inverse=True)
-    inverse = inverse.reshape(labels.shape)
-    present = {int(v): i for i, v in enumerate(values) if v != 0}
-    wanted = sorted(present) if ids is None else sorted({int(i) for i in ids} & set(present))
-    if not wanted:
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be integers, got {labels.dtype}")
+    top = int(labels.max())
+    if top <= 0:
         return
-    slices = ndimage.find_objects(inverse.astype(np.int32, copy=False))
+    if top <= 4 * labels.size + (1 << 20):
+        # one pass (find_objects' table has an entry per id up to the largest)
+        keys, slices = labels, ndimage.find_objects(labels.astype(np.int64, copy=False) if labels.dtype == np.uint64 else labels)
+        present = {i + 1: i + 1 for i, sl in enumerate(slices) if sl is not None}
+    else:  # sparse huge ids (slide-unique): renumber 1..n first
+        fg = labels > 0
+        values = np.unique(labels[fg])
+        keys = np.where(fg, np.searchsorted(values, labels) + 1, 0).astype(np.int32)
+        slices = ndimage.find_objects(keys)
+        present = {int(v): i + 1 for i, v in enumerate(values)}
+    wanted = sorted(present) if ids is None else sorted({int(i) for i in ids} & set(present))
     ox, oy = float(offset_xy[0]), float(offset_xy[1])
     for oid in wanted:
-        compact = present[oid]
-        sl = slices[compact - 1]
+        key = present[oid]
+        sl = slices[key - 1]
         if sl is None:
             continue
         r0, c0 = sl[0].start, sl[1].start
-        crop = np.pad((inverse[sl] == compact).astype(np.uint8), 1)
+        crop = np.pad((keys[sl] == key).astype(np.uint8), 1)
         contours, _ = cv2.findContours(crop, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         best = None
         for contour in contours:
