@@ -1,20 +1,22 @@
-"""Pyramidal OME-TIFF writing, streamed tile by tile in memory that does not grow with the image's area.
+"""Pyramidal OME-TIFF writing, streamed tile by tile in memory that does not grow with the image.
 
 The file is what QuPath, napari (with a tifffile/OME reader) and Bio-Formats open: BigTIFF, tiled, deflate
 (or JPEG for RGB) compressed, level 0 as the OME image and each half-size level as a SubIFD (tifffile's
 layout for pyramidal OME-TIFF), the pixel size in the OME metadata and in the resolution tags.
 
-How memory stays bounded: level 0 is pulled from `read_tile` one tile at a time (row by row) and written
-straight into the TIFF. Each tile is also halved at once and placed into a one-band buffer of level 1
-(`tile` rows by level 1's width); a full band is saved to a compressed temporary zarr array beside the output
-and halved into level 2's band buffer, and so on down the pyramid. When level 0 is written, every smaller
-level is on disk, and is written from its zarr array one band at a time. So the memory held is about
-`tile` x width pixels (one band per level, halving), never a level's area; a 32k x 32k uint32 label map
-costs ~64 MB of bands, not 4 GB.
+How memory stays flat: level 0 is pulled from `read_tile` one tile at a time (row by row) and written
+straight into the TIFF. Each tile is also halved at once and saved as one chunk (tile/2 square) of a
+compressed temporary zarr array of level 1 beside the output. Level 1 is then written to the TIFF from that
+array, tile by tile (four chunks each), each of its tiles halved into level 2's array, and so on down the
+pyramid; each level's array is deleted once the level is written. A halved tile is exactly one chunk, so no
+chunk is ever read back and rewritten, and the memory held is a few tiles whatever the image's width and
+height (a 32k x 32k uint32 label map is never more than a few MB in memory, not 4 GB). The temporary disk is
+a compressed quarter of level 0 at most.
 
 Halving: nearest neighbour (every other pixel, starting at 0) for labels and masks, so every value in a
 smaller level is a real value of level 0; the mean of each 2 x 2 block for probabilities and images (an odd
-last row or column is averaged with itself).
+last row or column is averaged with itself). Tiles start at even pixels, so halving tile by tile gives
+exactly the halved level.
 
 Atomic: written to `.NAME.tmp` beside the output and renamed at the end; the temporary zarr folder
 `.NAME.levels.tmp` is removed. Leftovers of a killed run (same names) are removed by the next write.
@@ -59,34 +61,10 @@ def halve(block: np.ndarray, kind: str) -> np.ndarray:
     return quads.mean(axis=(1, 3), dtype=np.float64).astype(block.dtype)
 
 
-class _LevelBuffer:
-    """One band (`tile` rows) of one smaller level, filled from the level above; flushed to zarr when full."""
+def _scratch(store: Path, shape: tuple[int, ...], dtype, chunk: int):
+    import zarr
 
-    def __init__(self, store: Path, shape: tuple[int, ...], dtype, tile: int, kind: str, below: "_LevelBuffer | None"):
-        import zarr
-
-        self.shape, self.tile, self.kind, self.below = shape, tile, kind, below
-        self.array = zarr.open_array(str(store), mode="w", shape=shape, dtype=dtype,
-                                     chunks=(tile, tile) + tuple(shape[2:]))
-        self.band = np.zeros((tile,) + tuple(shape[1:]), dtype)
-        self.band_y0 = 0
-
-    def put(self, y: int, x: int, block: np.ndarray) -> None:
-        """Place level data at (y, x) of this level; y lies in the current band."""
-        self.band[y - self.band_y0:y - self.band_y0 + block.shape[0], x:x + block.shape[1]] = block
-
-    def rows_done(self, filled_to: int) -> None:
-        """Rows [0, filled_to) of this level are complete: flush the band if it is."""
-        end = min(self.band_y0 + self.tile, self.shape[0])
-        if filled_to < end:
-            return
-        rows = end - self.band_y0
-        data = self.band[:rows]
-        self.array[self.band_y0:end] = data
-        if self.below is not None:
-            self.below.put(self.band_y0 // 2, 0, halve(data, self.kind))
-            self.below.rows_done((end + 1) // 2)
-        self.band_y0 = end
+    return zarr.open_array(str(store), mode="w", shape=shape, dtype=dtype, chunks=(chunk, chunk) + tuple(shape[2:]))
 
 
 def write_pyramid(path: str | Path, shape: tuple[int, ...], dtype, read_tile: Callable[[int, int, int, int], np.ndarray],
@@ -116,67 +94,65 @@ def write_pyramid(path: str | Path, shape: tuple[int, ...], dtype, read_tile: Ca
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    scratch = path.with_name(f".{path.name}.levels.tmp")
+    scratch_dir = path.with_name(f".{path.name}.levels.tmp")
     _remove(tmp)
-    _remove(scratch)
-
+    _remove(scratch_dir)
     shapes = [s + channels for s in level_shapes(shape[0], shape[1], min_size)]
-    try:
-        buffers: list[_LevelBuffer] = []
+    half = tile // 2
+
+    def level_tiles(level: int, source):
+        """Tiles of `level` row by row from `source(y, x, h, w)`, each halved into the next level's array
+        before it is handed over (tifffile stops pulling after the last tile)."""
+        height, width = shapes[level][:2]
         below = None
-        for k in range(len(shapes) - 1, 0, -1):  # smallest first, so each knows the level below it
-            below = _LevelBuffer(scratch / str(k), shapes[k], dtype, tile, kind, below)
-            buffers.insert(0, below)
-        first = buffers[0] if buffers else None
+        if level + 1 < len(shapes):
+            below = _scratch(scratch_dir / str(level + 1), shapes[level + 1], dtype, half)
+        for y in range(0, height, tile):
+            th = min(tile, height - y)
+            for x in range(0, width, tile):
+                tw = min(tile, width - x)
+                data = source(y, x, th, tw)
+                if below is not None:
+                    below[y // 2:y // 2 + (th + 1) // 2, x // 2:x // 2 + (tw + 1) // 2] = halve(data, kind)
+                yield data
 
-        def level0_tiles():
-            height, width = shape[:2]
-            for y in range(0, height, tile):
-                th = min(tile, height - y)
-                for x in range(0, width, tile):
-                    tw = min(tile, width - x)
-                    data = np.asarray(read_tile(y, x, th, tw))
-                    if data.shape != (th, tw) + channels:
-                        raise ValueError(f"read_tile({y}, {x}, {th}, {tw}) returned shape {data.shape}, "
-                                         f"expected {(th, tw) + channels}")
-                    data = data.astype(dtype, copy=False)
-                    if first is not None:
-                        first.put(y // 2, x // 2, halve(data, kind))
-                        if x + tw == width:  # before the yield: tifffile stops pulling after the last tile
-                            first.rows_done((y + th + 1) // 2)
-                    yield data
+    def level0(y, x, th, tw):
+        data = np.asarray(read_tile(y, x, th, tw))
+        if data.shape != (th, tw) + channels:
+            raise ValueError(f"read_tile({y}, {x}, {th}, {tw}) returned shape {data.shape}, expected {(th, tw) + channels}")
+        return data.astype(dtype, copy=False)
 
-        def stored_tiles(buffer: _LevelBuffer):
-            height, width = buffer.shape[:2]
-            for y in range(0, height, tile):
-                band = np.asarray(buffer.array[y:y + tile])
-                for x in range(0, width, tile):
-                    yield band[:, x:x + tile]
+    def stored(level: int):
+        import zarr
 
-        photometric = "rgb" if channels and channels[0] in (3, 4) else "minisblack"
-        common = dict(tile=(tile, tile), photometric=photometric, compression=compression,
-                      compressionargs=compressionargs, maxworkers=maxworkers, buffersize=_BUFFER_BYTES)
+        array = zarr.open_array(str(scratch_dir / str(level)), mode="r")
+        return lambda y, x, th, tw: np.asarray(array[y:y + th, x:x + tw])
 
-        def resolution(level: int) -> dict:
-            if mpp is None:
-                return {}
-            level_mpp = mpp * shapes[0][1] / shapes[level][1]
-            return dict(resolution=(1e4 / level_mpp, 1e4 / level_mpp), resolutionunit="CENTIMETER")
+    photometric = "rgb" if channels and channels[0] in (3, 4) else "minisblack"
+    common = dict(tile=(tile, tile), photometric=photometric, compression=compression,
+                  compressionargs=compressionargs, maxworkers=maxworkers, buffersize=_BUFFER_BYTES)
 
-        metadata = {"axes": "YXS" if channels else "YX", "Name": path.name}
-        if mpp is not None:
-            metadata.update(PhysicalSizeX=mpp, PhysicalSizeXUnit="µm", PhysicalSizeY=mpp, PhysicalSizeYUnit="µm")
+    def resolution(level: int) -> dict:
+        if mpp is None:
+            return {}
+        level_mpp = mpp * shapes[0][1] / shapes[level][1]
+        return dict(resolution=(1e4 / level_mpp, 1e4 / level_mpp), resolutionunit="CENTIMETER")
+
+    metadata = {"axes": "YXS" if channels else "YX", "Name": path.name}
+    if mpp is not None:
+        metadata.update(PhysicalSizeX=mpp, PhysicalSizeXUnit="µm", PhysicalSizeY=mpp, PhysicalSizeYUnit="µm")
+    try:
         with tifffile.TiffWriter(tmp, bigtiff=True, ome=True) as tw:
-            tw.write(level0_tiles(), shape=shapes[0], dtype=dtype, subifds=len(shapes) - 1, metadata=metadata,
-                     **resolution(0), **common)
-            for k, buffer in enumerate(buffers, start=1):
-                assert buffer.band_y0 == buffer.shape[0], f"level {k} was not filled"
-                tw.write(stored_tiles(buffer), shape=shapes[k], dtype=dtype, subfiletype=1, metadata=None,
+            tw.write(level_tiles(0, level0), shape=shapes[0], dtype=dtype, subifds=len(shapes) - 1,
+                     metadata=metadata, **resolution(0), **common)
+            for k in range(1, len(shapes)):
+                tw.write(level_tiles(k, stored(k)), shape=shapes[k], dtype=dtype, subfiletype=1, metadata=None,
                          **resolution(k), **common)
+                _remove(scratch_dir / str(k))  # done with it: free the disk as the pyramid goes down
         os.replace(tmp, path)
     finally:
         _remove(tmp)
-        _remove(scratch)
+        _remove(scratch_dir)
 
 
 def _remove(p: Path) -> None:
