@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -38,6 +38,7 @@ import torch
 
 from qmed.config import ClassifyConfig
 from qmed.errors import QmedInputError
+from qmed.data.dataset import IMAGE_DIR_NAMES, MASK_DIR_NAMES
 from qmed.io.images import IMAGE_EXTENSIONS, is_image_file, read_image
 
 log = logging.getLogger("qmed")
@@ -57,6 +58,7 @@ class ClassData:
     source_classes: list[str]  # classes of the source (folders or npz label values)
     names: list[str]  # file paths or "FILE.npz:split[i]"
     source: str
+    warnings: list[str] = field(default_factory=list)  # said when read; the run repeats them into its train.log
 
     def __len__(self) -> int:
         return int(self.labels.numel())
@@ -64,7 +66,7 @@ class ClassData:
     def subset(self, idx: Sequence[int]) -> "ClassData":
         idx_t = torch.as_tensor(list(idx), dtype=torch.long)
         return ClassData(self.images[idx_t], self.labels[idx_t], self.classes, self.source_classes,
-                         [self.names[i] for i in idx], self.source)
+                         [self.names[i] for i in idx], self.source, self.warnings)
 
     @property
     def binary(self) -> bool:
@@ -83,20 +85,32 @@ def split_spec(spec: str | Path) -> tuple[Path, str | None]:
     return Path(s), None
 
 
-def class_folders(root: Path) -> dict[str, list[Path]]:
-    """{class: sorted image files} of a class-folder dataset; every problem is a QmedInputError."""
+def class_folders(root: Path, warnings: list[str] | None = None) -> dict[str, list[Path]]:
+    """{class: sorted image files} of a class-folder dataset; every problem is a QmedInputError.
+    Symlinked folders are no classes (a warning, also appended to `warnings`)."""
     if not root.exists():
         raise QmedInputError(root, "dataset folder does not exist")
     if not root.is_dir():
         raise QmedInputError(root, "is not a folder (give ROOT with one sub-folder per class, or a .npz file)")
-    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    entries = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    links = sorted(p.name for p in entries if p.is_symlink())
+    if links:  # a link to another class's folder would count its images twice
+        note = f"{root}: ignoring {len(links)} symlinked folder(s), which are not classes: {', '.join(links[:5])}"
+        log.warning("%s", note)
+        if warnings is not None:
+            warnings.append(note)
+    subdirs = sorted(p for p in entries if not p.is_symlink())
+    names = {p.name.lower() for p in subdirs}
+    if names & set(IMAGE_DIR_NAMES) and names & set(MASK_DIR_NAMES):
+        raise QmedInputError(root, "holds images/ and masks/: a segmentation dataset, not one sub-folder per class "
+                                   "(train a segmenter with qmed train --data, or give ROOT/CLASS/*.png)")
     if not subdirs:
         loose = [p for p in root.iterdir() if is_image_file(p)]
         hint = f" (it holds {len(loose)} images directly; put them into one sub-folder per class)" if loose else ""
         raise QmedInputError(root, f"has no class sub-folders{hint}")
     out: dict[str, list[Path]] = {}
     for d in subdirs:
-        files = sorted(p for p in d.rglob("*") if is_image_file(p))
+        files = sorted(p for p in d.rglob("*") if is_image_file(p))  # rglob does not enter symlinked folders
         if not files:
             raise QmedInputError(d, f"class folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
         out[d.name] = files
@@ -142,13 +156,14 @@ def load_dataset(spec: str | Path, image_size: int, positive: str | None = None,
     `source_classes`: the training set's classes (at evaluation); a class outside them is an error.
     `positive`: a source class to make the task positive-vs-rest."""
     path, split = split_spec(spec)
+    notes: list[str] = []
     if path.suffix.lower() == ".npz":
         src_labels, imgs, names, found = _load_npz(path, split or default_split, image_size)
         where = Path(f"{path}:{split or default_split}")
     else:
         if split is not None:
             raise QmedInputError(path, "a ':SPLIT' suffix applies only to .npz files")
-        folders = class_folders(path)
+        folders = class_folders(path, notes)
         found = list(folders)
         src_labels, imgs, names = [], [], []
         for cls, files in folders.items():
@@ -169,23 +184,43 @@ def load_dataset(spec: str | Path, image_size: int, positive: str | None = None,
         positive_note = source_classes[1]
         log.info("%s: two classes, treating %r as positive", where, positive_note)
     labels, classes = _task_labels(src_labels, source_classes, positive)
-    data = ClassData(_stack(imgs), torch.tensor(labels, dtype=torch.long), classes, list(source_classes), names, str(where))
+    data = ClassData(_stack(imgs), torch.tensor(labels, dtype=torch.long), classes, list(source_classes), names, str(where), notes)
     return data
 
 
-def _load_npz(path: Path, split: str, image_size: int) -> tuple[list[str], list[np.ndarray], list[str], list[str]]:
+def _open_npz(path: Path):
+    """The archive, opened: a missing, truncated or foreign file is one QmedInputError."""
     if not path.is_file():
         raise QmedInputError(path, "file does not exist")
     try:
         z = np.load(path, allow_pickle=False)
-        keys = set(z.files)
-    except Exception as exc:
-        raise QmedInputError(path, f"cannot be read as an .npz archive ({type(exc).__name__})") from None
+        z.files  # noqa: B018 - a NpzFile has them; an .npy or pickle does not
+    except Exception as exc:  # noqa: BLE001 - zipfile, zlib, numpy and OS errors alike
+        raise QmedInputError(path, f"cannot be read as an .npz archive ({type(exc).__name__}); the file may be truncated or corrupt") from None
+    return z
+
+
+def _npz_member(z, key: str, path: Path) -> np.ndarray:
+    """One array of the archive; a member cut short or corrupted (bad CRC, zlib error) is one QmedInputError."""
+    try:
+        return z[key]
+    except Exception as exc:  # noqa: BLE001
+        raise QmedInputError(path, f"{key} cannot be read ({type(exc).__name__}); the file may be truncated or corrupt") from None
+
+
+def _npz_splits(keys) -> list[str]:
+    """The splits of an archive: SPLIT where SPLIT_images and SPLIT_labels are both there."""
+    keys = set(keys)
+    return sorted(k[: -len("_images")] for k in keys if k.endswith("_images") and f"{k[:-7]}_labels" in keys)
+
+
+def _load_npz(path: Path, split: str, image_size: int) -> tuple[list[str], list[np.ndarray], list[str], list[str]]:
+    z = _open_npz(path)
+    keys = set(z.files)
     ik, lk = f"{split}_images", f"{split}_labels"
     if ik not in keys or lk not in keys:
-        splits = sorted(k[: -len("_images")] for k in keys if k.endswith("_images") and f"{k[:-7]}_labels" in keys)
-        raise QmedInputError(path, f"has no split {split!r} ({ik} + {lk}); splits found: {', '.join(splits) or 'none'}")
-    x, y = z[ik], z[lk]
+        raise QmedInputError(path, f"has no split {split!r} ({ik} + {lk}); splits found: {', '.join(_npz_splits(keys)) or 'none'}")
+    x, y = _npz_member(z, ik, path), _npz_member(z, lk, path)
     if x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[3] not in (1, 3)):
         raise QmedInputError(path, f"{ik} has shape {x.shape}; expected (N, H, W) or (N, H, W, 1|3)")
     y = np.asarray(y)
@@ -226,18 +261,20 @@ def describe_dataset(spec: str | Path, positive: str | None = None) -> dict[str,
     """Class counts of a dataset without decoding the images (folders) -> dict."""
     path, split = split_spec(spec)
     if path.suffix.lower() == ".npz":
-        if not path.is_file():
-            raise QmedInputError(path, "file does not exist")
-        z = np.load(path, allow_pickle=False)
+        z = _open_npz(path)
+        splits = _npz_splits(z.files)
+        if split is not None and split not in splits:
+            raise QmedInputError(path, f"has no split {split!r} ({split}_images + {split}_labels); splits found: {', '.join(splits) or 'none'}")
         out: dict[str, Any] = {"source": str(path), "splits": {}}
-        for k in sorted(z.files):
-            if k.endswith("_labels") and (split is None or k == f"{split}_labels"):
-                y = np.asarray(z[k]).reshape(len(z[k]), -1)[:, 0]
+        for name in splits:
+            if split is None or name == split:
+                y = np.asarray(_npz_member(z, f"{name}_labels", path))
+                y = y.reshape(len(y), -1)[:, 0]
                 vals, cnt = np.unique(y, return_counts=True)
-                out["splits"][k[:-7]] = {"counts": {str(int(v)): int(c) for v, c in zip(vals, cnt)},
-                                         "image_shape": list(z[k[:-7] + "_images"].shape[1:])}
+                out["splits"][name] = {"counts": {str(int(v)): int(c) for v, c in zip(vals, cnt)},
+                                       "image_shape": list(_npz_member(z, f"{name}_images", path).shape[1:])}
         if not out["splits"]:
-            raise QmedInputError(path, "holds no SPLIT_labels arrays")
+            raise QmedInputError(path, "holds no splits (SPLIT_images + SPLIT_labels arrays)")
         classes = sorted({c for s in out["splits"].values() for c in s["counts"]}, key=lambda v: int(v))
     else:
         folders = class_folders(path)

@@ -120,6 +120,8 @@ def train_classifier(cfg: ClassifyConfig, train_spec, val_spec, out: str | Path,
     prepare_output_dir(out, force, ("checkpoints",), "output directory")
     handler = logging.FileHandler(out / "train.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    for note in dict.fromkeys(train.warnings + val.warnings):  # said on the console while reading; now in the log too
+        handler.handle(log.makeRecord(log.name, logging.WARNING, __file__, 0, "%s", (note,), None))
     log.addHandler(handler)
     try:
         return _fit(cfg, model, train, val, out, dev, describe(model))

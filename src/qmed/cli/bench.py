@@ -10,7 +10,11 @@ from typing import List, Optional
 
 import typer
 
-from qmed.cli.common import console, err_console, handle_errors, setup_logging
+from qmed.cli.common import (COUNT, NNUNET_ID, POSITIVE, SEED, TILE, Rule, check_device, check_file_out, check_preset, check_ranges,
+                             check_writable_parent, console, err_console, handle_errors, setup_logging)
+
+# The benchmarks' tables always print 95 % intervals: at least 100 resamples.
+N_BOOT_CI = Rule("at least 100 (fewer resamples give no usable 95 % interval)", lo=100)
 
 benchmark_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                             help="Measure speed and memory (speed); train qmed, plain smp and nnU-Net on one budget and score them (quality); qmed against plain smp on several datasets side by side (suite).")
@@ -36,6 +40,10 @@ def speed(
     from qmed.io.files import write_json
 
     setup_logging()
+    check_ranges(("--size", size, TILE), ("--batch", batch, COUNT), ("--infer-batch", infer_batch, COUNT), ("--steps", steps, COUNT))
+    check_preset(preset, auto=False)
+    check_device(device)
+    check_file_out(json_out, "--json", "speed.json")
     doc = run_speed(preset=preset, size=size, batch=batch, device=device, amp=amp, channels_last=channels_last, steps=steps,
                     data=data, infer_batch=infer_batch, overrides=set_, say=lambda m: err_console.print(m, style="dim", markup=False))
     for t in rich_tables(doc):
@@ -70,6 +78,11 @@ def quality(
     from qmed.experiments.quality import failure_notes, parse_methods, rich_table, run_quality
 
     setup_logging()
+    check_ranges(("--minutes", minutes, POSITIVE), ("--dataset-id", dataset_id, NNUNET_ID), ("--n-boot", n_boot, N_BOOT_CI),
+                 ("--train-seed", train_seed, SEED))
+    check_preset(preset)
+    check_device(device)
+    check_writable_parent(out)
     doc = run_quality(data, val, out, minutes=minutes, methods=parse_methods(methods), preset=preset, device=device,
                       nnunet_trainer=nnunet_trainer, dataset_id=dataset_id, n_boot=n_boot, force=force,
                       overrides=set_ or None, say=lambda m: err_console.print(m, style="dim", markup=False), qmed_val=qmed_val,
@@ -100,6 +113,10 @@ def suite(
     from qmed.experiments.suite import rich_table, run_suite
 
     setup_logging()
+    check_ranges(("--minutes", minutes, POSITIVE), ("--n-boot", n_boot, N_BOOT_CI), ("--train-seed", train_seed, SEED))
+    check_preset(preset)
+    check_device(device)
+    check_writable_parent(out)
     names = [d.strip() for d in datasets.split(",") if d.strip()]
     doc = run_suite(data_root, out, names, minutes=minutes, preset=preset, device=device, n_boot=n_boot, force=force,
                     say=lambda m: err_console.print(m, style="dim", markup=False), overrides=set_ or None, train_seed=train_seed,

@@ -11,7 +11,8 @@ from typing import Any, List, Optional
 import typer
 from click.core import ParameterSource
 
-from qmed.cli.common import console, handle_errors, setup_logging, weights_option
+from qmed.cli.common import (COUNT, N_BOOT, NON_NEGATIVE, POSITIVE, SEED, Rule, check_device, check_file_out, check_ranges,
+                             check_writable_parent, console, handle_errors, setup_logging, weights_option)
 from qmed.config import ClassifyConfig, available_classify_presets, deep_merge, parse_overrides, resolve_classify_config
 from qmed.errors import QmedInputError
 
@@ -22,6 +23,20 @@ DATA_HELP = "Class-folder dataset (ROOT/CLASS/*.png) or a MedMNIST .npz (FILE.np
 
 
 _d = ClassifyConfig.default  # the options repeat ClassifyConfig's fields with its defaults
+
+# The ranges ClassifyConfig also enforces (for --set and presets), checked here per option first.
+THRESHOLD = Rule("above 0 and below 1 (positive when its probability >= threshold)", lo=0, hi=1, lo_open=True, hi_open=True)
+IMAGE_SIZE = Rule("at least 16 (pixels)", lo=16)
+BATCH = Rule("at least 2 (batch norm needs two images)", lo=2)
+QUBITS = Rule("between 1 and 20 (statevector simulation costs 2**Q)", lo=1, hi=20)
+LAYERS = Rule("between 1 and 50", lo=1, hi=50)
+
+
+def _check_training_options(v: dict[str, Any]) -> None:
+    """The numeric options train and compare share, by their flag names."""
+    rules = {"qubits": QUBITS, "layers": LAYERS, "image_size": IMAGE_SIZE, "batch_size": BATCH, "epochs": COUNT, "minutes": POSITIVE,
+             "lr": POSITIVE, "pqc_lr_mult": POSITIVE, "weight_decay": NON_NEGATIVE, "patience": COUNT, "seed": SEED}
+    check_ranges(*((f"--{k.replace('_', '-')}", v[k], r) for k, r in rules.items() if k in v))
 
 
 def _given(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any]:
@@ -91,11 +106,14 @@ def train_cmd(
     setup_logging(True)
     from qmed.classify.train import train_classifier
 
+    check_device(device)
+    check_writable_parent(out)
     options = dict(model=model, weights=weights_option(weights), pqc=pqc, qubits=qubits, layers=layers, entangler=entangler,
                    rotation=rotation, qdevice=qdevice, diff_method=diff_method, positive=positive, image_size=image_size,
                    batch_size=batch_size, epochs=epochs, minutes=minutes, lr=lr, pqc_lr_mult=pqc_lr_mult,
                    weight_decay=weight_decay, patience=patience, class_weights=class_weights, augment=augment, seed=seed,
                    synthetic=synthetic, synthetic_class=synthetic_class)
+    _check_training_options(options)
     cfg = resolve_classify_config(preset, deep_merge(_given(ctx, options), parse_overrides(set_)), "--set" if set_ else None)
     s = train_classifier(cfg, data, val, out, force=force, device=device)
     con = console
@@ -107,8 +125,16 @@ def train_cmd(
     con.print(f"run written to {out} (checkpoints/best.pt, metrics.csv, summary.json, eval/metrics.json, eval/figures/)", markup=False, highlight=False, soft_wrap=True)
 
 
+def _interval(v: dict) -> str:
+    """' [lo, hi]', or '' when no interval was computed (n_boot 0, or too few images)."""
+    lo, hi = v.get("ci_low"), v.get("ci_high")
+    if lo is None or hi is None or lo != lo or hi != hi:
+        return ""
+    return f" [{lo:.4f}, {hi:.4f}]"
+
+
 def _metrics_line(m: dict, title: str) -> str:
-    parts = [f"{k} {m[k]['value']:.4f} [{m[k]['ci_low']:.4f}, {m[k]['ci_high']:.4f}]" for k in m]
+    parts = [f"{k} {m[k]['value']:.4f}{_interval(m[k])}" for k in m]
     return f"{title}: " + "; ".join(parts)
 
 
@@ -119,7 +145,7 @@ def evaluate_cmd(
     data: str = typer.Option(..., "--data", help="Labelled set. " + DATA_HELP + " (.npz default split: test, else val)"),
     out: Optional[Path] = typer.Option(None, "--out", help="Write metrics.json, predictions.csv and figures/ here."),
     threshold: Optional[float] = typer.Option(None, help="Decision threshold on the positive class (default: the run's, 0.5)."),
-    n_boot: Optional[int] = typer.Option(None, help="Bootstrap resamples (default: the run's, 1000)."),
+    n_boot: Optional[int] = typer.Option(None, help="Bootstrap resamples, at least 100; 0: no intervals (default: the run's, 1000)."),
     seed: Optional[int] = typer.Option(None, help="Bootstrap seed (default: the run's)."),
     device: Optional[str] = typer.Option(None),
 ):
@@ -127,12 +153,15 @@ def evaluate_cmd(
     setup_logging(False)
     from qmed.classify.evaluate import evaluate_run
 
+    check_ranges(("--threshold", threshold, THRESHOLD), ("--n-boot", n_boot, N_BOOT), ("--seed", seed, SEED))
+    check_device(device)
+    check_writable_parent(out)
     r = evaluate_run(model, data, out, n_boot=n_boot, seed=seed, threshold=threshold, device=device)
     con = console
     counts = ", ".join(f"{c} {k}" for c, k in r["counts"].items())
     con.print(f"{r['source']}: {r['n']} images ({counts})", markup=False, highlight=False, soft_wrap=True)
     for k, v in r["metrics"].items():
-        con.print(f"  {k:18s} {v['value']:.4f}  [{v['ci_low']:.4f}, {v['ci_high']:.4f}]", markup=False, highlight=False, soft_wrap=True)
+        con.print(f"  {k:18s} {v['value']:.4f} {_interval(v)}", markup=False, highlight=False, soft_wrap=True)
     if out:
         con.print(f"wrote {out / 'metrics.json'}, {out / 'predictions.csv'} and {out / 'figures'}", markup=False, highlight=False, soft_wrap=True)
 
@@ -150,6 +179,9 @@ def predict_cmd(
     setup_logging(False)
     from qmed.classify.predict import predict_files
 
+    check_ranges(("--threshold", threshold, THRESHOLD))
+    check_device(device)
+    check_file_out(out, "--out", "predictions.csv")
     n = predict_files(model, input, out, threshold=threshold, device=device)
     console.print(f"wrote {n} predictions to {out}", markup=False, highlight=False, soft_wrap=True)
 
@@ -186,6 +218,10 @@ def compare_cmd(
     setup_logging(True)
     from qmed.classify.compare import compare, compare_table
 
+    _check_training_options(dict(minutes=minutes, image_size=image_size, batch_size=batch_size, epochs=epochs, lr=lr,
+                                 weight_decay=weight_decay, patience=patience, qubits=qubits, layers=layers, seed=seed))
+    check_device(device)
+    check_writable_parent(out)
     files = {}
     for item in weights_file:
         if "=" not in item:

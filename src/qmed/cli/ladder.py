@@ -10,7 +10,12 @@ from typing import List, Optional
 
 import typer
 
-from qmed.cli.common import console, err_console, handle_errors, setup_logging
+from qmed.cli.common import (COUNT, FRACTION, POSITIVE, SEED, Rule, check_device, check_preset, check_ranges, check_writable_parent,
+                             console, err_console, handle_errors, setup_logging)
+
+# The tables always print 95 % intervals: at least 100 resamples.
+N_BOOT_CI = Rule("at least 100 (fewer resamples give no usable 95 % interval)", lo=100)
+MC_PASSES = Rule("at least 2 (the uncertainty is the spread between passes)", lo=2)
 
 
 @handle_errors
@@ -42,6 +47,12 @@ def ablate(
     from qmed.experiments.ablate import ActiveSettings, notes, rich_table, run_ablate
 
     setup_logging()
+    check_ranges(("--budget", budget, POSITIVE), ("--al-start", al_start, FRACTION), ("--al-step", al_step, FRACTION),
+                 ("--al-rounds", al_rounds, COUNT), ("--mc-passes", mc_passes, MC_PASSES), ("--n-boot", n_boot, N_BOOT_CI),
+                 ("--seed", seed, SEED))
+    check_preset(preset, auto=False)
+    check_device(device)
+    check_writable_parent(out)
     doc = run_ablate(data, val, out, minutes=budget, only=only, preset=preset, overrides=set_, device=device, n_boot=n_boot,
                      seed=seed, active=ActiveSettings(al_start, al_step, al_rounds, mc_passes), force=force,
                      say=lambda m: err_console.print(m, style="dim", markup=False))
@@ -69,6 +80,10 @@ def curve(
     from qmed.experiments.curve import parse_fractions, rich_table, run_curve
 
     setup_logging()
+    check_ranges(("--budget", budget, POSITIVE), ("--n-boot", n_boot, N_BOOT_CI), ("--seed", seed, SEED))
+    check_preset(preset, auto=False)
+    check_device(device)
+    check_writable_parent(out)
     doc = run_curve(data, val, out, fractions=parse_fractions(fractions), minutes=budget, preset=preset, overrides=set_, device=device,
                     n_boot=n_boot, seed=seed, force=force, say=lambda m: err_console.print(m, style="dim", markup=False))
     console.print(rich_table(doc))

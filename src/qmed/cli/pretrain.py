@@ -10,7 +10,8 @@ from typing import Optional
 
 import typer
 
-from qmed.cli.common import console, handle_errors, setup_logging, weights_option
+from qmed.cli.common import (COUNT, POSITIVE, SEED, Rule, check_device, check_ranges, check_writable_parent, console, handle_errors,
+                             setup_logging, weights_option)
 from qmed.config import SimCLRConfig
 
 pretrain_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -46,6 +47,11 @@ def simclr_cmd(
     setup_logging(True)
     from qmed.classify.pretrain import pretrain_simclr
 
+    check_ranges(("--image-size", image_size, Rule("at least 16 (pixels)", lo=16)), ("--epochs", epochs, COUNT), ("--minutes", minutes, POSITIVE),
+                 ("--batch-size", batch_size, Rule("at least 2 (a view needs negatives)", lo=2)), ("--temperature", temperature, POSITIVE),
+                 ("--lr", lr, POSITIVE), ("--seed", seed, SEED))
+    check_device(device)
+    check_writable_parent(out)
     cfg = SimCLRConfig.from_dict(dict(model=model, weights=weights_option(weights), image_size=image_size, epochs=epochs, minutes=minutes,
                                       batch_size=batch_size, temperature=temperature, lr=lr, seed=seed))
     s = pretrain_simclr(cfg, data, out, force=force, device=device)

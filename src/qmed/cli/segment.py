@@ -9,8 +9,13 @@ from typing import List, Optional
 
 import typer
 
-from qmed.cli.common import console, handle_errors, resolve_cli_config, setup_logging
+from qmed.cli.common import (COUNT, N_BOOT, NNUNET_ID, POSITIVE, SEED, SEG_THRESHOLD, TILE, Rule, check_device, check_file_out,
+                             check_preset, check_ranges, check_writable_parent, console, handle_errors, resolve_cli_config,
+                             setup_logging)
 from qmed.errors import QmedInputError
+
+DIAMETER = Rule("at least 1 (pixels)", lo=1)
+DEMO_TRAIN = Rule("at least 2", lo=2)
 
 
 @handle_errors
@@ -26,9 +31,11 @@ def inspect(
     setup_logging()
     from qmed.data.dataset import IMAGE_DIR_NAMES, find_pairs, fingerprint
 
+    check_file_out(json_out, "--json", "fingerprint.json")
     root = Path(str(data_dir).split(":")[0])
-    if root.suffix.lower() == ".npz" or (
-        root.is_dir() and not any((root / n).is_dir() for n in IMAGE_DIR_NAMES) and any(q.is_dir() for q in root.iterdir())
+    if root.suffix.lower() == ".npz" or (  # class folders (a symlinked folder is no class of its own)
+        root.is_dir() and not any((root / n).is_dir() for n in IMAGE_DIR_NAMES)
+        and any(q.is_dir() and not q.is_symlink() for q in root.iterdir())
     ):
         from qmed.cli.classify import inspect_cmd
 
@@ -51,8 +58,8 @@ def evaluate(
     pred: Path = typer.Option(..., "--pred", help="Folder of predictions, one per NAME: masks (0/1, 0/255), probability maps or instance label maps."),
     truth: Path = typer.Option(..., "--truth", help="Ground truth: a dataset folder (masks/ inside) or a folder of masks."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the summary and per-image figures as JSON here (and a per-image CSV beside it)."),
-    threshold: float = typer.Option(0.5, help="Probability threshold for probability maps."),
-    n_boot: int = typer.Option(2000, help="Bootstrap resamples for the 95 % confidence intervals."),
+    threshold: float = typer.Option(0.5, help="Probability threshold for probability maps (foreground = value > threshold; 0 <= threshold < 1)."),
+    n_boot: int = typer.Option(2000, help="Bootstrap resamples for the 95 % confidence intervals (at least 100; 0: no intervals)."),
     seed: int = typer.Option(0, help="Bootstrap seed."),
     pred_kind: str = typer.Option("auto", "--pred-kind", help=(
         "What the prediction files hold: mask (foreground = non-zero), probability (foreground = value > threshold), "
@@ -69,6 +76,8 @@ def evaluate(
     setup_logging()
     from qmed.evaluate.folders import describe_kinds, evaluate_folders, summary_table, write_outputs
 
+    check_ranges(("--threshold", threshold, SEG_THRESHOLD), ("--n-boot", n_boot, N_BOOT), ("--seed", seed, SEED))
+    check_file_out(out, "--out", "scores.json")
     summary, rows = evaluate_folders(pred, truth, threshold=threshold, n_boot=n_boot, seed=seed, pred_kind=pred_kind, instances=instances)
     console.print(f"predictions read as {describe_kinds(summary['pred_kinds'], pred_kind)}")
     console.print(summary_table(summary))
@@ -113,10 +122,10 @@ def train(
     from qmed.segment.train import resume as resume_run
     from qmed.segment.train import train as train_run
 
+    check_ranges(("--epochs", epochs, COUNT), ("--minutes", minutes, POSITIVE), ("--stop-after-epochs", stop_after, COUNT))
+    check_device(device)
     if resume is not None and minutes is not None:
         raise QmedInputError(resume, "--minutes cannot be combined with --resume (the resumed run keeps its own schedule)")
-    if minutes is not None and minutes <= 0:
-        raise QmedInputError(None, f"--minutes must be positive, got {minutes}")
     if resume is not None:
         run = resume_run(resume, device=device, quiet=quiet, train_source=data, val_source=val, tensorboard=tensorboard, stop_after=stop_after)
     else:
@@ -127,7 +136,10 @@ def train(
             extra.setdefault("train", {})["epochs"] = epochs
         if encoder_weights is not None:
             extra.setdefault("model", {})["encoder_weights"] = None if encoder_weights.lower() == "none" else encoder_weights
+        check_writable_parent(out)
         cfg = resolve_cli_config(preset, config, set_, extra, data=data)
+        if cfg.train.epochs < 1:  # --set train.epochs=0 or a --config file: nothing would be trained
+            raise QmedInputError(config, f"train.epochs must be at least 1; got {cfg.train.epochs}")
         if minutes is not None:
             from qmed.segment.budget import fit_to_budget
 
@@ -159,14 +171,14 @@ def predict(
     input: Path = typer.Option(..., "--input", help="Folder of images (or one image file)."),
     out: Path = typer.Option(..., "--out", help="Output folder: NAME.png masks (0/255) and probabilities/NAME.png (16-bit)."),
     tta: bool = typer.Option(False, "--tta/--no-tta", help="7-fold dihedral test-time augmentation."),
-    threshold: Optional[float] = typer.Option(None, help="Probability threshold (default: the run's, 0.5)."),
-    tile: Optional[int] = typer.Option(None, help="Sliding-window size in px for large images (default: the run's)."),
+    threshold: Optional[float] = typer.Option(None, help="Probability threshold, 0 <= threshold < 1 (default: the run's, 0.5)."),
+    tile: Optional[int] = typer.Option(None, help="Sliding-window size in px for large images, a multiple of 32 (default: the run's)."),
     force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out folder."),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda if available)."),
     rescale: Optional[bool] = typer.Option(None, "--rescale/--no-rescale", help=(
         "Resize each image so its objects' median diameter (measured on a first pass) matches the training "
         "masks' (default: the run's predict.rescale); OUT/scales.json lists the factors.")),
-    object_diameter: Optional[float] = typer.Option(None, "--object-diameter", min=1.0, help=(
+    object_diameter: Optional[float] = typer.Option(None, "--object-diameter", help=(
         "Target object diameter in px for --rescale (default: the training masks' median, recorded by qmed train).")),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar (it goes to stderr, and only to a terminal)."),
     backend: Optional[str] = typer.Option(None, "--backend", help=(
@@ -182,6 +194,9 @@ def predict(
     setup_logging()
     from qmed.segment.predict import predict_folder
 
+    check_ranges(("--threshold", threshold, SEG_THRESHOLD), ("--tile", tile, TILE), ("--object-diameter", object_diameter, DIAMETER))
+    check_device(device)
+    check_writable_parent(out)
     n = predict_folder(model, input, out, tta=tta, threshold=threshold, tile=tile, force=force, device=device, rescale=rescale,
                        object_diameter=object_diameter, quiet=quiet, backend=backend, instances=instances)
     console.print(f"wrote {n} masks to {out} and probability maps to {out / 'probabilities'} (settings in {out / 'predict.json'})")
@@ -194,7 +209,7 @@ def export(
     model: Path = typer.Option(..., "--model", help="Run directory (uses checkpoints/best.pt) or a .pt checkpoint."),
     out: Path = typer.Option(..., "--out", help="The ONNX file to write (its JSON sidecar goes beside it as OUT.json)."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --out (and its sidecar)."),
-    opset: int = typer.Option(17, "--opset", help="ONNX opset (17 or higher)."),
+    opset: int = typer.Option(17, "--opset", help="ONNX opset (17 up to the newest torch's exporter writes, 23 with torch 2.14)."),
 ):
     """Export a segmentation model to ONNX: normalisation, edge channel, projection, network and sigmoid in one graph.
 
@@ -204,8 +219,18 @@ def export(
     metadata (and OUT.json) hold the threshold, TTA views, tile and the run's config, so
     qmed predict --backend onnxruntime --model OUT needs nothing else. Needs the onnx extra (pip install onnx onnxruntime)."""
     setup_logging()
-    from qmed.segment.export import export_onnx, sidecar_path
+    from qmed.io.checkpoints import resolve_checkpoint
+    from qmed.segment.export import SUPPORTED_OPSETS, export_onnx, sidecar_path
 
+    check_ranges(("--opset", opset, Rule(f"between {SUPPORTED_OPSETS[0]} and {SUPPORTED_OPSETS[-1]} (what this torch's exporter "
+                                         "writes and qmed checks)", lo=SUPPORTED_OPSETS[0], hi=SUPPORTED_OPSETS[-1])))
+    if out.suffix.lower() != ".onnx":  # qmed predict tells an ONNX model from a checkpoint by the suffix
+        raise QmedInputError(out, "--out must end in .onnx (qmed predict reads a model by its suffix), e.g. "
+                                  f"{out.with_name(out.name + '.onnx')}")
+    check_writable_parent(out)
+    ckpt = resolve_checkpoint(model)
+    if model.is_dir() and ckpt.name != "best.pt":
+        console.print(f"note: {model} has no checkpoints/best.pt; exporting {ckpt.name}", markup=False, highlight=False)
     meta = export_onnx(model, out, force=force, opset=opset)
     console.print(f"wrote {out} and {sidecar_path(out)} (opset {meta['opset']}; ONNX Runtime against torch on a check image: "
                   f"max |difference| {meta['check']['max_abs_diff_vs_torch']:.1e})")
@@ -225,6 +250,7 @@ def report(
     setup_logging()
     from qmed.report.run import build_report
 
+    check_device(device)
     md = build_report(run_dir, data, tta=tta, device=device)
     console.print(f"wrote {md} and {md.with_suffix('.html')} (figures in {md.parent / 'figures'})")
 
@@ -241,6 +267,10 @@ def demo(
     """Generate synthetic fluorescence nuclei, train the cpu recipe for a few minutes, write its report, predict and evaluate."""
     setup_logging(verbose=True)
     from qmed.experiments.demo import run_demo
+
+    check_ranges(("--minutes", minutes, POSITIVE), ("--n-train", n_train, DEMO_TRAIN), ("--n-val", n_val, COUNT))
+    check_preset(preset, auto=False)
+    check_writable_parent(out)
 
     run_demo(out, minutes=minutes, n_train=n_train, n_val=n_val, force=force, console=console, preset=preset)
 
@@ -266,6 +296,10 @@ def convert(
     fmt = (to or from_).lower()
     if fmt != "nnunet":
         raise QmedInputError(None, f"unknown format {fmt!r}; qmed converts to and from: nnunet")
+    check_ranges(("--dataset-id", dataset_id, NNUNET_ID))
+    check_writable_parent(out)
+    if from_ is not None:
+        check_writable_parent(val, "--val")
     if to is not None:
         ds = to_nnunet(data, out, dataset_id=dataset_id, name=name, val=val, label_name=label_name, force=force)
         console.print(f"wrote {ds} (imagesTr/, labelsTr/{', imagesTs/, labelsTs/' if val else ''}, dataset.json)")

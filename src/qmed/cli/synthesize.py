@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from qmed.cli.common import console, handle_errors, setup_logging
+from qmed.cli.common import COUNT, POSITIVE, SEED, Rule, check_device, check_ranges, check_writable_parent, console, handle_errors, setup_logging
 from qmed.config import DDPMConfig
 
 _d = DDPMConfig.default  # the options repeat DDPMConfig's fields with its defaults
@@ -37,6 +37,11 @@ def synthesize_cmd(
     setup_logging(True)
     from qmed.classify.synthesize import synthesize
 
+    check_ranges(("--n", n, COUNT), ("--image-size", image_size, Rule("a multiple of 4 and at least 16 (pixels)", lo=16, multiple_of=4)),
+                 ("--epochs", epochs, COUNT), ("--minutes", minutes, POSITIVE), ("--batch-size", batch_size, COUNT), ("--lr", lr, POSITIVE),
+                 ("--sample-steps", sample_steps, Rule("between 1 and 1000 (the training timesteps)", lo=1, hi=1000)), ("--seed", seed, SEED))
+    check_device(device)
+    check_writable_parent(out)
     cfg = DDPMConfig.from_dict(dict(image_size=image_size, n=n, epochs=epochs, minutes=minutes, batch_size=batch_size, lr=lr,
                                     sample_steps=sample_steps, seed=seed))
     s = synthesize(cfg, data, out, force=force, device=device)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from qmed.data.objects import median_diameter, object_diameter
 from qmed.errors import QmedInputError
@@ -246,17 +247,48 @@ def _median_or_nan(values: list[float]) -> float:
     return float(np.median(v)) if v.size else float("nan")
 
 
-def fingerprint(pairs: list[Pair]) -> dict:
-    """What the dataset looks like: sizes, channels, foreground, emptiness, objects.
+# A mask with at most this many distinct non-zero values, one of which covers several separate
+# regions, is a class map (e.g. 1 = tumour, 2 = stroma), not instance labels: one value per object.
+CLASS_MAP_MAX_VALUES = 4
+
+
+def looks_like_class_map(labels: np.ndarray) -> bool:
+    """Several (2..CLASS_MAP_MAX_VALUES) non-zero values, at least one of them in several separate
+    (8-connected) regions. Binary masks never qualify: their labels are their connected components."""
+    values = np.unique(labels[labels > 0])
+    if not 2 <= values.size <= CLASS_MAP_MAX_VALUES:
+        return False
+    return any(ndimage.label(labels == v, structure=np.ones((3, 3), dtype=int))[1] > 1 for v in values)
+
+
+def data_warnings(n_pairs: int, n_empty: int, class_maps: list[tuple[str, list[int]]]) -> list[str]:
+    """One line per kind of suspect mask set: all masks empty; masks that look like class maps."""
+    out = []
+    if n_empty == n_pairs:
+        out.append(f"every mask is empty ({n_pairs} of {n_pairs}): there is no foreground to learn; check that masks/ holds the annotations")
+    if class_maps:
+        name, values = class_maps[0]
+        out.append(f"{len(class_maps)} of {n_pairs} masks hold a few values that each cover several separate regions "
+                   f"(e.g. {name}: values 0/{'/'.join(map(str, values))}): they look like class maps, not instance labels; "
+                   "qmed merges every non-zero value into one foreground and counts each value as one object")
+    return out
+
+
+def fingerprint(pairs: list[Pair], warn: bool = True) -> dict:
+    """What the dataset looks like: sizes, channels, foreground, emptiness, objects; "warnings" lists
+    suspect masks (data_warnings), each also logged as a warning when `warn`.
 
     Drives `--preset auto`'s settings (qmed.data.planning.plan), which `qmed inspect` prints."""
     if not pairs:
         raise QmedInputError(None, "cannot fingerprint an empty dataset (no image/mask pairs)")
     sizes, channels, fg_frac, n_objects, obj_sizes, diameters = [], [], [], [], [], []
     colour, bg_level, fg_level = [], [], []
+    class_maps: list[tuple[str, list[int]]] = []
     digest = hashlib.sha1()
     for pair in pairs:
         img, fg, labels = load_pair(pair)
+        if looks_like_class_map(labels):
+            class_maps.append((pair.mask.name, np.unique(labels[labels > 0]).tolist()))
         c, b, f = appearance(img, fg)
         colour.append(c)
         bg_level.append(b)
@@ -302,5 +334,9 @@ def fingerprint(pairs: list[Pair]) -> dict:
         "foreground_intensity": _median_or_nan(fg_level),
         "modality": modality(float(np.mean(colour)), _median_or_nan(bg_level), _median_or_nan(fg_level)),
         "hash": digest.hexdigest()[:12],
+        "warnings": data_warnings(len(pairs), int(np.sum(fg_arr == 0)), class_maps),
     }
+    if warn:
+        for line in fp["warnings"]:
+            log.warning("%s: %s", pairs[0].mask.parent if pairs[0].mask else "dataset", line)
     return fp

@@ -102,7 +102,7 @@ def auto_config(train_source: str | Path, config_file: str | Path | None = None,
     n = len(pairs)
     if n > MAX_FINGERPRINT_IMAGES:  # an even spread of the sorted names
         pairs = [pairs[int(i * n / MAX_FINGERPRINT_IMAGES)] for i in range(MAX_FINGERPRINT_IMAGES)]
-    over, why = plan({**fingerprint(pairs), "n_pairs": n}, gpu=gpu)
+    over, why = plan({**fingerprint(pairs, warn=False), "n_pairs": n}, gpu=gpu)  # the run warns, into its log
     users = [load_yaml(config_file)] if config_file is not None else []
     if overrides:
         users.append(parse_overrides(overrides) if isinstance(overrides, list) else overrides)

@@ -37,8 +37,8 @@ import numpy as np
 from qmed.data.dataset import IMAGE_DIR_NAMES, MASK_DIR_NAMES, find_pairs, list_images, mask_stem
 from qmed.errors import QmedInputError
 from qmed.evaluate.metrics import BF1_TOL, CONVENTIONS, INSTANCE_KEYS, SMALL_MAX_SIZE, score_image, summarize
-from qmed.io.files import write_text
-from qmed.io.images import PREDICTION_KINDS, is_image_file, read_mask, read_prediction
+from qmed.io.files import json_safe, write_json, write_text
+from qmed.io.images import PREDICTION_KINDS, is_image_file, prediction_kind, read_mask, read_prediction
 
 log = logging.getLogger("qmed")
 
@@ -158,11 +158,13 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, threshold: flo
     if extra:
         log.warning("%s: ignoring %d prediction(s) without ground truth: %s", pred_dir, len(extra), ", ".join(extra[:5]) + (" ..." if len(extra) > 5 else ""))
 
-    rows, kinds = [], {}
+    rows, kinds, not_labels = [], {}, []
     for name, mask, pred_path in pairs:
         truth_fg, truth_labels = read_mask(mask)
         kind, pred = read_prediction(pred_path, pred_kind)  # refuses NaN/inf and values outside [0, 1]
         kinds[kind] = kinds.get(kind, 0) + 1
+        if pred_kind == "labels" and prediction_kind(pred) == "probability":  # told labels, but not their pattern
+            not_labels.append((pred_path, int(np.unique(pred[pred > 0]).size)))
         if pred.shape != truth_fg.shape:
             raise QmedInputError(pred_path, f"prediction is {pred.shape[1]}x{pred.shape[0]} but its ground truth {mask.name} is {truth_fg.shape[1]}x{truth_fg.shape[0]}")
         if kind == "labels":
@@ -175,12 +177,21 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, threshold: flo
                             "If this is an instance label map, pass --pred-kind labels", pred_path, threshold, pred.max())
             row = score_image(fg, truth_fg, truth_labels, instances=True)
         rows.append({"name": name, "pred_kind": kind, **row})
+    if not_labels:
+        path, n_values = not_labels[0]
+        log.warning("%s: %d of %d predictions read as label maps (--pred-kind labels) look like probability maps "
+                    "(e.g. %s: %d distinct values that do not form one region each); their scores mean nothing: "
+                    "use --pred-kind probability or auto", pred_dir, len(not_labels), len(pairs), path.name, n_values)
     report_instances = bool(instances or kinds.get("labels"))
     if not report_instances:  # computed on the way (cheap), reported only when asked or label maps came
         rows = [{k: v for k, v in r.items() if k not in INSTANCE_KEYS} for r in rows]
     if kinds.get("probability") and kinds.get("labels"):  # (masks mix with either: empty or one-object files)
         log.warning("%s: predictions read as %s; pass --pred-kind to read them all one way", pred_dir, describe_kinds(kinds))
     summary = summarize(rows, n_boot=n_boot, seed=seed)
+    if n_boot == 0:  # no intervals asked for: null, never a zero-width "interval"
+        for v in summary.values():
+            if isinstance(v, dict) and "ci_low" in v:
+                v["ci_low"] = v["ci_high"] = None
     summary["settings"] = {"pred_dir": str(pred_dir), "truth_dir": str(truth_dir), "threshold": threshold, "n_boot": n_boot, "seed": seed,
                            "pred_kind": pred_kind, "instances": report_instances}
     summary["pred_kinds"] = kinds
@@ -196,19 +207,6 @@ def default_csv_path(out_json: str | Path) -> Path:
     return out_json.with_name(out_json.stem + ".per_image.csv")
 
 
-def _nan_to_none(obj):
-    # Strict JSON has no NaN; undefined figures become null.
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, np.generic):
-        return _nan_to_none(obj.item())
-    if isinstance(obj, dict):
-        return {k: _nan_to_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_nan_to_none(v) for v in obj]
-    return obj
-
-
 def write_outputs(summary: dict, rows: list[dict], out_json: str | Path, out_csv: str | Path | None = None) -> tuple[Path, Path]:
     """Write OUT.json ({summary, conventions, per_image}; undefined figures as null) and the
     per-image CSV (default OUT.per_image.csv; undefined figures as empty cells), each atomically.
@@ -216,14 +214,13 @@ def write_outputs(summary: dict, rows: list[dict], out_json: str | Path, out_csv
     out_json = Path(out_json)
     out_csv = default_csv_path(out_json) if out_csv is None else Path(out_csv)
     doc = {"summary": summary, "conventions": CONVENTIONS, "per_image": rows}
-    json_text = json.dumps(_nan_to_none(doc), indent=2, allow_nan=False) + "\n"
     buf = io.StringIO()
     fields = ["name"] + [k for k in (rows[0] if rows else {}) if k != "name"]
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: ("" if v is None else v) for k, v in _nan_to_none(r).items()})
-    write_text(out_json, json_text)
+        writer.writerow({k: ("" if v is None else v) for k, v in json_safe(r).items()})
+    write_json(out_json, doc)  # strict JSON, like every JSON qmed writes
     write_text(out_csv, buf.getvalue())
     return out_json, out_csv
 
@@ -247,17 +244,20 @@ def summary_table(summary: dict):
     """A rich Table: metric, value, 95% CI, n. The three Dice figures are separate, labelled rows."""
     from rich.table import Table
 
-    table = Table(title="Evaluation", caption=scored_caption(summary))
+    with_ci = (summary.get("settings") or {}).get("n_boot") != 0  # --n-boot 0: no intervals, and no CI column
+    caption = scored_caption(summary) + ("" if with_ci else "; no confidence intervals (--n-boot 0)")
+    table = Table(title="Evaluation", caption=caption)
     for col, just in (("Metric", "left"), ("Value", "right"), ("95% CI", "right"), ("n", "right")):
-        table.add_column(col, justify=just)
+        if with_ci or col != "95% CI":
+            table.add_column(col, justify=just)
 
     def per_image(label: str, key: str, digits: int = 4, n_note: str = "") -> None:
         a = summary.get(key) or {}
         ci = "n/a" if a.get("n", 0) == 0 else f"[{_fmt(a.get('ci_low'), digits)}, {_fmt(a.get('ci_high'), digits)}]"
-        table.add_row(label, _fmt(a.get("mean"), digits), ci, f"{a.get('n', 0)}{n_note}")
+        table.add_row(label, _fmt(a.get("mean"), digits), *([ci] if with_ci else []), f"{a.get('n', 0)}{n_note}")
 
     def pooled(label: str, value, n) -> None:
-        table.add_row(label, _fmt(value), "", str(n))
+        table.add_row(label, _fmt(value), *([""] if with_ci else []), str(n))
 
     n_img = summary.get("n_images", 0)
     per_image("Dice, per image, empty=1 (paper)", "dice_mean_empty1")

@@ -47,7 +47,8 @@ def write_text(path: str | Path, text: str) -> None:
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+    """The one JSON writer: strict JSON (NaN and infinities become null, which every parser reads)."""
+    write_text(path, json.dumps(json_safe(obj), indent=2, allow_nan=False, default=_json_default) + "\n")
 
 
 def is_occupied(out: Path) -> bool:
@@ -95,7 +96,8 @@ def commit_staged(stage: Path, out: str | Path) -> None:
 
 
 def json_safe(obj):
-    """`obj` with NaN/inf as None, numpy scalars as Python numbers and paths as strings: strict JSON."""
+    """`obj` with NaN/inf as None, numpy scalars and arrays as Python numbers and lists, paths as
+    strings: strict JSON (json.dumps(..., allow_nan=False) accepts it)."""
     import numpy as np
 
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -104,8 +106,8 @@ def json_safe(obj):
         return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [json_safe(v) for v in obj]
-    if isinstance(obj, (np.generic,)):
-        return json_safe(obj.item())
+    if isinstance(obj, (np.generic, np.ndarray)):
+        return json_safe(obj.tolist())
     if isinstance(obj, Path):
         return str(obj)
     return obj

@@ -279,6 +279,8 @@ def build_report(run_dir: str | Path, data: str | Path | None = None, tta: bool 
     scoring = {"checkpoint": rel_or_abs(ckpt, run), "tta": n_views, "threshold": cfg.predict.threshold, "tile": cfg.predict.tile}
     # "checkpoints/best.pt, no TTA, threshold 0.5, tile 1024 px": the same words as qmed evaluate's caption.
     scoring["description"] = f"{scoring['checkpoint']}, " + describe_predictions({**scoring, "checkpoint": None})
+    if not summary.get("fp_empty_counts", {}).get("n_empty"):  # null in the JSON: say why beside it
+        summary["fp_rate_empty_note"] = "undefined: no scored image has an empty ground truth"
     write_json(run / "report_metrics.json", {"data": str(data), "tta": n_views, "checkpoint": str(ckpt),
                                                "threshold": cfg.predict.threshold, "scoring": scoring,
                                                "summary": summary, "per_image": rows,
@@ -309,9 +311,14 @@ def _markdown(run, cfg, cfg_yaml, fp, summary, curves, outliers, restored, figs,
               inst_summary: dict) -> str:
     rel = lambda p: Path(p).relative_to(run).as_posix()  # noqa: E731
     best = [r for r in curves if r.get("selected") == 1]
+    if best:
+        chosen = f"epoch {int(best[-1]['epoch'])} selected by the {selection_label(cfg.train)} of validation Dice"
+    else:  # data.val_fraction=0 and no --val: nothing was scored during training, so nothing was selected
+        last = f", epoch {int(curves[-1]['epoch'])}" if curves and math.isfinite(curves[-1].get("epoch", math.nan)) else ""
+        chosen = f"no validation ran during training, so no epoch was selected: the last epoch's weights{last}"
     out = [f"# qmed run report: {run.name}", "",
            f"Model `{cfg.model.encoder}` {cfg.model.arch} (input: {cfg.model.input_mode}), preset `{cfg.name}`; "
-           f"checkpoint `{rel(ckpt)}` (epoch {int(best[-1]['epoch']) if best else '?'} selected by the {selection_label(cfg.train)} of validation Dice); "
+           f"checkpoint `{rel(ckpt)}` ({chosen}); "
            f"scored on `{data}` ({summary['n_images']} images, {summary['n_empty_truth']} with empty ground truth), "
            f"{f'TTA {n_views} views' if n_views > 1 else 'no TTA'}, threshold {cfg.predict.threshold:g}.", "",
            "## Metrics", "",

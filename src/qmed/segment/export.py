@@ -53,6 +53,9 @@ METADATA_KEY = "qmed"
 INPUT, NORMALIZED, OUTPUT = "image", "normalized", "probability"
 SIZE_MULTIPLE = 32
 DEFAULT_OPSET = 17
+# From 17 (the opset the graph needs) to the newest this torch's exporter writes (23 with torch 2.14);
+# anything else is refused before torch prints the whole graph with its error.
+SUPPORTED_OPSETS = tuple(range(DEFAULT_OPSET, int(getattr(getattr(torch.onnx, "_constants", None), "ONNX_MAX_OPSET", 20)) + 1))
 PADDING = ("H and W must be multiples of 32: pad the image at the bottom and right by reflection "
            "(numpy mode 'reflect') to the next multiple of 32 and crop the probability map back")
 

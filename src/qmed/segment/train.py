@@ -516,10 +516,15 @@ class Trainer:
         out = self.out
         if not (out / "checkpoints" / "best.pt").exists():
             shutil.copyfile(out / "checkpoints" / "last.pt", out / "checkpoints" / "best.pt")
+        best_epoch = next((r["epoch"] for r in reversed(st.rows) if r["selected"]), None)
+        # Without validation nothing is scored or selected: null (strict JSON), and the reason beside it.
+        validated = math.isfinite(st.best_ema)
         write_json(out / "summary.json", {"epochs": st.epoch, "opt_steps": st.opt_steps, "crops": sum(r.get("crops", 0) for r in st.rows),
-                                          "best_val_ema": st.best_ema,
+                                          "best_val_ema": st.best_ema if validated else None,
                                           "bad_steps": st.bad_steps_total, "events": st.events,
-                                          "best_epoch": next((r["epoch"] for r in reversed(st.rows) if r["selected"]), None)})
+                                          "best_epoch": best_epoch,
+                                          **({} if validated else {"selection": "no validation ran (no validation images); "
+                                                                                "best.pt is the last epoch's weights"})})
 
     def _snapshot(self, st: RunState) -> dict:
         """The last accepted state, kept in memory for recovery."""
