@@ -11,7 +11,7 @@ from qmed.classify.data import load_split
 from qmed.classify.train import train_classifier
 from qmed.config import ClassifyConfig
 from qmed.errors import QmedInputError
-from qmed.io.files import check_output, write_json, write_text
+from qmed.io.files import check_output, input_paths, write_json, write_text
 
 log = logging.getLogger("qmed")
 
@@ -29,7 +29,7 @@ def compare(base: ClassifyConfig, train_spec, val_spec, out: Path, methods: Sequ
     from qmed.models.classifier import build_classifier
 
     out = Path(out)
-    check_output(out, force, "output directory")
+    check_output(out, force, "output directory", inputs=input_paths(train_spec, val_spec))
     data = load_split(train_spec, val_spec, base)
     rows: list[CompareRow] = []
     for method in methods:

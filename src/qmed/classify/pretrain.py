@@ -48,7 +48,7 @@ from torch import nn
 from qmed.classify.data import load_images
 from qmed.config import SimCLRConfig
 from qmed.errors import QmedInputError
-from qmed.io.files import atomic_path, prepare_output_dir, write_json
+from qmed.io.files import atomic_path, input_paths, prepare_output_dir, write_json
 from qmed.runtime import pick_device, seed_everything
 
 log = logging.getLogger("qmed")
@@ -160,7 +160,7 @@ def pretrain_simclr(cfg: SimCLRConfig, data_spec: str | Path, out: str | Path, f
     seed_everything(cfg.seed)
     clf = build_classifier(cfg.model, 2, cfg.weights, None).to(dev)
     head = projection_head(clf.num_features, cfg.proj_hidden, cfg.proj_dim).to(dev)
-    prepare_output_dir(out, force, what="output directory")
+    prepare_output_dir(out, force, what="output directory", inputs=input_paths(data_spec), verb="pretrain")
     params = list(clf.backbone.parameters()) + list(head.parameters())
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     g = torch.Generator().manual_seed(cfg.seed)

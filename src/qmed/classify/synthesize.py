@@ -60,7 +60,7 @@ from qmed.classify.data import load_images
 from qmed.config import DDPMConfig
 from qmed.errors import QmedInputError, require_extra
 from qmed.io.figures import pyplot, save_figure
-from qmed.io.files import prepare_output_dir, write_json
+from qmed.io.files import input_paths, prepare_output_dir, write_json
 from qmed.runtime import pick_device, seed_everything
 
 log = logging.getLogger("qmed")
@@ -279,7 +279,7 @@ def synthesize(cfg: DDPMConfig, data: str | Path, out: str | Path, force: bool =
     unet = build_unet(cfg.image_size, images.shape[1], cfg.block_out_channels).to(dev)
     ema = copy.deepcopy(unet).eval()
     scheduler = DDPMScheduler(num_train_timesteps=cfg.train_timesteps, beta_schedule="linear")
-    prepare_output_dir(out, force, what="output directory")
+    prepare_output_dir(out, force, what="output directory", inputs=input_paths(data), verb="synthesize")
     opt = torch.optim.Adam(unet.parameters(), lr=cfg.lr)
     g = torch.Generator().manual_seed(cfg.seed)
     bs = min(cfg.batch_size, len(images))

@@ -34,7 +34,7 @@ from qmed.classify.predict import predict_proba
 from qmed.config import ClassifyConfig
 from qmed.errors import QmedInputError
 from qmed.evaluate.classification import classification_metrics
-from qmed.io.files import prepare_output_dir, write_json, write_text
+from qmed.io.files import input_paths, prepare_output_dir, write_json, write_text
 from qmed.runtime import pick_device, seed_everything
 
 log = logging.getLogger("qmed")
@@ -117,7 +117,7 @@ def train_classifier(cfg: ClassifyConfig, train_spec, val_spec, out: str | Path,
     dev = pick_device(device)
     seed_everything(cfg.seed)
     model = build_classifier(cfg.model, len(train.classes), cfg.weights, cfg.pqc_config(), cfg.dropout).to(dev)
-    prepare_output_dir(out, force, ("checkpoints",), "output directory")
+    prepare_output_dir(out, force, ("checkpoints",), "output directory", inputs=input_paths(train_spec, val_spec), verb="classify train")
     handler = logging.FileHandler(out / "train.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     for note in dict.fromkeys(train.warnings + val.warnings):  # said on the console while reading; now in the log too

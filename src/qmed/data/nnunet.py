@@ -133,6 +133,7 @@ def to_nnunet(data: str | Path, out_raw: str | Path, dataset_id: int = 501, name
         if other:
             raise QmedInputError(other[0], f"another dataset already uses ID {int(dataset_id):03d}; nnU-Net finds datasets by ID, so pick another --dataset-id")
     dest = out_raw / ds_name
+    check_output(dest, force, inputs=[data, val])
 
     # Read every image first: sizes, channels and masks are checked before anything is written.
     items = []
@@ -150,7 +151,7 @@ def to_nnunet(data: str | Path, out_raw: str | Path, dataset_id: int = 501, name
     if len(bits) > 1:
         log.warning("%s: 8- and 16-bit images mixed; nnU-Net normalises each image (z-score), so this is harmless", data)
 
-    stage = staging_dir(dest, force)
+    stage = staging_dir(dest, force, inputs=[data, val], verb="convert")
     try:
         for split, p, img, fg in items:
             if rgb and img.ndim == 2:
@@ -314,15 +315,15 @@ def from_nnunet(dataset: str | Path, out: str | Path, val_out: str | Path | None
             raise QmedInputError(ds, "has no imagesTs/ folder to write to --val")
     for dest in (out, val_out):  # refuse before writing anything
         if dest is not None:
-            check_output(dest, force)
+            check_output(dest, force, inputs=[ds])
     n_ts = 0
     stages = []
     try:
-        stage = staging_dir(out, force)
+        stage = staging_dir(out, force, inputs=[ds], verb="convert")
         stages.append((stage, out))
         n_tr = _convert_split(ds, "Tr", meta, stage, require_labels=True)
         if val_out is not None:
-            vstage = staging_dir(val_out, force)
+            vstage = staging_dir(val_out, force, inputs=[ds], verb="convert")
             stages.append((vstage, val_out))
             n_ts = _convert_split(ds, "Ts", meta, vstage, require_labels=False)
         for s, dest in stages:

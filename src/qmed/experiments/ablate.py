@@ -161,7 +161,7 @@ def run_ablate(train_dir: str | Path, val_dir: str | Path, out: str | Path, minu
     configs = {r.name: row_config(r, preset, over) for r in rows}  # bad presets or --set fail here, before any training
     find_pairs(train_dir)
     find_pairs(val_dir)
-    prepare_output_dir(out, force)
+    prepare_output_dir(out, force, inputs=[train_dir, val_dir], verb="ablate")
     budget_s = minutes * 60.0
     # Rows with the same configuration share one training; it predicts every TTA view they need.
     key = {r.name: json.dumps([configs[r.name].model_dump(exclude={"name"}), r.active], sort_keys=True) for r in rows}

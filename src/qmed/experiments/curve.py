@@ -70,7 +70,7 @@ def run_curve(train_dir: str | Path, val_dir: str | Path, out: str | Path, fract
     methods = {"qmed": (resolve_config(preset, overrides=over), True), "smp": (smp_baseline_config(preset, over), False)}
     pairs = find_pairs(train_dir)
     find_pairs(val_dir)
-    prepare_output_dir(out, force)
+    prepare_output_dir(out, force, inputs=[train_dir, val_dir], verb="curve")
     order = np.random.default_rng(seed).permutation(len(pairs))
     settings = {"train": str(train_dir.resolve()), "val": str(val_dir.resolve()), "n_train": len(pairs), "fractions": fractions,
                 "minutes_per_run": minutes, "preset": preset, "overrides": list(overrides or []),

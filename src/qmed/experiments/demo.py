@@ -26,7 +26,7 @@ def run_demo(out: Path, minutes: float = 3.0, n_train: int = 48, n_val: int = 12
     from qmed.segment.train import train
 
     out = Path(out)
-    prepare_output_dir(out, force, what="demo folder")
+    prepare_output_dir(out, force, what="demo folder", verb="demo")
     say = console.print if console is not None else print
     t0 = time.time()
     train_dir, val_dir = write_demo_splits(out / "data", n_train, n_val, (256, 256), seed)

@@ -161,7 +161,7 @@ def run_quality(train_dir: str | Path, val_dir: str | Path, out: str | Path, min
     qmed_config = qmed_default(preset, train_dir, [f"train.seed={train_seed}", *(overrides or [])],
                                gpu=pick_device(device).type == "cuda")
     base = "cpu" if preset == "auto" else preset  # the smp baseline's encoder, crop and batch
-    prepare_output_dir(out, force)
+    prepare_output_dir(out, force, inputs=[train_dir, val_dir], verb="benchmark quality")
     budget_s = minutes * 60.0
     results: list[dict] = []
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")

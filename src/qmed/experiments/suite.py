@@ -143,7 +143,7 @@ def run_suite(data_root: str | Path, out: str | Path, datasets: list[str] | tupl
     for name in datasets:
         if not (data_root / name / "train").is_dir():
             raise QmedInputError(data_root / name, "dataset not found (expected NAME/train under --data-root)")
-    prepare_output_dir(out, force)
+    prepare_output_dir(out, force, inputs=[data_root], verb="benchmark suite")
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     rows: list[dict] = []
     for name in datasets:

@@ -227,8 +227,9 @@ def export_onnx(model_path: str | Path, out: str | Path, force: bool = False, op
         raise QmedInputError(None, f"--opset must be 17 or higher, got {opset}")
     if out.is_dir():
         raise QmedInputError(out, "is a folder; give the ONNX file to write, e.g. model.onnx")
-    check_output(out, force, what="ONNX file")
-    check_output(sidecar_path(out), force, what="ONNX sidecar")
+    model_files = [model_path if Path(model_path).is_file() else Path(model_path) / "checkpoints"]
+    check_output(out, force, what="ONNX file", inputs=model_files, kind="file")
+    check_output(sidecar_path(out), force, what="ONNX sidecar", inputs=model_files, kind="file")
     model, cfg, ckpt = load_model(model_path, "cpu")
     net = copy.deepcopy(model).eval()
     if net.edge is not None:

@@ -198,7 +198,7 @@ def predict_image(model: nn.Module, image: np.ndarray, cfg, tta: int = 1, device
 def predict_folder(model_path, input_path, out, tta: bool = False, threshold: float | None = None, tile: int | None = None,
                    force: bool = False, device: str | None = None, rescale: bool | None = None,
                    object_diameter: float | None = None, quiet: bool = False, backend: str | None = None,
-                   cpu_bf16: bool = False, instances: bool = False) -> int:
+                   cpu_bf16: bool = False, instances: bool = False, say: Callable[[str], None] | None = None) -> int:
     """Write OUT/NAME.png (0/255 mask) and OUT/probabilities/NAME.png (16-bit) per input image (and,
     for a model with model.instance_head=contact, OUT/contact/NAME.png, the contact probability);
     with rescaling, OUT/scales.json records each image's scale factor. OUT/predict.json records
@@ -209,7 +209,12 @@ def predict_folder(model_path, input_path, out, tta: bool = False, threshold: fl
     `cpu_bf16`: torch on a CPU with native bfloat16 runs under bfloat16 autocast (benchmarks/predict_speed.py).
     `instances`: also OUT/instances/NAME.png (16-bit label map) and NAME.csv (one row per object),
     split from the whole image's probability map (and contact map, for a model with
-    model.instance_head=contact) by qmed.segment.instances, with a predict.json."""
+    model.instance_head=contact) by qmed.segment.instances, with a predict.json.
+
+    Written image by image, each file atomically and the mask last, so a killed run loses at most the
+    image in flight: the same command again (same model and settings, recorded as a key in OUT's
+    marker) skips the images whose mask is there. Other settings into the same OUT need `force`.
+    `say`: where to report the resume and the checkpoint used (the CLI's console)."""
     import shutil
 
     from tqdm.auto import tqdm
@@ -218,12 +223,13 @@ def predict_folder(model_path, input_path, out, tta: bool = False, threshold: fl
     from qmed.data.dataset import list_images
     from qmed.errors import QmedInputError
     from qmed.evaluate.folders import PREDICTION_META
-    from qmed.io.files import commit_staged, staging_dir, write_json
+    from qmed.io.files import file_digest, prepare_output_dir, read_json, read_marker, remove_stale, settings_key, write_json
     from qmed.io.images import read_image, write_mask_png, write_probability_png
     from qmed.runtime import pick_device
     from qmed.segment.checkpoint import load_model
     from qmed.segment.instances import INSTANCES_DIR, write_instances
 
+    say = say or (lambda _msg: None)
     input_path, out = Path(input_path), Path(out)
     if input_path.is_file():
         files = [input_path]
@@ -231,9 +237,12 @@ def predict_folder(model_path, input_path, out, tta: bool = False, threshold: fl
         files = list_images(input_path)
         if not files:
             raise QmedInputError(input_path, "folder holds no images")
-    names = [f.stem for f in files]
-    if len(set(names)) != len(names):
-        raise QmedInputError(input_path, "two input images share a name (e.g. a.png and a.tif); names must be unique")
+    by_stem: dict[str, list[str]] = {}
+    for f in files:
+        by_stem.setdefault(f.stem, []).append(f.name)
+    clash = next((v for v in by_stem.values() if len(v) > 1), None)
+    if clash:
+        raise QmedInputError(input_path, f"{' and '.join(clash[:3])} share the name {Path(clash[0]).stem!r}; outputs are named by it, so names must be unique")
     backend = backend or ("onnxruntime" if Path(model_path).suffix.lower() == ".onnx" else "torch")
     if backend == "onnxruntime":
         from qmed.segment.onnx_backend import load_onnx
@@ -247,6 +256,8 @@ def predict_folder(model_path, input_path, out, tta: bool = False, threshold: fl
         model, cfg, ckpt = load_model(model_path, dev)
     else:
         raise QmedInputError(None, f"unknown --backend {backend!r}; use torch or onnxruntime")
+    if Path(model_path).is_dir() and Path(ckpt).name != "best.pt":
+        say(f"note: {model_path} has no checkpoints/best.pt; predicting with {Path(ckpt).name}")
     thr = cfg.predict.threshold if threshold is None else threshold
     n_views = cfg.predict.tta if tta else 1
     if tile:
@@ -254,40 +265,61 @@ def predict_folder(model_path, input_path, out, tta: bool = False, threshold: fl
     rescale = cfg.predict.rescale if rescale is None else rescale
     if rescale and not (object_diameter or cfg.predict.object_diameter):
         raise QmedInputError(model_path, "rescaling needs the training objects' diameter, which this model does not record; pass --object-diameter PX")
-    stage = staging_dir(out, force)
+    head = cfg.model.instance_head == "contact"
+    contact = instances and head
+    meta = {"model": str(model_path), "checkpoint": str(Path(ckpt).resolve()), "backend": backend, "tta": n_views, "threshold": thr,
+            "tile": cfg.predict.tile, "rescale": bool(rescale), "input": str(input_path), "n_images": len(files), "instances": instances,
+            "instance_split": ("contact+distance" if contact else "distance") if instances else None}
+    key = settings_key({**{k: meta[k] for k in ("backend", "tta", "threshold", "tile", "rescale", "instances")},
+                        "model_sha256": file_digest(ckpt), "object_diameter": object_diameter, "cpu_bf16": cpu_bf16})
+    marker = read_marker(out) if out.is_dir() else None
+    resume = not force and marker is not None and marker.get("verb") == "predict" and marker.get("key") == key
+    if marker is not None and marker.get("verb") == "predict" and not resume and not force:
+        raise QmedInputError(out, "holds predictions made with another model or other settings; pass --force to replace them")
+    subdirs = ["probabilities"] + ([INSTANCES_DIR] if instances else []) + ([CONTACT_DIR] if head else [])
+    if resume:
+        remove_stale(out, recursive=True)  # a killed run's half-written temporaries
+        for d in subdirs:
+            (out / d).mkdir(exist_ok=True)
+    else:
+        prepare_output_dir(out, force, subdirs, inputs=[input_path, ckpt], verb="predict", key=key)
+    scales_path = out / "scales.json"
     scales = {}
+    if resume and scales_path.exists():
+        scales = (read_json(scales_path) or {}).get("scales", {})
+    todo = [f for f in files if not (resume and (out / f"{f.stem}.png").exists())]
+    if resume:
+        say(f"resuming into {out}: {len(files) - len(todo)} of {len(files)} images already done")
+    bar = tqdm(todo, desc=f"predict{f' (TTA {n_views} views)' if n_views > 1 else ''}", unit="image", leave=False,
+               disable=True if quiet else None, dynamic_ncols=True)
+    diameter = object_diameter or cfg.predict.object_diameter
+    created = not resume and len(list(out.iterdir())) == len(subdirs) + 1  # only what prepare_output_dir made
+    done = 0
     try:
-        (stage / "probabilities").mkdir()
-        if instances:
-            (stage / INSTANCES_DIR).mkdir()
-        bar = tqdm(files, desc=f"predict{f' (TTA {n_views} views)' if n_views > 1 else ''}", unit="image", leave=False,
-                   disable=True if quiet else None, dynamic_ncols=True)
-        head = cfg.model.instance_head == "contact"
-        contact = instances and head
-        if head:
-            (stage / CONTACT_DIR).mkdir()
         for f in bar:
             img = model_input(read_image(f), cfg)
             maps, scales[f.name] = predict_image(model, img, cfg, tta=n_views, device=dev, threshold=thr, rescale=rescale,
                                                  object_diameter=object_diameter, cpu_bf16=cpu_bf16, channels=True)
             prob = maps[0]
-            write_mask_png(stage / f"{f.stem}.png", prob > thr)
-            write_probability_png(stage / "probabilities" / f"{f.stem}.png", prob)
+            write_probability_png(out / "probabilities" / f"{f.stem}.png", prob)
             if head:
-                write_probability_png(stage / CONTACT_DIR / f"{f.stem}.png", maps[1])
+                write_probability_png(out / CONTACT_DIR / f"{f.stem}.png", maps[1])
             if instances:
-                write_instances(stage / INSTANCES_DIR, f.stem, prob, thr, contact=maps[1] if contact else None)
-        bar.close()
-        if rescale:
-            write_json(stage / "scales.json", {"object_diameter": object_diameter or cfg.predict.object_diameter, "scales": scales})
-        meta = {"model": str(model_path), "checkpoint": str(Path(ckpt).resolve()), "backend": backend, "tta": n_views, "threshold": thr,
-                "tile": cfg.predict.tile, "rescale": bool(rescale), "input": str(input_path), "n_images": len(files), "instances": instances,
-                "instance_split": ("contact+distance" if contact else "distance") if instances else None}
-        write_json(stage / PREDICTION_META, meta)
-        if instances:
-            write_json(stage / INSTANCES_DIR / PREDICTION_META, {**meta, "kind": "labels"})
-        commit_staged(stage, out)
-    finally:
-        if stage.exists():
-            shutil.rmtree(stage, ignore_errors=True)
+                write_instances(out / INSTANCES_DIR, f.stem, prob, thr, contact=maps[1] if contact else None)
+            if rescale:
+                write_json(scales_path, {"object_diameter": diameter, "scales": scales})
+            write_mask_png(out / f"{f.stem}.png", prob > thr)  # last: its presence marks the image done
+            done += 1
+    except QmedInputError as exc:
+        if created and done == 0:  # nothing finished: leave no output folder behind
+            shutil.rmtree(out, ignore_errors=True)
+        elif done or resume:
+            raise QmedInputError(exc.path, f"{exc.problem} ({done} image(s) finished this time are kept in {out}: fix or move "
+                                           "the file, then the same command continues)") from None
+        raise
+    bar.close()
+    write_json(out / PREDICTION_META, meta)
+    if instances:
+        write_json(out / INSTANCES_DIR / PREDICTION_META, {**meta, "kind": "labels"})
     return len(files)
+

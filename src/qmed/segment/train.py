@@ -210,6 +210,10 @@ class Trainer:
         self.quiet = quiet
         self.train_source, self.val_source = Path(train_source), (Path(val_source) if val_source else None)
 
+    def _inputs(self) -> list[Path]:
+        """The data paths the run reads: --out may not overlap them (qmed.io.files.check_not_inputs)."""
+        return [self.train_source, *([self.val_source] if self.val_source else [])]
+
     # -- setup ---------------------------------------------------------------------------------
     def load_data(self) -> None:
         cfg = self.cfg
@@ -311,14 +315,14 @@ class Trainer:
             for stale in out.rglob(".*.tmp*"):  # a write cut short by a kill: the real file is intact
                 stale.unlink()
         else:
-            check_output(out, force, *RUN_DIR)
+            check_output(out, force, *RUN_DIR, inputs=self._inputs())
             state = None
         # Read and check every image before the run directory is touched: bad data fails fast and
         # leaves no half-made run behind.
         self.load_data()
         self.build_model(pretrained=state is None)
         if state is None:
-            prepare_output_dir(out, force, ("checkpoints",), *RUN_DIR)
+            prepare_output_dir(out, force, ("checkpoints",), *RUN_DIR, inputs=self._inputs(), verb="train")
         handler = _file_logger(out)
         try:
             st = RunState()
