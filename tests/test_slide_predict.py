@@ -274,3 +274,344 @@ def test_reinhard_with_the_images_own_statistics_as_source_is_unchanged():
     assert np.allclose(model_input(img, cfg), model_input(img, cfg, {"lab": own}), atol=1e-4)
     # pooled over two halves is the whole's
     assert np.allclose(pooled_lab_stats([img[:16], img[16:]]), own, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# end to end, on small pyramidal TIFF slides
+
+PINK, PURPLE, GLASS = (236, 196, 218), (70, 45, 130), (246, 246, 246)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: the tests' small windows gain nothing from two, and lose a lot on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tissue_image(h: int, w: int, seed: int = 0, glass_from: int | None = None, r: int = 6, n: int | None = None):
+    """Pink tissue with purple nuclei (discs of radius r, some touching) and, from column `glass_from`
+    on, white glass: (rgb uint8, truth labels)."""
+    rng = np.random.default_rng(seed)
+    tissue_w = w if glass_from is None else glass_from
+    n = n or h * tissue_w // 900
+    centres = list(zip(rng.integers(r, h - r, n), rng.integers(r, max(r + 1, tissue_w - r), n)))
+    truth = discs((h, w), centres, r)
+    rgb = np.empty((h, w, 3), np.uint8)
+    rgb[...] = PINK
+    rgb[truth > 0] = PURPLE
+    if glass_from is not None:
+        rgb[:, glass_from:] = GLASS
+    noise = rng.integers(-4, 5, rgb.shape)
+    return np.clip(rgb.astype(int) + noise, 0, 255).astype(np.uint8), truth
+
+
+def write_slide(path, rgb, mpp=0.25, min_size=512):
+    from qmed.io.pyramid import write_pyramid
+
+    write_pyramid(path, rgb.shape, np.uint8, lambda y, x, h, w: rgb[y:y + h, x:x + w], tile=256, kind="image", mpp=mpp,
+                  min_size=min_size, compression="zlib")
+    return path
+
+
+def dark_nuclei(x: torch.Tensor) -> torch.Tensor:
+    """A stand-in network: dark pixels are nuclei. Pointwise, so every window arrangement gives the same map."""
+    return torch.sigmoid(20 * (0.55 - x.mean(dim=1, keepdim=True)))
+
+
+@pytest.fixture(scope="module")
+def stand_in(tmp_path_factory):
+    from qmed.config import load_preset
+    from qmed.segment.slide import Predictor
+
+    cfg = load_preset("tiny")
+    cfg.predict.tile, cfg.predict.object_diameter = 256, 12.0
+    model = tmp_path_factory.mktemp("model") / "stand_in.bin"
+    model.write_bytes(b"dark pixels are nuclei")  # the job's key hashes the model file
+    return model, Predictor(dark_nuclei, cfg)
+
+
+@pytest.fixture(scope="module")
+def slide_1536(tmp_path_factory):
+    rgb, truth = tissue_image(1536, 1536, seed=3, glass_from=1200)
+    return write_slide(tmp_path_factory.mktemp("slide") / "s1536.ome.tif", rgb), truth
+
+
+def read_level0(path):
+    import tifffile
+
+    return tifffile.imread(path)
+
+
+def objects_csv(path) -> list[dict]:
+    import csv
+
+    with open(path, newline="") as fh:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def test_block_sizes_1024_and_2048_give_the_same_objects(stand_in, slide_1536, tmp_path):
+    """The same slide in 4 blocks of 1024 and in one of 2048: the same foreground, the same count, and
+    one-to-one the same objects. Not always pixel for pixel: skimage's watershed breaks a tie between
+    two fronts by the order pixels entered its queue, which another crop changes, so a touching pair's
+    border may move by a pixel or two (anywhere, not only at seams)."""
+    from qmed.evaluate.metrics import match_objects
+
+    model, pred = stand_in
+    slide, truth = slide_1536
+    metas, labels = {}, {}
+    for block in (1024, 2048):
+        metas[block] = predict_slide_quiet(model, slide, tmp_path / f"b{block}", pred, block=block, instances=True)
+        labels[block] = read_level0(tmp_path / f"b{block}" / "labels.ome.tif")
+    assert metas[1024]["counts"]["blocks_run"] == 4 and metas[2048]["counts"]["blocks_run"] == 1
+    a, b = labels[1024], labels[2048]
+    n = len(np.unique(a)) - 1
+    assert n == metas[1024]["counts"]["objects"] == metas[2048]["counts"]["objects"] == len(np.unique(b)) - 1 > 1000
+    assert np.array_equal(a > 0, b > 0)
+    assert len(match_objects(a, b, 0.5)) == n  # every object has its twin
+    assert len(match_objects(a, b, 0.9)) >= 0.995 * n  # ... and all but a tie or two are pixel for pixel or nearly
+    assert np.array_equal(np.unique(a), np.arange(n + 1))  # ids 1..n, each once
+    ra = objects_csv(tmp_path / "b1024" / "objects.csv")
+    assert [r["id"] for r in ra] == list(range(1, n + 1))
+    assert sum(r["area"] for r in ra) == (a > 0).sum()  # every pixel of the label map belongs to one row's object
+
+
+def predict_slide_quiet(model, slide, out, pred, **kw):
+    from qmed.segment.slide import predict_slide
+
+    return predict_slide(model, slide, out, predictor=pred, quiet=True, **kw)
+
+
+def test_tissue_mask_skips_the_glass_and_no_tissue_mask_runs_it(stand_in, tmp_path):
+    """A 1024 x 768 slide, tissue in x < 400, glass right of it; blocks of 256: the blocks whose
+    cores lie past x = 512 (+ one thumbnail px of margin) never run, have no marker, and read 0 in the
+    mask; the objects are those of --no-tissue-mask (the glass has none)."""
+    model, pred = stand_in
+    rgb, _ = tissue_image(768, 1024, seed=5, glass_from=400)
+    slide = write_slide(tmp_path / "half.ome.tif", rgb)
+    meta = predict_slide_quiet(model, slide, tmp_path / "t", pred, block=256, halo=32, keep_blocks=True)
+    assert meta["counts"]["blocks"] == 12 and meta["counts"]["blocks_run"] == 6  # columns 0 and 1 of 4, 3 rows
+    assert meta["tissue"]["channel"] == "saturation" and 0.35 < meta["tissue"]["tissue_fraction"] < 0.42
+    assert sorted(p.stem for p in (tmp_path / "t" / "blocks").glob("*.json")) == [f"{i:06d}" for i in (0, 1, 4, 5, 8, 9)]
+    mask = read_level0(tmp_path / "t" / "mask.ome.tif")
+    assert not mask[:, 512:].any() and mask[:, :400].any()
+    off = predict_slide_quiet(model, slide, tmp_path / "all", pred, block=256, halo=32, tissue=False)
+    assert off["counts"]["blocks_run"] == 12 and off["tissue"]["used"] is False
+    assert objects_csv(tmp_path / "t" / "objects.csv") == objects_csv(tmp_path / "all" / "objects.csv")
+    from PIL import Image
+
+    thumb = np.asarray(Image.open(tmp_path / "t" / "tissue.png"))
+    assert thumb.shape == (768, 1024, 3)  # a slide this small is its own thumbnail
+
+
+def test_an_empty_slide_runs_no_block_and_writes_empty_outputs(stand_in, tmp_path):
+    model, pred = stand_in
+    slide = write_slide(tmp_path / "glass.ome.tif", np.full((512, 640, 3), 246, np.uint8))
+    meta = predict_slide_quiet(model, slide, tmp_path / "e", pred, block=256, instances=True)
+    assert meta["counts"] == {"blocks": 6, "blocks_run": 0, "objects": 0, "cut_objects": 0}
+    assert not read_level0(tmp_path / "e" / "labels.ome.tif").any() and not read_level0(tmp_path / "e" / "mask.ome.tif").any()
+    assert objects_csv(tmp_path / "e" / "objects.csv") == []
+    assert json.loads((tmp_path / "e" / "objects.geojson").read_text())["features"] == []
+
+
+def test_mpp_picks_the_level_and_coordinates_stay_level_0(stand_in, tmp_path):
+    """A 0.25 um/px slide with levels of 1024, 512 and 256 px: --mpp 0.5 reads level 1 as it is, --mpp
+    0.6 reads level 1 resized by 0.5/0.6, --level 2 reads level 2; objects.csv is in level-0 px."""
+    model, pred = stand_in
+    rgb, truth = tissue_image(1024, 1024, seed=7, r=10, n=300)
+    slide = write_slide(tmp_path / "lv.ome.tif", rgb, min_size=256)
+    m0 = predict_slide_quiet(model, slide, tmp_path / "l0", pred, block=512, instances=False)
+    m1 = predict_slide_quiet(model, slide, tmp_path / "l1", pred, block=512, instances=False, mpp=0.5)
+    m6 = predict_slide_quiet(model, slide, tmp_path / "l6", pred, block=512, instances=False, mpp=0.6)
+    m2 = predict_slide_quiet(model, slide, tmp_path / "l2", pred, block=256, instances=False, level=2)
+    assert (m0["level"], m0["mpp"], m0["downsample"], m0["size"], m0["scale"]) == (0, 0.25, 1.0, [1024, 1024], 1.0)
+    assert (m1["level"], m1["mpp"], m1["downsample"], m1["size"], m1["scale"]) == (1, 0.5, 2.0, [512, 512], 1.0)
+    assert (m6["level"], m6["mpp"]) == (1, 0.5) and abs(m6["scale"] - 0.5 / 0.6) < 1e-9
+    assert (m2["level"], m2["mpp"], m2["downsample"], m2["size"]) == (2, 1.0, 4.0, [256, 256])
+    assert read_level0(tmp_path / "l1" / "mask.ome.tif").shape == (512, 512)
+    r0, r1 = objects_csv(tmp_path / "l0" / "objects.csv"), objects_csv(tmp_path / "l1" / "objects.csv")
+    assert len(r0) == len(r1) > 100
+    from scipy.spatial import cKDTree
+
+    c0 = np.array([(r["centroid_y"], r["centroid_x"]) for r in r0])
+    c1 = np.array([(r["centroid_y"], r["centroid_x"]) for r in r1])
+    dist, _ = cKDTree(c1).query(c0)
+    assert dist.max() < 1.0  # level-1 centroids mapped back to level-0 px: the same points, to a fraction of a pixel
+    a0 = np.array(sorted(r["area"] for r in r0))
+    a1 = np.array(sorted(r["area"] for r in r1))
+    assert abs(a1.sum() / a0.sum() - 1) < 0.1  # areas in level-0 px (level-1 px x 4)
+
+
+def test_geojson_is_qupath_detections_one_per_labelled_object(stand_in, slide_1536, tmp_path):
+    from shapely.geometry import Polygon
+
+    model, pred = stand_in
+    slide, _ = slide_1536
+    meta = predict_slide_quiet(model, slide, tmp_path / "g", pred, block=1024, instances=True, gzip=True)
+    import gzip
+
+    doc = json.loads(gzip.open(tmp_path / "g" / "objects.geojson.gz", "rt").read())
+    labels = read_level0(tmp_path / "g" / "labels.ome.tif")
+    n = len(np.unique(labels)) - 1
+    assert doc["type"] == "FeatureCollection" and len(doc["features"]) == n == meta["counts"]["objects"]
+    rows = {int(r["id"]): r for r in objects_csv(tmp_path / "g" / "objects.csv")}
+    for f in doc["features"][:: max(1, n // 200)]:
+        p = f["properties"]
+        assert p["objectType"] == "detection" and p["classification"]["name"] == "Nucleus"
+        assert set(p["measurements"]) >= {"area_px", "mean_probability"} and "area_um2" in p["measurements"]
+        ring = f["geometry"]["coordinates"][0]
+        assert f["geometry"]["type"] == "Polygon" and ring[0] == ring[-1] and len(ring) >= 4
+        poly = Polygon(ring)
+        assert poly.is_valid
+        oid = int(p["name"])
+        row = rows[oid]
+        assert abs(poly.area - row["area"]) <= 0.25 * row["area"] + 4  # pixel edges vs pixel count
+        assert poly.contains(poly.representative_point())
+        ys, xs = np.nonzero(labels == oid)
+        assert abs(poly.centroid.x - (xs.mean() + 0.5)) < 1.5 and abs(poly.centroid.y - (ys.mean() + 0.5)) < 1.5
+
+
+def test_out_folder_rules(stand_in, tmp_path):
+    """Same job: the finished result is returned, nothing recomputed. Other settings: refused without
+    --force, replaced with it. A folder qmed did not write: refused even with --force. Output inside
+    the slide's folder is fine, over the slide itself is not."""
+    from qmed.errors import QmedInputError
+
+    model, pred = stand_in
+    rgb, _ = tissue_image(512, 512, seed=2)
+    slide = write_slide(tmp_path / "small.ome.tif", rgb)
+    out = tmp_path / "o"
+    first = predict_slide_quiet(model, slide, out, pred, block=256)
+    again = predict_slide_quiet(model, slide, out, pred, block=256)
+    assert again == first  # returned from predict.json
+    with pytest.raises(QmedInputError, match="another model, slide or settings.*--force"):
+        predict_slide_quiet(model, slide, out, pred, block=512)
+    other = predict_slide_quiet(model, slide, out, pred, block=512, force=True)
+    assert other["block"] == 512 and other["key"] != first["key"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    for force in (False, True):
+        with pytest.raises(QmedInputError):
+            predict_slide_quiet(model, slide, mine, pred, block=256, force=force)
+    assert (mine / "notes.txt").read_text() == "keep me" and len(list(mine.iterdir())) == 1
+    with pytest.raises(QmedInputError, match="input"):
+        predict_slide_quiet(model, slide, slide, pred, force=True)
+    assert slide.is_file()
+
+
+def test_block_and_halo_are_checked(stand_in, tmp_path):
+    from qmed.errors import QmedInputError
+
+    model, pred = stand_in
+    slide = write_slide(tmp_path / "x.ome.tif", tissue_image(256, 256)[0])
+    for kw in ({"block": 100}, {"block": 250}, {"block": 256, "halo": 256}, {"block": 256, "halo": -1}):
+        with pytest.raises(QmedInputError):
+            predict_slide_quiet(model, slide, tmp_path / "o", pred, **kw)
+    assert not (tmp_path / "o").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# the real path: a tiny untrained network, the CLI, kill -9 and resume, ONNX
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A tiny-preset checkpoint straight from initialisation, with a recorded object diameter (so the
+    plan measures none) and 128 px windows."""
+    from qmed.config import load_preset
+    from qmed.io.checkpoints import save
+    from qmed.models.segmenter import build
+
+    torch.manual_seed(0)
+    cfg = load_preset("tiny")
+    cfg.predict.object_diameter = 12.0
+    path = tmp_path_factory.mktemp("tiny") / "tiny.pt"
+    save(path, {"config": cfg.model_dump(), "model": build(cfg.model, pretrained=False).state_dict()})
+    return path
+
+
+def qmed_cli(*args, timeout=600):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "qmed.cli", *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def outputs_equal(a, b) -> None:
+    for name in ("objects.csv", "objects.geojson"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    for name in ("mask.ome.tif", "labels.ome.tif"):
+        assert np.array_equal(read_level0(a / name), read_level0(b / name)), name
+
+
+def test_kill_mid_slide_then_resume_gives_the_uninterrupted_outputs(tiny_model, tmp_path):
+    """`qmed predict` on a 768 x 768 slide in 9 blocks, killed with SIGKILL after its first block; the
+    same command again finishes the other blocks only, and the outputs equal those of a run that was
+    never interrupted. Nothing hidden is left behind, in OUT or beside it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    rgb, _ = tissue_image(768, 768, seed=11)
+    slide = write_slide(tmp_path / "k.ome.tif", rgb)
+    out, ref = tmp_path / "out", tmp_path / "ref"
+    args = ["predict", "--model", tiny_model, "--input", slide, "--block", "256", "--halo", "32", "--instances", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "qmed.cli", *map(str, args), "--out", str(out)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((out / "blocks").glob("*.json")):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(list((out / "blocks").glob("*.json")))
+    assert 1 <= done_before < 9 and not (out / "predict.json").exists()
+    res = qmed_cli(*args, "--out", out)
+    assert res.returncode == 0, res.stdout + res.stderr
+    meta = json.loads((out / "predict.json").read_text())
+    assert meta["seconds"]["blocks_this_run"] == 9 - done_before
+    res = qmed_cli(*args, "--out", ref)
+    assert res.returncode == 0, res.stdout + res.stderr
+    outputs_equal(out, ref)
+    assert meta["counts"] == json.loads((ref / "predict.json").read_text())["counts"]
+    hidden = [p.name for p in list(out.iterdir()) + list(tmp_path.iterdir()) if p.name.startswith(".") and p.name != ".qmed-output.json"]
+    assert hidden == [] and not (out / "blocks").exists()
+
+
+def test_truncated_slide_is_one_line_and_no_output(tiny_model, tmp_path):
+    rgb, _ = tissue_image(1024, 1024, seed=1)
+    slide = write_slide(tmp_path / "cut.ome.tif", rgb)
+    data = slide.read_bytes()
+    slide.write_bytes(data[: len(data) // 2])
+    res = qmed_cli("predict", "--model", tiny_model, "--input", slide, "--out", tmp_path / "o", "--quiet")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    lines = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.strip()]
+    assert len(lines) == 1 and "cut.ome.tif" in lines[0], lines
+    assert not (tmp_path / "o").exists()
+
+
+def test_onnx_backend_runs_the_same_path(tiny_model, tmp_path):
+    """The exported model through ONNX Runtime gives the torch path's objects (the edge channel takes
+    each window's scale in the ONNX graph, the slide's in torch: near-identical maps, not identical)."""
+    pytest.importorskip("onnxruntime")
+    from qmed.evaluate.metrics import object_detection
+    from qmed.segment.export import export_onnx
+    from qmed.segment.slide import predict_slide
+
+    onnx_path = tmp_path / "tiny.onnx"
+    export_onnx(tiny_model, onnx_path)
+    rgb, _ = tissue_image(512, 512, seed=4)
+    slide = write_slide(tmp_path / "o.ome.tif", rgb)
+    m_onnx = predict_slide(onnx_path, slide, tmp_path / "onnx", block=256, halo=32, instances=True, quiet=True)
+    m_torch = predict_slide(tiny_model, slide, tmp_path / "torch", block=256, halo=32, instances=True, quiet=True)
+    assert m_onnx["backend"] == "onnxruntime" and m_torch["backend"] == "torch"
+    assert "per window" in m_onnx["statistics"]["sources"]["edge_scale"]
+    a, b = read_level0(tmp_path / "onnx" / "labels.ome.tif"), read_level0(tmp_path / "torch" / "labels.ome.tif")
+    assert a.max() > 0 and object_detection(a, b, 0.5)["f1"] > 0.8

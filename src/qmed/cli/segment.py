@@ -187,21 +187,58 @@ def predict(
     instances: bool = typer.Option(False, "--instances", help=(
         "Also split the foreground into objects (watershed of its distance transform): OUT/instances/NAME.png "
         "(16-bit label map) and NAME.csv (id, area, centroid, bounding box, mean probability). The masks are unchanged.")),
+    mpp: Optional[float] = typer.Option(None, "--mpp", help=(
+        "Slides: the pixel size in microns the model was trained at; the pyramid level nearest it (not coarser) is read "
+        "and resized to it (default: level 0 as it is).")),
+    level: Optional[int] = typer.Option(None, "--level", help="Slides: the pyramid level to read (instead of --mpp)."),
+    block: int = typer.Option(2048, "--block", help="Slides: the side of a block's core in px (a multiple of 32, at least 256)."),
+    halo: Optional[int] = typer.Option(None, "--halo", help=(
+        "Slides: context around each block's core in px (default: 128 px at the network's scale, at least twice the object diameter).")),
+    tissue_mask: bool = typer.Option(True, "--tissue-mask/--no-tissue-mask", help="Slides: run only the blocks that hold tissue (Otsu on a thumbnail)."),
+    probability: bool = typer.Option(False, "--probability", help="Slides: also write OUT/probability.ome.tif (uint8, p x 255)."),
+    gzip: bool = typer.Option(False, "--gzip", help="Slides: write OUT/objects.geojson.gz instead of objects.geojson."),
+    keep_blocks: bool = typer.Option(False, "--keep-blocks", help="Slides: keep OUT/blocks (the per-block results) after the outputs are written."),
 ):
-    """Predict masks and probability maps for new images of any size.
+    """Predict masks and probability maps for new images of any size, or for a whole slide.
 
-    OUT/predict.json records the checkpoint, TTA views, threshold and tile, which qmed evaluate states."""
+    OUT/predict.json records the checkpoint, TTA views, threshold and tile, which qmed evaluate states.
+    A slide (SVS, NDPI, MRXS, SCN, ..., tiled or pyramidal TIFF / OME-TIFF) as --input is predicted block by
+    block in bounded memory, and resumed where a killed run stopped when run again: OUT/mask.ome.tif,
+    labels.ome.tif (with --instances), objects.csv, objects.geojson (QuPath detections), tissue.png, predict.json."""
     setup_logging()
     from qmed.segment.predict import predict_folder
 
     check_ranges(("--threshold", threshold, SEG_THRESHOLD), ("--tile", tile, TILE), ("--object-diameter", object_diameter, DIAMETER))
     check_device(device)
     check_writable_parent(out)
+    from qmed.io.slides import is_slide
+
+    if is_slide(input):
+        from qmed.cli.common import NON_NEGATIVE
+
+        check_ranges(("--mpp", mpp, POSITIVE), ("--level", level, NON_NEGATIVE), ("--halo", halo, NON_NEGATIVE))
+        if rescale or object_diameter is not None:
+            raise QmedInputError(input, "--rescale and --object-diameter are for images; for a slide give the model's pixel size with --mpp")
+        return _predict_slide(model, input, out, tta=tta, threshold=threshold, tile=tile, force=force, device=device, quiet=quiet,
+                              backend=backend, instances=instances, mpp=mpp, level=level, block=block, halo=halo,
+                              tissue=tissue_mask, probability=probability, gzip=gzip, keep_blocks=keep_blocks)
     n = predict_folder(model, input, out, tta=tta, threshold=threshold, tile=tile, force=force, device=device, rescale=rescale,
-                       object_diameter=object_diameter, quiet=quiet, backend=backend, instances=instances)
+                       object_diameter=object_diameter, quiet=quiet, backend=backend, instances=instances,
+                       say=lambda m: console.print(m, markup=False, highlight=False, soft_wrap=True))
     console.print(f"wrote {n} masks to {out} and probability maps to {out / 'probabilities'} (settings in {out / 'predict.json'})")
     if instances:
         console.print(f"wrote {n} label maps and object tables to {out / 'instances'} (qmed evaluate --pred {out / 'instances'} scores them)")
+
+
+def _predict_slide(model: Path, slide: Path, out: Path, **kw) -> None:
+    """`qmed predict --input SLIDE`: qmed.segment.slide, in this process."""
+    from qmed.segment.slide import predict_slide
+
+    meta = predict_slide(model, slide, out, **kw)
+    c = meta["counts"]
+    console.print(f"{slide}: {c['objects']} objects from {c['blocks_run']} of {c['blocks']} blocks (level {meta['level']}, "
+                  f"{meta['size'][0]} x {meta['size'][1]} px); wrote {', '.join(meta['outputs'])} and predict.json to {out}",
+                  markup=False, highlight=False)
 
 
 @handle_errors

@@ -804,7 +804,8 @@ def _write_objects(job: SlideJob, offsets: np.ndarray, csv_path: Path, geo_path:
             polys = {int(k): pxy[starts[j]:starts[j + 1]] for j, k in enumerate(pid)}
             for lid, area, cy, cx, b0, b1, b2, b3, mp in table:
                 gid = off + int(lid)
-                w.writerow([gid, int(round(area * ds * ds)), round(cy * ds, 2), round(cx * ds, 2), int(round(b0 * ds)),
+                # pixel i of the level covers level-0 px [i ds, (i + 1) ds): its centre is level-0 (i + 0.5) ds - 0.5
+                w.writerow([gid, int(round(area * ds * ds)), round((cy + 0.5) * ds - 0.5, 2), round((cx + 0.5) * ds - 0.5, 2), int(round(b0 * ds)),
                             int(round(b1 * ds)), int(round(b2 * ds)), int(round(b3 * ds)), round(float(mp), 4)])
                 ring = polys.get(int(lid))
                 if ring is None or len(ring) < 4:
