@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for size in args.sizes:
         slide = build(size, args.workdir, tiles, args.seed)
-        out = args.workdir / f"pred_{slide.stem}"
+        out = args.workdir / f"pred_{slide.name.split('.')[0]}"
         cmd = [sys.executable, "-m", "qmed.cli", "predict", "--model", args.model, "--input", str(slide), "--out", str(out),
                "--force", "--quiet", "--tta" if args.tta else "--no-tta"]
         cmd += ["--instances"] if args.instances else []

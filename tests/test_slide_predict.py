@@ -410,7 +410,7 @@ def test_an_empty_slide_runs_no_block_and_writes_empty_outputs(stand_in, tmp_pat
     model, pred = stand_in
     slide = write_slide(tmp_path / "glass.ome.tif", np.full((512, 640, 3), 246, np.uint8))
     meta = predict_slide_quiet(model, slide, tmp_path / "e", pred, block=256, instances=True)
-    assert meta["counts"] == {"blocks": 6, "blocks_run": 0, "objects": 0, "cut_objects": 0}
+    assert meta["counts"] == {"blocks": 6, "blocks_run": 0, "objects": 0, "cut_objects": 0, "pixels_run": 0, "pixels_read": 0}
     assert not read_level0(tmp_path / "e" / "labels.ome.tif").any() and not read_level0(tmp_path / "e" / "mask.ome.tif").any()
     assert objects_csv(tmp_path / "e" / "objects.csv") == []
     assert json.loads((tmp_path / "e" / "objects.geojson").read_text())["features"] == []

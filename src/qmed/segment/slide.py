@@ -222,7 +222,10 @@ class Predictor:
     def maps(self, rgb: np.ndarray, job: SlideJob, tta: int | None = None) -> np.ndarray:
         """(C, H, W) float32 probabilities of an (H, W, 3) uint8 region: the foreground first (then an
         instance head's contact), at the region's size."""
-        img = self.model_input(rgb, job.stats())
+        return self.probabilities(self.model_input(rgb, job.stats()), job, tta)
+
+    def probabilities(self, img: np.ndarray, job: SlideJob, tta: int | None = None) -> np.ndarray:
+        """maps() of a region already converted by model_input: the network through the windows and TTA."""
         with self.lock:
             if self.edge is not None:
                 self.edge.scale = job.edge_scale
@@ -264,7 +267,13 @@ def default_backend(model_path: str | Path, backend: str | None) -> str:
 def open_predictor(model_path: str | Path, backend: str | None = None, device: str | None = None) -> Predictor:
     """The model at `model_path`, loaded once per process (cached per path, backend and device)."""
     backend = default_backend(model_path, backend)
-    key = (str(Path(model_path).resolve()), backend, device)
+    p = Path(model_path).resolve()
+    if backend == "torch" and p.is_dir():
+        from qmed.io.checkpoints import resolve_checkpoint
+
+        p = resolve_checkpoint(p)
+    st = p.stat() if p.exists() else None  # a new model file at the same path is another model
+    key = (str(p), st and st.st_mtime_ns, st and st.st_size, backend, device)
     with _PREDICTORS_LOCK:
         if key in _PREDICTORS:
             return _PREDICTORS[key]
@@ -539,9 +548,7 @@ def plan_slide(model_path, slide_path, out, *, mpp: float | None = None, level: 
     ours = isinstance(manifest, dict) and manifest.get("format") == FORMAT
     if ours and manifest.get("key") == key and not force:
         remove_stale(out, recursive=True)
-        plan = manifest["plan"]
-        return SlideJob(**{**plan, "model_path": str(model_path), "device": device, "out": str(out), "keep_blocks": keep_blocks,
-                           "intensity": _tuple(plan["intensity"]), "lab": _tuple(plan["lab"]), "blocks": tuple(plan["blocks"])})
+        return load_job(out, model_path, device, keep_blocks)
     if ours and not force:
         raise QmedInputError(out, "holds a slide prediction made with another model, slide or settings; pass --force to replace "
                                   "it, or choose another --out")
@@ -588,7 +595,7 @@ def plan_slide(model_path, slide_path, out, *, mpp: float | None = None, level: 
     _write_png(out / TISSUE_FILE, overlay(thumb, mask) if mask is not None else thumb)
     plan = {k: v for k, v in asdict(job).items() if k not in ("model_path", "device", "out", "keep_blocks")}
     write_json(out / MANIFEST, {
-        "format": FORMAT, "version": 1, "key": key, "settings": settings, "plan": plan,
+        "format": FORMAT, "version": 1, "key": key, "model_path": str(model_path), "settings": settings, "plan": plan,
         "tissue": {**tissue_info, "thumbnail_downsample": round(thumb_ds, 4), "blocks_run": len(blocks), "blocks": job.n_blocks},
         "statistics_sources": sources, "plan_seconds": round(time.perf_counter() - t0, 3),
     })
@@ -597,6 +604,18 @@ def plan_slide(model_path, slide_path, out, *, mpp: float | None = None, level: 
 
 def _tuple(v):
     return None if v is None else tuple(v)
+
+
+def load_job(out, model_path=None, device: str | None = None, keep_blocks: bool = False) -> SlideJob:
+    """The job that OUT/manifest.json records (a planned or finished slide), e.g. to run its blocks
+    elsewhere or to measure it. `model_path`: where the model is now (default: as planned)."""
+    manifest = read_json(Path(out) / MANIFEST)
+    if not (isinstance(manifest, dict) and manifest.get("format") == FORMAT):
+        raise QmedInputError(out, f"holds no slide plan ({MANIFEST} written by qmed predict --input SLIDE)")
+    plan = manifest["plan"]
+    return SlideJob(**{**plan, "model_path": str(model_path or manifest.get("model_path")), "device": device, "out": str(out),
+                       "keep_blocks": keep_blocks, "intensity": _tuple(plan["intensity"]), "lab": _tuple(plan["lab"]),
+                       "blocks": tuple(plan["blocks"])})
 
 
 def _write_png(path: Path, rgb: np.ndarray) -> None:
@@ -616,9 +635,9 @@ def _stores(job: SlideJob) -> dict:
 def _create_stores(job: SlideJob) -> None:
     import zarr
 
-    for name, dtype in _stores(job).items():
-        zarr.create_array(store=str(job.blocks_dir / f"{name}.zarr"), shape=(job.height, job.width),
-                          chunks=(job.chunk, job.chunk), dtype=dtype, fill_value=0, overwrite=True)
+    for name, dtype in _stores(job).items():  # open_array(mode="w"): zarr 2 (Python 3.10) and 3 alike
+        zarr.open_array(str(job.blocks_dir / f"{name}.zarr"), mode="w", shape=(job.height, job.width),
+                        chunks=(job.chunk, job.chunk), dtype=dtype, fill_value=0)
 
 
 def _open_store(path: str, mode: str):
@@ -773,7 +792,9 @@ def finish_slide(job: SlideJob, extra: dict | None = None) -> dict:
         "statistics": {"intensity": job.intensity, "lab": job.lab, "edge_scale": job.edge_scale, "diameter": job.diameter,
                        "sources": manifest.get("statistics_sources")},
         "tissue": manifest.get("tissue"),
-        "counts": {"blocks": job.n_blocks, "blocks_run": len(job.blocks), "objects": n_objects, "cut_objects": cut},
+        "counts": {"blocks": job.n_blocks, "blocks_run": len(job.blocks), "objects": n_objects, "cut_objects": cut,
+                   "pixels_run": sum(int(s.get("core_px", 0)) for s in summaries.values()),
+                   "pixels_read": sum(int(s.get("read_px", 0)) for s in summaries.values())},
         "seconds": {"plan": manifest.get("plan_seconds"),
                     "blocks": {k: round(sum(s.get(k, 0.0) for s in secs), 3) for k in ("read", "predict", "objects", "write")},
                     "pyramids": round(t_pyr - t0, 3), "tables": round(time.perf_counter() - t_pyr, 3), **(extra or {})},
