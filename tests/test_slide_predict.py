@@ -18,7 +18,7 @@ import torch
 
 from qmed.data.tissue import region_has_tissue, sample_points, thumbnail, tissue_from_rgb
 from qmed.segment.instances import split_instances
-from qmed.segment.slide import SlideJob, block_objects, histogram_percentiles, owner_cell, paint_tile, spill
+from qmed.segment.slide import SlideJob, block_objects, histogram_percentiles, paint_tile, spill
 
 
 # --------------------------------------------------------------------------------------------
@@ -107,9 +107,18 @@ def test_histogram_percentiles_equal_numpy_on_the_pixels():
     assert histogram_percentiles(np.bincount([0, 0, 255], minlength=256), (50, 75)) == (0.0, 0.5)
 
 
-def test_owner_cell_gives_every_centroid_one_core():
-    # pixel index 127 is in core 0 (0..127), 127.5 rounds to pixel 128: core 1; -0.5 to pixel 0
-    assert owner_cell(np.array([0.0, 127.0, 127.49, 127.5, 255.99, -0.5]), 128).tolist() == [0, 0, 0, 1, 2, 0]
+def test_a_centroid_on_the_seam_has_one_owner():
+    """Two-pixel objects whose centroids lie at x = 127.0 (pixel 127: core 0) and 127.5 (rounds to
+    pixel 128: core 1), seen by both blocks of a 256-wide slide in cores of 128 with a halo of 8."""
+    prob = np.zeros((1, 6, 256), np.float32)
+    prob[0, 1, 127] = prob[0, 2, 127] = 0.9  # centroid x = 127.0
+    prob[0, 4, 127:129] = 0.9  # centroid x = 127.5
+    kept = []
+    for core, origin in (((0, 0, 128, 6), (0, 0)), ((128, 0, 256, 6), (120, 0))):
+        x0, x1 = origin[0], min(256, core[2] + 8)
+        res = block_objects(prob[:, :, x0:x1], origin, core, (256, 6), 0.5, None, instances=False)
+        kept.append(res["table"][:, 3].tolist())
+    assert kept == [[127.0], [127.5]]
 
 
 def test_read_region_is_the_core_widened_by_the_halo_and_clipped():

@@ -351,12 +351,6 @@ def histogram_percentiles(hist: np.ndarray, percentiles) -> tuple[float, ...]:
     return tuple(out)
 
 
-def owner_cell(centroid: np.ndarray, block: int) -> np.ndarray:
-    """The core index along one axis that owns a centroid (pixel-index coordinates): the core
-    holding the pixel floor(c + 0.5)."""
-    return np.floor(np.floor(np.asarray(centroid) + 0.5) / block).astype(np.int64)
-
-
 def block_objects(maps: np.ndarray, origin: tuple[int, int], core: tuple[int, int, int, int], slide_wh: tuple[int, int],
                   threshold: float, diameter: float | None, instances: bool = True) -> dict:
     """The objects of one read region that its core owns.
