@@ -28,7 +28,7 @@ import torch
 from qmed.errors import QmedInputError
 from qmed.segment.slide import plan_slide
 from qmed.segment.cohort import (COHORT_CSV, COHORT_JSON, TABLE_FIELDS, all_succeeded, list_slides, predict_cohort, slide_folders,
-                                 slide_name, table_row)
+                                 local_cluster, restore_malloc_thresholds, slide_name, table_row)
 
 distributed = pytest.importorskip("distributed")
 cloudpickle = pytest.importorskip("cloudpickle")
@@ -91,7 +91,7 @@ def reference(model, slides, tmp_path_factory) -> tuple[Path, list[dict]]:
 
 @pytest.fixture(scope="module")
 def client():
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+    with local_cluster(2, dashboard_address=None) as cluster, \
             distributed.Client(cluster) as c:
         yield c
 
@@ -183,6 +183,9 @@ def test_local_cluster_gives_the_objects_of_the_in_process_path(model, slides, r
     assert [r["objects"] for r in rows] == [r["objects"] for r in reference[1]]
     same_outputs(reference[0], tmp_path / "c")
     assert set(client.run(torch.get_num_threads).values()) == {1}  # the plugin, in every worker
+    # Dask's MALLOC_TRIM_THRESHOLD_ (2x slower blocks) is not set in a local cluster's workers, nor here
+    assert set(client.run(os.environ.get, "MALLOC_TRIM_THRESHOLD_").values()) == {None}
+    assert "MALLOC_TRIM_THRESHOLD_" not in os.environ and (restore_malloc_thresholds() or sys.platform != "linux")
 
 
 def test_a_worker_killed_mid_job_changes_nothing(model, slides, reference, client, tmp_path):

@@ -50,12 +50,15 @@ TABLE_FIELDS = ("slide", "status", "objects", "tissue_mm2", "tissue_px", "blocks
 _PLAN_PRIORITY = 10**9
 
 
-class OneTorchThread(WorkerPlugin):
-    """A Dask worker plugin: one torch thread per task thread, set in each worker when it starts
-    (restarted workers included); the cluster's parallelism comes from its workers, not from torch.
-    On a machine with several GPUs, a local cluster's worker number i takes GPU i (modulo their count)."""
+class WorkerSetup(WorkerPlugin):
+    """A Dask worker plugin, run in each worker as it starts (restarted ones included):
+    - one torch thread per task thread: the cluster's parallelism comes from its workers, not torch;
+    - on a machine with several GPUs, a local cluster's worker number i takes GPU i (modulo their count);
+    - glibc's malloc thresholds back to sizes that keep large temporaries on the heap, where a nanny
+      has set MALLOC_TRIM_THRESHOLD_ (Dask's default; see WORKER_ENV): remote workers started by
+      `dask worker` get the same speed as a local cluster's without a config file."""
 
-    name = "qmed-one-torch-thread"
+    name = "qmed-worker-setup"
     idempotent = True
 
     def setup(self, worker=None):
@@ -69,6 +72,23 @@ class OneTorchThread(WorkerPlugin):
         name = getattr(worker, "name", None)
         if torch.cuda.is_available() and isinstance(name, int):
             torch.cuda.set_device(name % torch.cuda.device_count())
+        if os.environ.get("MALLOC_TRIM_THRESHOLD_"):
+            restore_malloc_thresholds()
+
+
+def restore_malloc_thresholds() -> bool:
+    """mallopt: large allocations (up to 32 MiB) from the heap and freed memory kept up to 128 MiB,
+    near glibc's own dynamic behaviour, which an explicit MALLOC_TRIM_THRESHOLD_ turns off. False where
+    there is no glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 128 << 20))
+    except (OSError, AttributeError):
+        return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,12 +349,12 @@ def predict_cohort(model_path: str | Path, inputs: str | Path | Sequence[str | P
             if scheduler is not None:
                 own_client = client = _connect(scheduler)
             else:
-                own_cluster = _local_cluster(workers)
+                own_cluster = local_cluster(workers)
                 own_client = client = Client(own_cluster)
         link = _dashboard(client)
         if link:
             say(f"Dask dashboard: {link}")
-        client.register_plugin(OneTorchThread(), name=OneTorchThread.name)
+        client.register_plugin(WorkerSetup(), name=WorkerSetup.name)
         return _run_dask(client, model_path, slides, table, force, progress, slide_kw)
     finally:
         if own_client is not None:
@@ -355,12 +375,23 @@ def _connect(scheduler: str):
                                    "`dask scheduler` and its workers with `dask worker tcp://HOST:8786`") from None
 
 
-def _local_cluster(workers: int):
+# Dask's nannies set MALLOC_TRIM_THRESHOLD_=65536 in their workers (to hand freed memory back to the
+# OS sooner); setting it turns off glibc's dynamic mmap threshold, so every large numpy/torch temporary
+# is mmapped, zero-filled and unmapped again: a block ran 2x slower in such a process (benchmarks/
+# dask_overhead.py). Local clusters leave it unset (None unsets a pre-spawn variable; the nanny would
+# also write it into this process's own environment, whence later child processes would inherit it).
+WORKER_ENV = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+
+
+def local_cluster(workers: int, **kw):
+    """A LocalCluster of `workers` processes of one thread each, without the malloc setting above."""
+    import dask
     from distributed import LocalCluster
 
     # Processes, not threads: torch, the readers and the instance split each hold the GIL in places.
     # silence_logs: the nanny's "restarting worker" and similar warnings still reach the log.
-    return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, silence_logs=logging.ERROR)
+    with dask.config.set(WORKER_ENV):
+        return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, **{"silence_logs": logging.ERROR, **kw})
 
 
 def _dashboard(client) -> str | None:
