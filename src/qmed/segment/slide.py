@@ -656,8 +656,9 @@ def run_block(job: SlideJob, index: int, predictor: Predictor | None = None) -> 
         return {"index": index, "objects": 0, "skipped": True}
     from qmed.io.geojson import label_polygons
 
+    t_load = time.perf_counter()
+    predictor = predictor or load_predictor(job)  # the first block in a process pays for the model
     t0 = time.perf_counter()
-    predictor = predictor or load_predictor(job)
     x0, y0, x1, y1 = job.read_region(index)
     core = job.core(index)
     rgb = read_region(_reader(job.slide_path), job.slide_path, job.level, x0, y0, x1 - x0, y1 - y0)
@@ -691,7 +692,7 @@ def run_block(job: SlideJob, index: int, predictor: Predictor | None = None) -> 
     n = int(res["table"].shape[0])
     summary = {"index": index, "objects": n, "cut": res["cut"], "read_px": int((x1 - x0) * (y1 - y0)),
                "core_px": int((cx1 - cx0) * (cy1 - cy0)),
-               "seconds": {"read": round(t_read - t0, 3), "predict": round(t_net - t_read, 3), "objects": round(t_split - t_net, 3),
+               "seconds": {"load": round(t0 - t_load, 3), "read": round(t_read - t0, 3), "predict": round(t_net - t_read, 3), "objects": round(t_split - t_net, 3),
                            "write": round(time.perf_counter() - t_split, 3)}}
     write_json(marker, summary)
     return summary
@@ -790,7 +791,7 @@ def finish_slide(job: SlideJob, extra: dict | None = None) -> dict:
                    "pixels_run": sum(int(s.get("core_px", 0)) for s in summaries.values()),
                    "pixels_read": sum(int(s.get("read_px", 0)) for s in summaries.values())},
         "seconds": {"plan": manifest.get("plan_seconds"),
-                    "blocks": {k: round(sum(s.get(k, 0.0) for s in secs), 3) for k in ("read", "predict", "objects", "write")},
+                    "blocks": {k: round(sum(s.get(k, 0.0) for s in secs), 3) for k in ("load", "read", "predict", "objects", "write")},
                     "pyramids": round(t_pyr - t0, 3), "tables": round(time.perf_counter() - t_pyr, 3), **(extra or {})},
         "outputs": [MASK_FILE] + ([LABELS_FILE] if job.instances else []) + ([PROB_FILE] if job.probability else [])
                    + [OBJECTS_FILE, geo_name, TISSUE_FILE],
