@@ -21,7 +21,7 @@ from qmed.cli.app import app
 from qmed.errors import QmedInputError
 from qmed.io import files
 
-from tests.test_bad_input import make_dataset
+from tests.test_bad_input import make_dataset, model_run  # noqa: F401  (model_run: the tiny run fixture)
 
 runner = CliRunner()
 
@@ -29,16 +29,6 @@ runner = CliRunner()
 def snapshot(root: Path) -> dict[str, str]:
     """Every file under root with its sha256: the byte-for-byte check of the data-loss cases."""
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("safety")
-    data = make_dataset(root / "data", n=4)
-    res = runner.invoke(app, ["train", "--preset", "tiny", "--data", str(data), "--out", str(root / "run"), "--quiet",
-                              "--no-report", "--set", "train.epochs=1"])
-    assert res.exit_code == 0, res.output
-    return root / "run"
 
 
 def _one_line(res, *needles):
@@ -83,8 +73,8 @@ def _predict_into_run(tmp, run):
 @pytest.mark.parametrize("case", [_predict_into_input, _predict_into_parent, _train_into_data, _convert_into_source, _predict_into_run],
                          ids=["predict-out-is-input", "predict-out-holds-input", "train-out-is-data", "convert-out-is-source",
                               "predict-out-is-model-run"])
-def test_force_never_deletes_inputs(case, tmp_path, run_dir):
-    guarded, argv = case(tmp_path, run_dir)
+def test_force_never_deletes_inputs(case, tmp_path, model_run):
+    guarded, argv = case(tmp_path, model_run)
     before = snapshot(guarded)
     res = runner.invoke(app, argv)
     _one_line(res, "input")
@@ -92,35 +82,35 @@ def test_force_never_deletes_inputs(case, tmp_path, run_dir):
     assert not [p for p in guarded.parent.rglob(".*") if ".qmed-" in p.name and p.name != files.OUTPUT_MARKER]  # no staging left
 
 
-def test_out_inside_input_and_symlinked_input_refused(tmp_path, run_dir):
+def test_out_inside_input_and_symlinked_input_refused(tmp_path, model_run):
     ds = make_dataset(tmp_path / "ds")
     link = tmp_path / "link"
     link.symlink_to(ds / "images")
-    res = runner.invoke(app, ["predict", "--model", str(run_dir), "--input", str(link), "--out", str(ds / "images" / "preds")])
+    res = runner.invoke(app, ["predict", "--model", str(model_run), "--input", str(link), "--out", str(ds / "images" / "preds")])
     _one_line(res, "lies inside the input")
     assert not (ds / "images" / "preds").exists()
 
 
-def test_force_refuses_a_folder_qmed_did_not_write(tmp_path, run_dir):
+def test_force_refuses_a_folder_qmed_did_not_write(tmp_path, model_run):
     ds = make_dataset(tmp_path / "ds")
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "thesis.docx").write_bytes(b"years of work")
-    res = runner.invoke(app, ["predict", "--model", str(run_dir), "--input", str(ds / "images"), "--out", str(mine), "--force"])
+    res = runner.invoke(app, ["predict", "--model", str(model_run), "--input", str(ds / "images"), "--out", str(mine), "--force"])
     _one_line(res, "not written by qmed")
     assert (mine / "thesis.docx").read_bytes() == b"years of work" and len(list(mine.iterdir())) == 1
     # a file in the way of an output folder is refused too
     f = tmp_path / "file.txt"
     f.write_text("keep")
-    res = runner.invoke(app, ["predict", "--model", str(run_dir), "--input", str(ds / "images"), "--out", str(f), "--force"])
+    res = runner.invoke(app, ["predict", "--model", str(model_run), "--input", str(ds / "images"), "--out", str(f), "--force"])
     _one_line(res, "is a file")
     assert f.read_text() == "keep"
 
 
-def test_force_replaces_qmed_output_and_settings_need_force(tmp_path, run_dir):
+def test_force_replaces_qmed_output_and_settings_need_force(tmp_path, model_run):
     ds = make_dataset(tmp_path / "ds")
     out = tmp_path / "p"
-    base = ["predict", "--model", str(run_dir), "--input", str(ds / "images"), "--out", str(out)]
+    base = ["predict", "--model", str(model_run), "--input", str(ds / "images"), "--out", str(out)]
     assert runner.invoke(app, base).exit_code == 0
     assert files.read_marker(out)["verb"] == "predict"
     # the same command again: everything is done, nothing is redone
@@ -133,11 +123,11 @@ def test_force_replaces_qmed_output_and_settings_need_force(tmp_path, run_dir):
     assert '"threshold": 0.7' in (out / "predict.json").read_text()
 
 
-def test_outputs_follow_umask(tmp_path, run_dir):
+def test_outputs_follow_umask(tmp_path, model_run):
     ds = make_dataset(tmp_path / "ds")
     old = os.umask(0o022)
     try:
-        res = subprocess.run([sys.executable, "-m", "qmed.cli.app", "predict", "--model", str(run_dir), "--input", str(ds / "images"),
+        res = subprocess.run([sys.executable, "-m", "qmed.cli.app", "predict", "--model", str(model_run), "--input", str(ds / "images"),
                               "--out", str(tmp_path / "p"), "--quiet"], capture_output=True, text=True, timeout=300)
         assert res.returncode == 0, res.stderr
         res = subprocess.run([sys.executable, "-m", "qmed.cli.app", "convert", "--to", "nnunet", "--data", str(ds), "--out",
@@ -188,7 +178,7 @@ def test_check_not_inputs_cases(tmp_path):
     assert files.input_paths("x/y.npz:train", "z", None) == [Path("x/y.npz"), Path("z")]
 
 
-def test_kill_predict_then_resume(tmp_path, run_dir):
+def test_kill_predict_then_resume(tmp_path, model_run):
     """SIGKILL mid-folder; the next run leaves nothing stale, writes only the images not yet done,
     and ends with the same masks as an uninterrupted run."""
     src = make_dataset(tmp_path / "ds", n=2)
@@ -198,10 +188,10 @@ def test_kill_predict_then_resume(tmp_path, run_dir):
     for i in range(40):  # many small images so the kill lands mid-folder
         Image.fromarray(rng.integers(0, 255, (96, 96), dtype=np.uint8)).save(imgs / f"im{i:02d}.png")
     ref = tmp_path / "ref"
-    res = runner.invoke(app, ["predict", "--model", str(run_dir), "--input", str(imgs), "--out", str(ref), "--quiet"])
+    res = runner.invoke(app, ["predict", "--model", str(model_run), "--input", str(imgs), "--out", str(ref), "--quiet"])
     assert res.exit_code == 0, res.output
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "qmed.cli.app", "predict", "--model", str(run_dir), "--input", str(imgs), "--out", str(out), "--quiet"]
+    cmd = [sys.executable, "-m", "qmed.cli.app", "predict", "--model", str(model_run), "--input", str(imgs), "--out", str(out), "--quiet"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline and len(list(out.glob("im*.png"))) < 5:
