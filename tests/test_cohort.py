@@ -253,11 +253,43 @@ def test_a_rerun_skips_finished_slides(model, slides, reference, client):
     assert [(r["status"], r["reason"]) for r in rows] == [("skipped", "finished earlier")] * 3
     assert [r["objects"] for r in rows] == [r["objects"] for r in reference[1]] and all_succeeded(rows)
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.parent != out} == stamps  # nothing rewritten
-    # in process too, and another block size is another job: refused without --force, in the table
+    # one slide, in process: skipped too; another block size is another job, refused without --force
     rows = predict_cohort(model, slides / "a.ome.tif", out / "a", workers=1, block=BLOCK, progress=False)
     assert rows[0]["status"] == "skipped"
-    rows = predict_cohort(model, slides / "a.ome.tif", out / "a", workers=1, block=2 * BLOCK, progress=False)
-    assert rows[0]["status"] == "failed" and "--force" in rows[0]["reason"]
+    with pytest.raises(QmedInputError, match="--force"):  # one slide's error is the run's, not a table row
+        predict_cohort(model, slides / "a.ome.tif", out / "a", workers=1, block=2 * BLOCK, progress=False)
+
+
+def test_one_slide_writes_into_out_itself_on_a_cluster_or_here(model, slides, reference, client, tmp_path, monkeypatch):
+    rows = predict_cohort(model, slides / "a.ome.tif", tmp_path / "one", client=client, block=BLOCK, progress=False)
+    assert rows[0]["status"] == "done" and objects(tmp_path / "one") == objects(reference[0] / "a")
+    assert not (tmp_path / COHORT_CSV).exists() and not (tmp_path / "one" / COHORT_CSV).exists()  # no table for one slide
+    meta = json.loads((tmp_path / "one" / "predict.json").read_text())
+    assert meta["seconds"]["blocks_this_run"] == 4 and meta["seconds"]["wall_this_run"] > 0
+    # without --workers, a slide of less than LOCAL_CLUSTER_MIN_PX of pending cores runs here: no cluster is started
+    import qmed.segment.cohort as cohort
+
+    monkeypatch.setattr(cohort, "local_cluster", lambda *a, **k: pytest.fail("a local cluster was started for 4 small blocks"))
+    monkeypatch.setattr(cohort, "default_workers", lambda: 2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the reference: another thread count may move a mean probability in its 4th decimal
+    try:
+        rows = predict_cohort(model, slides / "b.ome.tif", tmp_path / "here", block=BLOCK, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert rows[0]["status"] == "done" and objects(tmp_path / "here") == objects(reference[0] / "b")
+
+
+def test_work_px_counts_core_pixels_by_hand():
+    from qmed.segment.cohort import work_px
+    from qmed.segment.slide import SlideJob
+
+    job = SlideJob(model_path="m", backend="torch", device=None, slide_path="s", out="o", key="k", level=0, downsample=1.0, mpp=None,
+                   width=600, height=300, block=256, halo=32, chunk=256, scale=1.0, tta=1, threshold=0.5, tile=128, overlap=0.25,
+                   batch_size=2, instances=True, probability=False, gzip=False, blocks=tuple(range(6)))
+    # a 3 x 2 grid of 256 px cores: 256 + 256 + 88 wide, 256 + 44 high
+    assert work_px(job, [0]) == 256 * 256 and work_px(job, [2]) == 88 * 256 and work_px(job, [5]) == 88 * 44
+    assert work_px(job, range(6)) == 600 * 300 and work_px(job, []) == 0
 
 
 class KillOnce(distributed.WorkerPlugin):

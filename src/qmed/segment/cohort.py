@@ -174,8 +174,10 @@ class _Slide:
     path: Path
     out: Path
     row: dict = field(default_factory=dict)
-    started: float | None = None
+    started: float | None = None  # perf_counter when its blocks were submitted
+    started_at: float | None = None  # the same moment as time.time(), for the worker that finishes it
     remaining: int = 0
+    run: int = 0  # blocks submitted in this run
     blocks: list = field(default_factory=list)
     holder: Any = None  # the future holding its SlideJob on the cluster
 
@@ -269,11 +271,15 @@ def block_task(job, index: int) -> dict:
     return run_block(job, index)
 
 
-def finish_task(job) -> dict:
-    """finish_slide in a worker: the outputs from the blocks on disk, predict.json last."""
+def finish_task(job, blocks_this_run: int | None = None, started_at: float | None = None) -> dict:
+    """finish_slide in a worker: the outputs from the blocks on disk, predict.json last (with this run's
+    block count and wall seconds since `started_at`, a time.time() of the client's)."""
     from qmed.segment.slide import finish_slide
 
-    return finish_slide(job)
+    extra = {} if blocks_this_run is None else {"blocks_this_run": blocks_this_run}
+    if started_at is not None:
+        extra["wall_this_run"] = round(time.time() - started_at, 3)
+    return finish_slide(job, extra=extra or None)
 
 
 def pending_blocks(job) -> list[int]:
@@ -337,10 +343,28 @@ def predict_cohort(model_path: str | Path, inputs: str | Path | Sequence[str | P
         out.mkdir(parents=True, exist_ok=True)
         table = out
     say = say or logger.warning
-    if client is None and scheduler is None:
-        workers = workers or default_workers()
-        if workers == 1:
-            return _run_here(model_path, slides, table, force, progress, slide_kw)
+    local = client is None and scheduler is None
+    n = (workers or default_workers()) if local else None
+    planned = {}
+    if local and single:
+        # Planned here (a thumbnail, a few sample tiles): errors are the caller's, as for any one input,
+        # and the pending work decides whether a cluster is worth its start (seconds, a model per worker).
+        s = slides[0]
+        t0 = time.perf_counter()
+        job, meta = plan_task(str(model_path), str(s.path), str(s.out), {**slide_kw, "force": force})
+        if meta is not None:
+            return [_row(s, "skipped", meta, reason="finished earlier")]
+        pending = pending_blocks(job)
+        if n == 1 or (workers is None and work_px(job, pending) < LOCAL_CLUSTER_MIN_PX):
+            slides_bar, blocks_bar = _bars(1, False, progress)
+            try:
+                return [_blocks_here(s, job, pending, blocks_bar, t0)]
+            finally:
+                blocks_bar.close()
+                slides_bar.close()
+        planned[0] = job
+    elif local and n == 1:
+        return _run_here(model_path, slides, table, force, progress, slide_kw)
     own_cluster = own_client = None
     try:
         if client is None:
@@ -349,18 +373,32 @@ def predict_cohort(model_path: str | Path, inputs: str | Path | Sequence[str | P
             if scheduler is not None:
                 own_client = client = _connect(scheduler)
             else:
-                own_cluster = local_cluster(workers)
+                own_cluster = local_cluster(n)
                 own_client = client = Client(own_cluster)
         link = _dashboard(client)
         if link:
             say(f"Dask dashboard: {link}")
         client.register_plugin(WorkerSetup(), name=WorkerSetup.name)
-        return _run_dask(client, model_path, slides, table, force, progress, slide_kw)
+        return _run_dask(client, model_path, slides, table, force, progress, slide_kw, planned, single)
     finally:
         if own_client is not None:
             own_client.close()
         if own_cluster is not None:
             own_cluster.close()
+
+
+# A single slide with less pending work than this (core px) runs in this process even when the machine has
+# several cores: about four default blocks, a few minutes of one core with the cpu model (docs/benchmarks 2b).
+LOCAL_CLUSTER_MIN_PX = 4 * 2048 * 2048
+
+
+def work_px(job, blocks: Sequence[int]) -> int:
+    """The core pixels of `blocks` (what the network will see, halos aside)."""
+    total = 0
+    for i in blocks:
+        x0, y0, x1, y1 = job.core(i)
+        total += (x1 - x0) * (y1 - y0)
+    return total
 
 
 def _connect(scheduler: str):
@@ -411,12 +449,15 @@ def _dashboard(client) -> str | None:
     return link
 
 
-def _bars(total_slides: int, progress: bool | None):
+def _bars(total_slides: int, slides: bool | None, blocks: bool | None):
+    """The slides bar and the blocks bar (tqdm, stderr). None: tqdm's own check, off when stderr is no terminal."""
     from tqdm.auto import tqdm
 
-    disable = None if progress is None else not progress  # None: tqdm's own check, off when stderr is no terminal
-    slides_bar = tqdm(total=total_slides, desc="slides", unit="slide", position=0, disable=disable, dynamic_ncols=True)
-    blocks_bar = tqdm(total=0, desc="blocks", unit="block", position=1, disable=disable, dynamic_ncols=True, leave=False)
+    def off(flag):
+        return None if flag is None else not flag
+
+    slides_bar = tqdm(total=total_slides, desc="slides", unit="slide", position=0, disable=off(slides), dynamic_ncols=True)
+    blocks_bar = tqdm(total=0, desc="blocks", unit="block", position=1, disable=off(blocks), dynamic_ncols=True, leave=False)
     return slides_bar, blocks_bar
 
 
@@ -433,9 +474,22 @@ def _write(table: Path | None, slides: list[_Slide]) -> None:
         write_table(table, [x.row for x in slides if x.row])
 
 
+def _blocks_here(s: _Slide, job, pending: list[int], blocks_bar, t0: float) -> dict:
+    """A planned slide's pending blocks and its finish, in this process; -> its table row."""
+    blocks_bar.total += len(pending)
+    blocks_bar.refresh()
+    for i in pending:
+        block_task(job, i)
+        blocks_bar.update(1)
+    from qmed.segment.slide import finish_slide
+
+    meta = finish_slide(job, extra={"wall_this_run": round(time.perf_counter() - t0, 3), "blocks_this_run": len(pending)})
+    return _row(s, "done", meta, wall=time.perf_counter() - t0)
+
+
 def _run_here(model_path, slides: list[_Slide], table: Path | None, force: bool, progress: bool | None, slide_kw: dict) -> list[dict]:
     """The same steps in this process, one slide after another (no Dask)."""
-    slides_bar, blocks_bar = _bars(len(slides), progress)
+    slides_bar, blocks_bar = _bars(len(slides), progress, progress)
     try:
         for s in slides:
             t0 = time.perf_counter()
@@ -444,14 +498,10 @@ def _run_here(model_path, slides: list[_Slide], table: Path | None, force: bool,
                 if meta is not None:
                     s.row = _row(s, "skipped", meta, reason="finished earlier")
                 else:
-                    pending = pending_blocks(job)
-                    blocks_bar.total += len(pending)
-                    blocks_bar.refresh()
-                    for i in pending:
-                        block_task(job, i)
-                        blocks_bar.update(1)
-                    s.row = _row(s, "done", finish_task(job), wall=time.perf_counter() - t0)
+                    s.row = _blocks_here(s, job, pending_blocks(job), blocks_bar, t0)
             except Exception as exc:  # noqa: BLE001 - one slide's failure is reported, the others go on
+                if table is None:  # one slide: its error is the run's
+                    raise
                 s.row = _failed(s, exc, time.perf_counter() - t0)
             slides_bar.update(1)
             _write(table, slides)
@@ -461,15 +511,18 @@ def _run_here(model_path, slides: list[_Slide], table: Path | None, force: bool,
     return [s.row for s in slides]
 
 
-def _run_dask(client, model_path, slides: list[_Slide], table: Path | None, force: bool, progress: bool | None, slide_kw: dict) -> list[dict]:
-    """Plans first (every slide), then each slide's blocks, then its finish once its last block is in.
-    The client holds futures and small summaries only; block results stay on the workers."""
+def _run_dask(client, model_path, slides: list[_Slide], table: Path | None, force: bool, progress: bool | None, slide_kw: dict,
+              planned: dict | None = None, single: bool = False) -> list[dict]:
+    """Plans first (every slide not in `planned`, index -> SlideJob), then each slide's blocks, then its
+    finish once its last block is in. The client holds futures and small summaries only; block
+    results stay on the workers. `single`: the one slide's error is raised, not tabled."""
     from distributed import as_completed
 
-    slides_bar, blocks_bar = _bars(len(slides), progress)
+    slides_bar, blocks_bar = _bars(len(slides), False if single else progress, progress)
     token = uuid.uuid4().hex[:8]
     n = len(slides)
     kind: dict = {}  # future key -> (task kind, slide)
+    ac = as_completed()
 
     def submit(what: str, slide: _Slide, fn, *args, priority: int, suffix: str = ""):
         # readable keys: the dashboard groups tasks by the prefix before the first number (qmed-block, ...)
@@ -477,17 +530,39 @@ def _run_dask(client, model_path, slides: list[_Slide], table: Path | None, forc
         kind[fut.key] = (what, slide)
         return fut
 
-    ac = as_completed()
+    def rank(s: _Slide) -> int:  # earlier slides first; a slide's finish before the next slide's blocks
+        return 2 * (n - s.index)
+
+    def start_blocks(s: _Slide, job) -> None:
+        s.started, s.started_at = time.perf_counter(), time.time()
+        pending = pending_blocks(job)
+        s.holder = submit("job", s, hold_job, job, priority=rank(s) + 1)
+        s.remaining = s.run = len(pending)
+        blocks_bar.total += len(pending)
+        blocks_bar.refresh()
+        s.blocks = [submit("block", s, block_task, s.holder, i, priority=rank(s), suffix=f"-{i}") for i in pending]
+        ac.update(s.blocks)
+        if not pending:
+            finish(s)
+
+    def finish(s: _Slide) -> None:
+        s.blocks = []  # their results (small dicts) may go; the markers on disk are what counts
+        ac.add(submit("finish", s, finish_task, s.holder, s.run, s.started_at, priority=rank(s) + 1))
+
     for s in slides:
-        ac.add(submit("plan", s, plan_task, str(model_path), str(s.path), str(s.out), {**slide_kw, "force": force},
-                      priority=_PLAN_PRIORITY))
+        if planned and s.index in planned:
+            start_blocks(s, planned[s.index])
+        else:
+            ac.add(submit("plan", s, plan_task, str(model_path), str(s.path), str(s.out), {**slide_kw, "force": force},
+                          priority=_PLAN_PRIORITY))
     try:
         for fut in ac:
             what, s = kind.pop(fut.key)
-            rank = 2 * (n - s.index)  # earlier slides first; a slide's finish before the next slide's blocks
             if s.row or fut.status == "cancelled":  # the slide failed already and its other tasks were cancelled
                 continue
             if fut.status != "finished":
+                if single:
+                    raise fut.exception()
                 _fail_slide(client, s, fut.exception(), slides_bar, blocks_bar)
                 _write(table, slides)
             elif what == "plan":
@@ -496,23 +571,13 @@ def _run_dask(client, model_path, slides: list[_Slide], table: Path | None, forc
                     s.row = _row(s, "skipped", meta, reason="finished earlier")
                     slides_bar.update(1)
                     _write(table, slides)
-                    continue
-                s.started = time.perf_counter()
-                pending = pending_blocks(job)
-                s.holder = submit("job", s, hold_job, job, priority=rank + 1)
-                s.remaining = len(pending)
-                blocks_bar.total += len(pending)
-                blocks_bar.refresh()
-                s.blocks = [submit("block", s, block_task, s.holder, i, priority=rank, suffix=f"-{i}") for i in pending]
-                ac.update(s.blocks)
-                if not pending:
-                    ac.add(submit("finish", s, finish_task, s.holder, priority=rank + 1))
+                else:
+                    start_blocks(s, job)
             elif what == "block":
                 blocks_bar.update(1)
                 s.remaining -= 1
                 if s.remaining == 0:
-                    s.blocks = []  # their results (small dicts) may go; the markers on disk are what counts
-                    ac.add(submit("finish", s, finish_task, s.holder, priority=rank + 1))
+                    finish(s)
             elif what == "finish":
                 s.row = _row(s, "done", fut.result(), wall=time.perf_counter() - s.started)
                 s.holder = None
