@@ -258,8 +258,9 @@ def print_table(json_path: Path | None, note: str = "") -> None:
         print(f"| {r['part']} | {r['model']} | {r['setting']} | {r['result']} | {r['paper']} | {r['verdict']} |")
     sys.stdout.flush()
     if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(ROWS, indent=2) + "\n")
+        from qmed.io.files import write_json  # strict JSON (NaN -> null), like every JSON qmed writes
+
+        write_json(json_path, ROWS)
 
 
 def main() -> None:

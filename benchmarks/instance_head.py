@@ -21,6 +21,7 @@ from pathlib import Path
 
 from qmed.evaluate.folders import evaluate_folders
 from qmed.experiments.suite import dataset_splits, paired_difference, run_side_by_side
+from qmed.io.files import write_json
 
 KEYS = ("dice_empty1", "map_dsb", "aji", "pq", "count_error")
 
@@ -62,7 +63,7 @@ def main() -> None:
         doc["paired"][f"{a} - {b}: {key}"] = d
         print(f"  {a} - {b}, {key}: {d['mean']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}] n={d['n']} "
               f"better {d['better']} worse {d['worse']}", flush=True)
-    (out / "instance_head.json").write_text(json.dumps(doc, indent=1))
+    write_json(out / "instance_head.json", doc)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ per image on one core. Writes OUT.json when given.
     python benchmarks/instance_splits.py PRED_DIR TRUTH_DIR [BASE] [OUT.json] [--h=0.1,0.2] [--against=DIR | --against-labels=DIR]
 """
 
-import json
 import sys
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import numpy as np
 from qmed.data.objects import label_components, object_diameter
 from qmed.evaluate.metrics import score_image
 from qmed.experiments.suite import paired_difference
+from qmed.io.files import write_json
 from qmed.io.images import read_mask, read_prediction, read_probability
 from qmed.segment.instances import H_MIN, split_instances
 from qmed.segment.predict import CONTACT_DIR
@@ -91,7 +91,7 @@ def main() -> None:
             print(f"{way} - {base}, {key}: {d['mean']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}] "
                   f"better {d['better']} worse {d['worse']}")
     if out:
-        out.write_text(json.dumps(doc, indent=1))
+        write_json(out, doc)
 
 
 if __name__ == "__main__":

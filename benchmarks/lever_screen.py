@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from qmed.experiments.suite import dataset_splits, paired_difference, run_side_by_side
+from qmed.io.files import write_json
 
 
 def main() -> None:
@@ -50,7 +51,7 @@ def main() -> None:
             print(f"  {key}: lever - base per-image Dice {d['mean']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}] "
                   f"n={d['n']} better {d['better']} worse {d['worse']}", flush=True)
         doc["datasets"][name] = row
-        (out / "screen.json").write_text(json.dumps(doc, indent=1))
+        write_json(out / "screen.json", doc)
 
 
 if __name__ == "__main__":

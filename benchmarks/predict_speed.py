@@ -182,7 +182,9 @@ def main() -> None:
                 cells.append(f"{r['images_per_s']:.2f} ({r['peak_rss_mib']:.0f})")
             print(f"| {s}² | {tta} | " + " | ".join(cells) + " |")
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+        from qmed.io.files import write_json  # strict JSON, like every JSON qmed writes
+
+        write_json(args.json, rows)
 
 
 if __name__ == "__main__":

@@ -73,7 +73,7 @@ def test_ablate_tiny_run_prints_the_complete_table(fluo_subset, tmp_path):
     rows = ["mc_dropout_al", "ms_attention_unet", "enhanced", "no_tta"]
     out = tmp_path / "ablate"
     res = run("ablate", "--data", fluo_subset["train"], "--val", fluo_subset["val"], "--out", out, "--budget", 0.05, "--preset", "tiny",
-              "--only", ",".join(rows), "--n-boot", 20, "--al-rounds", 2, "--mc-passes", 2, "--set", "predict.tta=2")
+              "--only", ",".join(rows), "--n-boot", 100, "--al-rounds", 2, "--mc-passes", 2, "--set", "predict.tta=2")
     assert res.exit_code == 0, res.output
     doc = json.loads((out / "ablate.json").read_text())
     assert doc["finished"] and [r["method"] for r in doc["results"]] == rows
@@ -107,7 +107,7 @@ def test_ablate_bad_input_is_one_line(fluo_subset, tmp_path):
 def test_curve_tiny_run(fluo_subset, tmp_path):
     out = tmp_path / "curve"
     res = run("curve", "--data", fluo_subset["train"], "--val", fluo_subset["val"], "--out", out, "--fractions", "0.5,1",
-              "--budget", 0.05, "--preset", "tiny", "--n-boot", 20, "--set", "predict.tta=2")
+              "--budget", 0.05, "--preset", "tiny", "--n-boot", 100, "--set", "predict.tta=2")
     assert res.exit_code == 0, res.output
     doc = json.loads((out / "curve.json").read_text())
     assert [(r["series"], r["n_images"]) for r in doc["results"]] == [("qmed", 3), ("smp", 3), ("qmed", 6), ("smp", 6)]

@@ -125,7 +125,7 @@ def test_quality_one_minute_all_methods(fluo_subset, tmp_path):
     """Half a minute of training per method (1.5 min in all) on 6 train / 3 val real images."""
     out = tmp_path / "quality"
     res = run("benchmark", "quality", "--data", fluo_subset["train"], "--val", fluo_subset["val"], "--out", out,
-              "--minutes", 0.5, "--n-boot", 50)
+              "--minutes", 0.5, "--n-boot", 100)
     assert res.exit_code == 0, res.output
     doc = json.loads((out / "quality.json").read_text())
     rows = {r["method"]: r for r in doc["results"]}
@@ -169,7 +169,7 @@ def test_quality_qmed_no_val_trains_on_the_data_alone(fluo_subset, tmp_path):
     """--qmed-no-val: qmed's run never sees --val (all 6 images train with data.val_fraction=0); --val only scores."""
     out = tmp_path / "q"
     res = run("benchmark", "quality", "--data", fluo_subset["train"], "--val", fluo_subset["val"], "--out", out, "--minutes", 0.1,
-              "--methods", "qmed", "--preset", "tiny", "--n-boot", 20, "--qmed-no-val", "--set", "data.val_fraction=0")
+              "--methods", "qmed", "--preset", "tiny", "--n-boot", 100, "--qmed-no-val", "--set", "data.val_fraction=0")
     assert res.exit_code == 0, res.output
     doc = json.loads((out / "quality.json").read_text())
     assert doc["settings"]["qmed_trained_with_val"] is False

@@ -227,7 +227,7 @@ def test_pneumonia_npz_train_evaluate_predict(pneumonia_slice, tmp_path):
                             "--out", str(run), "--no-pqc", *FAST, "--class-weights"]))
     s = json.loads((run / "summary.json").read_text())
     assert s["classes"] == ["0", "1"] and s["positive"] == "1" and "pqc_share" not in s["profile"]
-    out = _ok(runner.invoke(app, ["classify", "evaluate", "--model", str(run), "--data", str(pneumonia_slice), "--n-boot", "50"]))
+    out = _ok(runner.invoke(app, ["classify", "evaluate", "--model", str(run), "--data", str(pneumonia_slice), "--n-boot", "100"]))
     assert ":val" in out  # no test split in the file: evaluation falls back to val and says so
     _ok(runner.invoke(app, ["classify", "predict", "--model", str(run), "--input", f"{pneumonia_slice}:val", "--out", str(tmp_path / "p.csv")]))
     assert len(list(csv.DictReader(open(tmp_path / "p.csv")))) == 12

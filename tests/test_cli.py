@@ -59,7 +59,7 @@ def test_predict_then_evaluate(tiny_run, fluo_subset, tmp_path):
     assert meta["checkpoint"] == str((tiny_run / "checkpoints" / "best.pt").resolve())
     assert not list(preds.parent.glob(f".{preds.name}.*"))  # written inside the staging folder, nothing left beside
     out = tmp_path / "eval.json"
-    res = run("evaluate", "--pred", preds, "--truth", fluo_subset["val"], "--out", out, "--n-boot", 50)
+    res = run("evaluate", "--pred", preds, "--truth", fluo_subset["val"], "--out", out, "--n-boot", 100)
     assert res.exit_code == 0, res.output
     assert "predictions: TTA 7 views, threshold 0.5" in res.output  # the table caption states what was scored
     assert "ignoring" not in res.output  # predict.json is not taken for a prediction
@@ -148,6 +148,10 @@ def test_demo_tiny(tmp_path):
     assert "qmed report" in flat and "report.md" in flat
     evaluation = json.loads((tmp_path / "demo" / "evaluation.json").read_text())
     assert evaluation["summary"]["predictions"]["tta"] == 7
+    # The object rows score qmed's own label maps (predict --instances), and the demo says so under the table.
+    assert evaluation["summary"]["settings"]["pred_kind"] == "labels" and evaluation["summary"]["pred_kinds"] == {"labels": 3}
+    assert "map_dsb" in evaluation["summary"] and evaluation["summary"]["predictions"]["instances"] is True
+    assert "the label maps of qmed predict --instances" in flat
 
 
 def test_inspect_classification_data(shared_data):

@@ -205,7 +205,7 @@ def test_tiny_run_with_the_head_end_to_end(fluo_subset, tmp_path):
     for p in (fluo_subset["val"] / "images").iterdir():
         lab = np.array(Image.open(out / "instances" / f"{p.stem}.png"))
         assert np.array_equal(lab > 0, np.array(Image.open(out / f"{p.stem}.png")) > 0)
-    r = CliRunner().invoke(app, ["evaluate", "--pred", str(out / "instances"), "--truth", str(fluo_subset["val"]), "--n-boot", "10"])
+    r = CliRunner().invoke(app, ["evaluate", "--pred", str(out / "instances"), "--truth", str(fluo_subset["val"]), "--n-boot", "100"])
     assert r.exit_code == 0, r.output
     onnx = tmp_path / "m.onnx"
     r = CliRunner().invoke(app, ["export", "--model", str(run), "--out", str(onnx)])

@@ -129,13 +129,13 @@ def test_evaluate_cli_label_maps(fluo_subset, tmp_path):
         write_labels(tmp_path / "split" / m.name, split_instances(read_mask(m)[0]))
     runner = CliRunner()
     out = tmp_path / "eval.json"
-    res = runner.invoke(app, ["evaluate", "--pred", str(tmp_path / "labels"), "--truth", str(val), "--out", str(out), "--n-boot", "20"])
+    res = runner.invoke(app, ["evaluate", "--pred", str(tmp_path / "labels"), "--truth", str(val), "--out", str(out), "--n-boot", "100"])
     assert res.exit_code == 0, res.output
     assert "predictions read as 3 label maps (--pred-kind auto)" in res.output and "Mean AP" in res.output
     doc = json.loads(out.read_text())
     assert doc["summary"]["map_dsb"]["mean"] == 1.0 and doc["summary"]["pred_kinds"] == {"labels": 3}
     assert all(r["pred_kind"] == "labels" and r["count_error"] == 0 for r in doc["per_image"])
-    res = runner.invoke(app, ["evaluate", "--pred", str(tmp_path / "split"), "--truth", str(val), "--out", str(out), "--n-boot", "20", "--pred-kind", "labels"])
+    res = runner.invoke(app, ["evaluate", "--pred", str(tmp_path / "split"), "--truth", str(val), "--out", str(out), "--n-boot", "100", "--pred-kind", "labels"])
     assert res.exit_code == 0, res.output
     s = json.loads(out.read_text())["summary"]
     assert s["dice_pooled"] == 1.0 and 0.0 < s["map_dsb"]["mean"] <= 1.0  # same pixels; objects as the watershed cut them
@@ -180,7 +180,7 @@ def test_predict_instances_writes_label_maps_and_tables(untrained_model, fluo_su
     meta = json.loads((out / "predict.json").read_text())
     assert meta["instances"] is True and json.loads((out / "instances" / "predict.json").read_text())["kind"] == "labels"
     assert not list(out.parent.glob(f".{out.name}.*"))  # written in the staging folder
-    res = CliRunner().invoke(app, ["evaluate", "--pred", str(out / "instances"), "--truth", str(fluo_subset["val"]), "--n-boot", "10"])
+    res = CliRunner().invoke(app, ["evaluate", "--pred", str(out / "instances"), "--truth", str(fluo_subset["val"]), "--n-boot", "100"])
     assert res.exit_code == 0, res.output
     flat = " ".join(res.output.split())  # the table caption may wrap
     assert "watershed label maps" in flat and "ignoring" not in flat

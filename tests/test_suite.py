@@ -93,7 +93,7 @@ def test_suite_end_to_end_tiny(fluo_subset, tmp_path):
     shutil.copytree(fluo_subset["train"], root / "noval" / "train")  # 6 images, no val/: a seeded 5/1 split
     out = tmp_path / "suite"
     res = CliRunner().invoke(app, ["benchmark", "suite", "--data-root", str(root), "--datasets", "given,noval", "--minutes", "0.05",
-                                   "--preset", "tiny", "--n-boot", "50", "--out", str(out),
+                                   "--preset", "tiny", "--n-boot", "100", "--out", str(out),
                                    "--set", "train.val_every=2", "--train-seed", "3"])
     assert res.exit_code == 0, res.output
     doc = json.loads((out / "suite.json").read_text())

@@ -248,7 +248,9 @@ def export_onnx(model_path: str | Path, out: str | Path, force: bool = False, op
         raise QmedInputError(ckpt, f"could not be exported to ONNX ({type(exc).__name__}: {str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ''})") from None
     meta = metadata(cfg, ckpt, opset, normalize_in_graph)
     meta["check"] = _check(graph, model, cfg, model_input)
-    onnx.helper.set_model_props(graph, {METADATA_KEY: json.dumps(meta)})
+    from qmed.io.files import json_safe
+
+    onnx.helper.set_model_props(graph, {METADATA_KEY: json.dumps(json_safe(meta), allow_nan=False)})  # strict, as the sidecar
     graph.doc_string = "qmed segmentation model: image (N,3,H,W float32 in [0,1]; H, W multiples of 32) -> probability (N,1,H,W)"
     onnx.checker.check_model(graph, full_check=True)
     with atomic_path(out) as tmp:

@@ -25,7 +25,6 @@ When it stops it writes qmed_budget.json (epochs, iterations, timings) into the 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -120,8 +119,9 @@ class nnUNetTrainer_qmedBudget(nnUNetTrainer):
                               "epoch_seconds": [round(t, 2) for t in epoch_times]})
         self.on_train_end()
         if self.local_rank == 0:
-            with open(os.path.join(self.output_folder, "qmed_budget.json"), "w", encoding="utf-8") as fh:
-                json.dump(self.qmed_log, fh, indent=2)
+            from qmed.io.files import write_json  # strict JSON, like every JSON qmed writes
+
+            write_json(os.path.join(self.output_folder, "qmed_budget.json"), self.qmed_log)
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         if self.fold == "all":
