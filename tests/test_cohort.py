@@ -308,3 +308,30 @@ class KillOnce(distributed.WorkerPlugin):
         os.write(fd, str(os.getpid()).encode())
         os.close(fd)
         threading.Timer(0.05, os._exit, [1]).start()
+
+
+def test_cli_cohort_exit_codes_and_table(model, slides, reference, tmp_path):
+    """`qmed predict --input LIST.txt`: exit 1 with the table written when a slide failed, 0 when all
+    are done (the finished one skipped on the re-run); --workers on images is refused in one line (exit 2)."""
+    from typer.testing import CliRunner
+
+    from qmed.cli.app import app
+
+    lst = tmp_path / "list.txt"
+    lst.write_text(f"{slides / 'a.ome.tif'}\nmissing.svs\n")
+    out = tmp_path / "out"
+    args = ["predict", "--model", str(model), "--input", str(lst), "--out", str(out), "--block", str(BLOCK), "--workers", "1", "--quiet"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 1, res.output
+    assert "2 slides: 1 done, 0 finished earlier (skipped), 1 failed" in res.output and "missing.svs: slide file does not exist" in res.output
+    assert [r["status"] for r in json.loads((out / COHORT_JSON).read_text())["rows"]] == ["done", "failed"]
+    assert (out / "a" / "predict.json").is_file() and (out / COHORT_CSV).is_file()
+    lst.write_text(f"{slides / 'a.ome.tif'}\n")
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0 and "1 slide: 0 done, 1 finished earlier (skipped), 0 failed" in res.output, res.output
+    (tmp_path / "images").mkdir()
+    res = CliRunner().invoke(app, ["predict", "--model", str(model), "--input", str(tmp_path / "images"), "--out", str(tmp_path / "p"),
+                                   "--workers", "2"])
+    assert res.exit_code == 2 and "--scheduler and --workers are for slides" in res.output
+    res = CliRunner().invoke(app, [*args[:-3], "--workers", "0"])
+    assert res.exit_code == 2 and "--workers" in res.output

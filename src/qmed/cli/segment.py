@@ -10,8 +10,8 @@ from typing import List, Optional
 import typer
 
 from qmed.cli.common import (COUNT, N_BOOT, NNUNET_ID, POSITIVE, SEED, SEG_THRESHOLD, TILE, Rule, check_device, check_file_out,
-                             check_preset, check_ranges, check_writable_parent, console, handle_errors, resolve_cli_config,
-                             setup_logging)
+                             check_preset, check_ranges, check_writable_parent, console, err_console, handle_errors,
+                             resolve_cli_config, setup_logging)
 from qmed.errors import QmedInputError
 
 DIAMETER = Rule("at least 1 (pixels)", lo=1)
@@ -168,8 +168,11 @@ def _finished(run: Path) -> bool:
 @handle_errors
 def predict(
     model: Path = typer.Option(..., "--model", help="Run directory (uses checkpoints/best.pt), a .pt checkpoint, or a .onnx file from qmed export."),
-    input: Path = typer.Option(..., "--input", help="Folder of images (or one image file)."),
-    out: Path = typer.Option(..., "--out", help="Output folder: NAME.png masks (0/255) and probabilities/NAME.png (16-bit)."),
+    input: Path = typer.Option(..., "--input", help=(
+        "Folder of images (or one image file); or a slide, a folder of slides, or a .txt file listing slides (one path a line).")),
+    out: Path = typer.Option(..., "--out", help=(
+        "Output folder: NAME.png masks (0/255) and probabilities/NAME.png (16-bit); for a slide its outputs; for several "
+        "slides OUT/NAME/ per slide and OUT/cohort.csv + cohort.json.")),
     tta: bool = typer.Option(False, "--tta/--no-tta", help="7-fold dihedral test-time augmentation."),
     threshold: Optional[float] = typer.Option(None, help="Probability threshold, 0 <= threshold < 1 (default: the run's, 0.5)."),
     tile: Optional[int] = typer.Option(None, help="Sliding-window size in px for large images, a multiple of 32 (default: the run's)."),
@@ -198,6 +201,12 @@ def predict(
     probability: bool = typer.Option(False, "--probability", help="Slides: also write OUT/probability.ome.tif (uint8, p x 255)."),
     gzip: bool = typer.Option(False, "--gzip", help="Slides: write OUT/objects.geojson.gz instead of objects.geojson."),
     keep_blocks: bool = typer.Option(False, "--keep-blocks", help="Slides: keep OUT/blocks (the per-block results) after the outputs are written."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help=(
+        "Slides: run the blocks on this Dask cluster (tcp://HOST:8786, or a scheduler file); its workers need qmed and "
+        "the slides' and --out's paths.")),
+    workers: Optional[int] = typer.Option(None, "--workers", help=(
+        "Slides: worker processes of the local Dask cluster, one torch thread each (default: one per core, or per GPU; "
+        "1: in this process). One slide with less than about four 2048 px blocks of tissue runs here unless this is given.")),
 ):
     """Predict masks and probability maps for new images of any size, or for a whole slide.
 
@@ -213,15 +222,22 @@ def predict(
     check_writable_parent(out)
     from qmed.io.slides import is_slide
 
-    if is_slide(input):
+    cohort = _is_cohort(input)
+    if is_slide(input) or cohort:
         from qmed.cli.common import NON_NEGATIVE
 
-        check_ranges(("--mpp", mpp, POSITIVE), ("--level", level, NON_NEGATIVE), ("--halo", halo, NON_NEGATIVE))
+        check_ranges(("--mpp", mpp, POSITIVE), ("--level", level, NON_NEGATIVE), ("--halo", halo, NON_NEGATIVE), ("--workers", workers, COUNT))
         if rescale or object_diameter is not None:
             raise QmedInputError(input, "--rescale and --object-diameter are for images; for a slide give the model's pixel size with --mpp")
-        return _predict_slide(model, input, out, tta=tta, threshold=threshold, tile=tile, force=force, device=device, quiet=quiet,
-                              backend=backend, instances=instances, mpp=mpp, level=level, block=block, halo=halo,
-                              tissue=tissue_mask, probability=probability, gzip=gzip, keep_blocks=keep_blocks)
+        kw = dict(tta=tta, threshold=threshold, tile=tile, force=force, device=device, backend=backend, instances=instances, mpp=mpp,
+                  level=level, block=block, halo=halo, tissue=tissue_mask, probability=probability, gzip=gzip, keep_blocks=keep_blocks)
+        if cohort:
+            return _predict_cohort(model, input, out, quiet, scheduler, workers, **kw)
+        if scheduler is None and workers == 1:
+            return _predict_slide(model, input, out, quiet=quiet, **kw)
+        return _predict_slide_on_dask(model, input, out, quiet, scheduler, workers, **kw)
+    if scheduler is not None or workers is not None:
+        raise QmedInputError(input, "--scheduler and --workers are for slides; images are predicted in this process")
     n = predict_folder(model, input, out, tta=tta, threshold=threshold, tile=tile, force=force, device=device, rescale=rescale,
                        object_diameter=object_diameter, quiet=quiet, backend=backend, instances=instances,
                        say=lambda m: console.print(m, markup=False, highlight=False, soft_wrap=True))
@@ -230,11 +246,49 @@ def predict(
         console.print(f"wrote {n} label maps and object tables to {out / 'instances'} (qmed evaluate --pred {out / 'instances'} scores them)")
 
 
+def _is_cohort(path: Path) -> bool:
+    """A .txt list of slides, or a folder that holds slides (a folder of images is predicted as before)."""
+    from qmed.io.slides import is_slide
+
+    if path.is_file():
+        return path.suffix.lower() == ".txt"
+    return path.is_dir() and any(is_slide(p) for p in path.iterdir())
+
+
+def _predict_cohort(model: Path, inputs: Path, out: Path, quiet: bool, scheduler: Optional[str], workers: Optional[int], **kw) -> None:
+    """`qmed predict --input FOLDER_OF_SLIDES|LIST.txt`: qmed.segment.cohort; exit 1 when a slide failed."""
+    from qmed.segment.cohort import COHORT_CSV, COHORT_JSON, all_succeeded, predict_cohort
+
+    say = lambda m: console.print(m, markup=False, highlight=False, soft_wrap=True)  # noqa: E731
+    rows = predict_cohort(model, inputs, out, scheduler=scheduler, workers=workers, progress=False if quiet else None, say=say, **kw)
+    counts = {k: sum(r["status"] == k for r in rows) for k in ("done", "skipped", "failed")}
+    say(f"{len(rows)} slide{'' if len(rows) == 1 else 's'}: {counts['done']} done, {counts['skipped']} finished earlier (skipped), {counts['failed']} failed; "
+        f"{sum(r['objects'] or 0 for r in rows)} objects; table: {out / COHORT_CSV} and {out / COHORT_JSON}")
+    for r in rows:
+        if r["status"] == "failed":
+            err_console.print(f"failed: {r['reason']}", markup=False, highlight=False, soft_wrap=True)
+    if not all_succeeded(rows):
+        raise typer.Exit(1)
+
+
+def _predict_slide_on_dask(model: Path, slide: Path, out: Path, quiet: bool, scheduler: Optional[str], workers: Optional[int], **kw) -> None:
+    """One slide through qmed.segment.cohort: its blocks on a Dask cluster (or here, when it is small)."""
+    from qmed.evaluate.folders import PREDICTION_META
+    from qmed.segment.cohort import predict_cohort
+
+    say = lambda m: console.print(m, markup=False, highlight=False, soft_wrap=True)  # noqa: E731
+    predict_cohort(model, slide, out, scheduler=scheduler, workers=workers, progress=False if quiet else None, say=say, **kw)
+    _slide_summary(slide, out, json.loads((out / PREDICTION_META).read_text()))
+
+
 def _predict_slide(model: Path, slide: Path, out: Path, **kw) -> None:
-    """`qmed predict --input SLIDE`: qmed.segment.slide, in this process."""
+    """`qmed predict --input SLIDE --workers 1`: qmed.segment.slide, in this process."""
     from qmed.segment.slide import predict_slide
 
-    meta = predict_slide(model, slide, out, **kw)
+    _slide_summary(slide, out, predict_slide(model, slide, out, **kw))
+
+
+def _slide_summary(slide: Path, out: Path, meta: dict) -> None:
     c = meta["counts"]
     console.print(f"{slide}: {c['objects']} objects from {c['blocks_run']} of {c['blocks']} blocks (level {meta['level']}, "
                   f"{meta['size'][0]} x {meta['size'][1]} px); wrote {', '.join(meta['outputs'])} and predict.json to {out}",
