@@ -382,6 +382,7 @@ def _one_command(exc: BaseException):
     (NotADirectoryError(20, "Not a directory", "/data/a.png/out"), "error: /data/a.png/out: a part of this path is a file"),
     (OSError(28, "No space left on device", "/data/out/m.png"), "error: /data/out/m.png: no space left on the device"),
     (RuntimeError("Found no NVIDIA driver on your system."), "error: the device is not available: Found no NVIDIA driver"),
+    (MemoryError(), "error: this machine ran out of memory (RAM)"),
 ])
 def test_environment_errors_are_one_line(exc, line):
     res = _one_command(exc)

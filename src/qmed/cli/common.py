@@ -73,6 +73,8 @@ def environment_error(exc: BaseException) -> str | None:
     text = str(exc)
     if type(exc).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError (CUDA)
         return "the GPU ran out of memory; use a smaller batch, crop or --tile, or --device cpu"
+    if isinstance(exc, MemoryError):
+        return "this machine ran out of memory (RAM); use a smaller batch, crop or --tile, or fewer images at once"
     if isinstance(exc, (RuntimeError, AssertionError)) and any(s in text for s in (
             "NVIDIA driver", "Torch not compiled with CUDA", "CUDA-capable device", "invalid device ordinal",
             "no CUDA GPUs are available")):
