@@ -272,6 +272,8 @@ def predict_folder(model_path, input_path, out, tta: bool = False, threshold: fl
             "instance_split": ("contact+distance" if contact else "distance") if instances else None}
     key = settings_key({**{k: meta[k] for k in ("backend", "tta", "threshold", "tile", "rescale", "instances")},
                         "model_sha256": file_digest(ckpt), "object_diameter": object_diameter, "cpu_bf16": cpu_bf16})
+    for f in files:  # decode every image before anything is written: a bad one fails fast, with no output
+        read_image(f)  # (decoding is a few % of the prediction's time; the image is read again below)
     marker = read_marker(out) if out.is_dir() else None
     resume = not force and marker is not None and marker.get("verb") == "predict" and marker.get("key") == key
     if marker is not None and marker.get("verb") == "predict" and not resume and not force:
