@@ -277,7 +277,9 @@ def _predict_slide_on_dask(model: Path, slide: Path, out: Path, quiet: bool, sch
     from qmed.segment.cohort import predict_cohort
 
     say = lambda m: console.print(m, markup=False, highlight=False, soft_wrap=True)  # noqa: E731
-    predict_cohort(model, slide, out, scheduler=scheduler, workers=workers, progress=False if quiet else None, say=say, **kw)
+    rows = predict_cohort(model, slide, out, scheduler=scheduler, workers=workers, progress=False if quiet else None, say=say, **kw)
+    if rows[0]["status"] == "skipped":
+        say(f"{slide}: finished earlier with the same model and settings in {out} (--force redoes it)")
     _slide_summary(slide, out, json.loads((out / PREDICTION_META).read_text()))
 
 

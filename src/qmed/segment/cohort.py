@@ -366,6 +366,10 @@ def predict_cohort(model_path: str | Path, inputs: str | Path | Sequence[str | P
     elif local and n == 1:
         return _run_here(model_path, slides, table, force, progress, slide_kw)
     own_cluster = own_client = None
+    # Dask logs every start and stop at INFO; a killed or restarted worker is a WARNING and stays in view.
+    dask_log = logging.getLogger("distributed")
+    level = dask_log.level
+    dask_log.setLevel(max(logging.WARNING, level))
     try:
         if client is None:
             from distributed import Client
@@ -384,7 +388,9 @@ def predict_cohort(model_path: str | Path, inputs: str | Path | Sequence[str | P
         if own_client is not None:
             own_client.close()
         if own_cluster is not None:
+            dask_log.setLevel(logging.ERROR)  # "worker process still alive after 4 s, killing" at close is no news
             own_cluster.close()
+        dask_log.setLevel(level)
 
 
 # A single slide with less pending work than this (core px) runs in this process even when the machine has
@@ -434,7 +440,7 @@ def local_cluster(workers: int, **kw):
 
 def _dashboard(client) -> str | None:
     """The dashboard's address when the scheduler serves one, else None. A scheduler without bokeh
-    still answers on the port, with a page asking for bokeh; a local one is only named with it."""
+    still answers on the port, with a page asking for bokeh: a local one is named only with bokeh installed."""
     import importlib.util
 
     try:
@@ -443,8 +449,8 @@ def _dashboard(client) -> str | None:
         link = client.dashboard_link
     except Exception:  # noqa: BLE001 - no dashboard worth printing
         return None
-    local = getattr(client, "cluster", None) is not None
-    if local and importlib.util.find_spec("bokeh") is None:
+    # A local cluster's scheduler shares this environment; a lab's needs no qmed, so it is not asked.
+    if getattr(client, "cluster", None) is not None and importlib.util.find_spec("bokeh") is None:
         return None
     return link
 
