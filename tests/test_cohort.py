@@ -280,6 +280,13 @@ def test_one_slide_writes_into_out_itself_on_a_cluster_or_here(model, slides, re
     assert rows[0]["status"] == "done" and objects(tmp_path / "here") == objects(reference[0] / "b")
 
 
+def test_worker_index_from_worker_names():
+    from qmed.segment.cohort import worker_index
+
+    assert worker_index(3) == 3 and worker_index("SLURMCluster-0-5") == 5 and worker_index("gpu-node-12") == 12
+    assert worker_index(None) is None and worker_index("tcp://10.0.0.1:4000") is None and worker_index("alpha") is None
+
+
 def test_work_px_counts_core_pixels_by_hand():
     from qmed.segment.cohort import work_px
     from qmed.segment.slide import SlideJob

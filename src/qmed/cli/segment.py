@@ -205,7 +205,7 @@ def predict(
         "Slides: run the blocks on this Dask cluster (tcp://HOST:8786, or a scheduler file); its workers need qmed and "
         "the slides' and --out's paths.")),
     workers: Optional[int] = typer.Option(None, "--workers", help=(
-        "Slides: worker processes of the local Dask cluster, one torch thread each (default: one per core, or per GPU; "
+        "Slides: worker processes of the local Dask cluster, one torch thread each (default: one per core, at most 8 per GPU; "
         "1: in this process). One slide with less than about four 2048 px blocks of tissue runs here unless this is given.")),
 ):
     """Predict masks and probability maps for new images of any size, or for a whole slide.

@@ -53,7 +53,7 @@ _PLAN_PRIORITY = 10**9
 class WorkerSetup(WorkerPlugin):
     """A Dask worker plugin, run in each worker as it starts (restarted ones included):
     - one torch thread per task thread: the cluster's parallelism comes from its workers, not torch;
-    - on a machine with several GPUs, a local cluster's worker number i takes GPU i (modulo their count);
+    - where there are GPUs, a local cluster's worker number i takes GPU i modulo their count;
     - glibc's malloc thresholds back to sizes that keep large temporaries on the heap, where a nanny
       has set MALLOC_TRIM_THRESHOLD_ (Dask's default; see WORKER_ENV): remote workers started by
       `dask worker` get the same speed as a local cluster's without a config file."""
@@ -69,11 +69,20 @@ class WorkerSetup(WorkerPlugin):
             torch.set_num_interop_threads(1)
         except RuntimeError:  # already set, or inter-op work already ran in this process
             pass
-        name = getattr(worker, "name", None)
-        if torch.cuda.is_available() and isinstance(name, int):
-            torch.cuda.set_device(name % torch.cuda.device_count())
+        index = worker_index(getattr(worker, "name", None))
+        if torch.cuda.is_available() and index is not None:
+            torch.cuda.set_device(index % torch.cuda.device_count())
         if os.environ.get("MALLOC_TRIM_THRESHOLD_"):
             restore_malloc_thresholds()
+
+
+def worker_index(name) -> int | None:
+    """A worker's number on its machine: a local cluster names them 0, 1, ...; `dask worker --nworkers N`
+    and dask-jobqueue name them NAME-0, NAME-1, ... None when the name holds no number."""
+    if isinstance(name, int):
+        return name
+    tail = str(name).rsplit("-", 1)[-1] if name is not None else ""
+    return int(tail) if tail.isdigit() else None
 
 
 def restore_malloc_thresholds() -> bool:
@@ -292,16 +301,24 @@ def pending_blocks(job) -> list[int]:
 # running
 
 
+# Worker processes per GPU at most, by default: a block's CPU stages (decoding, the instance split,
+# polygons, zarr writes: 5-10 s for a 2048 px block on one core) outlast its network pass on a GPU many
+# times over, so one worker per GPU would leave it idle; each worker holds its own CUDA context and model.
+WORKERS_PER_GPU = 8
+
+
 def default_workers() -> int:
-    """Worker processes for a local cluster: one per GPU when CUDA is there, else one per CPU core this process may use."""
+    """Worker processes for a local cluster: one per CPU core this process may use, at most
+    WORKERS_PER_GPU per GPU where CUDA is there (WorkerSetup spreads them over the GPUs)."""
     import torch
 
-    if torch.cuda.is_available():
-        return max(1, torch.cuda.device_count())
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = max(1, len(os.sched_getaffinity(0)))
     except AttributeError:
-        return max(1, os.cpu_count() or 1)
+        cores = max(1, os.cpu_count() or 1)
+    if torch.cuda.is_available():
+        return max(1, min(cores, WORKERS_PER_GPU * torch.cuda.device_count()))
+    return cores
 
 
 def predict_cohort(model_path: str | Path, inputs: str | Path | Sequence[str | Path], out: str | Path, *,
