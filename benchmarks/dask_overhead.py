@@ -3,7 +3,7 @@ same blocks in a plain loop in one process (one torch thread both times).
 
 Usage:
     python benchmarks/dask_overhead.py --model RUN_DIR --out /work/bench/dask-overhead \
-        [--tiles ../shared/data/monuseg/train | none] [--size 8192] [--block 1024] [--repeats 1]
+        [--tiles ../shared/data/monuseg/train | none] [--size 8192] [--block 1024] [--repeats 1] [--dask-malloc]
 
 Builds one slide (OUT/slide.ome.tif, a mosaic of real MoNuSeg tiles), plans it twice
 (OUT/loop, OUT/dask: same settings, hence the same block grid), then
@@ -14,7 +14,9 @@ Builds one slide (OUT/slide.ome.tif, a mosaic of real MoNuSeg tiles), plans it t
   (the SlideJob held once on the cluster, one task per block), timed until the last result is in.
 Prints blocks/s both ways and their ratio (issue 37's bar: Dask >= 0.9 of the loop), checks that the
 two block sets hold the same objects, and writes OUT/dask_overhead.json. Small blocks make the
-overhead show: the default 1024 px block is a quarter of the engine's default area.
+overhead show: the default 1024 px block is a quarter of the engine's default area. --dask-malloc
+runs the worker with Dask's own MALLOC_TRIM_THRESHOLD_=65536, which qmed's local cluster leaves unset
+and its worker plugin undoes (it made blocks about 2x slower here).
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=8192)
     ap.add_argument("--block", type=int, default=1024)
     ap.add_argument("--repeats", type=int, default=1, help="time the pair this many times (alternating), report each and the medians")
+    ap.add_argument("--dask-malloc", action="store_true", help=(
+        "keep Dask's default MALLOC_TRIM_THRESHOLD_=65536 in the worker (a plain LocalCluster, no restore): "
+        "the setting qmed undoes, to see what it costs"))
     args = ap.parse_args()
 
     import torch
@@ -56,8 +61,16 @@ def main() -> None:
         return plan_slide(args.model, str(slide), str(args.out / name), block=args.block)
 
     rounds = []
-    with local_cluster(1, dashboard_address=None) as cluster, Client(cluster) as client:
-        client.register_plugin(WorkerSetup(), name=WorkerSetup.name)
+    if args.dask_malloc:
+        from distributed import LocalCluster
+
+        cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None)
+    else:
+        cluster = local_cluster(1, dashboard_address=None)
+    with cluster, Client(cluster) as client:
+        client.register_plugin(WorkerSetup(malloc=not args.dask_malloc), name=WorkerSetup.name)
+        env = client.run(lambda: __import__("os").environ.get("MALLOC_TRIM_THRESHOLD_"))
+        print(f"worker MALLOC_TRIM_THRESHOLD_: {list(env.values())[0]} (restored by qmed: {not args.dask_malloc})", flush=True)
         for r in range(args.repeats):
             job = fresh_job("loop")
             indices = _indices(job)
@@ -90,6 +103,7 @@ def main() -> None:
     median = statistics.median(x["ratio"] for x in rounds)
     print(f"Dask / loop blocks per second, median of {len(rounds)}: {median:.3f} (bar >= 0.9)")
     (args.out / "dask_overhead.json").write_text(json.dumps({"size": args.size, "block": args.block, "model": str(args.model),
+                                                              "dask_malloc": args.dask_malloc,
                                                               "rounds": rounds, "median_ratio": median}, indent=2) + "\n")
 
 

@@ -61,6 +61,9 @@ class WorkerSetup(WorkerPlugin):
     name = "qmed-worker-setup"
     idempotent = True
 
+    def __init__(self, malloc: bool = True):
+        self.malloc = malloc  # False: leave the nanny's malloc setting (benchmarks/dask_overhead.py --dask-malloc)
+
     def setup(self, worker=None):
         import torch
 
@@ -72,7 +75,7 @@ class WorkerSetup(WorkerPlugin):
         index = worker_index(getattr(worker, "name", None))
         if torch.cuda.is_available() and index is not None:
             torch.cuda.set_device(index % torch.cuda.device_count())
-        if os.environ.get("MALLOC_TRIM_THRESHOLD_"):
+        if self.malloc and os.environ.get("MALLOC_TRIM_THRESHOLD_"):
             restore_malloc_thresholds()
 
 
