@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--instances", action="store_true")
     ap.add_argument("--tta", action="store_true")
     ap.add_argument("--device", default=None)
+    ap.add_argument("--workers", type=int, default=None, help="qmed predict --workers (1: in one process; default: qmed's choice)")
     ap.add_argument("--interval", type=float, default=0.2, help="seconds between PSS samples")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = ap.parse_args(argv)
@@ -105,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                "--force", "--quiet", "--tta" if args.tta else "--no-tta"]
         cmd += ["--instances"] if args.instances else []
         cmd += ["--block", str(args.block)] if args.block else []
+        cmd += ["--workers", str(args.workers)] if args.workers else []
         cmd += ["--device", args.device] if args.device else []  # --force: a fresh run each time, never a resume
         t0 = time.perf_counter()
         child = subprocess.Popen(cmd)
