@@ -53,6 +53,7 @@ def whole_path(args, slide: Path, out: Path) -> tuple[float, dict]:
     cmd += ["--block", str(args.block)] if args.block else []
     cmd += ["--halo", str(args.halo)] if args.halo is not None else []
     cmd += ["--device", args.device] if args.device else []
+    cmd += ["--workers", str(args.workers)]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True)
     return time.perf_counter() - t0, json.loads((out / "predict.json").read_text())
@@ -153,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tta", action="store_true")
     ap.add_argument("--instances", action="store_true")
     ap.add_argument("--device", default=None)
+    ap.add_argument("--workers", type=int, default=1, help="qmed predict --workers for the whole path (1: one process, as the bare network)")
     ap.add_argument("--bare-blocks", type=int, default=4, help="tissue blocks timed through the bare network")
     ap.add_argument("--compare", action="store_true", help="also block-wise against whole-image prediction")
     ap.add_argument("--json", type=Path, default=None)
