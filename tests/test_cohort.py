@@ -78,14 +78,11 @@ def slides(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def reference(model, slides, tmp_path_factory) -> tuple[Path, list[dict]]:
-    """The cohort in this process (workers=1: no Dask), one torch thread as in the workers."""
+    """The cohort in this process (workers=1: no Dask; one torch thread while it runs, as in the workers)."""
     out = tmp_path_factory.mktemp("ref") / "cohort"
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        rows = predict_cohort(model, slides, out, workers=1, block=BLOCK, progress=False)
-    finally:
-        torch.set_num_threads(threads)
+    rows = predict_cohort(model, slides, out, workers=1, block=BLOCK, progress=False)
+    assert torch.get_num_threads() == threads  # the caller's setting is back
     return out, rows
 
 
@@ -271,13 +268,8 @@ def test_one_slide_writes_into_out_itself_on_a_cluster_or_here(model, slides, re
 
     monkeypatch.setattr(cohort, "local_cluster", lambda *a, **k: pytest.fail("a local cluster was started for 4 small blocks"))
     monkeypatch.setattr(cohort, "default_workers", lambda: 2)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the reference: another thread count may move a mean probability in its 4th decimal
-    try:
-        rows = predict_cohort(model, slides / "b.ome.tif", tmp_path / "here", block=BLOCK, progress=False)
-    finally:
-        torch.set_num_threads(threads)
-    assert rows[0]["status"] == "done" and objects(tmp_path / "here") == objects(reference[0] / "b")
+    rows = predict_cohort(model, slides / "b.ome.tif", tmp_path / "here", block=BLOCK, progress=False)
+    assert rows[0]["status"] == "done" and objects(tmp_path / "here") == objects(reference[0] / "b")  # one torch thread here too
 
 
 def test_worker_index_from_worker_names():

@@ -206,7 +206,7 @@ def predict(
         "the slides' and --out's paths.")),
     workers: Optional[int] = typer.Option(None, "--workers", help=(
         "Slides: worker processes of the local Dask cluster, one torch thread each (default: one per core, at most 8 per GPU; "
-        "1: in this process). One slide with less than about four 2048 px blocks of tissue runs here unless this is given.")),
+        "1: in this process, one torch thread). One slide with less than about four 2048 px blocks of tissue runs here unless this is given.")),
 ):
     """Predict masks and probability maps for new images of any size, or for a whole slide.
 

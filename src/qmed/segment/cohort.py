@@ -27,6 +27,7 @@ import os
 import time
 import traceback
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -378,13 +379,15 @@ def predict_cohort(model_path: str | Path, inputs: str | Path | Sequence[str | P
         if n == 1 or (workers is None and work_px(job, pending) < LOCAL_CLUSTER_MIN_PX):
             slides_bar, blocks_bar = _bars(1, False, progress)
             try:
-                return [_blocks_here(s, job, pending, blocks_bar, t0)]
+                with one_torch_thread():
+                    return [_blocks_here(s, job, pending, blocks_bar, t0)]
             finally:
                 blocks_bar.close()
                 slides_bar.close()
         planned[0] = job
     elif local and n == 1:
-        return _run_here(model_path, slides, table, force, progress, slide_kw)
+        with one_torch_thread():
+            return _run_here(model_path, slides, table, force, progress, slide_kw)
     own_cluster = own_client = None
     # Dask logs every start and stop at INFO; a killed or restarted worker is a WARNING and stays in view.
     dask_log = logging.getLogger("distributed")
@@ -411,6 +414,22 @@ def predict_cohort(model_path: str | Path, inputs: str | Path | Sequence[str | P
             dask_log.setLevel(logging.ERROR)  # "worker process still alive after 4 s, killing" at close is no news
             own_cluster.close()
         dask_log.setLevel(level)
+
+
+@contextmanager
+def one_torch_thread():
+    """This process as one worker: one torch thread while it runs blocks, as in every Dask worker, so
+    that the outputs do not depend on where they ran (another thread count can move a probability
+    in its last bits), and two intra-op threads never fight other processes for the cores (on the
+    loaded 2-core machine 2 threads ran 3-15x slower than 1). The caller's setting comes back after."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 # A single slide with less pending work than this (core px) runs in this process even when the machine has
