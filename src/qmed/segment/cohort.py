@@ -421,7 +421,7 @@ def one_torch_thread():
     """This process as one worker: one torch thread while it runs blocks, as in every Dask worker, so
     that the outputs do not depend on where they ran (another thread count can move a probability
     in its last bits), and two intra-op threads never fight other processes for the cores (on the
-    loaded 2-core machine 2 threads ran 3-15x slower than 1). The caller's setting comes back after."""
+    loaded 2-core development machine 2 threads ran several times slower than 1). The caller's setting comes back after."""
     import torch
 
     threads = torch.get_num_threads()
