@@ -6,7 +6,8 @@ One slide, a folder of slides or a text file listing them goes through the block
 - an existing Dask cluster (`scheduler="tcp://host:8786"` or a scheduler file), whose workers have
   qmed installed and read the slides and write the outputs by path (a shared filesystem);
 - a local cluster of worker processes, one torch thread each, sized to the machine (the default);
-- or this process alone, when one worker is asked for (or the machine has one core): no Dask at all.
+- or this process alone, as one worker, when one worker is asked for (or the machine has one core),
+  and for one slide with little tissue: no Dask at all.
 
 The traps of other tools' distributed runs are avoided by construction: a task receives paths, a
 small `SlideJob` and a block index, never pixels nor a cohort- or slide-wide table (Cellpose #1482:
@@ -153,7 +154,7 @@ def _readable_tiff(path: Path) -> bool:
         with tifffile.TiffFile(path) as tif:
             tif.pages[0].shape
         return True
-    except Exception:
+    except Exception:  # noqa: BLE001 - whatever tifffile raises, the file is no image it can read
         return False
 
 
