@@ -172,7 +172,8 @@ def test_train_minutes_fits_the_schedule_to_the_budget(fluo_subset, tmp_path):
     assert res.exit_code == 0, res.output
     assert "calibrated" in res.output
     cfg = yaml.safe_load((out / "config.yaml").read_text())
-    assert cfg["train"]["max_minutes"] == pytest.approx(1.05 * 0.2)
+    # budget + 5 %, or more where a slow or busy machine needs longer for the preset's floor of steps
+    assert cfg["train"]["max_minutes"] >= 1.05 * 0.2 - 1e-9
     assert 1 <= cfg["train"]["epochs"] <= 2  # at most the preset's
     assert cfg["data"]["samples_per_epoch"] % 2 == 0 and cfg["data"]["samples_per_epoch"] >= 2
     assert (out / "summary.json").is_file()

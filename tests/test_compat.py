@@ -51,7 +51,8 @@ def test_a_run_directory_has_the_release_layout(fluo_subset, tmp_path):
                 tmp_path / "run", quiet=True)
     files = sorted(str(f.relative_to(run)) for f in run.rglob("*") if f.is_file())
     # Every file of the release's layout, plus the files added since (each named here on purpose).
-    added_since = {"val_per_image.csv"}  # 2026-12-01: per-image validation Dice per epoch
+    added_since = {"val_per_image.csv",  # 2026-12-01: per-image validation Dice per epoch
+                   ".qmed-output.json"}  # 2026-12-05: the marker that lets --force replace only qmed's own outputs
     assert sorted(set(files) - added_since) == MANIFEST["run_files"]
     state = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
     assert sorted(state) == MANIFEST["checkpoint_keys"]
