@@ -1,7 +1,7 @@
 """Slides per hour of `qmed predict` on a cohort, through a local Dask cluster of 1 worker and of 2.
 
 Usage:
-    python benchmarks/cohort_scaling.py --model RUN_DIR --out /work/bench/cohort-scaling \
+    python benchmarks/cohort_scaling.py --model RUN_DIR --out bench/cohort-scaling \
         [--tiles ../shared/data/monuseg/train | none] [--slides 4] [--size 8192] [--workers 1,2] [--block 2048]
 
 Builds the cohort once (OUT/slides/slide_K.ome.tif: mosaics of real MoNuSeg tiles with

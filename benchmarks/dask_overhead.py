@@ -2,7 +2,7 @@
 same blocks in a plain loop in one process (one torch thread both times).
 
 Usage:
-    python benchmarks/dask_overhead.py --model RUN_DIR --out /work/bench/dask-overhead \
+    python benchmarks/dask_overhead.py --model RUN_DIR --out bench/dask-overhead \
         [--tiles ../shared/data/monuseg/train | none] [--size 8192] [--block 1024] [--repeats 1] [--dask-malloc]
 
 Builds one slide (OUT/slide.ome.tif, a mosaic of real MoNuSeg tiles), plans it twice

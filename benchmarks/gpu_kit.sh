@@ -3,7 +3,7 @@
 # index, and ../shared does not travel with the checkout; this script puts into the ignored folder
 # .gpu_kit/ what the check needs there:
 #   .gpu_kit/wheels/  the wheels of qmed's import dependencies that the GPU image lacks (by
-#                     /work/.library/device/KINDS.md's package list: segmentation-models-pytorch,
+#                     the device tool's KINDS.md package list: segmentation-models-pytorch,
 #                     albumentations with albucore, stringzilla and simsimd, pydantic with
 #                     pydantic-core, annotated-types and typing-inspection; typing-extensions because
 #                     pydantic 2.14 needs >= 4.16), one version each, --no-deps, for CPython
