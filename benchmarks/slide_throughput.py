@@ -7,9 +7,10 @@ Usage:
 1. The whole path: `python -m qmed.cli predict --input SLIDE --force` as a child process (reading, tissue
    mask, statistics, blocks with their halo, instances with --instances, pyramids, tables, GeoJSON), timed
    from start to exit. Its rate: the pixels of the blocks that hold tissue (their cores) per second.
-2. The bare network on the same tissue: up to --bare-blocks of those blocks' cores (evenly spaced), read
-   and converted by model_input beforehand, then timed through the network alone, with the run's windows,
-   overlap, TTA and slide statistics (qmed.segment.slide.Predictor.probabilities): core pixels per second.
+2. The bare network on the same tiles: the windows of the slide's grid that the path ran (qmed.segment.slide
+   .window_plan), those of up to --bare-blocks tissue blocks (evenly spaced) timed through the network alone
+   (inputs read and converted beforehand; the run's TTA and slide statistics), the time scaled to all the
+   run's windows: tissue core pixels per second.
    Printed: both rates and their ratio (issue 42's bar: the whole path at least 0.8x the bare network).
 3. --compare (slides up to ~8k px; the run then also writes probability.ome.tif): the working level read whole and predicted as one image with the same
    model, statistics and windows, its instances split with the run's object diameter; against the block-wise
@@ -60,26 +61,34 @@ def whole_path(args, slide: Path, out: Path) -> tuple[float, dict]:
 
 
 def bare_network(args, out: Path) -> dict:
-    from qmed.io.slides import open_slide
-    from qmed.segment.slide import load_job, open_predictor, read_region
+    """The network alone over the windows the path ran: the windows of --bare-blocks evenly spaced
+    tissue blocks (their model inputs prepared beforehand), timed, then scaled to all the run's windows."""
+    from qmed.segment.predict import accumulate_windows
+    from qmed.segment.slide import load_job, model_region, open_predictor, window_plan
 
     job = load_job(out, args.model, args.device)
     pred = open_predictor(args.model, job.backend, args.device)
-    blocks = list(job.blocks)
-    pick = [blocks[int(i)] for i in np.linspace(0, len(blocks) - 1, min(args.bare_blocks, len(blocks)))] if blocks else []
-    reader = open_slide(job.slide_path)
-    inputs = []
-    for i in pick:
-        x0, y0, x1, y1 = job.core(i)
-        inputs.append(pred.model_input(read_region(reader, job.slide_path, job.level, x0, y0, x1 - x0, y1 - y0), job.stats()))
+    plan = window_plan(job)
+    owners = [b for b in job.blocks if plan.owned.get(b)]
+    pick = [owners[int(i)] for i in np.linspace(0, len(owners) - 1, min(args.bare_blocks, len(owners)))] if owners else []
+    inputs = [(plan.extent(b), model_region(job, plan, pred, *plan.extent(b)), plan.owned[b]) for b in pick]
+    if pred.edge is not None:
+        pred.edge.scale = job.edge_scale
+    kw = dict(tta=job.tta, batch_size=job.batch_size, device=pred.device, amp=pred.cfg.train.amp)
     if inputs:  # warm-up: the first call pays for lazy initialisation
-        pred.probabilities(inputs[0][:256, :256], job)
+        box, x, coords = inputs[0]
+        accumulate_windows(pred.forward, x, box[:2], coords[:1], plan.th, plan.tw, **kw)
     t0 = time.perf_counter()
-    for img in inputs:
-        pred.probabilities(img, job)
+    for box, x, coords in inputs:
+        accumulate_windows(pred.forward, x, box[:2], coords, plan.th, plan.tw, **kw)
     secs = time.perf_counter() - t0
-    px = sum(img.shape[0] * img.shape[1] for img in inputs)
-    return {"blocks": len(pick), "pixels": px, "seconds": round(secs, 3), "px_per_s": px / secs if secs else None}
+    timed = sum(len(c) for _, _, c in inputs)
+    total = sum(len(v) for v in plan.owned.values())
+    px = sum((job.core(i)[2] - job.core(i)[0]) * (job.core(i)[3] - job.core(i)[1]) for i in job.blocks)
+    per_window = secs / timed if timed else None
+    return {"blocks": len(pick), "windows_timed": timed, "windows_run": total, "seconds": round(secs, 3),
+            "seconds_per_window": per_window, "pixels": px,
+            "px_per_s": px / (per_window * total) if per_window else None}
 
 
 def compare(args, out: Path) -> dict:
@@ -171,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  its parts (s): {json.dumps(meta['seconds'])}", flush=True)
     bare = bare_network(args, out)
     ratio = whole_rate / bare["px_per_s"] if bare["px_per_s"] else None
-    print(f"bare network: {bare['pixels']} px of {bare['blocks']} tissue cores in {bare['seconds']:.1f} s: {bare['px_per_s']:,.0f} px/s")
+    print(f"bare network: {bare['windows_timed']} of the {bare['windows_run']} windows run in {bare['seconds']:.1f} s: "
+          f"{bare['pixels']} tissue px at {bare['px_per_s']:,.0f} px/s")
     print(f"whole path / bare network: {ratio:.3f}" if ratio else "no tissue block to time")
     result = {"command": " ".join(sys.argv), "slide": str(slide), "wall_s": round(wall, 2), "whole_px_per_s": whole_rate,
               "bare": bare, "ratio": ratio, "predict": {k: meta[k] for k in ("block", "halo", "tile", "tta", "instances", "counts", "seconds")}}

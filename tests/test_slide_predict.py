@@ -391,6 +391,68 @@ def test_block_sizes_1024_and_2048_give_the_same_objects(stand_in, slide_1536, t
     assert sum(r["area"] for r in ra) == (a > 0).sum()  # every pixel of the label map belongs to one row's object
 
 
+def window_context(x: torch.Tensor) -> torch.Tensor:
+    """A stand-in network whose every output depends on its whole window, as SCSE's channel squeeze
+    makes a real one: dark pixels are nuclei, shifted by the window's mean brightness."""
+    g = x.mean(dim=1, keepdim=True)
+    return torch.sigmoid(20 * (0.55 - g) + 30 * (g.mean(dim=(2, 3), keepdim=True) - 0.75))
+
+
+@pytest.mark.parametrize("block, scale", [(256, 1.0), (384, 1.0), (1024, 1.0), (256, 0.8), (256, 1.3)])
+def test_blocks_blend_the_whole_images_windows(stand_in, tmp_path, block, scale):
+    """Every tissue block's probabilities over its read region equal the whole image's through
+    predict_at_scale (the windows of one grid, blended), to float rounding, at any scale (a block
+    resizes its crop with cv2.resize's own weights for the whole level). A block's own window grid
+    (Predictor.maps on the region) differs by far more: the point of the grid."""
+    from qmed.segment.predict import predict_at_scale
+    from qmed.segment.slide import Predictor, block_maps, plan_slide, run_block, window_plan
+
+    model, pred = stand_in
+    pred = Predictor(window_context, pred.cfg)
+    rgb, _ = tissue_image(700, 900, seed=7, glass_from=620)
+    slide = write_slide(tmp_path / "c.ome.tif", rgb)
+    job = plan_slide(model, slide, tmp_path / "o", block=block, halo=32, predictor=pred,
+                     **({} if scale == 1.0 else {"mpp": 0.25 / scale}))
+    assert job.scale == pytest.approx(scale) and 0 < len(job.blocks) <= job.n_blocks
+    whole = predict_at_scale(window_context, pred.model_input(rgb, job.stats()), job.scale, tile=job.tile, overlap=job.overlap,
+                             batch_size=2, amp=False, channels=True)
+    plan = window_plan(job)
+    assert sorted(w for ws in plan.owned.values() for w in ws) == sorted(set(w for ws in plan.owned.values() for w in ws))
+    tol = 1e-5
+    worst_local = 0.0
+    for i in job.blocks:
+        x0, y0, x1, y1 = job.read_region(i)
+        got = block_maps(job, i, pred)
+        assert got.shape == (1, y1 - y0, x1 - x0)
+        assert np.abs(got - whole[:, y0:y1, x0:x1]).max() < tol, i
+        worst_local = max(worst_local, float(np.abs(pred.maps(rgb[y0:y1, x0:x1], job) - whole[:, y0:y1, x0:x1]).max()))
+        run_block(job, i, pred)
+    if block < 1024:
+        assert worst_local > 0.1
+    assert not list((tmp_path / "o" / "blocks").glob("*.windows.npy"))  # every stored sum was released
+
+
+@pytest.mark.parametrize("n_src, n_dst, mode", [(50, 40, "area"), (100, 50, "area"), (37, 29, "area"), (50, 65, "linear"),
+                                                (40, 50, "cubic"), (41, 29, "cubic"), (7, 7, "linear")])
+def test_resize_matrix_is_cv2_resize_and_crops_agree(n_src, n_dst, mode):
+    import cv2
+
+    from qmed.segment.slide import resize_crop, resize_matrix
+
+    img = np.random.default_rng(n_src).random((n_src, n_src + 3, 2)).astype(np.float32)
+    flag = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC}[mode]
+    ref = cv2.resize(img, (round((n_src + 3) * n_dst / n_src), n_dst), interpolation=flag)
+    ax = resize_matrix(n_src + 3, ref.shape[1], 0, ref.shape[1], 0, n_src + 3, mode)
+    assert np.abs(resize_crop(img, resize_matrix(n_src, n_dst, 0, n_dst, 0, n_src, mode), ax) - ref).max() < 1e-5
+    # rows 3..n_dst-2 of the resized image from source rows 2.. only, when they do not reach row 0 or 1
+    if n_dst > 8:
+        ay = resize_matrix(n_src, n_dst, 4, n_dst - 2, 2, n_src, mode)
+        assert np.abs(resize_crop(img[2:], ay, ax) - ref[4:n_dst - 2]).max() < 1e-5
+    # by hand: 4 px to 2 by area averages pairs; 2 px to 4 linearly puts 0.25 / 0.75 weights
+    assert np.allclose(resize_matrix(4, 2, 0, 2, 0, 4, "area").toarray(), [[0.5, 0.5, 0, 0], [0, 0, 0.5, 0.5]])
+    assert np.allclose(resize_matrix(2, 4, 0, 4, 0, 2, "linear").toarray(), [[1, 0], [0.75, 0.25], [0.25, 0.75], [0, 1]])
+
+
 def predict_slide_quiet(model, slide, out, pred, **kw):
     from qmed.segment.slide import predict_slide
 
@@ -407,7 +469,8 @@ def test_tissue_mask_skips_the_glass_and_no_tissue_mask_runs_it(stand_in, tmp_pa
     meta = predict_slide_quiet(model, slide, tmp_path / "t", pred, block=256, halo=32, keep_blocks=True)
     assert meta["counts"]["blocks"] == 12 and meta["counts"]["blocks_run"] == 6  # columns 0 and 1 of 4, 3 rows
     assert meta["tissue"]["channel"] == "saturation" and 0.35 < meta["tissue"]["tissue_fraction"] < 0.42
-    assert sorted(p.stem for p in (tmp_path / "t" / "blocks").glob("*.json")) == [f"{i:06d}" for i in (0, 1, 4, 5, 8, 9)]
+    markers = [p.stem for p in (tmp_path / "t" / "blocks").glob("*.json") if not p.stem.endswith(".windows")]
+    assert sorted(markers) == [f"{i:06d}" for i in (0, 1, 4, 5, 8, 9)]
     mask = read_level0(tmp_path / "t" / "mask.ome.tif")
     assert not mask[:, 512:].any() and mask[:, :400].any()
     off = predict_slide_quiet(model, slide, tmp_path / "all", pred, block=256, halo=32, tissue=False)
@@ -423,7 +486,8 @@ def test_an_empty_slide_runs_no_block_and_writes_empty_outputs(stand_in, tmp_pat
     model, pred = stand_in
     slide = write_slide(tmp_path / "glass.ome.tif", np.full((512, 640, 3), 246, np.uint8))
     meta = predict_slide_quiet(model, slide, tmp_path / "e", pred, block=256, instances=True)
-    assert meta["counts"] == {"blocks": 6, "blocks_run": 0, "objects": 0, "cut_objects": 0, "pixels_run": 0, "pixels_read": 0}
+    assert meta["counts"] == {"blocks": 6, "blocks_run": 0, "objects": 0, "cut_objects": 0, "windows": 0, "pixels_run": 0,
+                                "pixels_read": 0}
     assert not read_level0(tmp_path / "e" / "labels.ome.tif").any() and not read_level0(tmp_path / "e" / "mask.ome.tif").any()
     assert objects_csv(tmp_path / "e" / "objects.csv") == []
     assert json.loads((tmp_path / "e" / "objects.geojson").read_text())["features"] == []
@@ -580,7 +644,7 @@ def test_kill_mid_slide_then_resume_gives_the_uninterrupted_outputs(tiny_model, 
     proc = subprocess.Popen([sys.executable, "-m", "qmed.cli", *map(str, args), "--out", str(out)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     def markers():  # NNNNNN.json; not an atomic write's hidden temporary (.NNNNNN.qmed-tmp-....json)
-        return [p for p in (out / "blocks").glob("[0-9]*.json")]
+        return [p for p in (out / "blocks").glob("[0-9]*.json") if not p.stem.endswith(".windows")]
 
     deadline = time.time() + 300
     while time.time() < deadline and not markers():

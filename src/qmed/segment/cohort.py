@@ -1,7 +1,7 @@
 """Cohorts of whole slides on Dask distributed: every slide's blocks become tasks.
 
 One slide, a folder of slides or a text file listing them goes through the block engine of
-`qmed.segment.slide` (plan -> run_block per block -> finish), on
+`qmed.segment.slide` (plan -> run_windows and run_block per block -> finish), on
 
 - an existing Dask cluster (`scheduler="tcp://host:8786"` or a scheduler file), whose workers have
   qmed installed and read the slides and write the outputs by path (a shared filesystem);
@@ -193,6 +193,7 @@ class _Slide:
     remaining: int = 0
     run: int = 0  # blocks submitted in this run
     blocks: list = field(default_factory=list)
+    windows: list = field(default_factory=list)  # its window tasks, which the blocks depend on
     holder: Any = None  # the future holding its SlideJob on the cluster
 
 
@@ -278,8 +279,16 @@ def hold_job(job):
     return job
 
 
-def block_task(job, index: int) -> dict:
-    """run_block with the worker's model (loaded by its first block, then cached in the process)."""
+def windows_task(job, index: int) -> dict:
+    """run_windows (the slide grid's windows block `index` owns) with the worker's model."""
+    from qmed.segment.slide import run_windows
+
+    return run_windows(job, index)
+
+
+def block_task(job, index: int, *windows) -> dict:
+    """run_block with the worker's model (loaded by its first task, then cached in the process);
+    `windows`: the window tasks whose stored sums it reads (Dask runs it after them)."""
     from qmed.segment.slide import run_block
 
     return run_block(job, index)
@@ -586,13 +595,24 @@ def _run_dask(client, model_path, slides: list[_Slide], table: Path | None, forc
         s.remaining = s.run = len(pending)
         blocks_bar.total += len(pending)
         blocks_bar.refresh()
-        s.blocks = [submit("block", s, block_task, s.holder, i, priority=rank(s), suffix=f"-{i}") for i in pending]
+        # Windows, then the blocks that read them, in slide order (a priority between the slide's rank
+        # and its finish's): stored window sums live about two block rows, not the whole slide.
+        from qmed.segment.slide import window_plan, windows_file
+
+        plan = window_plan(job)
+        order = 0.5 / (job.n_blocks + 1)
+        needed = sorted({w for i in pending for w in plan.deps[i] if not windows_file(job, w).is_file()})
+        wins = {w: submit("windows", s, windows_task, s.holder, w, priority=rank(s) + 0.5 - w * order, suffix=f"-{w}")
+                for w in needed}
+        s.windows = list(wins.values())
+        s.blocks = [submit("block", s, block_task, s.holder, i, *[wins[w] for w in plan.deps[i] if w in wins],
+                           priority=rank(s) + 0.5 - i * order, suffix=f"-{i}") for i in pending]
         ac.update(s.blocks)
         if not pending:
             finish(s)
 
     def finish(s: _Slide) -> None:
-        s.blocks = []  # their results (small dicts) may go; the markers on disk are what counts
+        s.blocks, s.windows = [], []  # their results (small dicts) may go; the markers on disk are what counts
         ac.add(submit("finish", s, finish_task, s.holder, s.run, s.started_at, priority=rank(s) + 1))
 
     for s in slides:
@@ -639,9 +659,9 @@ def _run_dask(client, model_path, slides: list[_Slide], table: Path | None, forc
 def _fail_slide(client, s: _Slide, exc: BaseException, slides_bar, blocks_bar) -> None:
     """Report the slide's failure and cancel its tasks still queued: the other slides go on."""
     s.row = _failed(s, exc, time.perf_counter() - s.started if s.started else None)
-    if s.blocks:
-        client.cancel(s.blocks)
+    if s.blocks or s.windows:
+        client.cancel(s.blocks + s.windows)
         blocks_bar.total -= s.remaining
         blocks_bar.refresh()
-    s.blocks, s.holder, s.remaining = [], None, 0
+    s.blocks, s.windows, s.holder, s.remaining = [], [], None, 0
     slides_bar.update(1)

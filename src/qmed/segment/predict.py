@@ -100,6 +100,55 @@ def forward_views(model: nn.Module | Forward, x: torch.Tensor, tta: int, amp: bo
     return acc / n
 
 
+def window_grid(h: int, w: int, tile: int, overlap: float) -> tuple[int, int, list[int], list[int]]:
+    """The sliding windows over an image of h x w px (already padded to a multiple of 32): (window
+    height, width, row origins, column origins). A whole slide's blocks take their windows from this
+    one grid (qmed.segment.slide), so that each pixel is blended from the windows a whole-image pass
+    would use: with SCSE's channel squeeze, a pixel's probability depends on the window it is seen in."""
+    tile = max(32, int(tile) // 32 * 32)
+    th, tw = min(tile, h), min(tile, w)  # rectangular windows for long, thin images
+    return th, tw, _starts(h, th, overlap), _starts(w, tw, overlap)
+
+
+def add_weights(norm: torch.Tensor, origin: tuple[int, int], coords, th: int, tw: int) -> None:
+    """Add the Gaussian blending weight of the windows at `coords` (their (y, x) in the frame whose
+    (y, x) `origin` is norm's top-left; clipped to norm) into norm (H, W)."""
+    weight = _gaussian_weight(th, tw)
+    oy, ox = origin
+    H, W = norm.shape
+    for y, x in coords:
+        y0, x0, y1, x1 = max(y - oy, 0), max(x - ox, 0), min(y - oy + th, H), min(x - ox + tw, W)
+        if y1 > y0 and x1 > x0:
+            norm[y0:y1, x0:x1] += weight[y0 - (y - oy):y1 - (y - oy), x0 - (x - ox):x1 - (x - ox)]
+
+
+@torch.no_grad()
+def accumulate_windows(model: nn.Module | Forward, x: torch.Tensor, origin: tuple[int, int], coords, th: int, tw: int,
+                       tta: int = 1, batch_size: int = 4, device: torch.device | str = "cpu", amp: bool = True,
+                       cpu_bf16: bool = False, channels: bool = True) -> torch.Tensor | None:
+    """The Gaussian-weighted sum of the windows' probabilities (C, H, W) over x (1, 3, H, W), whose
+    top-left is `origin` (y, x) in the frame of `coords`; every window must lie inside x. None when
+    `coords` is empty. Dividing by add_weights' sum of the same windows blends them."""
+    device = torch.device(device)
+    if isinstance(model, nn.Module):
+        model.eval()
+    oy, ox = origin
+    acc = None  # (C, H, W), once the first window says C
+    weight = _gaussian_weight(th, tw)
+    coords = list(coords)
+    for i in range(0, len(coords), batch_size):
+        chunk = [(y - oy, x0 - ox) for y, x0 in coords[i : i + batch_size]]
+        batch = torch.cat([x[:, :, y : y + th, x0 : x0 + tw] for y, x0 in chunk]).to(device)
+        probs = forward_views(model, batch, tta, amp, cpu_bf16).cpu()
+        if not channels:
+            probs = probs[:, :1]
+        if acc is None:
+            acc = torch.zeros((probs.shape[1], *x.shape[-2:]), dtype=torch.float32)
+        for (y, x0), pr in zip(chunk, probs):
+            acc[:, y : y + th, x0 : x0 + tw] += pr * weight
+    return acc
+
+
 @torch.no_grad()
 def predict_probability(
     model: nn.Module | Forward,
@@ -130,22 +179,11 @@ def predict_probability(
         return p if channels else p[0]
     xp, _ = pad_multiple(x, 32)
     H, W = xp.shape[-2:]
-    th, tw = min(tile, H), min(tile, W)  # rectangular windows for long, thin images
-    acc = None  # (C, H, W), once the first window says C
+    th, tw, ys, xs = window_grid(H, W, tile, overlap)
+    coords = [(y, x0) for y in ys for x0 in xs]
+    acc = accumulate_windows(model, xp, (0, 0), coords, th, tw, tta, batch_size, device, amp, cpu_bf16, channels)
     norm = torch.zeros((H, W), dtype=torch.float32)
-    weight = _gaussian_weight(th, tw)
-    coords = [(y, x0) for y in _starts(H, th, overlap) for x0 in _starts(W, tw, overlap)]
-    for i in range(0, len(coords), batch_size):
-        chunk = coords[i : i + batch_size]
-        batch = torch.cat([xp[:, :, y : y + th, x0 : x0 + tw] for y, x0 in chunk]).to(device)
-        probs = forward_views(model, batch, tta, amp, cpu_bf16).cpu()
-        if not channels:
-            probs = probs[:, :1]
-        if acc is None:
-            acc = torch.zeros((probs.shape[1], H, W), dtype=torch.float32)
-        for (y, x0), pr in zip(chunk, probs):
-            acc[:, y : y + th, x0 : x0 + tw] += pr * weight
-            norm[y : y + th, x0 : x0 + tw] += weight
+    add_weights(norm, (0, 0), coords, th, tw)
     p = (acc / norm)[:, :h, :w].numpy()
     return p if channels else p[0]
 

@@ -3,8 +3,17 @@
 The slide is read at one pyramid level (the "working level": `--level`, or the level whose pixel
 size is nearest `--mpp` without being coarser; the image is then resized by the ratio, as data.zoom
 does, so the network sees the pixel size asked for). Its pixels are cut into a grid of square
-*cores* of `block` px; each core is predicted with a *halo* of context around it (the read region,
-clipped to the slide), through the same sliding windows and TTA as `qmed predict` on an image.
+*cores* of `block` px, each with a *halo* around it (the read region, clipped to the slide).
+
+Windows: the network runs on the windows of the slide's one grid, the grid `qmed predict` would lay
+over the whole image (qmed.segment.predict.window_grid), and never on a block's own grid: SCSE's
+channel squeeze makes a pixel's probability depend on the window it is seen in, so block-local
+windows change every object a little (docs 14a: object F1 0.917 against the whole image). Each
+window that reaches a tissue block's read region is run once, by the block that holds its origin
+(`run_windows`: OUT/blocks/NNNNNN.windows.npy, the Gaussian-weighted sum of its windows); a block's
+probabilities are then the sum of the stored windows over its read region, divided by their summed
+weights (`run_block`), which is the whole-image blend up to float rounding. A stored sum is
+deleted once every block that reads it has its marker.
 
 Seams (as StarDist's predict_instances_big): inside the read region the foreground is split into
 instances, and a block keeps exactly the objects whose centroid lies in its core (the pixel
@@ -64,7 +73,7 @@ from qmed.errors import QmedInputError
 from qmed.evaluate.folders import PREDICTION_META
 from qmed.io.files import atomic_path, read_json, write_json
 from qmed.segment.instances import OBJECT_COLUMNS, split_instances
-from qmed.segment.predict import predict_at_scale
+from qmed.segment.predict import accumulate_windows, add_weights, predict_at_scale, window_grid
 
 log = logging.getLogger("qmed")
 
@@ -641,6 +650,271 @@ def _open_store(path: str, mode: str):
 
 
 # --------------------------------------------------------------------------------------------
+# The slide's one window grid (the whole image's), and which block runs each window
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """Model space: the working level resized by the job's scale (as predict_at_scale resizes an image),
+    hs x ws px, padded to hp x wp (multiples of 32, as predict_probability pads); windows th x tw.
+    `owned[b]`: the windows (y, x) block b runs; `deps[b]`: the blocks whose window sums cover b's read
+    region; `users[n]`: the blocks that read n's sums."""
+
+    hs: int
+    ws: int
+    hp: int
+    wp: int
+    th: int
+    tw: int
+    owned: dict
+    deps: dict
+    users: dict
+
+    def extent(self, n: int) -> tuple[int, int, int, int] | None:
+        """(y0, x0, y1, x1): the model-space box of block n's windows (None: it runs none)."""
+        ws = self.owned.get(n) or []
+        if not ws:
+            return None
+        return (min(y for y, _ in ws), min(x for _, x in ws), max(y for y, _ in ws) + self.th, max(x for _, x in ws) + self.tw)
+
+
+def _model_size(n: int, scale: float) -> int:
+    return n if scale == 1.0 else max(1, round(n * scale))
+
+
+def model_span(job: SlideJob, x0: int, y0: int, x1: int, y1: int) -> tuple[int, int, int, int]:
+    """The model-space box (y0, x0, y1, x1) whose probabilities give the working-level box's (the
+    cubic or linear resize back reaches 2 px)."""
+    if job.scale == 1.0:
+        return y0, x0, y1, x1
+    hs, ws = _model_size(job.height, job.scale), _model_size(job.width, job.scale)
+    (my0, my1), (mx0, mx1) = _source_span(hs, job.height, y0, y1, 2), _source_span(ws, job.width, x0, x1, 2)
+    return my0, mx0, my1, mx1
+
+
+def _source_span(n_src: int, n_dst: int, d0: int, d1: int, reach: int) -> tuple[int, int]:
+    """The source px that cv2.resize (n_src -> n_dst) reads for destination px [d0, d1): destination i
+    sits at source (i + 0.5) n_src / n_dst - 0.5; `reach`: the filter's half-width in source px."""
+    inv = n_src / n_dst
+    return max(0, math.floor((d0 + 0.5) * inv - 0.5) - reach - 1), min(n_src, math.ceil((d1 - 0.5) * inv - 0.5) + reach + 2)
+
+
+def resize_matrix(n_src: int, n_dst: int, d0: int, d1: int, s0: int, s1: int, mode: str):
+    """The rows [d0, d1) of cv2.resize's 1-D operator from n_src to n_dst px, on the source columns
+    [s0, s1) (scipy CSR, float32): cv2's INTER_LINEAR, INTER_CUBIC (a = -0.75) and INTER_AREA weights
+    and border rules, so that a block resizes a crop exactly as the whole image is resized (a crop
+    through cv2 would start its own grid and its own borders)."""
+    from scipy.sparse import csr_matrix
+
+    inv = n_src / n_dst
+    rows, cols, vals = [], [], []
+    for i in range(d0, d1):
+        if mode == "area" and inv > 1:
+            f1 = i * inv
+            f2 = f1 + inv
+            cell = min(inv, n_src - f1)
+            a, b = math.ceil(f1), min(math.floor(f2), n_src - 1)
+            a = min(a, b)
+            taps = []
+            if a - f1 > 1e-3:
+                taps.append((a - 1, (a - f1) / cell))
+            taps += [(j, 1.0 / cell) for j in range(a, b)]
+            if f2 - b > 1e-3:
+                taps.append((b, min(min(f2 - b, 1.0), cell - (b - f1)) / cell))
+        else:
+            fx = (i + 0.5) * inv - 0.5
+            sx = math.floor(fx)
+            t = fx - sx
+            if mode == "cubic":
+                A = -0.75
+                w = [((A * (t + 1) - 5 * A) * (t + 1) + 8 * A) * (t + 1) - 4 * A, ((A + 2) * t - (A + 3)) * t * t + 1,
+                     ((A + 2) * (1 - t) - (A + 3)) * (1 - t) * (1 - t) + 1]
+                w.append(1 - sum(w))
+                taps = [(min(max(sx - 1 + k, 0), n_src - 1), w[k]) for k in range(4)]
+            else:
+                if sx < 0:
+                    sx, t = 0, 0.0
+                if sx >= n_src - 1:
+                    sx, t = n_src - 1, 0.0
+                taps = [(sx, 1.0 - t), (min(sx + 1, n_src - 1), t)]
+        for j, v in taps:
+            if v == 0.0:
+                continue
+            if not s0 <= j < s1:
+                raise RuntimeError(f"resize_matrix: source px {j} outside [{s0}, {s1})")  # a bug: the span is too narrow
+            rows.append(i - d0)
+            cols.append(j - s0)
+            vals.append(v)
+    return csr_matrix((np.asarray(vals, np.float32), (rows, cols)), shape=(d1 - d0, s1 - s0))
+
+
+def resize_crop(img: np.ndarray, ay, ax) -> np.ndarray:
+    """(H, W, ...) -> rows resized by `ay`, columns by `ax` (resize_matrix operators)."""
+    h, w = img.shape[:2]
+    rest = img.shape[2:]
+    t = ay @ img.reshape(h, -1)  # (h', w * c)
+    t = t.reshape(ay.shape[0], w, -1).transpose(1, 0, 2).reshape(w, -1)
+    t = (ax @ t).reshape(ax.shape[0], ay.shape[0], -1).transpose(1, 0, 2)
+    return np.ascontiguousarray(t.reshape(ay.shape[0], ax.shape[0], *rest)).astype(np.float32, copy=False)
+
+
+def _hits(starts: list[int], size: int, a: int, b: int) -> range:
+    """Indices of the windows [s, s + size) that intersect [a, b) (starts sorted)."""
+    import bisect
+
+    return range(bisect.bisect_right(starts, a - size), bisect.bisect_left(starts, b))
+
+
+@lru_cache(maxsize=8)
+def window_plan(job: SlideJob) -> WindowPlan:
+    """Which windows of the slide's grid run, and where: every window that reaches a tissue block's
+    read region, by the tissue block that holds its origin, else by the first tissue block it
+    reaches (a window over background next to tissue)."""
+    hs, ws = _model_size(job.height, job.scale), _model_size(job.width, job.scale)
+    hp, wp = math.ceil(hs / 32) * 32, math.ceil(ws / 32) * 32
+    th, tw, ys, xs = window_grid(hp, wp, job.tile, job.overlap)
+    if hp <= th and wp <= tw:  # predict_probability's one pass for an image within a tile
+        th, tw, ys, xs = hp, wp, [0], [0]
+    fy, fx = hs / job.height, ws / job.width
+    run = set(job.blocks)
+    owner: dict[tuple[int, int], int] = {}
+    spans = {}
+    for b in job.blocks:
+        my0, mx0, my1, mx1 = spans[b] = model_span(job, *job.read_region(b))
+        for iy in _hits(ys, th, my0, my1):
+            for ix in _hits(xs, tw, mx0, mx1):
+                if (iy, ix) in owner:
+                    continue
+                y, x = ys[iy], xs[ix]
+                r = min(job.rows - 1, min(job.height - 1, int((y + 0.5) / fy)) // job.block)
+                c = min(job.cols - 1, min(job.width - 1, int((x + 0.5) / fx)) // job.block)
+                home = r * job.cols + c
+                owner[(iy, ix)] = home if home in run else b
+    owned: dict[int, list] = {b: [] for b in job.blocks}
+    for (iy, ix), b in sorted(owner.items()):
+        owned[b].append((ys[iy], xs[ix]))
+    deps: dict[int, list] = {}
+    users: dict[int, list] = {b: [] for b in job.blocks}
+    for b in job.blocks:
+        my0, mx0, my1, mx1 = spans[b]
+        d = sorted({owner[(iy, ix)] for iy in _hits(ys, th, my0, my1) for ix in _hits(xs, tw, mx0, mx1)})
+        deps[b] = d
+        for n in d:
+            users[n].append(b)
+    return WindowPlan(hs, ws, hp, wp, th, tw, owned, deps, users)
+
+
+def windows_file(job: SlideJob, n: int) -> Path:
+    return job.blocks_dir / f"{n:06d}.windows.npy"
+
+
+def model_region(job: SlideJob, plan: WindowPlan, predictor: Predictor, y0: int, x0: int, y1: int, x1: int) -> torch.Tensor:
+    """(1, 3, y1 - y0, x1 - x0) of the model-space image, as predict_at_scale's resize and
+    predict_probability's padding make it from the whole working level (box inside hp x wp)."""
+
+    hs, ws = plan.hs, plan.ws
+    yc, xc = min(y1, hs), min(x1, ws)
+    # reflection at the slide's far edge reads up to 31 px back: take them in, crop after padding
+    ya, xa = (max(0, y0 - 32) if y1 > hs else y0), (max(0, x0 - 32) if x1 > ws else x0)
+    reader = _reader(job.slide_path)
+    if job.scale == 1.0:
+        img = predictor.model_input(read_region(reader, job.slide_path, job.level, xa, ya, xc - xa, yc - ya), job.stats())
+    else:  # as predict_at_scale resizes the whole level: area down, linear up
+        mode = "linear" if job.scale > 1 else "area"
+        reach = 2 + math.ceil(max(job.height / hs, job.width / ws))
+        sy0, sy1 = _source_span(job.height, hs, ya, yc, reach)
+        sx0, sx1 = _source_span(job.width, ws, xa, xc, reach)
+        src = predictor.model_input(read_region(reader, job.slide_path, job.level, sx0, sy0, sx1 - sx0, sy1 - sy0), job.stats())
+        img = resize_crop(src, resize_matrix(job.height, hs, ya, yc, sy0, sy1, mode), resize_matrix(job.width, ws, xa, xc, sx0, sx1, mode))
+    x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float()[None]
+    ph, pw = y1 - yc, x1 - xc
+    if ph or pw:
+        mode = "reflect" if plan.hp - hs < hs and plan.wp - ws < ws else "replicate"  # as pad_multiple decides for the whole
+        x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode=mode)
+    return x[:, :, y0 - ya:, x0 - xa:]
+
+
+def run_windows(job: SlideJob, n: int, predictor: Predictor | None = None) -> dict:
+    """Run the windows block n owns and store their Gaussian-weighted sum (C, h, w) float32 over their
+    box, atomically; then a small JSON of its seconds. Idempotent: stored sums are kept."""
+    path = windows_file(job, n)
+    timing = path.with_suffix(".json")
+    if path.is_file():
+        return read_json(timing) or {"index": n}
+    plan = window_plan(job)
+    t_load = time.perf_counter()
+    predictor = predictor or load_predictor(job)
+    t0 = time.perf_counter()
+    box = plan.extent(n)
+    acc = np.zeros((0, 0, 0), np.float32)
+    t_read = t0
+    if box is not None:
+        y0, x0, y1, x1 = box
+        x = model_region(job, plan, predictor, y0, x0, y1, x1)
+        t_read = time.perf_counter()
+        with predictor.lock:
+            if predictor.edge is not None:
+                predictor.edge.scale = job.edge_scale
+            try:
+                acc = accumulate_windows(predictor.forward, x, (y0, x0), plan.owned[n], plan.th, plan.tw, tta=job.tta,
+                                         batch_size=job.batch_size, device=predictor.device, amp=predictor.cfg.train.amp).numpy()
+            finally:
+                if predictor.edge is not None:
+                    predictor.edge.scale = None
+    t_net = time.perf_counter()
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, acc)
+    summary = {"index": n, "windows": len(plan.owned.get(n) or []),
+               "seconds": {"load": round(t0 - t_load, 3), "read": round(t_read - t0, 3), "predict": round(t_net - t_read, 3)}}
+    write_json(timing, summary)
+    return summary
+
+
+def block_maps(job: SlideJob, index: int, predictor: Predictor | None = None) -> np.ndarray:
+    """(C, H, W) probabilities over block `index`'s read region: its windows' stored sums (run here
+    when missing) divided by their summed weights, resized back to the working level."""
+    plan = window_plan(job)
+    rx0, ry0, rx1, ry1 = job.read_region(index)
+    my0, mx0, my1, mx1 = model_span(job, rx0, ry0, rx1, ry1)
+    acc = None
+    coords = []
+    for n in plan.deps[index]:
+        if not windows_file(job, n).is_file():
+            run_windows(job, n, predictor)
+        box = plan.extent(n)
+        if box is None:
+            continue
+        y0, x0, y1, x1 = box
+        coords += plan.owned[n]
+        a = np.load(windows_file(job, n), mmap_mode="r")
+        if acc is None:
+            acc = np.zeros((a.shape[0], my1 - my0, mx1 - mx0), np.float32)
+        oy0, ox0, oy1, ox1 = max(y0, my0), max(x0, mx0), min(y1, my1), min(x1, mx1)
+        if oy1 > oy0 and ox1 > ox0:
+            acc[:, oy0 - my0:oy1 - my0, ox0 - mx0:ox1 - mx0] += a[:, oy0 - y0:oy1 - y0, ox0 - x0:ox1 - x0]
+    if acc is None:
+        raise RuntimeError(f"block {index} of {job.slide_path} has no windows")  # a bug: every tissue block's region has some
+    norm = torch.zeros((my1 - my0, mx1 - mx0), dtype=torch.float32)
+    add_weights(norm, (my0, mx0), coords, plan.th, plan.tw)
+    p = np.divide(acc, norm.numpy(), out=np.zeros_like(acc), where=norm.numpy() > 0)
+    if job.scale == 1.0:
+        return p
+    mode = "linear" if job.scale > 1 else "cubic"  # as predict_at_scale resizes the probabilities back
+    ay = resize_matrix(plan.hs, job.height, ry0, ry1, my0, my1, mode)
+    ax = resize_matrix(plan.ws, job.width, rx0, rx1, mx0, mx1, mode)
+    return resize_crop(p.transpose(1, 2, 0), ay, ax).transpose(2, 0, 1).clip(0.0, 1.0)
+
+
+def release_windows(job: SlideJob, index: int) -> None:
+    """Delete the stored window sums that no unfinished block reads any more (after `index`'s marker)."""
+    plan = window_plan(job)
+    for n in plan.deps.get(index, []):
+        if all(job.marker(u).is_file() for u in plan.users[n]):
+            windows_file(job, n).unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------------------------
 # Blocks
 
 
@@ -656,15 +930,13 @@ def run_block(job: SlideJob, index: int, predictor: Predictor | None = None) -> 
         return {"index": index, "objects": 0, "skipped": True}
     from qmed.io.geojson import label_polygons
 
-    t_load = time.perf_counter()
-    predictor = predictor or load_predictor(job)  # the first block in a process pays for the model
-    t0 = time.perf_counter()
     x0, y0, x1, y1 = job.read_region(index)
     core = job.core(index)
-    rgb = read_region(_reader(job.slide_path), job.slide_path, job.level, x0, y0, x1 - x0, y1 - y0)
-    t_read = time.perf_counter()
-    maps = predictor.maps(rgb, job)
-    del rgb
+    for n in window_plan(job).deps[index]:  # the windows it needs that no block has run yet (their seconds: their JSON)
+        if not windows_file(job, n).is_file():
+            run_windows(job, n, predictor)
+    t0 = time.perf_counter()
+    maps = block_maps(job, index, predictor)
     t_net = time.perf_counter()
     res = block_objects(maps, (x0, y0), core, (job.width, job.height), job.threshold, job.diameter, job.instances)
     t_split = time.perf_counter()
@@ -692,9 +964,9 @@ def run_block(job: SlideJob, index: int, predictor: Predictor | None = None) -> 
     n = int(res["table"].shape[0])
     summary = {"index": index, "objects": n, "cut": res["cut"], "read_px": int((x1 - x0) * (y1 - y0)),
                "core_px": int((cx1 - cx0) * (cy1 - cy0)),
-               "seconds": {"load": round(t0 - t_load, 3), "read": round(t_read - t0, 3), "predict": round(t_net - t_read, 3), "objects": round(t_split - t_net, 3),
-                           "write": round(time.perf_counter() - t_split, 3)}}
+               "seconds": {"blend": round(t_net - t0, 3), "objects": round(t_split - t_net, 3), "write": round(time.perf_counter() - t_split, 3)}}
     write_json(marker, summary)
+    release_windows(job, index)
     return summary
 
 
@@ -776,6 +1048,7 @@ def finish_slide(job: SlideJob, extra: dict | None = None) -> dict:
     manifest = read_json(out / MANIFEST) or {}
     cut = sum(int(s.get("cut", 0)) for s in summaries.values())
     secs = [s.get("seconds", {}) for s in summaries.values()]
+    wsecs = [(read_json(windows_file(job, i).with_suffix(".json")) or {}).get("seconds", {}) for i in job.blocks]
     ds = job.downsample
     meta = {
         "complete": True, "key": job.key, "kind": "slide", "model": job.model_path, "backend": job.backend,
@@ -788,10 +1061,12 @@ def finish_slide(job: SlideJob, extra: dict | None = None) -> dict:
                        "sources": manifest.get("statistics_sources")},
         "tissue": manifest.get("tissue"),
         "counts": {"blocks": job.n_blocks, "blocks_run": len(job.blocks), "objects": n_objects, "cut_objects": cut,
+                   "windows": sum(len(v) for v in window_plan(job).owned.values()),
                    "pixels_run": sum(int(s.get("core_px", 0)) for s in summaries.values()),
                    "pixels_read": sum(int(s.get("read_px", 0)) for s in summaries.values())},
         "seconds": {"plan": manifest.get("plan_seconds"),
-                    "blocks": {k: round(sum(s.get(k, 0.0) for s in secs), 3) for k in ("load", "read", "predict", "objects", "write")},
+                    "blocks": {**{k: round(sum(s.get(k, 0.0) for s in wsecs), 3) for k in ("load", "read", "predict")},
+                               **{k: round(sum(s.get(k, 0.0) for s in secs), 3) for k in ("blend", "objects", "write")}},
                     "pyramids": round(t_pyr - t0, 3), "tables": round(time.perf_counter() - t_pyr, 3), **(extra or {})},
         "outputs": [MASK_FILE] + ([LABELS_FILE] if job.instances else []) + ([PROB_FILE] if job.probability else [])
                    + [OBJECTS_FILE, geo_name, TISSUE_FILE],
