@@ -184,3 +184,34 @@ def test_predict_instances_writes_label_maps_and_tables(untrained_model, fluo_su
     assert res.exit_code == 0, res.output
     flat = " ".join(res.output.split())  # the table caption may wrap
     assert "watershed label maps" in flat and "ignoring" not in flat
+
+
+def test_reconstruct_by_hand_and_equal_to_skimage():
+    from scipy import ndimage
+    from skimage.morphology import reconstruction
+
+    from qmed.segment.instances import reconstruct
+
+    # by hand: the peak 2 (seed at mask 3 - 1) spreads under the mask: min(2, 1) = 1 on the dip, then
+    # 1 on the 2 beyond it; the zero-mask ends stay 0
+    mask = np.array([[0, 3, 1, 2, 0]], np.float32)
+    assert reconstruct(mask - 1, mask).tolist() == [[0, 2, 1, 1, 0]]
+    assert reconstruct(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.float32)).shape == (0, 3)
+    # a seed below 0 everywhere (no peak reaches h): no zero start, the plain iteration
+    flat = np.ones((3, 4), np.float32)
+    assert np.array_equal(reconstruct(flat - 2, flat), np.full((3, 4), -1, np.float32))
+    rng = np.random.default_rng(0)
+    for t in range(120):  # distance maps (the split's case), random maps, negative masks, sparse blobs; tiles of 8
+        h, w = (int(v) for v in rng.integers(1, 60, 2))
+        if t % 3 == 0:
+            mask = ndimage.distance_transform_edt(rng.random((h, w)) < rng.random()).astype(np.float32)
+            seed = mask - np.float32(rng.random() * 4)
+        elif t % 3 == 1:
+            mask = (rng.random((h, w)) * 4 - 2).astype(np.float32)
+            seed = np.minimum(mask, (rng.random((h, w)) * 4 - 2).astype(np.float32))
+        else:
+            blobs = ndimage.binary_dilation(rng.random((h, w)) < 0.05, iterations=3)
+            mask = ndimage.distance_transform_edt(blobs).astype(np.float32)
+            seed = mask - np.float32(2.5)
+        want = reconstruction(seed, mask, method="dilation").astype(np.float32)
+        assert np.array_equal(reconstruct(seed, mask, tile=8), want), t

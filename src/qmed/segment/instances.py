@@ -35,8 +35,9 @@ and +0.010 [+0.003, +0.017] on MoNuSeg, and was level on dsb2018-fluo (+0.003 [-
 Instances are computed on the stitched full-image probability map, so an object cut by a
 sliding-window seam is never split by the seam.
 Memory: a few arrays of the image's size (float32 distance map and its reconstruction, int32
-labels, the watershed's queue), about 50 bytes per pixel at peak; time about 1.5 us per pixel on
-one CPU core. A 4000x4000 image with 32 000 nuclei: 25 s, 0.8 GB above the probability map.
+labels, the watershed's queue), about 50 bytes per pixel at peak; time about 0.2 us per pixel on
+one CPU core (a 2176² slide block of MoNuSeg tissue with the contact head: 1.0 s, of which 6.6 s
+before `reconstruct` replaced skimage's reconstruction, whose two sorts of every pixel dominated).
 """
 
 from __future__ import annotations
@@ -118,10 +119,71 @@ def _h_maxima(dist: np.ndarray, h: float) -> np.ndarray:
     """The h-maxima transform: the regional maxima of the reconstruction of dist - h under dist
     (skimage's h_maxima marks the tops instead, which leaves two equal peaks joined by a dip < h
     as two markers; on the reconstruction they are one plateau, so one marker)."""
-    from skimage.morphology import local_maxima, reconstruction
+    from skimage.morphology import local_maxima
 
-    rec = reconstruction(dist - np.float32(h), dist, method="dilation")
+    rec = reconstruct(dist - np.float32(h), dist)
     return local_maxima(rec, connectivity=2, allow_borders=True).astype(bool)
+
+
+def reconstruct(seed: np.ndarray, mask: np.ndarray, tile: int = 128) -> np.ndarray:
+    """Grayscale reconstruction by dilation (8-connected) of `seed` under `mask` (float32, seed <=
+    mask, mask >= 0 as a distance map is): skimage.morphology.reconstruction's result exactly, 10-60x
+    faster on a slide block (its two sorts of every pixel were 85 % of the instance split).
+
+    The reconstruction is the limit of geodesic dilations (dilate by 3x3, clip under the mask) from
+    any start between the seed and it. Where some seed pixel is >= 0 and the mask is >= 0 everywhere,
+    that value reaches every pixel, so the reconstruction is >= 0 everywhere: starting from
+    max(seed, 0) skips the hundreds of steps in which the background's plateau would fill pixel by
+    pixel. Whole-array steps run while many pixels change, then tiles with a change (and their
+    neighbours) iterate alone to convergence."""
+    import cv2
+
+    seed = np.asarray(seed, dtype=np.float32)
+    mask = np.asarray(mask, dtype=np.float32)
+    if seed.ndim != 2 or seed.shape != mask.shape:
+        raise ValueError(f"reconstruct takes two 2-D arrays of one shape, got {seed.shape} and {mask.shape}")
+    if seed.size == 0:
+        return seed.copy()
+    k = np.ones((3, 3), np.uint8)
+    start = np.maximum(seed, 0) if seed.max() >= 0 and mask.min() >= 0 else seed
+    rec = np.minimum(start, mask)
+    H, W = rec.shape
+    while True:
+        nxt = cv2.dilate(rec, k, borderType=cv2.BORDER_REPLICATE)  # replicate: the border adds no new value
+        np.minimum(nxt, mask, out=nxt)
+        changed = nxt != rec
+        rec = nxt
+        n = int(np.count_nonzero(changed))
+        if n == 0:
+            return rec
+        if n < 0.01 * rec.size:
+            break
+    ty, tx = -(-H // tile), -(-W // tile)
+    grid = np.zeros((ty * tile, tx * tile), bool)
+    grid[:H, :W] = changed
+    active = cv2.dilate(grid.reshape(ty, tile, tx, tile).any(axis=(1, 3)).astype(np.uint8), k).astype(bool)
+    while active.any():
+        again = np.zeros_like(active)
+        for iy, ix in zip(*np.nonzero(active)):
+            y0, x0 = iy * tile, ix * tile
+            y1, x1 = min(H, y0 + tile), min(W, x0 + tile)
+            ry0, rx0, ry1, rx1 = max(0, y0 - 1), max(0, x0 - 1), min(H, y1 + 1), min(W, x1 + 1)
+            sub = rec[ry0:ry1, rx0:rx1].copy()  # the tile and a frame of its neighbours' current values
+            m = mask[ry0:ry1, rx0:rx1]
+            inner = (slice(y0 - ry0, y1 - ry0), slice(x0 - rx0, x1 - rx0))
+            moved = False
+            while True:
+                d = cv2.dilate(sub, k, borderType=cv2.BORDER_REPLICATE)
+                np.minimum(d, m, out=d)
+                if np.array_equal(d[inner], sub[inner]):
+                    break
+                sub[inner] = d[inner]
+                moved = True
+            if moved:
+                rec[y0:y1, x0:x1] = sub[inner]
+                again[max(0, iy - 1):iy + 2, max(0, ix - 1):ix + 2] = True
+        active = again
+    return rec
 
 
 def _flood(cc: np.ndarray, n_cc: int, fg: np.ndarray, markers: np.ndarray, elevation: np.ndarray) -> np.ndarray:
