@@ -315,9 +315,9 @@ def pending_blocks(job) -> list[int]:
 # running
 
 
-# Worker processes per GPU at most, by default: a block's CPU stages (decoding, the instance split,
-# polygons, zarr writes: 5-10 s for a 2048 px block on one core) outlast its network pass on a GPU many
-# times over, so one worker per GPU would leave it idle; each worker holds its own CUDA context and model.
+# Worker processes per GPU at most, by default: a block's CPU stages (decoding, blending, the instance
+# split, polygons, writes: docs 15c) outlast its network pass on a GPU several times over, so one worker
+# per GPU would leave it idle; each worker holds its own CUDA context and model.
 WORKERS_PER_GPU = 8
 
 
