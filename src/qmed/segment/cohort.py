@@ -305,6 +305,17 @@ def finish_task(job, blocks_this_run: int | None = None, started_at: float | Non
     return finish_slide(job, extra=extra or None)
 
 
+def task_plan(job, pending: Sequence[int]) -> tuple[list[int], dict[int, list[int]]]:
+    """The window tasks a slide's pending blocks need (blocks whose stored window sums are missing),
+    and for each pending block the ones among them it reads: the graph's edges."""
+    from qmed.segment.slide import window_plan, windows_file
+
+    plan = window_plan(job)
+    needed = sorted({w for i in pending for w in plan.deps[i] if not windows_file(job, w).is_file()})
+    todo = set(needed)
+    return needed, {i: [w for w in plan.deps[i] if w in todo] for i in pending}
+
+
 def pending_blocks(job) -> list[int]:
     from qmed.segment.slide import pending_blocks as pending
 
@@ -597,15 +608,12 @@ def _run_dask(client, model_path, slides: list[_Slide], table: Path | None, forc
         blocks_bar.refresh()
         # Windows, then the blocks that read them, in slide order (a priority between the slide's rank
         # and its finish's): stored window sums live about two block rows, not the whole slide.
-        from qmed.segment.slide import window_plan, windows_file
-
-        plan = window_plan(job)
+        needed, deps = task_plan(job, pending)
         order = 0.5 / (job.n_blocks + 1)
-        needed = sorted({w for i in pending for w in plan.deps[i] if not windows_file(job, w).is_file()})
         wins = {w: submit("windows", s, windows_task, s.holder, w, priority=rank(s) + 0.5 - w * order, suffix=f"-{w}")
                 for w in needed}
         s.windows = list(wins.values())
-        s.blocks = [submit("block", s, block_task, s.holder, i, *[wins[w] for w in plan.deps[i] if w in wins],
+        s.blocks = [submit("block", s, block_task, s.holder, i, *[wins[w] for w in deps[i]],
                            priority=rank(s) + 0.5 - i * order, suffix=f"-{i}") for i in pending]
         ac.update(s.blocks)
         if not pending:
