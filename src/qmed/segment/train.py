@@ -458,7 +458,7 @@ class Trainer:
         return trainstep.micro_step(self.step_parts(), x, y, last_micro, tally, on_logits=track)
 
     def step_parts(self) -> trainstep.StepParts:
-        """The step's view of this trainer (built per call: a re-plan or a restore replaces the scheduler)."""
+        """The step's view of this trainer (built per call: a re-plan replaces the scheduler)."""
         cfg = self.cfg
         return trainstep.StepParts(self.model, self.loss_fn, self.optimizer, self.scaler, self.device, self.amp_dtype,
                                    cfg.train.accumulate, cfg.train.clip_grad, after_step=self._after_optimizer_step)
