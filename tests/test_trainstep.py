@@ -24,8 +24,9 @@ def _spy(monkeypatch) -> list:
 def _parts(loss_fn) -> StepParts:
     torch.manual_seed(0)
     model = torch.nn.Conv2d(1, 1, 3, padding=1)
-    return StepParts(model, loss_fn, torch.optim.SGD(model.parameters(), lr=0.1), torch.amp.GradScaler("cuda", enabled=False),
-                     torch.device("cpu"), None, accumulate=2, clip_grad=None)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    return StepParts(model, loss_fn, torch.optim.SGD(model.parameters(), lr=0.1), scaler, torch.device("cpu"), None,
+                     accumulate=2, clip_grad=None)
 
 
 def test_non_finite_loss_skips_its_micro_batch_and_finite_ones_still_step():
@@ -52,7 +53,8 @@ def test_non_finite_loss_skips_its_micro_batch_and_finite_ones_still_step():
 def test_budget_calibration_runs_the_trainers_step(tmp_path, monkeypatch):
     from qmed.segment.budget import calibrate
 
-    train_dir, val_dir = write_dataset(tmp_path / "train", 4, (96, 96), seed=1), write_dataset(tmp_path / "val", 2, (96, 96), seed=2)
+    train_dir = write_dataset(tmp_path / "train", 4, (96, 96), seed=1)
+    val_dir = write_dataset(tmp_path / "val", 2, (96, 96), seed=2)
     calls = _spy(monkeypatch)
     cal = calibrate(resolve_config("tiny"), train_dir, val_dir, "cpu", n_steps=2, warmup=1, max_val_images=1)
     assert len(calls) == 3
@@ -69,5 +71,7 @@ def test_speed_benchmark_runs_the_trainers_step(monkeypatch):
     run = SpeedRun(cfg, torch.device("cpu"), False, False, 1, lambda *a: None)
     recipe, bare = run.add_data(synthetic_pairs(cfg.data.crop, n=2), base_cfg, cfg.train.batch_size)
     calls = _spy(monkeypatch)
-    run.add_train_steps(recipe, bare, cfg.train.batch_size)  # warms each step up: one call for bare, a group for the recipe
-    assert [id(m) for m in calls] == [id(run.setups["bare"].model)] + [id(run.setups["recipe"].model)] * cfg.train.accumulate
+    # adding a step warms it up: one call for the bare step, one accumulation group for the recipe's
+    run.add_train_steps(recipe, bare, cfg.train.batch_size)
+    bare_model, recipe_model = run.setups["bare"].model, run.setups["recipe"].model
+    assert [id(m) for m in calls] == [id(bare_model)] + [id(recipe_model)] * cfg.train.accumulate
