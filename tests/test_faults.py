@@ -15,11 +15,34 @@ from qmed.io import checkpoints as checkpoint
 from qmed.segment.train import train
 
 
+def _nan_losses(monkeypatch, calls: set[int]) -> None:
+    """Make the trainer's loss non-finite at the chosen training micro-batches (counted over the run, from 0)."""
+    import itertools
+
+    import qmed.segment.train as train_module
+
+    real = train_module.loss_from_config
+
+    def faulty_loss_from_config(*args, **kwargs):
+        loss_fn = real(*args, **kwargs)
+        forward, n = loss_fn.forward, itertools.count()
+
+        def faulty(*a, **k):
+            loss = forward(*a, **k)
+            return loss * float("nan") if next(n) in calls else loss
+
+        loss_fn.forward = faulty
+        return loss_fn
+
+    monkeypatch.setattr(train_module, "loss_from_config", faulty_loss_from_config)
+
+
 def test_nan_injection_recovers(fluo_subset, tmp_path, monkeypatch):
     # Six non-finite losses in a row in epoch 2 (max_bad_steps 5): steps are skipped, then the last
     # accepted weights are restored with a lower learning rate, and the run finishes.
-    monkeypatch.setenv("QMED_INJECT_NAN", ",".join(f"2:{i}" for i in range(6)))
     cfg = resolve_config("tiny", overrides={"train": {"epochs": 3}, "data": {"samples_per_epoch": 16}})
+    micro = cfg.data.samples_per_epoch // cfg.train.batch_size
+    _nan_losses(monkeypatch, {micro + i for i in range(6)})
     run = train(cfg, fluo_subset["train"], fluo_subset["val"], tmp_path / "run", quiet=True)
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert len(rows) == 3

@@ -10,6 +10,8 @@ For a preset at a given crop size and batch, on CPU or CUDA:
   the preset's loss (`train.loss`: Algorithm 1 in `paper`, Dice + BCE in `cpu`), AdamW with the
   preset's accumulation and clipping; data = the complexity
   sampler's draw + crop + the full augmentation (elastic, brightness/contrast).
+  Both run the trainer's own micro-step (qmed.segment.trainstep, with its non-finite guard; without
+  the trainer's schedule and weight EMA), so a change to the training loop shows here.
 * the recipe's parts, each timed alone on the same batch and device: edge channel (GaborEdge
   forward), projection (forward + backward), data pipeline per batch (recipe vs bare), loss
   (the preset's vs Dice + BCE, forward + backward). Each is reported as a share of the recipe step
@@ -62,6 +64,8 @@ from torch import nn
 from qmed import runtime
 from qmed.errors import QmedInputError
 from qmed.experiments.common import machine_info
+from qmed.segment import trainstep
+from qmed.segment.trainstep import EpochTally, StepParts
 
 WARMUP = 2
 OVERHEAD_TARGET = 1.10  # the issue's target: whole recipe <= 1.10 x a bare smp step
@@ -219,16 +223,6 @@ class Task:
     extra: dict
 
 
-@dataclass
-class StepSetup:
-    model: nn.Module
-    loss: nn.Module
-    optimizer: torch.optim.Optimizer
-    accumulate: int
-    clip: float | None
-    scaler: torch.amp.GradScaler
-
-
 def _autocast(device: torch.device, amp: bool):
     """--amp: float16 on CUDA, bfloat16 on a CPU with native support (qmed.runtime)."""
     return runtime.autocast(device, runtime.autocast_dtype(device, amp, cpu_bf16=amp))
@@ -239,24 +233,14 @@ def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> to
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
 
 
-def train_step_fn(s: StepSetup, batches: list, device: torch.device, amp: bool, channels_last: bool) -> Callable[[int], None]:
-    """One micro-batch of the trainer's loop: forward, loss, backward; optimizer step every `accumulate`."""
+def train_step_fn(s: StepParts, batches: list) -> Callable[[int], None]:
+    """One micro-batch of the trainer's loop, through the trainer's own step (qmed.segment.trainstep):
+    forward, loss, backward, the non-finite guard; optimizer step every `accumulate`."""
+    tally = EpochTally()
 
     def step(i: int) -> None:
         x, y = batches[i % len(batches)]
-        x, y = _to_device(x, device, channels_last), y.to(device, non_blocking=True)
-        with _autocast(device, amp):
-            outputs = s.model(x)
-        # deep supervision returns (main, aux...); the recipe's loss then needs the wrapper
-        loss = s.loss(outputs.float() if isinstance(outputs, torch.Tensor) else outputs, y)
-        s.scaler.scale(loss / s.accumulate).backward()
-        if (i + 1) % s.accumulate == 0:
-            if s.clip:
-                s.scaler.unscale_(s.optimizer)
-                torch.nn.utils.clip_grad_norm_(s.model.parameters(), s.clip)
-            s.scaler.step(s.optimizer)
-            s.scaler.update()
-            s.optimizer.zero_grad(set_to_none=True)
+        trainstep.micro_step(s, x, y, (i + 1) % s.accumulate == 0, tally)
 
     return step
 
@@ -322,7 +306,8 @@ class SpeedRun:
         self.tasks: list[Task] = []
         self.results: dict[str, dict] = {}
         self.mem_method = None
-        self.setups: dict[str, StepSetup] = {}
+        self.setups: dict[str, StepParts] = {}
+        self.steps: dict[str, Callable[[int], None]] = {}
 
     def add(self, name: str, fn: Callable[[int], object], images: int, make: Callable[[], object] | None = None, group: int = 1,
             every: int = 1, memory: bool = True, **extra) -> None:
@@ -344,7 +329,7 @@ class SpeedRun:
         else:
             self.results[name] = {}
 
-    def setup(self, kind: str) -> StepSetup:
+    def setup(self, kind: str) -> StepParts:
         """Model, loss and optimizer as the two trainers build them: "recipe" (qmed's) or "bare" (plain smp)."""
         from qmed.models.segmenter import build
         from qmed.segment.losses import build_loss, loss_from_config
@@ -364,8 +349,11 @@ class SpeedRun:
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         model.train()
-        return StepSetup(model, loss, opt_cls(model.parameters(), lr=lr, weight_decay=wd), acc, clip,
-                         torch.amp.GradScaler("cuda", enabled=self.amp and self.dev.type == "cuda"))
+        # the trainer's step without its schedule and weight EMA (after_step), as before
+        return StepParts(model, loss, opt_cls(model.parameters(), lr=lr, weight_decay=wd),
+                         torch.amp.GradScaler("cuda", enabled=self.amp and self.dev.type == "cuda"), self.dev,
+                         runtime.autocast_dtype(self.dev, self.amp, cpu_bf16=self.amp), acc, clip,
+                         channels_last=self.channels_last)
 
     def add_data(self, pairs, base_cfg, bs: int) -> tuple[deque, deque]:
         """The two data pipelines; batches are drawn on the CPU in the main process (qmed trains
@@ -380,13 +368,13 @@ class SpeedRun:
     def add_train_steps(self, recipe_batches: deque, bare_batches: deque, bs: int) -> None:
         """Train steps, each set up inside its memory measurement, so rise_mb is its own footprint."""
         for kind, batches in (("bare", bare_batches), ("recipe", recipe_batches)):
-            def make(kind=kind) -> None:
+            def make(kind=kind, batches=batches) -> None:
                 self.setups[kind] = self.setup(kind)
+                self.steps[kind] = train_step_fn(self.setups[kind], batches)
 
-            def step(i: int, kind=kind, batches=batches) -> None:
-                s = self.setups[kind]
-                s.model.train()
-                train_step_fn(s, batches, self.dev, self.amp, self.channels_last)(i)
+            def step(i: int, kind=kind) -> None:
+                self.setups[kind].model.train()
+                self.steps[kind](i)
 
             self.add(f"train_compute_{kind}", step, bs, make=make, group=self.cfg.train.accumulate if kind == "recipe" else 1)
 

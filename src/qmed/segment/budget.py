@@ -58,9 +58,9 @@ def calibrate(cfg, train_dir: Path, val_dir: Path, device: str | None, n_steps: 
 
     import torch
 
-    from qmed import runtime
     from qmed.data.batches import LoadedPairs
     from qmed.segment.train import Trainer
+    from qmed.segment.trainstep import EpochTally
     from qmed.segment.validate import validate
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -71,27 +71,24 @@ def calibrate(cfg, train_dir: Path, val_dir: Path, device: str | None, n_steps: 
         t_setup = time.perf_counter() - t0
         t.model.train()
         it = iter(t.loader)
-        acc = cfg.train.accumulate
+        # the trainer's own step, hardness tracking included when the sampler is "hard"
+        hard = np.full(len(t.train_data), np.nan) if cfg.data.sampler == "hard" else None
+        tally = EpochTally()
         times = []
+        j = 0  # micro-batch index within the loader's epoch
         for i in range(warmup + n_steps):
             try:
                 x, y = next(it)
             except StopIteration:
-                it = iter(t.loader)
+                it, j = iter(t.loader), 0
                 x, y = next(it)
             t0 = time.perf_counter()
-            x, y = runtime.channels_last(x.to(t.device)), y.to(t.device)
-            with runtime.autocast(t.device, t.amp_dtype):
-                outputs = t.model(x)
-            # deep supervision returns (main, aux...): the trainer's loss takes the whole tuple
-            loss = t.loss_fn(outputs.float() if isinstance(outputs, torch.Tensor) else outputs, y)
-            t.scaler.scale(loss / acc).backward()
-            if (i + 1) % acc == 0:
-                t.optimizer_step()
+            t.train_step(j, x, y, tally, hard)
             if t.device.type == "cuda":
                 torch.cuda.synchronize()
             if i >= warmup:
                 times.append(time.perf_counter() - t0)
+            j += 1
         # data loading happens in the iterator: time it separately and add it
         t0 = time.perf_counter()
         for _ in range(2):

@@ -47,7 +47,9 @@ from qmed.io.images import read_image
 from qmed.models.common import count_parameters
 from qmed.models.segmenter import build
 from qmed.runtime import pick_device, seed_everything
-from qmed.segment.losses import loss_from_config, main_logits, per_sample_dice_loss
+from qmed.segment import trainstep
+from qmed.segment.losses import loss_from_config, per_sample_dice_loss
+from qmed.segment.trainstep import EpochTally
 from qmed.segment.validate import validate
 
 log = logging.getLogger("qmed")
@@ -181,21 +183,6 @@ def _scale_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
         for key in ("lr", "initial_lr", "max_lr", "min_lr"):
             if key in g:
                 g[key] *= factor
-
-
-@dataclass
-class EpochTally:
-    """One epoch's running loss sums and step counters."""
-
-    sums: dict = field(default_factory=lambda: {"loss": 0.0, "dice": 0.0, "bce": 0.0, "tversky": 0.0})
-    n_ok: int = 0      # micro-batches with a finite loss
-    bad: int = 0       # skipped micro-batches and optimizer steps
-    streak: int = 0    # non-finite in a row
-    pending: int = 0   # finite micro-batches since the last optimizer step
-    restored: str = ""
-
-    def mean(self, key: str) -> float:
-        return self.sums[key] / max(1, self.n_ok)
 
 
 class Trainer:
@@ -440,7 +427,7 @@ class Trainer:
         self.draws.weights = hardness_weights(hard)
         return hard
 
-    def _train_epoch(self, epoch: int, st: RunState, good: dict, hard: np.ndarray | None) -> "EpochTally":
+    def _train_epoch(self, epoch: int, st: RunState, good: dict, hard: np.ndarray | None) -> EpochTally:
         self.model.train()
         tally = EpochTally()
         self.optimizer.zero_grad(set_to_none=True)
@@ -454,46 +441,27 @@ class Trainer:
         return tally
 
     def _micro_batch(self, epoch: int, i: int, x: torch.Tensor, y: torch.Tensor, st: RunState, good: dict,
-                     hard: np.ndarray | None, tally: "EpochTally") -> None:
-        """Forward, backward and (every `accumulate` micro-batches) an optimizer step. A non-finite
-        loss or gradient skips the step; `max_bad_steps` of them in a row restore the last accepted weights."""
-        cfg = self.cfg
-        x, y = runtime.channels_last(x.to(self.device, non_blocking=True)), y.to(self.device, non_blocking=True)
-        with runtime.autocast(self.device, self.amp_dtype):
-            outputs = self.model(x)
-        # model.deep_supervision: outputs = (main, *auxiliary), all weighed by the loss; the rest uses the
-        # main logits' foreground channel (model.instance_head=contact adds a second one).
-        logits = main_logits(outputs)
-        loss = self.loss_fn(logits.float() if outputs is logits else outputs, y)
-        if hard is not None:
-            self._track_hardness(hard, i, logits[:, :1], y[:, :1])
-        if self._inject_nan(epoch, i):
-            loss = loss * float("nan")
-        if not torch.isfinite(loss):
-            tally.bad += 1
-            tally.streak += 1
-            self.optimizer.zero_grad(set_to_none=True)
-        else:
-            self.scaler.scale(loss / cfg.train.accumulate).backward()
-            tally.n_ok += 1
-            tally.pending += 1
-            tally.sums["loss"] += float(loss.detach())
-            for k in ("dice", "bce", "tversky"):
-                tally.sums[k] += float(getattr(self.loss_fn, "last", {}).get(k, float("nan")))
-        last_micro = (i + 1) % cfg.train.accumulate == 0 or i + 1 == self.micro_per_epoch
-        if last_micro and tally.pending:
-            tally.pending = 0
-            if self.optimizer_step():
-                st.opt_steps += 1
-                tally.streak = 0 if torch.isfinite(loss) else tally.streak
-            else:
-                tally.bad += 1
-                tally.streak += 1
-        elif last_micro:
-            self.optimizer.zero_grad(set_to_none=True)
-        if tally.streak >= cfg.train.max_bad_steps:
+                     hard: np.ndarray | None, tally: EpochTally) -> None:
+        """The step, and the run's part of its bookkeeping: `max_bad_steps` non-finite losses or
+        gradients in a row restore the last accepted weights."""
+        if self.train_step(i, x, y, tally, hard):
+            st.opt_steps += 1
+        if tally.streak >= self.cfg.train.max_bad_steps:
             tally.restored = self._restore(good, st, f"{tally.streak} non-finite steps in a row at epoch {epoch}")
             tally.streak = 0
+
+    def train_step(self, i: int, x: torch.Tensor, y: torch.Tensor, tally: EpochTally, hard: np.ndarray | None = None) -> bool:
+        """Micro-batch i of the epoch through the one training step (qmed.segment.trainstep), with
+        an optimizer step every `accumulate` micro-batches and at the epoch's end. Returns whether it stepped."""
+        last_micro = (i + 1) % self.cfg.train.accumulate == 0 or i + 1 == self.micro_per_epoch
+        track = None if hard is None else lambda logits, y: self._track_hardness(hard, i, logits[:, :1], y[:, :1])
+        return trainstep.micro_step(self.step_parts(), x, y, last_micro, tally, on_logits=track)
+
+    def step_parts(self) -> trainstep.StepParts:
+        """The step's view of this trainer (built per call: a re-plan replaces the scheduler)."""
+        cfg = self.cfg
+        return trainstep.StepParts(self.model, self.loss_fn, self.optimizer, self.scaler, self.device, self.amp_dtype,
+                                   cfg.train.accumulate, cfg.train.clip_grad, after_step=self._after_optimizer_step)
 
     def _record_epoch(self, st: RunState, row: dict, hard: np.ndarray | None) -> None:
         """Append the epoch's row; write last.pt (and best.pt when selected), metrics.csv, TensorBoard, the log line."""
@@ -541,27 +509,12 @@ class Trainer:
             if np.isfinite(l):
                 hard[idx] = l if not np.isfinite(hard[idx]) else 0.5 * hard[idx] + 0.5 * l
 
-    def optimizer_step(self) -> bool:
-        """Clip and step; a non-finite gradient skips the step. Returns whether it stepped."""
-        cfg = self.cfg
-        self.scaler.unscale_(self.optimizer)
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        if not params:
-            self.optimizer.zero_grad(set_to_none=True)
-            return False
-        norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.clip_grad if cfg.train.clip_grad else float("inf"))
-        if not torch.isfinite(norm):
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.update()
-            return False
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+    def _after_optimizer_step(self) -> None:
+        """The schedule (up to its last step) and the weight EMA follow each optimizer step taken."""
         if self.scheduler.last_epoch + 1 < self.total_steps:
             self.scheduler.step()
         if self.ema_model is not None:
             self.ema_model.update_parameters(self.model)
-        return True
 
     def _restore(self, good: dict, st: RunState, why: str) -> str:
         self.model.load_state_dict(good["model"])
@@ -598,15 +551,6 @@ class Trainer:
             st.best_ema = st.val_ema
             row["selected"] = 1
         return ""
-
-    # Fault injection for the reliability tests: QMED_INJECT_NAN="epoch:step,epoch:step".
-    def _inject_nan(self, epoch: int, i: int) -> bool:
-        import os
-
-        spec = os.environ.get("QMED_INJECT_NAN")
-        if not spec:
-            return False
-        return f"{epoch}:{i}" in {s.strip() for s in spec.split(",")}
 
 
 def _tensorboard_writer(out: Path):
