@@ -33,16 +33,26 @@ def main() -> None:
     import torch
 
     from qmed.io.files import read_json
-    from qmed.segment.slide import finish_slide, load_predictor, pending_blocks, plan_slide, run_block, window_plan, windows_file
+    from qmed.segment.slide import (
+        finish_slide,
+        load_predictor,
+        pending_blocks,
+        plan_slide,
+        run_block,
+        window_plan,
+        windows_file,
+    )
 
     torch.set_num_threads(1)
     shutil.rmtree(args.out, ignore_errors=True)
     t0 = time.perf_counter()
     job = plan_slide(args.model, args.slide, args.out, block=args.block, instances=True)
     load_predictor(job)
-    print(f"plan (with the model's load) {time.perf_counter() - t0:.1f} s; working level {job.width} x {job.height} px, "
-          f"block {job.block}, halo {job.halo}, tile {job.tile}, {len(job.blocks)} of {job.n_blocks} blocks hold tissue; "
-          f"slide file {args.slide.stat().st_size / (job.width * job.height * job.downsample ** 2):.2f} bytes per level-0 px")
+    print(
+        f"plan (with the model's load) {time.perf_counter() - t0:.1f} s; working level {job.width} x {job.height} px, "
+        f"block {job.block}, halo {job.halo}, tile {job.tile}, {len(job.blocks)} of {job.n_blocks} blocks hold tissue; "
+        f"slide file {args.slide.stat().st_size / (job.width * job.height * job.downsample**2):.2f} bytes per level-0 px"
+    )
     plan = window_plan(job)
     for i in job.blocks[: args.blocks]:
         before = _size(job.blocks_dir)
@@ -51,11 +61,14 @@ def main() -> None:
         sums = sum(windows_file(job, n).stat().st_size for n in new if windows_file(job, n).is_file())
         ws = [read_json(windows_file(job, n).with_suffix(".json")) or {} for n in new]
         sec = {k: sum(w.get("seconds", {}).get(k, 0.0) for w in ws) for k in ("read", "predict")} | s["seconds"]
-        print(f"block {i}: {sum(sec.values()):.1f} s = read {sec['read']:.2f} + network {sec['predict']:.2f} "
-              f"({sum(w.get('windows', 0) for w in ws)} windows of {len(new)} blocks) + blend {sec.get('blend', 0):.2f} + "
-              f"objects {sec.get('objects', 0):.2f} + write {sec.get('write', 0):.2f}; {s['objects']} objects; "
-              f"read region {s['read_px'] / 1e6:.2f} Mpx; results on disk {(_size(job.blocks_dir) - before) / 1e6:.2f} MB, "
-              f"of which stored window sums {sums / 1e6:.1f} MB (deleted once no block needs them)", flush=True)
+        print(
+            f"block {i}: {sum(sec.values()):.1f} s = read {sec['read']:.2f} + network {sec['predict']:.2f} "
+            f"({sum(w.get('windows', 0) for w in ws)} windows of {len(new)} blocks) + blend {sec.get('blend', 0):.2f} + "
+            f"objects {sec.get('objects', 0):.2f} + write {sec.get('write', 0):.2f}; {s['objects']} objects; "
+            f"read region {s['read_px'] / 1e6:.2f} Mpx; results on disk {(_size(job.blocks_dir) - before) / 1e6:.2f} MB, "
+            f"of which stored window sums {sums / 1e6:.1f} MB (deleted once no block needs them)",
+            flush=True,
+        )
     if args.finish:
         for i in pending_blocks(job):
             run_block(job, i)
@@ -63,9 +76,11 @@ def main() -> None:
         sec, n = meta["seconds"], meta["counts"]["objects"]
         out = Path(job.out)
         geo = next(out.glob("objects.geojson*"))
-        print(f"finish: pyramids {sec['pyramids']:.1f} s ({job.width * job.height / 1e6 / max(sec['pyramids'], 1e-9):.1f} Mpx/s of the "
-              f"working level), tables {sec['tables']:.1f} s for {n} objects; objects.csv {(out / 'objects.csv').stat().st_size / max(n, 1):.0f} "
-              f"B and {geo.name} {geo.stat().st_size / max(n, 1):.0f} B per object")
+        print(
+            f"finish: pyramids {sec['pyramids']:.1f} s ({job.width * job.height / 1e6 / max(sec['pyramids'], 1e-9):.1f} Mpx/s of the "
+            f"working level), tables {sec['tables']:.1f} s for {n} objects; objects.csv {(out / 'objects.csv').stat().st_size / max(n, 1):.0f} "
+            f"B and {geo.name} {geo.stat().st_size / max(n, 1):.0f} B per object"
+        )
 
 
 def _size(folder: Path) -> int:

@@ -62,8 +62,16 @@ def main() -> None:
     t0 = time.time()
     flows = dynamics.labels_to_flows(labels, device=torch.device("cpu"))
     t_flows = time.time() - t0
-    kw = dict(train_data=images, train_labels=flows, channels=[0, 0], normalize=True, min_train_masks=1,
-              batch_size=8, save_path=str(out), save_every=10**6)
+    kw = dict(
+        train_data=images,
+        train_labels=flows,
+        channels=[0, 0],
+        normalize=True,
+        min_train_masks=1,
+        batch_size=8,
+        save_path=str(out),
+        save_every=10**6,
+    )
 
     def fresh():
         torch.manual_seed(0)
@@ -77,7 +85,9 @@ def main() -> None:
     per_epoch = max(8, total // n_epochs)
     model = fresh()
     t0 = time.time()
-    path, _, _ = train.train_seg(model.net, n_epochs=n_epochs, nimg_per_epoch=per_epoch, model_name="cellpose_qmed", **kw)
+    path, _, _ = train.train_seg(
+        model.net, n_epochs=n_epochs, nimg_per_epoch=per_epoch, model_name="cellpose_qmed", **kw
+    )
     t_train = time.time() - t0
     trained = models.CellposeModel(gpu=False, pretrained_model=str(path))
     diameter = float(trained.net.diam_labels.item())
@@ -89,10 +99,19 @@ def main() -> None:
         Image.fromarray(masks.astype(np.uint16)).save(out / "preds" / f"{name}.png")
     from importlib.metadata import version
 
-    doc = {"cellpose": version("cellpose"),
-           "minutes": minutes, "flow_seconds": round(t_flows, 1), "seconds_per_image": round(t_img, 3),
-           "n_epochs": n_epochs, "images_per_epoch": per_epoch, "train_seconds": round(t_train, 1),
-           "predict_seconds": round(time.time() - t0, 1), "diameter": diameter, "model": str(path), "n_val": len(names)}
+    doc = {
+        "cellpose": version("cellpose"),
+        "minutes": minutes,
+        "flow_seconds": round(t_flows, 1),
+        "seconds_per_image": round(t_img, 3),
+        "n_epochs": n_epochs,
+        "images_per_epoch": per_epoch,
+        "train_seconds": round(t_train, 1),
+        "predict_seconds": round(time.time() - t0, 1),
+        "diameter": diameter,
+        "model": str(path),
+        "n_val": len(names),
+    }
     (out / "cellpose.json").write_text(json.dumps(doc, indent=1))
     print(json.dumps(doc, indent=1))
 

@@ -19,8 +19,10 @@ RUNS = ("busi-mobilenet_v2", "busi-mobilenet_v2-pqc", "pneumoniamnist-mobilenet_
 
 
 def main(out: Path) -> None:
-    print(f"{'run':34s} {'AUC [95% CI]':26s} {'acc':>6s} {'bal':>6s} {'F1':>6s} {'sens':>6s} {'spec':>6s} {'best':>4s} {'ep':>3s} "
-          f"{'steps':>5s} {'sec':>5s} {'step ms':>8s} {'PQC ms':>7s} {'PQC %':>6s} {'alpha':>7s}")
+    print(
+        f"{'run':34s} {'AUC [95% CI]':26s} {'acc':>6s} {'bal':>6s} {'F1':>6s} {'sens':>6s} {'spec':>6s} {'best':>4s} {'ep':>3s} "
+        f"{'steps':>5s} {'sec':>5s} {'step ms':>8s} {'PQC ms':>7s} {'PQC %':>6s} {'alpha':>7s}"
+    )
     for run in RUNS:
         f = out / run / "summary.json"
         if not f.is_file():
@@ -31,10 +33,12 @@ def main(out: Path) -> None:
         auc = m["auc"]
         pq = f"{p['pqc_ms']:7.1f} {100 * p['pqc_share']:5.1f}%" if "pqc_ms" in p else f"{'-':>7s} {'-':>6s}"
         alpha = f"{s['alpha']:+7.3f}" if s["alpha"] is not None else f"{'-':>7s}"
-        print(f"{run:34s} {auc['value']:.4f} [{auc['ci_low']:.4f}, {auc['ci_high']:.4f}] "
-              f"{m['accuracy']['value']:6.3f} {m['balanced_accuracy']['value']:6.3f} {m['f1']['value']:6.3f} "
-              f"{m['sensitivity']['value']:6.3f} {m['specificity']['value']:6.3f} {s['best_epoch']:4d} {s['epochs_run']:3d} "
-              f"{s['steps']:5d} {s['train_seconds']:5.0f} {p['step_ms']:8.0f} {pq} {alpha}")
+        print(
+            f"{run:34s} {auc['value']:.4f} [{auc['ci_low']:.4f}, {auc['ci_high']:.4f}] "
+            f"{m['accuracy']['value']:6.3f} {m['balanced_accuracy']['value']:6.3f} {m['f1']['value']:6.3f} "
+            f"{m['sensitivity']['value']:6.3f} {m['specificity']['value']:6.3f} {s['best_epoch']:4d} {s['epochs_run']:3d} "
+            f"{s['steps']:5d} {s['train_seconds']:5.0f} {p['step_ms']:8.0f} {pq} {alpha}"
+        )
         print(f"{'':34s} val n={s['val']['n']} {s['val']['counts']}; {s['stop_reason']}")
     a, b = (out / r / "eval" / "predictions.csv" for r in RUNS[:2])
     if a.is_file() and b.is_file():
@@ -52,8 +56,10 @@ def paired_auc_difference(a: Path, b: Path, n_boot: int = 1000, seed: int = 0) -
     d = auc_rows(y[idx], sb[idx]) - auc_rows(y[idx], sa[idx])
     d = d[np.isfinite(d)]
     point = auc_rows(y[None], sb[None])[0] - auc_rows(y[None], sa[None])[0]
-    return (f"{point:+.4f} [{np.quantile(d, 0.025):+.4f}, {np.quantile(d, 0.975):+.4f}] "
-            f"({len(d)} resamples; P(diff <= 0) = {np.mean(d <= 0):.2f})")
+    return (
+        f"{point:+.4f} [{np.quantile(d, 0.025):+.4f}, {np.quantile(d, 0.975):+.4f}] "
+        f"({len(d)} resamples; P(diff <= 0) = {np.mean(d <= 0):.2f})"
+    )
 
 
 def _read(path: Path) -> dict:

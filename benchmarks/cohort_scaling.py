@@ -28,7 +28,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--tiles", default="../shared/data/monuseg/train", help="a dataset folder (images/ + masks/), or none for synthetic nuclei")
+    ap.add_argument(
+        "--tiles",
+        default="../shared/data/monuseg/train",
+        help="a dataset folder (images/ + masks/), or none for synthetic nuclei",
+    )
     ap.add_argument("--slides", type=int, default=4)
     ap.add_argument("--size", type=int, default=8192)
     ap.add_argument("--workers", default="1,2", help="comma-separated worker counts, the first is the reference")
@@ -64,10 +68,20 @@ def main() -> None:
         bad = [r for r in rows if r["status"] != "done"]
         if bad:
             sys.exit(f"{len(bad)} slides did not finish with {n} workers: {bad[0]['slide']}: {bad[0]['reason']}")
-        results.append({"workers": n, "wall_s": round(wall, 1), "cluster_start_s": round(start_s, 1),
-                        "slides_per_hour": round(len(rows) * 3600 / wall, 2), "objects": [r["objects"] for r in rows]})
-        print(f"{n} worker(s): {len(rows)} slides of {args.size}^2 in {wall:.1f} s = {results[-1]['slides_per_hour']:.2f} slides/h "
-              f"(cluster start + warm-up {start_s:.1f} s, not counted)", flush=True)
+        results.append(
+            {
+                "workers": n,
+                "wall_s": round(wall, 1),
+                "cluster_start_s": round(start_s, 1),
+                "slides_per_hour": round(len(rows) * 3600 / wall, 2),
+                "objects": [r["objects"] for r in rows],
+            }
+        )
+        print(
+            f"{n} worker(s): {len(rows)} slides of {args.size}^2 in {wall:.1f} s = {results[-1]['slides_per_hour']:.2f} slides/h "
+            f"(cluster start + warm-up {start_s:.1f} s, not counted)",
+            flush=True,
+        )
         if not args.keep:
             for r in rows:
                 shutil.rmtree(r["out"], ignore_errors=True)
@@ -75,11 +89,20 @@ def main() -> None:
     for r in results[1:]:
         r["speedup"] = round(r["slides_per_hour"] / ref["slides_per_hour"], 3)
         same = r["objects"] == ref["objects"]
-        print(f"{r['workers']} against {ref['workers']} worker(s): {r['speedup']:.3f}x the slides per hour; objects identical: {same}")
+        print(
+            f"{r['workers']} against {ref['workers']} worker(s): {r['speedup']:.3f}x the slides per hour; objects identical: {same}"
+        )
         if not same:
-            sys.exit(f"objects differ between {ref['workers']} and {r['workers']} workers: {ref['objects']} against {r['objects']}")
-    (args.out / "cohort_scaling.json").write_text(json.dumps({"size": args.size, "slides": args.slides, "block": args.block,
-                                                               "model": str(args.model), "runs": results}, indent=2) + "\n")
+            sys.exit(
+                f"objects differ between {ref['workers']} and {r['workers']} workers: {ref['objects']} against {r['objects']}"
+            )
+    (args.out / "cohort_scaling.json").write_text(
+        json.dumps(
+            {"size": args.size, "slides": args.slides, "block": args.block, "model": str(args.model), "runs": results},
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 def _warm(model_path: str) -> None:

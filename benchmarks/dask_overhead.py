@@ -34,13 +34,27 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--tiles", default="../shared/data/monuseg/train", help="a dataset folder (images/ + masks/), or none for synthetic nuclei")
+    ap.add_argument(
+        "--tiles",
+        default="../shared/data/monuseg/train",
+        help="a dataset folder (images/ + masks/), or none for synthetic nuclei",
+    )
     ap.add_argument("--size", type=int, default=8192)
     ap.add_argument("--block", type=int, default=1024)
-    ap.add_argument("--repeats", type=int, default=1, help="time the pair this many times (alternating), report each and the medians")
-    ap.add_argument("--dask-malloc", action="store_true", help=(
-        "keep Dask's default MALLOC_TRIM_THRESHOLD_=65536 in the worker (a plain LocalCluster, no restore): "
-        "the setting qmed undoes, to see what it costs"))
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="time the pair this many times (alternating), report each and the medians",
+    )
+    ap.add_argument(
+        "--dask-malloc",
+        action="store_true",
+        help=(
+            "keep Dask's default MALLOC_TRIM_THRESHOLD_=65536 in the worker (a plain LocalCluster, no restore): "
+            "the setting qmed undoes, to see what it costs"
+        ),
+    )
     args = ap.parse_args()
 
     import torch
@@ -70,7 +84,10 @@ def main() -> None:
     with cluster, Client(cluster) as client:
         client.register_plugin(WorkerSetup(malloc=not args.dask_malloc), name=WorkerSetup.name)
         env = client.run(lambda: __import__("os").environ.get("MALLOC_TRIM_THRESHOLD_"))
-        print(f"worker MALLOC_TRIM_THRESHOLD_: {list(env.values())[0]} (restored by qmed: {not args.dask_malloc})", flush=True)
+        print(
+            f"worker MALLOC_TRIM_THRESHOLD_: {list(env.values())[0]} (restored by qmed: {not args.dask_malloc})",
+            flush=True,
+        )
         for r in range(args.repeats):
             job = fresh_job("loop")
             indices = _indices(job)
@@ -94,21 +111,45 @@ def main() -> None:
             dask_inside = _inside(job, dask_sums)
             dask_objects = [_objects(x) for x in dask_sums]
             if loop_objects != dask_objects:
-                sys.exit(f"round {r}: the blocks' objects differ between the loop and Dask: {loop_objects} against {dask_objects}")
+                sys.exit(
+                    f"round {r}: the blocks' objects differ between the loop and Dask: {loop_objects} against {dask_objects}"
+                )
             n = len(indices)
-            rounds.append({"blocks": n, "loop_s": round(loop_s, 2), "dask_s": round(dask_s, 2),
-                           "loop_blocks_per_s": round(n / loop_s, 3), "dask_blocks_per_s": round(n / dask_s, 3),
-                           "ratio": round(loop_s / dask_s, 3),
-                           # inside the tasks (windows: read, predict; blocks: blend, objects, write): not the scheduler's
-                           "loop_inside_s": loop_inside, "dask_inside_s": dask_inside})
-            print(f"round {r}: {n} blocks of {args.block}^2: loop {n / loop_s:.3f} blocks/s ({loop_s:.1f} s), "
-                  f"Dask one worker {n / dask_s:.3f} blocks/s ({dask_s:.1f} s): ratio {loop_s / dask_s:.3f}; "
-                  f"inside the tasks {rounds[-1]['loop_inside_s']} s against {rounds[-1]['dask_inside_s']} s", flush=True)
+            rounds.append(
+                {
+                    "blocks": n,
+                    "loop_s": round(loop_s, 2),
+                    "dask_s": round(dask_s, 2),
+                    "loop_blocks_per_s": round(n / loop_s, 3),
+                    "dask_blocks_per_s": round(n / dask_s, 3),
+                    "ratio": round(loop_s / dask_s, 3),
+                    # inside the tasks (windows: read, predict; blocks: blend, objects, write): not the scheduler's
+                    "loop_inside_s": loop_inside,
+                    "dask_inside_s": dask_inside,
+                }
+            )
+            print(
+                f"round {r}: {n} blocks of {args.block}^2: loop {n / loop_s:.3f} blocks/s ({loop_s:.1f} s), "
+                f"Dask one worker {n / dask_s:.3f} blocks/s ({dask_s:.1f} s): ratio {loop_s / dask_s:.3f}; "
+                f"inside the tasks {rounds[-1]['loop_inside_s']} s against {rounds[-1]['dask_inside_s']} s",
+                flush=True,
+            )
     median = statistics.median(x["ratio"] for x in rounds)
     print(f"Dask / loop blocks per second, median of {len(rounds)}: {median:.3f} (bar >= 0.9)")
-    (args.out / "dask_overhead.json").write_text(json.dumps({"size": args.size, "block": args.block, "model": str(args.model),
-                                                              "dask_malloc": args.dask_malloc,
-                                                              "rounds": rounds, "median_ratio": median}, indent=2) + "\n")
+    (args.out / "dask_overhead.json").write_text(
+        json.dumps(
+            {
+                "size": args.size,
+                "block": args.block,
+                "model": str(args.model),
+                "dask_malloc": args.dask_malloc,
+                "rounds": rounds,
+                "median_ratio": median,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 def _load(job) -> None:

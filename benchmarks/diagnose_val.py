@@ -26,13 +26,19 @@ def main() -> None:
     args = ap.parse_args()
     model, cfg, ckpt = load_model(args.model)
     data = LoadedPairs(find_pairs(args.data), cfg)
-    summary, rows, probs = validate(model, data, cfg, torch.device("cpu"), tta=cfg.predict.tta if args.tta else 1, keep_probs=True)
-    print(f"checkpoint {ckpt}; dice_fg {summary['dice_mean_fg']['mean']:.4f} precision {summary['precision']['mean']:.4f} "
-          f"recall {summary['recall']['mean']:.4f} dice_pooled {summary['dice_pooled']:.4f}")
+    summary, rows, probs = validate(
+        model, data, cfg, torch.device("cpu"), tta=cfg.predict.tta if args.tta else 1, keep_probs=True
+    )
+    print(
+        f"checkpoint {ckpt}; dice_fg {summary['dice_mean_fg']['mean']:.4f} precision {summary['precision']['mean']:.4f} "
+        f"recall {summary['recall']['mean']:.4f} dice_pooled {summary['dice_pooled']:.4f}"
+    )
     groups: dict[str, list] = {}
     for i, r in enumerate(rows):
         fg = data[i][1]
-        groups.setdefault(f"{fg.shape[1]}x{fg.shape[0]}", []).append((r["dice"], r["precision"], r["recall"], fg.mean()))
+        groups.setdefault(f"{fg.shape[1]}x{fg.shape[0]}", []).append(
+            (r["dice"], r["precision"], r["recall"], fg.mean())
+        )
     print(f"{'size':>10s} {'n':>3s} {'dice':>6s} {'prec':>6s} {'recall':>6s} {'fg':>6s}")
     for k, v in sorted(groups.items(), key=lambda kv: -len(kv[1])):
         a = np.nanmean(np.array(v, dtype=float), axis=0)
@@ -42,7 +48,9 @@ def main() -> None:
         print(f"threshold {thr:.1f}: dice_fg {np.nanmean(d):.4f}")
     print("worst images: name dice precision recall obj_tp obj_fn obj_fp")
     for r in sorted(rows, key=lambda r: r["dice"])[:8]:
-        print(f"  {r['name']} {r['dice']:.3f} {r['precision']:.3f} {r['recall']:.3f} {r['obj_tp']} {r['obj_fn']} {r['obj_fp']}")
+        print(
+            f"  {r['name']} {r['dice']:.3f} {r['precision']:.3f} {r['recall']:.3f} {r['obj_tp']} {r['obj_fn']} {r['obj_fp']}"
+        )
 
 
 if __name__ == "__main__":

@@ -55,7 +55,9 @@ def main() -> None:
         for lo, hi in SCALE_BINS:
             d = [new[n] - old[n] for n, f in scales.items() if lo <= f < hi and n in new and n in old]
             if d:
-                print(f"scale {lo:g}-{hi:g}x, {len(d)} images: mean change {np.mean(d):+.4f} (min {min(d):+.3f}, max {max(d):+.3f})")
+                print(
+                    f"scale {lo:g}-{hi:g}x, {len(d)} images: mean change {np.mean(d):+.4f} (min {min(d):+.3f}, max {max(d):+.3f})"
+                )
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def area_matched(p: np.ndarray) -> np.ndarray:
     k = min(int(round(float(p.sum()))), p.size)
     fg = np.zeros(p.size, bool)
     if k:
-        fg[np.argpartition(p.ravel(), p.size - k)[p.size - k:]] = True
+        fg[np.argpartition(p.ravel(), p.size - k)[p.size - k :]] = True
     return fg.reshape(p.shape)
 
 
@@ -81,7 +81,9 @@ def main() -> None:
     for k in range(2, len(names) + 1):
         subsets = list(itertools.combinations(names, k))
         s = [score([np.mean([runs[d][i] for d in c], axis=0) for i in range(len(pairs))]) for c in subsets]
-        print(f"ensemble of {k} runs (mean probability), mean over {len(subsets)} subsets: {np.mean(s):.4f} (min {min(s):.4f}, max {max(s):.4f})")
+        print(
+            f"ensemble of {k} runs (mean probability), mean over {len(subsets)} subsets: {np.mean(s):.4f} (min {min(s):.4f}, max {max(s):.4f})"
+        )
     if len(names) > 1:
         ens = [np.mean([runs[d][i] for d in names], axis=0) for i in range(len(pairs))]
         t, s = oracles(ens, truths)

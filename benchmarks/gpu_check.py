@@ -107,8 +107,10 @@ def train_paper(data: Path, out: Path, steps: int, dev, preset: str = "paper") -
     cfg.data.samples_per_epoch = steps * bs * acc  # one epoch of `steps` optimizer steps
     dtype = runtime.autocast_dtype(dev, cfg.train.amp, cfg.train.cpu_bf16)
     prec = f"AMP {str(dtype).replace('torch.', '')}" if dtype else "float32"
-    setting = (f"{steps} optimizer steps = {steps * acc} micro-batches of {bs} x {cfg.data.crop}², {prec}"
-               f"{' + loss scaling' if dtype == torch.float16 else ''}, random init")
+    setting = (
+        f"{steps} optimizer steps = {steps * acc} micro-batches of {bs} x {cfg.data.crop}², {prec}"
+        f"{' + loss scaling' if dtype == torch.float16 else ''}, random init"
+    )
     try:
         reset_peak()
         t = time.time()
@@ -124,10 +126,18 @@ def train_paper(data: Path, out: Path, steps: int, dev, preset: str = "paper") -
         ok = ok and bad == 0
         dice = float(last.get("val_dice_empty1") or "nan")
         peak = peak_gib()[0]
-        row("train", name, setting,
+        row(
+            "train",
+            name,
+            setting,
             f"{opt} steps, train loss {loss:.4f}, non-finite steps {bad}, {wall:.0f} s incl. data loading and validation, "
             f"peak {peak:.1f} GiB allocated, val Dice {dice:.3f}",
-            "trains (the paper: 200 epochs)", "no NaN" if ok else "NaN / non-finite steps", loss=loss, bad_steps=bad, peak_gib=peak)
+            "trains (the paper: 200 epochs)",
+            "no NaN" if ok else "NaN / non-finite steps",
+            loss=loss,
+            bad_steps=bad,
+            peak_gib=peak,
+        )
         return run
     except Exception as exc:  # noqa: BLE001 - every failure becomes a row
         failed("train", name, setting, exc)
@@ -190,10 +200,19 @@ def inference_rows(name: str, model, cfg, img, dev, compile_ok: bool) -> None:
                 fps_ok = rate >= 28 if tta == 1 else None
                 mem_ok = reserved <= 4.2 * 1e9 / 2**30
                 verdict = "" if fps_ok is None else ("met" if fps_ok and mem_ok else "not met")
-                row("inference", name, f"512², {mode}, {prec}, TTA {tta}",
+                row(
+                    "inference",
+                    name,
+                    f"512², {mode}, {prec}, TTA {tta}",
                     f"{rate:.1f} img/s, peak {alloc:.2f} GiB allocated / {reserved:.2f} GiB reserved{first}",
-                    "28 FPS, 4.2 GB" if name.startswith("paper") else "", verdict if name.startswith("paper") else "", images_per_s=rate, peak_alloc_gib=alloc,
-                    peak_reserved_gib=reserved, tta=tta, mode=mode)
+                    "28 FPS, 4.2 GB" if name.startswith("paper") else "",
+                    verdict if name.startswith("paper") else "",
+                    images_per_s=rate,
+                    peak_alloc_gib=alloc,
+                    peak_reserved_gib=reserved,
+                    tta=tta,
+                    mode=mode,
+                )
                 t = time.time()
             del fwd
             empty_cache()
@@ -207,7 +226,13 @@ def onnx_rows(run: Path, img, dev, tmp: Path, name: str = "paper (B7)") -> None:
     try:
         import onnxruntime as ort
     except ImportError:
-        row("onnx", name, "qmed export + ONNX Runtime", "skipped: onnx/onnxruntime not installed (pip install 'qmed[onnx]')", verdict="skipped")
+        row(
+            "onnx",
+            name,
+            "qmed export + ONNX Runtime",
+            "skipped: onnx/onnxruntime not installed (pip install 'qmed[onnx]')",
+            verdict="skipped",
+        )
         return
     from qmed.data.batches import model_input
     from qmed.segment.checkpoint import load_model
@@ -219,9 +244,14 @@ def onnx_rows(run: Path, img, dev, tmp: Path, name: str = "paper (B7)") -> None:
     try:
         t = time.time()
         meta = export_onnx(run, path, force=True)
-        row("onnx", name, f"qmed export, opset {meta['opset']}",
+        row(
+            "onnx",
+            name,
+            f"qmed export, opset {meta['opset']}",
             f"{time.time() - t:.0f} s, {path.stat().st_size / 2**20:.0f} MiB, onnx.checker passed, check image: max abs difference ORT vs torch "
-            f"{meta['check']['max_abs_diff_vs_torch']:.1e}", verdict="ok")
+            f"{meta['check']['max_abs_diff_vs_torch']:.1e}",
+            verdict="ok",
+        )
     except Exception as exc:  # noqa: BLE001
         failed("onnx", name, "qmed export", exc)
         return
@@ -234,16 +264,23 @@ def onnx_rows(run: Path, img, dev, tmp: Path, name: str = "paper (B7)") -> None:
         ref = predict_probability(model, x, tile=cfg.predict.tile, tta=1, device=dev, amp=False)
         got = predict_probability(fwd, x, tile=cfg.predict.tile, tta=1, device="cpu")
         diff = float(np.abs(ref - got).max())
-        for tta in ((1, cfg.predict.tta) if cuda else (1,)):
+        for tta in (1, cfg.predict.tta) if cuda else (1,):
             predict_probability(fwd, x, tile=cfg.predict.tile, tta=tta, device="cpu")
             n, t = 0, time.perf_counter()
             while n < 30 and (time.perf_counter() - t < 3.0 or n < 3):
                 predict_probability(fwd, x, tile=cfg.predict.tile, tta=tta, device="cpu")
                 n += 1
             rate = n / (time.perf_counter() - t)
-            row("onnx", name, f"ONNX Runtime {'CUDA' if cuda else 'CPU (no CUDA provider: pip install onnxruntime-gpu)'}, float32, TTA {tta}",
-                f"{rate:.1f} img/s, max abs difference from torch float32 {diff:.1e}", "28 FPS" if cuda and tta == 1 else "",
-                "ok" if diff < 1e-3 else "differs", images_per_s=rate, max_abs_diff=diff)
+            row(
+                "onnx",
+                name,
+                f"ONNX Runtime {'CUDA' if cuda else 'CPU (no CUDA provider: pip install onnxruntime-gpu)'}, float32, TTA {tta}",
+                f"{rate:.1f} img/s, max abs difference from torch float32 {diff:.1e}",
+                "28 FPS" if cuda and tta == 1 else "",
+                "ok" if diff < 1e-3 else "differs",
+                images_per_s=rate,
+                max_abs_diff=diff,
+            )
         del model
         empty_cache()
     except Exception as exc:  # noqa: BLE001
@@ -265,11 +302,19 @@ def print_table(json_path: Path | None, note: str = "") -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description="qmed's one-shot GPU check (issue 21)")
-    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018-fluo")
+    ap.add_argument(
+        "--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018-fluo"
+    )
     ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--budget", type=float, default=450.0, help="seconds; later parts are skipped when they would not fit")
+    ap.add_argument(
+        "--budget", type=float, default=450.0, help="seconds; later parts are skipped when they would not fit"
+    )
     ap.add_argument("--no-compile", action="store_true")
-    ap.add_argument("--dry-run", action="store_true", help="the script's plumbing on the CPU: tiny preset for both models, 2 steps, no compile")
+    ap.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="the script's plumbing on the CPU: tiny preset for both models, 2 steps, no compile",
+    )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
@@ -284,7 +329,13 @@ def main() -> None:
     from qmed.segment.checkpoint import load_model
 
     def stopped(signum, frame):  # `timeout` in gpu_check.sh: the table so far, then leave
-        row("stopped", "-", "-", f"stopped by signal {signum} after {time.time() - T0:.0f} s; the rows above are complete", verdict="INCOMPLETE")
+        row(
+            "stopped",
+            "-",
+            "-",
+            f"stopped by signal {signum} after {time.time() - T0:.0f} s; the rows above are complete",
+            verdict="INCOMPLETE",
+        )
         print_table(args.json, ", stopped")
         os._exit(124)
 
@@ -295,14 +346,26 @@ def main() -> None:
         global DRY_RUN
         DRY_RUN = True
         dev, args.steps, args.no_compile = torch.device("cpu"), 2, True
-        row("machine", "-", "-", f"dry run on the CPU ({platform.processor() or platform.machine()}); torch {torch.__version__}")
+        row(
+            "machine",
+            "-",
+            "-",
+            f"dry run on the CPU ({platform.processor() or platform.machine()}); torch {torch.__version__}",
+        )
     else:
         if not torch.cuda.is_available():
-            raise SystemExit("gpu_check: torch sees no CUDA device (torch.cuda.is_available() is False); --dry-run checks the script on a CPU")
+            raise SystemExit(
+                "gpu_check: torch sees no CUDA device (torch.cuda.is_available() is False); --dry-run checks the script on a CPU"
+            )
         dev = torch.device("cuda")
         props = torch.cuda.get_device_properties(0)
-        row("machine", "-", "-", f"{props.name}, {props.total_memory / 2**30:.0f} GiB, capability {props.major}.{props.minor}; "
-            f"torch {torch.__version__}, CUDA {torch.version.cuda}; AMP dtype {str(runtime.autocast_dtype(dev, True, False)).replace('torch.', '')}")
+        row(
+            "machine",
+            "-",
+            "-",
+            f"{props.name}, {props.total_memory / 2**30:.0f} GiB, capability {props.major}.{props.minor}; "
+            f"torch {torch.__version__}, CUDA {torch.version.cuda}; AMP dtype {str(runtime.autocast_dtype(dev, True, False)).replace('torch.', '')}",
+        )
         torch.backends.cudnn.benchmark = True
     img = test_image(args.data)
     with tempfile.TemporaryDirectory() as tmp:
@@ -320,16 +383,34 @@ def main() -> None:
         model = build(cfg.model, pretrained=False).to(dev).eval()
         late = time.time() - T0 > args.budget * 0.6
         if late and not args.no_compile:
-            row("inference", names[small], "512², torch.compile", f"skipped: {time.time() - T0:.0f} s of the {args.budget:.0f} s budget used", verdict="skipped")
+            row(
+                "inference",
+                names[small],
+                "512², torch.compile",
+                f"skipped: {time.time() - T0:.0f} s of the {args.budget:.0f} s budget used",
+                verdict="skipped",
+            )
         inference_rows(names[small], model, cfg, model_input(img, cfg), dev, not args.no_compile and not late)
         del model
         empty_cache()
         if time.time() - T0 > args.budget:
-            row("onnx", names[big], "qmed export + ONNX Runtime", f"skipped: the {args.budget:.0f} s budget is used up", verdict="skipped")
+            row(
+                "onnx",
+                names[big],
+                "qmed export + ONNX Runtime",
+                f"skipped: the {args.budget:.0f} s budget is used up",
+                verdict="skipped",
+            )
         elif run is not None:
             onnx_rows(run, img, dev, tmp, names[big])
         else:
-            row("onnx", names[big], "qmed export + ONNX Runtime", "skipped: no trained checkpoint (training failed)", verdict="skipped")
+            row(
+                "onnx",
+                names[big],
+                "qmed export + ONNX Runtime",
+                "skipped: no trained checkpoint (training failed)",
+                verdict="skipped",
+            )
     print_table(args.json)
 
 

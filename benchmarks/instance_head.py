@@ -36,11 +36,29 @@ def main() -> None:
     rest = sys.argv[4:]
     name = rest.pop(0) if rest and "=" not in rest[0] else "dsb2018-fluo"
     train, val, _ = dataset_splits(root, name, out)
-    base = [sys.executable, "-m", "qmed.cli", "benchmark", "quality", "--data", str(train), "--val", str(val),
-            "--minutes", minutes, "--methods", "qmed", "--preset", "auto", "--force"]
+    base = [
+        sys.executable,
+        "-m",
+        "qmed.cli",
+        "benchmark",
+        "quality",
+        "--data",
+        str(train),
+        "--val",
+        str(val),
+        "--minutes",
+        minutes,
+        "--methods",
+        "qmed",
+        "--preset",
+        "auto",
+        "--force",
+    ]
     sets = ["model.instance_head=contact", *rest]
-    cmds = {"base": base + ["--out", str(out / name / "base"), "--set", "model.instance_head=none"],
-            "head": base + ["--out", str(out / name / "head")] + [a for kv in sets for a in ("--set", kv)]}
+    cmds = {
+        "base": base + ["--out", str(out / name / "base"), "--set", "model.instance_head=none"],
+        "head": base + ["--out", str(out / name / "head")] + [a for kv in sets for a in ("--set", kv)],
+    }
     print(name, run_side_by_side(cmds, out / name / "logs", print), flush=True)
     rows: dict[str, list[dict]] = {}
     doc = {"dataset": name, "minutes": float(minutes), "head_settings": sets, "arms": {}}
@@ -57,12 +75,21 @@ def main() -> None:
         doc["arms"][way.split()[0]][way.split()[1]] = {k: mean(rs, k) for k in KEYS}
         print(f"  {way:<12}" + "".join(f"{mean(rs, k):>14.4f}" for k in KEYS), flush=True)
     doc["paired"] = {}
-    for a, b, key in (("head split", "head cc", "map_dsb"), ("head split", "head cc", "aji"), ("head cc", "base cc", "dice_empty1"),
-                      ("head split", "base split", "map_dsb"), ("head split", "base split", "aji"), ("base split", "base cc", "map_dsb")):
+    for a, b, key in (
+        ("head split", "head cc", "map_dsb"),
+        ("head split", "head cc", "aji"),
+        ("head cc", "base cc", "dice_empty1"),
+        ("head split", "base split", "map_dsb"),
+        ("head split", "base split", "aji"),
+        ("base split", "base cc", "map_dsb"),
+    ):
         d = paired_difference(rows[a], rows[b], key=key)
         doc["paired"][f"{a} - {b}: {key}"] = d
-        print(f"  {a} - {b}, {key}: {d['mean']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}] n={d['n']} "
-              f"better {d['better']} worse {d['worse']}", flush=True)
+        print(
+            f"  {a} - {b}, {key}: {d['mean']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}] n={d['n']} "
+            f"better {d['better']} worse {d['worse']}",
+            flush=True,
+        )
     write_json(out / "instance_head.json", doc)
 
 

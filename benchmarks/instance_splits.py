@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from instance_head import mean  # (this script's folder is on sys.path when it runs)
 
 from qmed.data.objects import label_components, object_diameter
 from qmed.evaluate.metrics import score_image
@@ -32,8 +33,6 @@ from qmed.io.files import write_json
 from qmed.io.images import read_mask, read_prediction, read_probability
 from qmed.segment.instances import H_MIN, split_instances
 from qmed.segment.predict import CONTACT_DIR
-
-from instance_head import mean  # (this script's folder is on sys.path when it runs)
 
 KEYS = ("dice_empty1", "map_dsb", "aji", "pq", "count_error")
 
@@ -48,7 +47,9 @@ def ways(prob: np.ndarray, contact: np.ndarray | None, fractions: list[float]) -
         h = max(H_MIN, f * d)
         out[f"distance h={f:g}d"] = split_instances(prob, diameter=d, h=h) if d else out["cc"]
         if contact is not None:  # the head's split (the default) at the same height
-            out[f"contact+distance h={f:g}d"] = split_instances(prob, diameter=d, h=h, contact=contact) if d else out["contact+distance"]
+            out[f"contact+distance h={f:g}d"] = (
+                split_instances(prob, diameter=d, h=h, contact=contact) if d else out["contact+distance"]
+            )
     return out
 
 
@@ -74,9 +75,13 @@ def main() -> None:
                 split["against"] = read_prediction(q, "labels")[1]
             else:
                 qc = Path(other) / CONTACT_DIR / p.name
-                split["against"] = split_instances(read_probability(q), contact=read_probability(qc) if qc.exists() else None)
+                split["against"] = split_instances(
+                    read_probability(q), contact=read_probability(qc) if qc.exists() else None
+                )
         for way, labels in split.items():
-            rows.setdefault(way, []).append({"name": mask.stem, **score_image(None, truth_fg, truth_labels, pred_labels=labels)})
+            rows.setdefault(way, []).append(
+                {"name": mask.stem, **score_image(None, truth_fg, truth_labels, pred_labels=labels)}
+            )
     doc = {"pred_dir": str(pred), "truth_dir": str(truth), "against": other, "ways": {}, "paired": {}}
     print(f"{'way':<18}" + "".join(f"{k:>12}" for k in KEYS) + f"   n={len(rows['cc'])}")
     for way, rs in rows.items():
@@ -88,8 +93,10 @@ def main() -> None:
         for key in ("map_dsb", "aji", "pq") + (("dice_empty1",) if base == "against" else ()):
             d = paired_difference(rows[way], rows[base], key=key)
             doc["paired"][f"{way} - {base}: {key}"] = d
-            print(f"{way} - {base}, {key}: {d['mean']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}] "
-                  f"better {d['better']} worse {d['worse']}")
+            print(
+                f"{way} - {base}, {key}: {d['mean']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}] "
+                f"better {d['better']} worse {d['worse']}"
+            )
     if out:
         write_json(out, doc)
 

@@ -30,10 +30,29 @@ def main() -> None:
     doc = {"minutes": float(minutes), "lever": sets, "both_arms": flags, "datasets": {}}
     for name in names:
         train, val, _ = dataset_splits(root, name, out)
-        base = [sys.executable, "-m", "qmed.cli", "benchmark", "quality", "--data", str(train), "--val", str(val),
-                "--minutes", minutes, "--methods", "qmed", "--preset", "auto", "--force", *flags]
-        cmds = {"base": base + ["--out", str(out / name / "base")],
-                "lever": base + ["--out", str(out / name / "lever")] + [a for kv in sets for a in ("--set", kv)]}
+        base = [
+            sys.executable,
+            "-m",
+            "qmed.cli",
+            "benchmark",
+            "quality",
+            "--data",
+            str(train),
+            "--val",
+            str(val),
+            "--minutes",
+            minutes,
+            "--methods",
+            "qmed",
+            "--preset",
+            "auto",
+            "--force",
+            *flags,
+        ]
+        cmds = {
+            "base": base + ["--out", str(out / name / "base")],
+            "lever": base + ["--out", str(out / name / "lever")] + [a for kv in sets for a in ("--set", kv)],
+        }
         codes = run_side_by_side(cmds, out / name / "logs", print)
         print(name, codes, flush=True)
         failed = [arm for arm in cmds if codes.get(arm) != 0 or not (out / name / arm / "quality.json").is_file()]
@@ -43,13 +62,19 @@ def main() -> None:
         row = {}
         for arm, d in q.items():
             r = next(x for x in d["results"] if x["method"] == "qmed")
-            row[arm] = {"work": r["work"], **{k: r["figures"][k]["mean"] for k in ("dice_empty1", "dice_pooled", "object_f1")}}
+            row[arm] = {
+                "work": r["work"],
+                **{k: r["figures"][k]["mean"] for k in ("dice_empty1", "dice_pooled", "object_f1")},
+            }
             print(f"  {arm}: {r['work']}", {k: round(v, 4) for k, v in row[arm].items() if k != "work"}, flush=True)
         for key in ("qmed", "qmed-notta"):
             d = paired_difference(q["lever"]["per_image"][key], q["base"]["per_image"][key])
             row[f"paired_{key}"] = d
-            print(f"  {key}: lever - base per-image Dice {d['mean']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}] "
-                  f"n={d['n']} better {d['better']} worse {d['worse']}", flush=True)
+            print(
+                f"  {key}: lever - base per-image Dice {d['mean']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}] "
+                f"n={d['n']} better {d['better']} worse {d['worse']}",
+                flush=True,
+            )
         doc["datasets"][name] = row
         write_json(out / "screen.json", doc)
 

@@ -52,9 +52,19 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     try:
-        info = build_slide(args.out, args.size, None if args.synthetic else args.tiles, seed=args.seed, tile=args.tile,
-                           mpp=args.mpp, truth_path=args.truth, cell=args.cell, blank=args.blank,
-                           compression=args.compression, quality=args.quality)
+        info = build_slide(
+            args.out,
+            args.size,
+            None if args.synthetic else args.tiles,
+            seed=args.seed,
+            tile=args.tile,
+            mpp=args.mpp,
+            truth_path=args.truth,
+            cell=args.cell,
+            blank=args.blank,
+            compression=args.compression,
+            quality=args.quality,
+        )
     except QmedInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -40,15 +40,32 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     plain = {k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}
-    settings = [("glibc defaults", "plain", plain), ("MALLOC_TRIM_THRESHOLD_=65536", "trim", {**plain, "MALLOC_TRIM_THRESHOLD_": "65536"}),
-                ("the same + qmed's mallopt", "fixed", {**plain, "MALLOC_TRIM_THRESHOLD_": "65536"})]
+    settings = [
+        ("glibc defaults", "plain", plain),
+        ("MALLOC_TRIM_THRESHOLD_=65536", "trim", {**plain, "MALLOC_TRIM_THRESHOLD_": "65536"}),
+        ("the same + qmed's mallopt", "fixed", {**plain, "MALLOC_TRIM_THRESHOLD_": "65536"}),
+    ]
     print("round | " + " | ".join(name for name, _, _ in settings))
     for r in range(args.rounds):
         secs = []
         for _, mode, env in settings:
             with tempfile.TemporaryDirectory() as tmp:
-                res = subprocess.run([sys.executable, "-c", CHILD, args.model, args.slide, mode, os.path.join(tmp, "o"), str(args.block)],
-                                     env=env, capture_output=True, text=True, check=True)
+                res = subprocess.run(
+                    [
+                        sys.executable,
+                        "-c",
+                        CHILD,
+                        args.model,
+                        args.slide,
+                        mode,
+                        os.path.join(tmp, "o"),
+                        str(args.block),
+                    ],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
             secs.append(res.stdout.strip().splitlines()[-1] + " s")
         print(f"{r} | " + " | ".join(secs), flush=True)
 

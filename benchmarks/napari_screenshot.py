@@ -42,7 +42,9 @@ def pyramid(path: Path) -> list:
     return [node]
 
 
-def seam_center(objects: list[tuple[float, float]], block: int, width: int, height: int, region: int) -> tuple[float, float]:
+def seam_center(
+    objects: list[tuple[float, float]], block: int, width: int, height: int, region: int
+) -> tuple[float, float]:
     """The point on a block seam (every region/4 px along each seam) with the most object centroids
     within region/2 of it on both axes; the slide's centre when the slide is one block."""
     xy = np.asarray(objects, dtype=np.float64).reshape(-1, 2)
@@ -77,10 +79,14 @@ def read_polygons(path: Path, box: tuple[float, float, float, float]) -> list[np
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--slide", type=Path, required=True, help="the slide given to qmed predict (a tifffile-readable TIFF)")
+    ap.add_argument(
+        "--slide", type=Path, required=True, help="the slide given to qmed predict (a tifffile-readable TIFF)"
+    )
     ap.add_argument("--pred", type=Path, required=True, help="qmed predict's --out folder (run with --instances)")
     ap.add_argument("--out", type=Path, required=True, help="the PNG to write")
-    ap.add_argument("--center", default=None, help="X,Y of the view's centre in level-0 px (default: a busy block seam)")
+    ap.add_argument(
+        "--center", default=None, help="X,Y of the view's centre in level-0 px (default: a busy block seam)"
+    )
     ap.add_argument("--region", type=int, default=400, help="side of the view in level-0 px")
     ap.add_argument("--canvas", type=int, default=800, help="side of the canvas (and the PNG) in screen px")
     args = ap.parse_args(argv)
@@ -106,20 +112,34 @@ def main(argv=None) -> int:
     viewer.add_image(slide, multiscale=len(slide) > 1, rgb=True, name="slide")
     labels = pyramid(args.pred / "labels.ome.tif")
     # working-level pixel i covers level-0 [i ds, (i + 1) ds): its centre sits at level-0 (i + 0.5) ds - 0.5
-    viewer.add_labels(labels, multiscale=len(labels) > 1, name="labels.ome.tif", opacity=0.3,
-                      scale=(ds, ds), translate=((ds - 1) / 2, (ds - 1) / 2))
+    viewer.add_labels(
+        labels,
+        multiscale=len(labels) > 1,
+        name="labels.ome.tif",
+        opacity=0.3,
+        scale=(ds, ds),
+        translate=((ds - 1) / 2, (ds - 1) / 2),
+    )
     n_poly = 0
     if geo is not None:
         polys = read_polygons(geo, box)
         n_poly = len(polys)
         if polys:
-            viewer.add_shapes(polys, shape_type="polygon", edge_color="yellow", face_color="transparent",
-                              edge_width=1.5, name=geo.name)
+            viewer.add_shapes(
+                polys,
+                shape_type="polygon",
+                edge_color="yellow",
+                face_color="transparent",
+                edge_width=1.5,
+                name=geo.name,
+            )
     block0 = meta["block"] * ds  # seams at multiples of the block, level-0 px (pixel edges: -0.5 below)
     seams = [np.array([[box[1], s], [box[3], s]]) for s in np.arange(block0, width0, block0) if box[0] <= s <= box[2]]
     seams += [np.array([[s, box[0]], [s, box[2]]]) for s in np.arange(block0, height0, block0) if box[1] <= s <= box[3]]
     if seams:
-        viewer.add_shapes([s - 0.5 for s in seams], shape_type="line", edge_color="cyan", edge_width=2, name="block seams")
+        viewer.add_shapes(
+            [s - 0.5 for s in seams], shape_type="line", edge_color="cyan", edge_width=2, name="block seams"
+        )
 
     viewer.window.resize(args.canvas + 700, args.canvas + 300)  # room for the layer panels beside the canvas
     napari.qt.get_qapp().processEvents()
@@ -131,16 +151,20 @@ def main(argv=None) -> int:
     camera.zoom = args.canvas / args.region  # screen px per level-0 px
     full = viewer.screenshot(canvas_only=True, flash=False)
     top, left = (full.shape[0] - args.canvas) // 2, (full.shape[1] - args.canvas) // 2
-    img = full[top:top + args.canvas, left:left + args.canvas, :3]  # the view's square, centred on (cx, cy)
+    img = full[top : top + args.canvas, left : left + args.canvas, :3]  # the view's square, centred on (cx, cy)
     from PIL import Image
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     # a 256-colour palette (octree, dithered): a third of the RGB PNG's bytes, no visible loss at this zoom
-    pal = Image.fromarray(np.ascontiguousarray(img)).quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.FLOYDSTEINBERG)
+    pal = Image.fromarray(np.ascontiguousarray(img)).quantize(
+        256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.FLOYDSTEINBERG
+    )
     pal.save(args.out, optimize=True)
-    print(f"{args.out}: {img.shape[1]} x {img.shape[0]} px; view {args.region} px around x={cx:.0f}, y={cy:.0f} "
-          f"(level 0); {n_poly} GeoJSON polygons in view; slide levels {[tuple(a.shape[:2]) for a in slide]}, "
-          f"labels levels {[tuple(a.shape) for a in labels]}")
+    print(
+        f"{args.out}: {img.shape[1]} x {img.shape[0]} px; view {args.region} px around x={cx:.0f}, y={cy:.0f} "
+        f"(level 0); {n_poly} GeoJSON polygons in view; slide levels {[tuple(a.shape[:2]) for a in slide]}, "
+        f"labels levels {[tuple(a.shape) for a in labels]}"
+    )
     viewer.close()
     return 0
 

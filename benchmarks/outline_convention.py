@@ -46,8 +46,13 @@ def ring_level(img: np.ndarray, mask: np.ndarray) -> float | None:
 def image_features(raw: np.ndarray, img: np.ndarray) -> list[float]:
     """Image-only features (no mask): raw 1st / 99.8th percentiles, bright fraction, sharpness, blob count."""
     lap = ndimage.laplace(img)
-    return [float(np.percentile(raw, 1)), float(np.percentile(raw, 99.8)), float((img > 0.3).mean()),
-            float(lap.var()), float(ndimage.label(img > 0.3)[1])]
+    return [
+        float(np.percentile(raw, 1)),
+        float(np.percentile(raw, 99.8)),
+        float((img > 0.3).mean()),
+        float(lap.var()),
+        float(ndimage.label(img > 0.3)[1]),
+    ]
 
 
 def main() -> None:
@@ -73,13 +78,18 @@ def main() -> None:
     d = np.array([r[1] for r in rows])
     feats = np.array([r[2] for r in rows])
     q = np.percentile(level, [0, 10, 50, 90, 100])
-    print(f"{len(rows)} images of size {a.size}: ring level min / p10 / median / p90 / max = " + " / ".join(f"{v:.2f}" for v in q))
+    print(
+        f"{len(rows)} images of size {a.size}: ring level min / p10 / median / p90 / max = "
+        + " / ".join(f"{v:.2f}" for v in q)
+    )
     print(f"  Spearman with per-image Dice: {stats.spearmanr(level, d)[0]:+.2f}")
     for k, name in enumerate(FEATURES):
         print(f"  Spearman with {name}: {stats.spearmanr(level, feats[:, k])[0]:+.2f}")
     rf = RandomForestRegressor(200, min_samples_leaf=3, random_state=0, n_jobs=1)
     r2 = cross_val_score(rf, feats, level, cv=5, scoring="r2")
-    print(f"  predicted from the image-only features: cross-validated R² {r2.mean():.2f} (folds {', '.join(f'{v:.2f}' for v in r2)})")
+    print(
+        f"  predicted from the image-only features: cross-validated R² {r2.mean():.2f} (folds {', '.join(f'{v:.2f}' for v in r2)})"
+    )
 
 
 if __name__ == "__main__":

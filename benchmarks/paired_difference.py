@@ -45,9 +45,11 @@ def main() -> None:
     diff = np.array([a[n] - b[n] for n in names], dtype=float)
     boots = bootstrap_means(diff, args.n_boot, args.seed)
     lo, hi = percentile_interval(boots)
-    print(f"{args.metric}({args.a}) - {args.metric}({args.b}) over {len(diff)} images: {diff.mean():+.4f} "
-          f"[{lo:+.4f}, {hi:+.4f}] (paired bootstrap, {args.n_boot} resamples); {args.a} better on "
-          f"{int((diff > 0).sum())}, worse on {int((diff < 0).sum())}; P(diff <= 0) = {(boots <= 0).mean():.2f}")
+    print(
+        f"{args.metric}({args.a}) - {args.metric}({args.b}) over {len(diff)} images: {diff.mean():+.4f} "
+        f"[{lo:+.4f}, {hi:+.4f}] (paired bootstrap, {args.n_boot} resamples); {args.a} better on "
+        f"{int((diff > 0).sum())}, worse on {int((diff < 0).sum())}; P(diff <= 0) = {(boots <= 0).mean():.2f}"
+    )
 
 
 def _column(source: str, metric: str) -> dict:

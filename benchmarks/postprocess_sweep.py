@@ -49,7 +49,9 @@ def main() -> None:
     print(f"{len(pairs)} images; {'threshold':>9s} {'min_px':>6s} {'fill':>5s} {'dice_fg':>8s} {'pooled':>8s}")
     for thr, min_px, fill in itertools.product(thresholds, min_pxs, (False, True)):
         counts = [confusion(postprocess(p > thr, min_px, fill), t) for p, t in zip(probs, truths)]
-        print(f"{'':>{len(str(len(pairs))) + 9}s}{thr:9.2f} {min_px:6d} {str(fill):>5s} {dice_mean_fg(counts):8.4f} {dice_pooled(counts):8.4f}")
+        print(
+            f"{'':>{len(str(len(pairs))) + 9}s}{thr:9.2f} {min_px:6d} {str(fill):>5s} {dice_mean_fg(counts):8.4f} {dice_pooled(counts):8.4f}"
+        )
 
 
 if __name__ == "__main__":

@@ -37,10 +37,23 @@ def main() -> None:
             img = (rng.random((args.size // 8, args.size // 8)) * 40).astype(np.uint8)
             img = np.kron(img, np.ones((8, 8), np.uint8))  # blocky texture, cheap to make
         else:
-            img = mosaic(sorted(p for p in args.mosaic.iterdir() if p.suffix.lower() in (".png", ".tif", ".jpg")), args.size)
+            img = mosaic(
+                sorted(p for p in args.mosaic.iterdir() if p.suffix.lower() in (".png", ".tif", ".jpg")), args.size
+            )
         Image.fromarray(img).save(tmp / "in" / "large.png")
-        cmd = [sys.executable, "-m", "qmed.cli", "predict", "--model", args.model, "--input", str(tmp / "in"),
-               "--out", str(tmp / "out"), "--tta" if args.tta else "--no-tta"] + (["--instances"] if args.instances else [])
+        cmd = [
+            sys.executable,
+            "-m",
+            "qmed.cli",
+            "predict",
+            "--model",
+            args.model,
+            "--input",
+            str(tmp / "in"),
+            "--out",
+            str(tmp / "out"),
+            "--tta" if args.tta else "--no-tta",
+        ] + (["--instances"] if args.instances else [])
         t0 = time.time()
         subprocess.run(cmd, check=True)
         wall = time.time() - t0
@@ -49,9 +62,13 @@ def main() -> None:
         objects = ""
         if args.instances:
             lab = np.array(Image.open(tmp / "out" / "instances" / "large.png"))
-            objects = f", {int(lab.max())} objects, label map foreground == mask: {bool(np.array_equal(lab > 0, out > 0))}"
-    print(f"image {args.size}x{args.size}, tta={args.tta}, instances={args.instances}, mosaic={args.mosaic}: "
-          f"peak RSS {peak_mb:.0f} MB, wall {wall:.1f} s, mask {out.shape}{objects}")
+            objects = (
+                f", {int(lab.max())} objects, label map foreground == mask: {bool(np.array_equal(lab > 0, out > 0))}"
+            )
+    print(
+        f"image {args.size}x{args.size}, tta={args.tta}, instances={args.instances}, mosaic={args.mosaic}: "
+        f"peak RSS {peak_mb:.0f} MB, wall {wall:.1f} s, mask {out.shape}{objects}"
+    )
 
 
 def mosaic(files: list, size: int) -> np.ndarray:
@@ -64,7 +81,7 @@ def mosaic(files: list, size: int) -> np.ndarray:
         im = np.asarray(Image.open(files[k % len(files)]).convert("L"))
         k += 1
         h, w = min(im.shape[0], size - y), min(im.shape[1], size - x)
-        canvas[y:y + h, x:x + w] = im[:h, :w]
+        canvas[y : y + h, x : x + w] = im[:h, :w]
         row_h = max(row_h, h)
         x += w
         if x >= size:

@@ -43,7 +43,11 @@ def make_images(src: Path | None, size: int, n: int, out: Path) -> None:
     from PIL import Image
 
     out.mkdir(parents=True, exist_ok=True)
-    files = sorted(p for p in src.iterdir() if p.suffix.lower() in (".png", ".tif", ".tiff")) if src and src.is_dir() else []
+    files = (
+        sorted(p for p in src.iterdir() if p.suffix.lower() in (".png", ".tif", ".tiff"))
+        if src and src.is_dir()
+        else []
+    )
     rng = np.random.default_rng(size)
     for i in range(n):
         if files:
@@ -55,7 +59,7 @@ def make_images(src: Path | None, size: int, n: int, out: Path) -> None:
             if ph or pw:
                 a = np.pad(a, ((0, ph), (0, pw)) + ((0, 0),) * (a.ndim - 2), mode="reflect")
             y, x = rng.integers(0, a.shape[0] - size + 1), rng.integers(0, a.shape[1] - size + 1)
-            a = a[y:y + size, x:x + size]
+            a = a[y : y + size, x : x + size]
         else:  # no real images: blocky noise
             a = np.kron((rng.random((size // 8, size // 8)) * 60).astype(np.uint8), np.ones((8, 8), np.uint8))
         Image.fromarray(np.ascontiguousarray(a)).save(out / f"img{i:03d}.png")
@@ -100,7 +104,11 @@ def worker(args) -> None:
     tn = time.perf_counter() - t
     rate = (len(files) - 1) / max(tn - t1, 1e-9)
     peak = peak_rss_mib()
-    print(json.dumps({"images_per_s": rate, "s_per_image": 1 / rate, "t1": t1, "tn": tn, "n": len(files), "peak_rss_mib": peak}))
+    print(
+        json.dumps(
+            {"images_per_s": rate, "s_per_image": 1 / rate, "t1": t1, "tn": tn, "n": len(files), "peak_rss_mib": peak}
+        )
+    )
 
 
 def main() -> None:
@@ -110,7 +118,9 @@ def main() -> None:
     ap.add_argument("--sizes", default="256,512")
     ap.add_argument("--n", type=int, default=8, help="images per measurement without TTA")
     ap.add_argument("--n-tta", type=int, default=5, help="images per measurement with TTA")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads (ONNX Runtime uses its default: the physical cores)")
+    ap.add_argument(
+        "--threads", type=int, default=2, help="torch threads (ONNX Runtime uses its default: the physical cores)"
+    )
     ap.add_argument("--json", type=Path, help="also write the rows here")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--backend", help=argparse.SUPPRESS)
@@ -153,22 +163,48 @@ def main() -> None:
         rows = []
         for s, tta, b in configs:
             n = args.n_tta if tta else args.n
-            cmd = [sys.executable, __file__, "--worker", "--backend", b, "--size", str(s), "--model", str(model),
-                   "--onnx", str(onnx_path), "--tmp", str(tmp), "--n", str(n), "--threads", str(args.threads)] + (["--tta"] if tta else [])
+            cmd = [
+                sys.executable,
+                __file__,
+                "--worker",
+                "--backend",
+                b,
+                "--size",
+                str(s),
+                "--model",
+                str(model),
+                "--onnx",
+                str(onnx_path),
+                "--tmp",
+                str(tmp),
+                "--n",
+                str(n),
+                "--threads",
+                str(args.threads),
+            ] + (["--tta"] if tta else [])
             res = subprocess.run(cmd, capture_output=True, text=True)
             if res.returncode != 0:
                 print(res.stderr[-2000:], file=sys.stderr)
                 raise SystemExit(f"worker failed: {' '.join(cmd)}")
             row = json.loads(res.stdout.strip().splitlines()[-1])
-            row.update(size=s, tta=7 if tta else 1, backend={"f32": "torch float32", "bf16": "torch bfloat16", "ort": "ONNX Runtime"}[b])
+            row.update(
+                size=s,
+                tta=7 if tta else 1,
+                backend={"f32": "torch float32", "bf16": "torch bfloat16", "ort": "ONNX Runtime"}[b],
+            )
             rows.append(row)
-            print(f"{s}² tta={row['tta']} {row['backend']}: {row['images_per_s']:.2f} img/s, peak {row['peak_rss_mib']:.0f} MiB", file=sys.stderr)
+            print(
+                f"{s}² tta={row['tta']} {row['backend']}: {row['images_per_s']:.2f} img/s, peak {row['peak_rss_mib']:.0f} MiB",
+                file=sys.stderr,
+            )
     import platform
 
     import onnxruntime
 
-    print(f"\ntorch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
-          f"torch threads {args.threads}, native bfloat16: {runtime.cpu_has_native_bf16()}; model {args.model or 'cpu preset, random weights'}")
+    print(
+        f"\ntorch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
+        f"torch threads {args.threads}, native bfloat16: {runtime.cpu_has_native_bf16()}; model {args.model or 'cpu preset, random weights'}"
+    )
     if "bf16" not in backends:
         print("torch bfloat16: not measured (this CPU has no native bfloat16: AVX512-BF16 / AMX)")
     heads = [b for b in ("torch float32", "torch bfloat16", "ONNX Runtime") if any(r["backend"] == b for r in rows)]

@@ -24,8 +24,12 @@ def lab(path: Path) -> np.ndarray:
 
 def main() -> None:
     train, split, out = (Path(a) for a in sys.argv[1:4])
-    stats = np.array([[x.reshape(-1, 3).mean(0), x.reshape(-1, 3).std(0)]
-                      for x in map(lab, sorted((train / "images").glob("*.png")))])
+    stats = np.array(
+        [
+            [x.reshape(-1, 3).mean(0), x.reshape(-1, 3).std(0)]
+            for x in map(lab, sorted((train / "images").glob("*.png")))
+        ]
+    )
     target_mean, target_std = np.median(stats[:, 0], 0), np.median(stats[:, 1], 0)
     print("target LAB mean", target_mean.round(2), "std", target_std.round(2))
     (out / "images").mkdir(parents=True, exist_ok=True)

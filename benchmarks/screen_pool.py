@@ -27,7 +27,9 @@ def main() -> None:
     datasets: list[str] = []
     for s in args.screens:
         doc = json.loads((s / "screen.json").read_text())
-        print(f"{s}: lever {' '.join(doc['lever'])}, both arms {' '.join(doc['both_arms']) or '-'}, {doc['minutes']:g} min")
+        print(
+            f"{s}: lever {' '.join(doc['lever'])}, both arms {' '.join(doc['both_arms']) or '-'}, {doc['minutes']:g} min"
+        )
         datasets += [d for d in doc["datasets"] if d not in datasets]
     for name in datasets:
         # only screens that finished both arms, so both arms pool the same runs
@@ -36,14 +38,21 @@ def main() -> None:
         if not pooled["base"] or not pooled["lever"]:
             print(f"{name:<14} no screen scored both arms")
             continue
-        each = [paired_difference(*(pooled_per_image([s], name, args.key, excluded, folder=arm)[0] for arm in ("lever", "base")))["mean"]
-                for s in runs]
+        each = [
+            paired_difference(
+                *(pooled_per_image([s], name, args.key, excluded, folder=arm)[0] for arm in ("lever", "base"))
+            )["mean"]
+            for s in runs
+        ]
         d = paired_difference(pooled["lever"], pooled["base"])
         means = {arm: sum(r["dice_empty1"] for r in pooled[arm]) / len(pooled[arm]) for arm in ARMS}
         print(f"{name:<14} lever - default, each screen: {' '.join(f'{v:+.4f}' for v in each)}")
-        print(f"{name:<14} pooled over {len(runs)} screens ({args.key}): default {means['base']:.4f}, lever {means['lever']:.4f}, "
-              f"lever - default {d['mean']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}] n={d['n']} "
-              f"better {d['better']} worse {d['worse']}", flush=True)
+        print(
+            f"{name:<14} pooled over {len(runs)} screens ({args.key}): default {means['base']:.4f}, lever {means['lever']:.4f}, "
+            f"lever - default {d['mean']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}] n={d['n']} "
+            f"better {d['better']} worse {d['worse']}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

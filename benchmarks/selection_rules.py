@@ -85,8 +85,10 @@ def main() -> None:
         for r in RULES:
             pooled[r].append(res[r])
     if len(args.runs) > 1:
-        report(f"pooled over {len(args.runs)} runs (mean of the runs' split means)",
-               {r: np.mean(np.stack(v), axis=0) for r, v in pooled.items()})
+        report(
+            f"pooled over {len(args.runs)} runs (mean of the runs' split means)",
+            {r: np.mean(np.stack(v), axis=0) for r, v in pooled.items()},
+        )
 
 
 if __name__ == "__main__":

@@ -74,8 +74,10 @@ def build(size: int, workdir: Path, tiles: Path | None, seed: int) -> Path:
     if not path.is_file():
         t0 = time.perf_counter()
         info = build_slide(path, size, tiles, seed=seed)
-        print(f"built {path} ({info['objects']} truth objects, {info['blank_cells']} blank cells) in {time.perf_counter() - t0:.0f} s",
-              flush=True)
+        print(
+            f"built {path} ({info['objects']} truth objects, {info['blank_cells']} blank cells) in {time.perf_counter() - t0:.0f} s",
+            flush=True,
+        )
     return path
 
 
@@ -92,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--instances", action="store_true")
     ap.add_argument("--tta", action="store_true")
     ap.add_argument("--device", default=None)
-    ap.add_argument("--workers", type=int, default=None, help="qmed predict --workers (1: in one process; default: qmed's choice)")
+    ap.add_argument(
+        "--workers", type=int, default=None, help="qmed predict --workers (1: in one process; default: qmed's choice)"
+    )
     ap.add_argument("--interval", type=float, default=0.2, help="seconds between PSS samples")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = ap.parse_args(argv)
@@ -102,8 +106,21 @@ def main(argv: list[str] | None = None) -> int:
     for size in args.sizes:
         slide = build(size, args.workdir, tiles, args.seed)
         out = args.workdir / f"pred_{slide.name.split('.')[0]}"
-        cmd = [sys.executable, "-m", "qmed.cli", "predict", "--model", args.model, "--input", str(slide), "--out", str(out),
-               "--force", "--quiet", "--tta" if args.tta else "--no-tta"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "qmed.cli",
+            "predict",
+            "--model",
+            args.model,
+            "--input",
+            str(slide),
+            "--out",
+            str(out),
+            "--force",
+            "--quiet",
+            "--tta" if args.tta else "--no-tta",
+        ]
         cmd += ["--instances"] if args.instances else []
         cmd += ["--block", str(args.block)] if args.block else []
         cmd += ["--workers", str(args.workers)] if args.workers else []
@@ -120,15 +137,31 @@ def main(argv: list[str] | None = None) -> int:
             print(f"size {size}: qmed predict exited with {rc}", file=sys.stderr)
             return rc
         meta = json.loads((out / "predict.json").read_text())
-        row = {"size": size, "pixels": size * size, "blocks": meta["counts"]["blocks"], "blocks_run": meta["counts"]["blocks_run"],
-               "objects": meta["counts"]["objects"], "wall_s": round(wall, 1), "peak_pss_mb": round(sampler.peak_kb / 1024, 1),
-               "samples": sampler.samples, "block": meta["block"], "halo": meta["halo"], "tta": meta["tta"], "instances": meta["instances"]}
+        row = {
+            "size": size,
+            "pixels": size * size,
+            "blocks": meta["counts"]["blocks"],
+            "blocks_run": meta["counts"]["blocks_run"],
+            "objects": meta["counts"]["objects"],
+            "wall_s": round(wall, 1),
+            "peak_pss_mb": round(sampler.peak_kb / 1024, 1),
+            "samples": sampler.samples,
+            "block": meta["block"],
+            "halo": meta["halo"],
+            "tta": meta["tta"],
+            "instances": meta["instances"],
+        }
         rows.append(row)
-        print(f"{size:>6} px: {row['blocks_run']:>4}/{row['blocks']:<4} blocks, {row['objects']:>8} objects, wall {row['wall_s']:>8.1f} s, "
-              f"peak PSS {row['peak_pss_mb']:>7.1f} MB ({row['samples']} samples)", flush=True)
+        print(
+            f"{size:>6} px: {row['blocks_run']:>4}/{row['blocks']:<4} blocks, {row['objects']:>8} objects, wall {row['wall_s']:>8.1f} s, "
+            f"peak PSS {row['peak_pss_mb']:>7.1f} MB ({row['samples']} samples)",
+            flush=True,
+        )
     if len(rows) > 1:
         ratio = rows[-1]["peak_pss_mb"] / rows[0]["peak_pss_mb"]
-        print(f"peak PSS {rows[-1]['size']} px / {rows[0]['size']} px: {ratio:.2f}x; largest {max(r['peak_pss_mb'] for r in rows):.0f} MB")
+        print(
+            f"peak PSS {rows[-1]['size']} px / {rows[0]['size']} px: {ratio:.2f}x; largest {max(r['peak_pss_mb'] for r in rows):.0f} MB"
+        )
     if args.json:
         args.json.write_text(json.dumps({"command": " ".join(sys.argv), "rows": rows}, indent=2) + "\n")
     return 0

@@ -47,8 +47,21 @@ def build(size: int, workdir: Path, tiles: Path | None, seed: int) -> Path:
 
 
 def whole_path(args, slide: Path, out: Path) -> tuple[float, dict]:
-    cmd = [sys.executable, "-m", "qmed.cli", "predict", "--model", str(args.model), "--input", str(slide), "--out", str(out),
-           "--force", "--quiet", "--tta" if args.tta else "--no-tta"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "qmed.cli",
+        "predict",
+        "--model",
+        str(args.model),
+        "--input",
+        str(slide),
+        "--out",
+        str(out),
+        "--force",
+        "--quiet",
+        "--tta" if args.tta else "--no-tta",
+    ]
     cmd += ["--probability"] if args.compare else []  # the block-wise probabilities, for the comparison
     cmd += ["--instances"] if args.instances else []
     cmd += ["--block", str(args.block)] if args.block else []
@@ -70,7 +83,9 @@ def bare_network(args, out: Path) -> dict:
     pred = open_predictor(args.model, job.backend, args.device)
     plan = window_plan(job)
     owners = [b for b in job.blocks if plan.owned.get(b)]
-    pick = [owners[int(i)] for i in np.linspace(0, len(owners) - 1, min(args.bare_blocks, len(owners)))] if owners else []
+    pick = (
+        [owners[int(i)] for i in np.linspace(0, len(owners) - 1, min(args.bare_blocks, len(owners)))] if owners else []
+    )
     inputs = [(plan.extent(b), model_region(job, plan, pred, *plan.extent(b)), plan.owned[b]) for b in pick]
     if pred.edge is not None:
         pred.edge.scale = job.edge_scale
@@ -86,18 +101,24 @@ def bare_network(args, out: Path) -> dict:
     total = sum(len(v) for v in plan.owned.values())
     px = sum((job.core(i)[2] - job.core(i)[0]) * (job.core(i)[3] - job.core(i)[1]) for i in job.blocks)
     per_window = secs / timed if timed else None
-    return {"blocks": len(pick), "windows_timed": timed, "windows_run": total, "seconds": round(secs, 3),
-            "seconds_per_window": per_window, "pixels": px,
-            "px_per_s": px / (per_window * total) if per_window else None}
+    return {
+        "blocks": len(pick),
+        "windows_timed": timed,
+        "windows_run": total,
+        "seconds": round(secs, 3),
+        "seconds_per_window": per_window,
+        "pixels": px,
+        "px_per_s": px / (per_window * total) if per_window else None,
+    }
 
 
 def compare(args, out: Path) -> dict:
+    import tifffile
+
     from qmed.evaluate.metrics import object_detection
     from qmed.io.slides import open_slide
     from qmed.segment.instances import split_instances
     from qmed.segment.slide import load_job, open_predictor, read_region
-
-    import tifffile
 
     job = load_job(out, args.model, args.device)
     pred = open_predictor(args.model, job.backend, args.device)
@@ -114,17 +135,25 @@ def compare(args, out: Path) -> dict:
         x0, y0, x1, y1 = job.core(i)
         ran[y0:y1, x0:x1] = True
     differ = (whole_mask != block_mask) & ran
-    res = {"size": [job.width, job.height], "whole_image_seconds": None,
-           "mask_pixels_compared": int(ran.sum()), "mask_pixels_differ": int(differ.sum()),
-           "mask_agreement": 1.0 - float(differ.sum()) / max(1, int(ran.sum())),
-           "max_abs_p_minus_threshold_where_masks_differ": float(np.abs(prob[differ] - job.threshold).max()) if differ.any() else 0.0}
+    res = {
+        "size": [job.width, job.height],
+        "whole_image_seconds": None,
+        "mask_pixels_compared": int(ran.sum()),
+        "mask_pixels_differ": int(differ.sum()),
+        "mask_agreement": 1.0 - float(differ.sum()) / max(1, int(ran.sum())),
+        "max_abs_p_minus_threshold_where_masks_differ": float(np.abs(prob[differ] - job.threshold).max())
+        if differ.any()
+        else 0.0,
+    }
     if (out / "probability.ome.tif").is_file():
         pb = tifffile.imread(out / "probability.ome.tif").astype(np.float32) / 255.0
         res["max_abs_p_difference"] = float(np.abs(pb - prob)[ran].max()) if ran.any() else 0.0
         res["p_quantisation"] = 1 / 255
         del pb
     if job.instances and (out / "labels.ome.tif").is_file():
-        whole = split_instances(prob, job.threshold, diameter=job.diameter, contact=maps[1] if maps.shape[0] > 1 else None)
+        whole = split_instances(
+            prob, job.threshold, diameter=job.diameter, contact=maps[1] if maps.shape[0] > 1 else None
+        )
         res["whole_image_seconds"] = round(time.perf_counter() - t0, 1)
         # objects the tissue mask skipped: their centroid's pixel lies in a block that never ran
         ids = np.arange(1, int(whole.max()) + 1)
@@ -142,8 +171,16 @@ def compare(args, out: Path) -> dict:
             res["whole_image_objects_in_skipped_blocks"] = int(skipped.size)
         blocks = tifffile.imread(out / "labels.ome.tif")
         det = object_detection(blocks, whole, 0.5)
-        res.update({"objects_block_wise": int(len(np.unique(blocks)) - 1), "objects_whole_image": int(len(np.unique(whole)) - 1),
-                    "object_f1_iou50": det["f1"], "tp": det["tp"], "fp": det["fp"], "fn": det["fn"]})
+        res.update(
+            {
+                "objects_block_wise": int(len(np.unique(blocks)) - 1),
+                "objects_whole_image": int(len(np.unique(whole)) - 1),
+                "object_f1_iou50": det["f1"],
+                "tp": det["tp"],
+                "fp": det["fp"],
+                "fn": det["fn"],
+            }
+        )
     return res
 
 
@@ -163,7 +200,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tta", action="store_true")
     ap.add_argument("--instances", action="store_true")
     ap.add_argument("--device", default=None)
-    ap.add_argument("--workers", type=int, default=1, help="qmed predict --workers for the whole path (1: one process, as the bare network)")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="qmed predict --workers for the whole path (1: one process, as the bare network)",
+    )
     ap.add_argument("--bare-blocks", type=int, default=4, help="tissue blocks timed through the bare network")
     ap.add_argument("--compare", action="store_true", help="also block-wise against whole-image prediction")
     ap.add_argument("--json", type=Path, default=None)
@@ -174,17 +216,29 @@ def main(argv: list[str] | None = None) -> int:
     wall, meta = whole_path(args, slide, out)
     c = meta["counts"]
     whole_rate = c["pixels_run"] / wall if wall else None
-    print(f"whole path: {c['pixels_run']} tissue px ({c['blocks_run']} of {c['blocks']} blocks, {c['pixels_read']} px read with halos) "
-          f"in {wall:.1f} s: {whole_rate:,.0f} px/s; {c['objects']} objects; block {meta['block']}, halo {meta['halo']}, "
-          f"tile {meta['tile']}, TTA {meta['tta']}, instances {meta['instances']}", flush=True)
+    print(
+        f"whole path: {c['pixels_run']} tissue px ({c['blocks_run']} of {c['blocks']} blocks, {c['pixels_read']} px read with halos) "
+        f"in {wall:.1f} s: {whole_rate:,.0f} px/s; {c['objects']} objects; block {meta['block']}, halo {meta['halo']}, "
+        f"tile {meta['tile']}, TTA {meta['tta']}, instances {meta['instances']}",
+        flush=True,
+    )
     print(f"  its parts (s): {json.dumps(meta['seconds'])}", flush=True)
     bare = bare_network(args, out)
     ratio = whole_rate / bare["px_per_s"] if bare["px_per_s"] else None
-    print(f"bare network: {bare['windows_timed']} of the {bare['windows_run']} windows run in {bare['seconds']:.1f} s: "
-          f"{bare['pixels']} tissue px at {bare['px_per_s']:,.0f} px/s")
+    print(
+        f"bare network: {bare['windows_timed']} of the {bare['windows_run']} windows run in {bare['seconds']:.1f} s: "
+        f"{bare['pixels']} tissue px at {bare['px_per_s']:,.0f} px/s"
+    )
     print(f"whole path / bare network: {ratio:.3f}" if ratio else "no tissue block to time")
-    result = {"command": " ".join(sys.argv), "slide": str(slide), "wall_s": round(wall, 2), "whole_px_per_s": whole_rate,
-              "bare": bare, "ratio": ratio, "predict": {k: meta[k] for k in ("block", "halo", "tile", "tta", "instances", "counts", "seconds")}}
+    result = {
+        "command": " ".join(sys.argv),
+        "slide": str(slide),
+        "wall_s": round(wall, 2),
+        "whole_px_per_s": whole_rate,
+        "bare": bare,
+        "ratio": ratio,
+        "predict": {k: meta[k] for k in ("block", "halo", "tile", "tta", "instances", "counts", "seconds")},
+    }
     if args.compare:
         cmp = compare(args, out)
         result["compare"] = cmp

@@ -27,7 +27,12 @@ def main() -> None:
 
     torch.manual_seed(0)
     cfg = load_preset("tiny")
-    cfg.model.encoder, cfg.model.arch, cfg.model.input_mode, cfg.model.decoder_channels = "tu-mobilenetv3_small_050", "unet", "none", [16] * 5
+    cfg.model.encoder, cfg.model.arch, cfg.model.input_mode, cfg.model.decoder_channels = (
+        "tu-mobilenetv3_small_050",
+        "unet",
+        "none",
+        [16] * 5,
+    )
     cfg.model.instance_head = "none"
     cfg.predict.object_diameter = 20.0  # recorded, so planning needs no diameter pass
     state = build(cfg.model, pretrained=False).state_dict()

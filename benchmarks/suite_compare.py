@@ -21,8 +21,11 @@ def main() -> None:
         name = row["dataset"]
         for method in ("qmed", "smp"):
             d = paired_difference(method_per_image(new, name, method), method_per_image(old, name, method))
-            print(f"{name:<14} {method:<5} new - old per-image Dice {d['mean']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}] "
-                  f"n={d['n']} better {d['better']} worse {d['worse']}", flush=True)
+            print(
+                f"{name:<14} {method:<5} new - old per-image Dice {d['mean']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}] "
+                f"n={d['n']} better {d['better']} worse {d['worse']}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -32,7 +32,9 @@ def main() -> None:
     for run in args.suites:
         doc = json.loads((run / "suite.json").read_text())
         overrides = doc["settings"].get("qmed_overrides") or "-"
-        print(f"{run}: preset {doc['settings']['preset']}, qmed --set {overrides}, train seed {doc['settings'].get('train_seed', 0)}")
+        print(
+            f"{run}: preset {doc['settings']['preset']}, qmed --set {overrides}, train seed {doc['settings'].get('train_seed', 0)}"
+        )
         datasets += [row["dataset"] for row in doc["datasets"] if row["dataset"] not in datasets]
     for name in datasets:
         rows, means = {}, {}
@@ -43,8 +45,10 @@ def main() -> None:
             continue
         for method in METHODS:
             m = means[method]
-            print(f"{name:<14} {method:<5} per-run means {' '.join(f'{v:.4f}' for v in m)}; mean {np.mean(m):.4f}, "
-                  f"spread (max - min) {max(m) - min(m):.4f}")
+            print(
+                f"{name:<14} {method:<5} per-run means {' '.join(f'{v:.4f}' for v in m)}; mean {np.mean(m):.4f}, "
+                f"spread (max - min) {max(m) - min(m):.4f}"
+            )
         each = []
         for run in args.suites:
             one = {m: pooled_per_image([run], name, m, excluded)[0] for m in METHODS}
@@ -52,8 +56,11 @@ def main() -> None:
                 each.append(paired_difference(one["qmed"], one["smp"])["mean"])
         d = paired_difference(rows["qmed"], rows["smp"])
         print(f"{name:<14} qmed - smp, each run: {' '.join(f'{v:+.4f}' for v in each)}")
-        print(f"{name:<14} qmed - smp, pooled over {len(means['qmed'])} and {len(means['smp'])} runs: {d['mean']:+.4f} "
-              f"[{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}] n={d['n']} better {d['better']} worse {d['worse']}", flush=True)
+        print(
+            f"{name:<14} qmed - smp, pooled over {len(means['qmed'])} and {len(means['smp'])} runs: {d['mean']:+.4f} "
+            f"[{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}] n={d['n']} better {d['better']} worse {d['worse']}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -36,14 +36,18 @@ def main() -> None:
         under = np.array([float(r["recall"]) < args.recall and float(r["precision"]) > args.precision for r in rows])
         fixed = dice.copy()
         fixed[under] = np.maximum(fixed[under], np.median(dice[~under])) if (~under).any() else fixed[under]
-        print(f"{path}: {len(rows)} images, mean Dice {dice.mean():.4f}; under-segmented {under.sum()} "
-              f"(mean Dice {dice[under].mean() if under.any() else float('nan'):.4f}), the rest {dice[~under].mean():.4f}; "
-              f"with the under-segmented images at the rest's median ({np.median(dice[~under]):.4f}) the mean would be {fixed.mean():.4f}")
+        print(
+            f"{path}: {len(rows)} images, mean Dice {dice.mean():.4f}; under-segmented {under.sum()} "
+            f"(mean Dice {dice[under].mean() if under.any() else float('nan'):.4f}), the rest {dice[~under].mean():.4f}; "
+            f"with the under-segmented images at the rest's median ({np.median(dice[~under]):.4f}) the mean would be {fixed.mean():.4f}"
+        )
         if weights and all(r["name"] in weights for r in rows):
             w = np.array([weights[r["name"]] for r in rows])
-            print(f"  complexity sampler: mean weight {w[under].mean():.2f} for the under-segmented images, "
-                  f"{w[~under].mean():.2f} for the rest; their share of draws {w[under].sum() / w.sum():.3f} "
-                  f"(uniform {under.mean():.3f})")
+            print(
+                f"  complexity sampler: mean weight {w[under].mean():.2f} for the under-segmented images, "
+                f"{w[~under].mean():.2f} for the rest; their share of draws {w[under].sum() / w.sum():.3f} "
+                f"(uniform {under.mean():.3f})"
+            )
 
 
 def _complexity_weights(truth: Path) -> dict:

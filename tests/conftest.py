@@ -38,10 +38,14 @@ def copy_subset(src: Path, root: Path, size: tuple[int, int], counts: dict[str, 
 @pytest.fixture(scope="session")
 def fluo_subset(shared_data, tmp_path_factory) -> dict:
     """A few real DSB2018 fluorescence images (small ones) as train/val folders, copied once."""
-    return copy_subset(shared_data / "dsb2018-fluo", tmp_path_factory.mktemp("fluo"), (256, 256), {"train": 6, "val": 3})
+    return copy_subset(
+        shared_data / "dsb2018-fluo", tmp_path_factory.mktemp("fluo"), (256, 256), {"train": 6, "val": 3}
+    )
 
 
 @pytest.fixture(scope="session")
 def histo_subset(shared_data, tmp_path_factory) -> dict:
     """A few real DSB2018 H&E tissue images (the 320x256 ones) as train/val folders, copied once."""
-    return copy_subset(shared_data / "dsb2018-histo", tmp_path_factory.mktemp("histo"), (320, 256), {"train": 4, "val": 2})
+    return copy_subset(
+        shared_data / "dsb2018-histo", tmp_path_factory.mktemp("histo"), (320, 256), {"train": 4, "val": 2}
+    )

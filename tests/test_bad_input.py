@@ -54,8 +54,22 @@ def truncate(path: Path) -> None:
 def model_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("model")
     data = make_dataset(root / "data", n=4)
-    res = runner.invoke(app, ["train", "--preset", "tiny", "--data", str(data), "--out", str(root / "run"), "--quiet",
-                              "--no-report", "--set", "train.epochs=1"])
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "--preset",
+            "tiny",
+            "--data",
+            str(data),
+            "--out",
+            str(root / "run"),
+            "--quiet",
+            "--no-report",
+            "--set",
+            "train.epochs=1",
+        ],
+    )
     assert res.exit_code == 0, res.output
     return root / "run"
 
@@ -221,12 +235,23 @@ FAILING = {
     "train: mask of another size": lambda t, m: _train(t, mask_other_size),
     "train: RGB mask": lambda t, m: _train(t, rgb_mask),
     "train: one image, no --val": lambda t, m: _train(t, one_image_only),
-    "train: config with unknown key": lambda t, m: (lambda c: _train(t, lambda d: c, ("--config", str(c))))(unknown_config_key(t)),
-    "train: config with wrong type": lambda t, m: (lambda c: _train(t, lambda d: c, ("--config", str(c))))(wrong_type_config(t)),
+    "train: config with unknown key": lambda t, m: (lambda c: _train(t, lambda d: c, ("--config", str(c))))(
+        unknown_config_key(t)
+    ),
+    "train: config with wrong type": lambda t, m: (lambda c: _train(t, lambda d: c, ("--config", str(c))))(
+        wrong_type_config(t)
+    ),
     "predict: zero-byte image": lambda t, m: _predict(t, m, lambda i: (i / "a.png").write_bytes(b"") or i / "a.png"),
-    "predict: truncated image among good ones": lambda t, m: _predict(t, m, lambda i: (
-        Image.fromarray(image_for(blob_mask())).save(i / "good.png"),
-        Image.fromarray(image_for(blob_mask())).save(i / "zbad.png"), truncate(i / "zbad.png"), i / "zbad.png")[-1]),
+    "predict: truncated image among good ones": lambda t, m: _predict(
+        t,
+        m,
+        lambda i: (
+            Image.fromarray(image_for(blob_mask())).save(i / "good.png"),
+            Image.fromarray(image_for(blob_mask())).save(i / "zbad.png"),
+            truncate(i / "zbad.png"),
+            i / "zbad.png",
+        )[-1],
+    ),
     "predict: empty input folder": lambda t, m: _predict(t, m, lambda i: i),
     "evaluate: truncated LZW TIFF prediction": lambda t, m: _evaluate(t, truncated_tiff_pred),
     "evaluate: NaN in probability map": lambda t, m: _evaluate(t, nan_probability),
@@ -271,11 +296,25 @@ def test_16bit_and_float_tiff_train_and_predict(tmp_path, model_run):
     (d / "masks").mkdir()
     for i in range(3):
         m = blob_mask()
-        img16 = (image_for(m).astype(np.uint16) * 16)  # 12-bit camera data
+        img16 = image_for(m).astype(np.uint16) * 16  # 12-bit camera data
         tifffile.imwrite(d / "images" / f"s{i}.tif", img16)
         tifffile.imwrite(d / "masks" / f"s{i}.tif", (m > 0).astype(np.uint16) * (i + 1))
-    res = runner.invoke(app, ["train", "--preset", "tiny", "--data", str(d), "--out", str(tmp_path / "r"), "--quiet", "--no-report",
-                              "--set", "train.epochs=1"])
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "--preset",
+            "tiny",
+            "--data",
+            str(d),
+            "--out",
+            str(tmp_path / "r"),
+            "--quiet",
+            "--no-report",
+            "--set",
+            "train.epochs=1",
+        ],
+    )
     assert res.exit_code == 0, res.output
     inp = tmp_path / "in"
     inp.mkdir()
@@ -295,10 +334,26 @@ def test_tiny_images_are_padded(tmp_path, model_run):
         m[size[0] // 2, size[1] // 2] = 255
         Image.fromarray(image_for(m)).save(d / "images" / f"t{i}.png")
         Image.fromarray(m).save(d / "masks" / f"t{i}.png")
-    res = runner.invoke(app, ["train", "--preset", "tiny", "--data", str(d), "--out", str(tmp_path / "r"), "--quiet", "--no-report",
-                              "--set", "train.epochs=1"])
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "--preset",
+            "tiny",
+            "--data",
+            str(d),
+            "--out",
+            str(tmp_path / "r"),
+            "--quiet",
+            "--no-report",
+            "--set",
+            "train.epochs=1",
+        ],
+    )
     assert res.exit_code == 0, res.output
-    res = runner.invoke(app, ["predict", "--model", str(model_run), "--input", str(d / "images"), "--out", str(tmp_path / "p")])
+    res = runner.invoke(
+        app, ["predict", "--model", str(model_run), "--input", str(d / "images"), "--out", str(tmp_path / "p")]
+    )
     assert res.exit_code == 0, res.output
     assert np.array(Image.open(tmp_path / "p" / "t1.png")).shape == (1, 1)
 
@@ -315,11 +370,35 @@ def test_non_image_files_ignored_with_warning(tmp_path, caplog):
 
 def test_unicode_path_with_spaces(tmp_path, model_run):
     d = make_dataset(tmp_path / "mes données" / "ñúcleos train")
-    res = runner.invoke(app, ["train", "--preset", "tiny", "--data", str(d), "--out", str(tmp_path / "sortie é"), "--quiet",
-                              "--no-report", "--set", "train.epochs=1"])
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "--preset",
+            "tiny",
+            "--data",
+            str(d),
+            "--out",
+            str(tmp_path / "sortie é"),
+            "--quiet",
+            "--no-report",
+            "--set",
+            "train.epochs=1",
+        ],
+    )
     assert res.exit_code == 0, res.output
-    res = runner.invoke(app, ["predict", "--model", str(tmp_path / "sortie é"), "--input", str(d / "images"),
-                              "--out", str(tmp_path / "prédictions")])
+    res = runner.invoke(
+        app,
+        [
+            "predict",
+            "--model",
+            str(tmp_path / "sortie é"),
+            "--input",
+            str(d / "images"),
+            "--out",
+            str(tmp_path / "prédictions"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["evaluate", "--pred", str(tmp_path / "prédictions"), "--truth", str(d)])
     assert res.exit_code == 0, res.output

@@ -36,7 +36,9 @@ def test_plan_budget_fills_and_respects_the_budget():
 
 @pytest.mark.skipif(not HAVE_NNUNET, reason="nnunetv2 is not installed (pip install 'qmed[peers]')")
 def test_nnunet_budget_trainer_plan():
-    spec = importlib.util.spec_from_file_location("qmed_nnunet_trainers", nnunet_peer.TRAINER_DIR / "qmed_nnunet_trainers.py")
+    spec = importlib.util.spec_from_file_location(
+        "qmed_nnunet_trainers", nnunet_peer.TRAINER_DIR / "qmed_nnunet_trainers.py"
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     iters, val_iters, epochs = mod.plan_epochs(1800, t_iter=2.0, min_epochs=10)
@@ -61,8 +63,19 @@ def test_speed_tiny_prints_all_rows(tmp_path):
     res = run("benchmark", "speed", "--preset", "tiny", "--size", 64, "--steps", 2, "--json", out)
     assert res.exit_code == 0, res.output
     doc = json.loads(out.read_text())
-    for key in ("data_bare", "data_recipe", "train_compute_bare", "train_compute_recipe", "edge", "projection",
-                "loss_bare", "loss_recipe", "infer_bare", "infer_recipe", "infer_recipe_tta"):
+    for key in (
+        "data_bare",
+        "data_recipe",
+        "train_compute_bare",
+        "train_compute_recipe",
+        "edge",
+        "projection",
+        "loss_bare",
+        "loss_recipe",
+        "infer_bare",
+        "infer_recipe",
+        "infer_recipe_tta",
+    ):
         assert doc["phases"][key]["ms"] > 0, key
     assert doc["phases"]["infer_recipe_tta"]["views"] == 7
     assert set(doc["overhead"]) == {"edge", "projection", "data", "loss", "rest"}
@@ -87,7 +100,9 @@ def test_speed_channels_last_on_cpu(tmp_path):
 
 def test_speed_refuses_bad_options():
     assert run("benchmark", "speed", "--preset", "tiny", "--size", 50).exit_code == 2
-    assert run("benchmark", "quality", "--data", "x", "--val", "y", "--out", "z", "--methods", "qmed,monai").exit_code == 2
+    assert (
+        run("benchmark", "quality", "--data", "x", "--val", "y", "--out", "z", "--methods", "qmed,monai").exit_code == 2
+    )
 
 
 def test_speed_amp_on_cpu_needs_native_bf16(monkeypatch):
@@ -99,7 +114,9 @@ def test_speed_amp_on_cpu_needs_native_bf16(monkeypatch):
 @pytest.mark.skipif(not precision.cpu_has_native_bf16(), reason="this CPU has no native bfloat16 (AVX512-BF16/AMX)")
 def test_speed_amp_on_cpu_with_native_bf16(tmp_path):
     out = tmp_path / "speed.json"
-    res = run("benchmark", "speed", "--preset", "tiny", "--size", 64, "--steps", 1, "--amp", "--channels-last", "--json", out)
+    res = run(
+        "benchmark", "speed", "--preset", "tiny", "--size", 64, "--steps", 1, "--amp", "--channels-last", "--json", out
+    )
     assert res.exit_code == 0, res.output
     assert json.loads(out.read_text())["settings"]["amp"] is True
 
@@ -112,8 +129,15 @@ def test_quality_failing_method_gets_a_row(fluo_subset, tmp_path, monkeypatch):
         raise RuntimeError("simulated crash")
 
     monkeypatch.setattr(bench_quality, "train_to_budget", boom)
-    doc = run_quality(fluo_subset["train"], fluo_subset["val"], tmp_path / "q", minutes=0.1, methods=["qmed", "nnunet"],
-                      n_boot=10, say=lambda m: None)
+    doc = run_quality(
+        fluo_subset["train"],
+        fluo_subset["val"],
+        tmp_path / "q",
+        minutes=0.1,
+        methods=["qmed", "nnunet"],
+        n_boot=10,
+        say=lambda m: None,
+    )
     rows = {r["method"]: r for r in doc["results"]}
     assert rows["qmed"]["status"] == "failed" and "simulated crash" in rows["qmed"]["reason"]
     assert rows["nnunet"]["status"] == "skipped" and "not installed" in rows["nnunet"]["reason"]
@@ -124,8 +148,20 @@ def test_quality_failing_method_gets_a_row(fluo_subset, tmp_path, monkeypatch):
 def test_quality_one_minute_all_methods(fluo_subset, tmp_path):
     """Half a minute of training per method (1.5 min in all) on 6 train / 3 val real images."""
     out = tmp_path / "quality"
-    res = run("benchmark", "quality", "--data", fluo_subset["train"], "--val", fluo_subset["val"], "--out", out,
-              "--minutes", 0.5, "--n-boot", 100)
+    res = run(
+        "benchmark",
+        "quality",
+        "--data",
+        fluo_subset["train"],
+        "--val",
+        fluo_subset["val"],
+        "--out",
+        out,
+        "--minutes",
+        0.5,
+        "--n-boot",
+        100,
+    )
     assert res.exit_code == 0, res.output
     doc = json.loads((out / "quality.json").read_text())
     rows = {r["method"]: r for r in doc["results"]}
@@ -139,7 +175,9 @@ def test_quality_one_minute_all_methods(fluo_subset, tmp_path):
         for key in ("map_dsb", "pq", "aji", "count_abs_error"):  # the object figures
             assert f[key]["n"] == 3 and (f[key]["mean"] >= 0.0)
         assert f["objects"] == ("connected components" if m == "smp" else "watershed (qmed predict --instances)")
-        assert rows[m]["train_seconds"] <= 3 * 0.5 * 60 + 60  # the budget, calibration included (loose: shared machines)
+        assert (
+            rows[m]["train_seconds"] <= 3 * 0.5 * 60 + 60
+        )  # the budget, calibration included (loose: shared machines)
     assert rows["smp"]["config"]["model"]["input_mode"] == "none"
     assert rows["smp"]["config"]["train"]["schedule"] == "constant"
     for m in ("qmed", "smp", "nnunet"):
@@ -168,8 +206,27 @@ def test_quality_set_changes_qmed_row_only(fluo_subset):
 def test_quality_qmed_no_val_trains_on_the_data_alone(fluo_subset, tmp_path):
     """--qmed-no-val: qmed's run never sees --val (all 6 images train with data.val_fraction=0); --val only scores."""
     out = tmp_path / "q"
-    res = run("benchmark", "quality", "--data", fluo_subset["train"], "--val", fluo_subset["val"], "--out", out, "--minutes", 0.1,
-              "--methods", "qmed", "--preset", "tiny", "--n-boot", 100, "--qmed-no-val", "--set", "data.val_fraction=0")
+    res = run(
+        "benchmark",
+        "quality",
+        "--data",
+        fluo_subset["train"],
+        "--val",
+        fluo_subset["val"],
+        "--out",
+        out,
+        "--minutes",
+        0.1,
+        "--methods",
+        "qmed",
+        "--preset",
+        "tiny",
+        "--n-boot",
+        100,
+        "--qmed-no-val",
+        "--set",
+        "data.val_fraction=0",
+    )
     assert res.exit_code == 0, res.output
     doc = json.loads((out / "quality.json").read_text())
     assert doc["settings"]["qmed_trained_with_val"] is False

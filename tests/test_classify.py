@@ -23,7 +23,20 @@ from qmed.evaluate.classification import bootstrap_metrics, classification_metri
 from qmed.models.classifier import build_classifier  # noqa: E402
 
 runner = CliRunner()
-FAST = ["--image-size", "32", "--batch-size", "8", "--epochs", "1", "--weights", "none", "--qubits", "2", "--layers", "1"]
+FAST = [
+    "--image-size",
+    "32",
+    "--batch-size",
+    "8",
+    "--epochs",
+    "1",
+    "--weights",
+    "none",
+    "--qubits",
+    "2",
+    "--layers",
+    "1",
+]
 
 
 # --- metrics ---------------------------------------------------------------------------------
@@ -163,8 +176,13 @@ def pneumonia_slice(shared_data, tmp_path_factory) -> Path:
     p = tmp_path_factory.mktemp("pmnist") / "slice.npz"
     tr = np.concatenate([np.flatnonzero(z["train_labels"][:, 0] == c)[:12] for c in (0, 1)])
     va = np.concatenate([np.flatnonzero(z["val_labels"][:, 0] == c)[:6] for c in (0, 1)])
-    np.savez(p, train_images=z["train_images"][tr], train_labels=z["train_labels"][tr],
-             val_images=z["val_images"][va], val_labels=z["val_labels"][va])
+    np.savez(
+        p,
+        train_images=z["train_images"][tr],
+        train_labels=z["train_labels"][tr],
+        val_images=z["val_images"][va],
+        val_labels=z["val_labels"][va],
+    )
     return p
 
 
@@ -196,26 +214,79 @@ def _ok(res):
 
 def test_busi_train_evaluate_predict(busi_subset, tmp_path):
     run = tmp_path / "run"
-    _ok(runner.invoke(app, ["classify", "train", "--data", str(busi_subset / "train"), "--val", str(busi_subset / "val"),
-                            "--out", str(run), "--positive", "malignant", *FAST]))
+    _ok(
+        runner.invoke(
+            app,
+            [
+                "classify",
+                "train",
+                "--data",
+                str(busi_subset / "train"),
+                "--val",
+                str(busi_subset / "val"),
+                "--out",
+                str(run),
+                "--positive",
+                "malignant",
+                *FAST,
+            ],
+        )
+    )
     s = json.loads((run / "summary.json").read_text())
     assert s["classes"] == ["rest", "malignant"] and s["val"]["n"] == 9
     assert set(s["val_metrics"]) == {"auc", "accuracy", "balanced_accuracy", "f1", "sensitivity", "specificity"}
     assert 0 <= s["val_metrics"]["auc"]["value"] <= 1 and s["val_metrics"]["auc"]["n_boot"] > 0
     assert 0 < s["profile"]["pqc_share"] < 1
-    for f in ("checkpoints/best.pt", "metrics.csv", "config.json", "train.log", "eval/metrics.json", "eval/predictions.csv",
-              "eval/figures/roc.png", "eval/figures/confusion.png", "eval/figures/bootstrap_violin.png"):
+    for f in (
+        "checkpoints/best.pt",
+        "metrics.csv",
+        "config.json",
+        "train.log",
+        "eval/metrics.json",
+        "eval/predictions.csv",
+        "eval/figures/roc.png",
+        "eval/figures/confusion.png",
+        "eval/figures/bootstrap_violin.png",
+    ):
         assert (run / f).is_file(), f
 
-    out = _ok(runner.invoke(app, ["classify", "evaluate", "--model", str(run), "--data", str(busi_subset / "val"),
-                                  "--out", str(tmp_path / "ev"), "--n-boot", "100"]))
+    out = _ok(
+        runner.invoke(
+            app,
+            [
+                "classify",
+                "evaluate",
+                "--model",
+                str(run),
+                "--data",
+                str(busi_subset / "val"),
+                "--out",
+                str(tmp_path / "ev"),
+                "--n-boot",
+                "100",
+            ],
+        )
+    )
     assert "auc" in out and "sensitivity" in out
     ev = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     # the same model on the same images: the same point estimates as the training run's evaluation
     assert ev["metrics"]["auc"]["value"] == pytest.approx(s["val_metrics"]["auc"]["value"], abs=1e-6)
 
-    _ok(runner.invoke(app, ["classify", "predict", "--model", str(run), "--input", str(busi_subset / "val"),
-                            "--out", str(tmp_path / "preds.csv")]))
+    _ok(
+        runner.invoke(
+            app,
+            [
+                "classify",
+                "predict",
+                "--model",
+                str(run),
+                "--input",
+                str(busi_subset / "val"),
+                "--out",
+                str(tmp_path / "preds.csv"),
+            ],
+        )
+    )
     rows = list(csv.DictReader(open(tmp_path / "preds.csv")))
     assert len(rows) == 9 and set(rows[0]) == {"file", "predicted", "prob_rest", "prob_malignant"}
     assert all(abs(float(r["prob_rest"]) + float(r["prob_malignant"]) - 1) < 1e-4 for r in rows)
@@ -223,21 +294,84 @@ def test_busi_train_evaluate_predict(busi_subset, tmp_path):
 
 def test_pneumonia_npz_train_evaluate_predict(pneumonia_slice, tmp_path):
     run = tmp_path / "run"
-    _ok(runner.invoke(app, ["classify", "train", "--data", str(pneumonia_slice), "--val", f"{pneumonia_slice}:val",
-                            "--out", str(run), "--no-pqc", *FAST, "--class-weights"]))
+    _ok(
+        runner.invoke(
+            app,
+            [
+                "classify",
+                "train",
+                "--data",
+                str(pneumonia_slice),
+                "--val",
+                f"{pneumonia_slice}:val",
+                "--out",
+                str(run),
+                "--no-pqc",
+                *FAST,
+                "--class-weights",
+            ],
+        )
+    )
     s = json.loads((run / "summary.json").read_text())
     assert s["classes"] == ["0", "1"] and s["positive"] == "1" and "pqc_share" not in s["profile"]
-    out = _ok(runner.invoke(app, ["classify", "evaluate", "--model", str(run), "--data", str(pneumonia_slice), "--n-boot", "100"]))
+    out = _ok(
+        runner.invoke(
+            app, ["classify", "evaluate", "--model", str(run), "--data", str(pneumonia_slice), "--n-boot", "100"]
+        )
+    )
     assert ":val" in out  # no test split in the file: evaluation falls back to val and says so
-    _ok(runner.invoke(app, ["classify", "predict", "--model", str(run), "--input", f"{pneumonia_slice}:val", "--out", str(tmp_path / "p.csv")]))
+    _ok(
+        runner.invoke(
+            app,
+            [
+                "classify",
+                "predict",
+                "--model",
+                str(run),
+                "--input",
+                f"{pneumonia_slice}:val",
+                "--out",
+                str(tmp_path / "p.csv"),
+            ],
+        )
+    )
     assert len(list(csv.DictReader(open(tmp_path / "p.csv")))) == 12
 
 
 def test_compare_table(busi_subset, tmp_path):
-    out = _ok(runner.invoke(app, ["classify", "compare", "--data", str(busi_subset / "train"), "--val", str(busi_subset / "val"),
-                                  "--out", str(tmp_path / "cmp"), "--positive", "malignant", "--methods", "resnet18,mobilenet_v2+pqc",
-                                  "--weights", "none", "--image-size", "32", "--batch-size", "8", "--epochs", "1",
-                                  "--qubits", "2", "--layers", "1", "--minutes", "1"]))
+    out = _ok(
+        runner.invoke(
+            app,
+            [
+                "classify",
+                "compare",
+                "--data",
+                str(busi_subset / "train"),
+                "--val",
+                str(busi_subset / "val"),
+                "--out",
+                str(tmp_path / "cmp"),
+                "--positive",
+                "malignant",
+                "--methods",
+                "resnet18,mobilenet_v2+pqc",
+                "--weights",
+                "none",
+                "--image-size",
+                "32",
+                "--batch-size",
+                "8",
+                "--epochs",
+                "1",
+                "--qubits",
+                "2",
+                "--layers",
+                "1",
+                "--minutes",
+                "1",
+            ],
+        )
+    )
     assert "| resnet18 |" in out and "| mobilenet_v2+pqc |" in out
     assert (tmp_path / "cmp" / "compare.md").is_file()
 
@@ -269,18 +403,29 @@ def _tiny_folder(root: Path, classes=("a", "b"), n=3) -> Path:
 def test_empty_class_folder(tmp_path):
     data = _tiny_folder(tmp_path / "d")
     (data / "empty").mkdir()
-    last = _fails(["classify", "train", "--data", str(data), "--out", str(tmp_path / "r"), *FAST], "empty", tmp_path, tmp_path / "r")
+    last = _fails(
+        ["classify", "train", "--data", str(data), "--out", str(tmp_path / "r"), *FAST],
+        "empty",
+        tmp_path,
+        tmp_path / "r",
+    )
     assert "holds no images" in last
 
 
 def test_unknown_positive_class(tmp_path):
     data = _tiny_folder(tmp_path / "d")
-    last = _fails(["classify", "train", "--data", str(data), "--out", str(tmp_path / "r"), "--positive", "malignant", *FAST],
-                  "malignant", tmp_path, tmp_path / "r")
+    last = _fails(
+        ["classify", "train", "--data", str(data), "--out", str(tmp_path / "r"), "--positive", "malignant", *FAST],
+        "malignant",
+        tmp_path,
+        tmp_path / "r",
+    )
     assert "classes are: a, b" in last
 
 
-@pytest.mark.parametrize("case", ["missing", "no-subfolders", "one-class", "bad-npz-split", "val-extra-class", "bad-model"])
+@pytest.mark.parametrize(
+    "case", ["missing", "no-subfolders", "one-class", "bad-npz-split", "val-extra-class", "bad-model"]
+)
 def test_more_bad_input(case, tmp_path):
     data = _tiny_folder(tmp_path / "d")
     argv = ["classify", "train", "--data", str(data), "--out", str(tmp_path / "r"), *FAST]
@@ -295,7 +440,9 @@ def test_more_bad_input(case, tmp_path):
     elif case == "one-class":
         shutil.rmtree(data / "b")
     elif case == "bad-npz-split":
-        np.savez(tmp_path / "x.npz", train_images=np.zeros((4, 8, 8), np.uint8), train_labels=np.array([[0], [1], [0], [1]]))
+        np.savez(
+            tmp_path / "x.npz", train_images=np.zeros((4, 8, 8), np.uint8), train_labels=np.array([[0], [1], [0], [1]])
+        )
         argv[3] = f"{tmp_path / 'x.npz'}:val"
         named = "x.npz"
     elif case == "val-extra-class":
@@ -338,8 +485,24 @@ def test_cli_hub_failure_exits_2(tmp_path, monkeypatch):
     import torchvision
 
     real = torchvision.models.resnet18
-    monkeypatch.setattr(torchvision.models, "resnet18", lambda **kw: (_ for _ in ()).throw(URLError("offline")) if kw.get("weights") else real(**kw))
+    monkeypatch.setattr(
+        torchvision.models,
+        "resnet18",
+        lambda **kw: (_ for _ in ()).throw(URLError("offline")) if kw.get("weights") else real(**kw),
+    )
     data = _tiny_folder(tmp_path / "d")
-    argv = ["classify", "train", "--data", str(data), "--out", str(tmp_path / "r"), *FAST[:-6], "--model", "resnet18", "--weights", "imagenet"]
+    argv = [
+        "classify",
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "r"),
+        *FAST[:-6],
+        "--model",
+        "resnet18",
+        "--weights",
+        "imagenet",
+    ]
     last = _fails(argv, "resnet18", tmp_path, tmp_path / "r")
     assert "could not fetch ImageNet weights" in last

@@ -19,7 +19,18 @@ def run(*args):
 @pytest.fixture(scope="module")
 def tiny_run(fluo_subset, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "fluo"
-    res = run("train", "--preset", "tiny", "--data", fluo_subset["train"], "--val", fluo_subset["val"], "--out", out, "--quiet")
+    res = run(
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        fluo_subset["train"],
+        "--val",
+        fluo_subset["val"],
+        "--out",
+        out,
+        "--quiet",
+    )
     assert res.exit_code == 0, res.output
     return out
 
@@ -31,8 +42,16 @@ def test_inspect_real(shared_data):
 
 
 def test_train_writes_run(tiny_run):
-    for f in ("config.yaml", "metrics.csv", "train.log", "run.json", "fingerprint.json", "summary.json",
-              "checkpoints/last.pt", "checkpoints/best.pt"):
+    for f in (
+        "config.yaml",
+        "metrics.csv",
+        "train.log",
+        "run.json",
+        "fingerprint.json",
+        "summary.json",
+        "checkpoints/last.pt",
+        "checkpoints/best.pt",
+    ):
         assert (tiny_run / f).is_file(), f
     lines = (tiny_run / "metrics.csv").read_text().strip().splitlines()
     assert len(lines) == 3  # header + 2 epochs
@@ -92,7 +111,9 @@ def test_predict_progress_bar_over_images(tiny_run, fluo_subset, tmp_path, monke
     predict_folder(tiny_run, fluo_subset["val"] / "images", tmp_path / "q", quiet=True)
     assert bars[1]["disable"] is True
     assert json.loads((tmp_path / "q" / "predict.json").read_text())["tta"] == 1
-    res = run("predict", "--model", tiny_run, "--input", fluo_subset["val"] / "images", "--out", tmp_path / "r", "--quiet")
+    res = run(
+        "predict", "--model", tiny_run, "--input", fluo_subset["val"] / "images", "--out", tmp_path / "r", "--quiet"
+    )
     assert res.exit_code == 0, res.output
 
 
@@ -129,9 +150,21 @@ def test_train_refuses_existing_out(fluo_subset, tmp_path):
 
 
 def test_config_unknown_key_and_wrong_type(fluo_subset, tmp_path):
-    res = run("train", "--preset", "tiny", "--data", fluo_subset["train"], "--out", tmp_path / "r", "--set", "train.epoch=3")
+    res = run(
+        "train", "--preset", "tiny", "--data", fluo_subset["train"], "--out", tmp_path / "r", "--set", "train.epoch=3"
+    )
     assert res.exit_code == 2 and "train.epoch" in res.output and "unknown key" in res.output
-    res = run("train", "--preset", "tiny", "--data", fluo_subset["train"], "--out", tmp_path / "r", "--set", "train.epochs=lots")
+    res = run(
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        fluo_subset["train"],
+        "--out",
+        tmp_path / "r",
+        "--set",
+        "train.epochs=lots",
+    )
     assert res.exit_code == 2 and "train.epochs" in res.output
 
 
@@ -149,7 +182,9 @@ def test_demo_tiny(tmp_path):
     evaluation = json.loads((tmp_path / "demo" / "evaluation.json").read_text())
     assert evaluation["summary"]["predictions"]["tta"] == 7
     # The object rows score qmed's own label maps (predict --instances), and the demo says so under the table.
-    assert evaluation["summary"]["settings"]["pred_kind"] == "labels" and evaluation["summary"]["pred_kinds"] == {"labels": 3}
+    assert evaluation["summary"]["settings"]["pred_kind"] == "labels" and evaluation["summary"]["pred_kinds"] == {
+        "labels": 3
+    }
     assert "map_dsb" in evaluation["summary"] and evaluation["summary"]["predictions"]["instances"] is True
     assert "the label maps of qmed predict --instances" in flat
 
@@ -167,8 +202,21 @@ def test_train_minutes_fits_the_schedule_to_the_budget(fluo_subset, tmp_path):
     import yaml
 
     out = tmp_path / "r"
-    res = run("train", "--preset", "tiny", "--data", fluo_subset["train"], "--val", fluo_subset["val"], "--out", out,
-              "--quiet", "--no-report", "--minutes", "0.2")
+    res = run(
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        fluo_subset["train"],
+        "--val",
+        fluo_subset["val"],
+        "--out",
+        out,
+        "--quiet",
+        "--no-report",
+        "--minutes",
+        "0.2",
+    )
     assert res.exit_code == 0, res.output
     assert "calibrated" in res.output
     cfg = yaml.safe_load((out / "config.yaml").read_text())
@@ -186,7 +234,9 @@ def test_predict_rescale_records_scales(tiny_run, fluo_subset, tmp_path):
 
     state = torch.load(tiny_run / "checkpoints" / "best.pt", map_location="cpu", weights_only=False)
     assert state["config"]["predict"]["object_diameter"] > 1  # qmed train measured the training masks
-    res = run("predict", "--model", tiny_run, "--input", fluo_subset["val"] / "images", "--out", tmp_path / "p", "--rescale")
+    res = run(
+        "predict", "--model", tiny_run, "--input", fluo_subset["val"] / "images", "--out", tmp_path / "p", "--rescale"
+    )
     assert res.exit_code == 0, res.output
     scales = json.loads((tmp_path / "p" / "scales.json").read_text())
     assert sorted(scales["scales"]) == sorted(p.name for p in (fluo_subset["val"] / "images").iterdir())
@@ -194,20 +244,46 @@ def test_predict_rescale_records_scales(tiny_run, fluo_subset, tmp_path):
     # A checkpoint without the training diameter (an older run) gets a one-line error, not a guess.
     state["config"]["predict"]["object_diameter"] = None
     torch.save(state, tmp_path / "old.pt")
-    res = run("predict", "--model", tmp_path / "old.pt", "--input", fluo_subset["val"] / "images", "--out", tmp_path / "q", "--rescale")
+    res = run(
+        "predict",
+        "--model",
+        tmp_path / "old.pt",
+        "--input",
+        fluo_subset["val"] / "images",
+        "--out",
+        tmp_path / "q",
+        "--rescale",
+    )
     assert res.exit_code == 2 and "--object-diameter" in res.output
     assert not (tmp_path / "q").exists()
 
 
-@pytest.mark.skipif(not __import__("qmed.runtime").runtime.cpu_has_native_bf16(),
-                    reason="this CPU has no native bfloat16 (AVX512-BF16/AMX)")
+@pytest.mark.skipif(
+    not __import__("qmed.runtime").runtime.cpu_has_native_bf16(),
+    reason="this CPU has no native bfloat16 (AVX512-BF16/AMX)",
+)
 def test_train_cpu_bf16_budgeted(fluo_subset, tmp_path):
     """bfloat16 training steps, calibration and validation on the CPU; the checkpoint stays float32."""
     import torch
 
     out = tmp_path / "bf16"
-    res = run("train", "--preset", "tiny", "--data", fluo_subset["train"], "--val", fluo_subset["val"], "--out", out,
-              "--quiet", "--no-report", "--minutes", "0.2", "--set", "train.cpu_bf16=true")
+    res = run(
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        fluo_subset["train"],
+        "--val",
+        fluo_subset["val"],
+        "--out",
+        out,
+        "--quiet",
+        "--no-report",
+        "--minutes",
+        "0.2",
+        "--set",
+        "train.cpu_bf16=true",
+    )
     assert res.exit_code == 0, res.output
     rows = (out / "metrics.csv").read_text().strip().splitlines()
     row = dict(zip(rows[0].split(","), rows[-1].split(",")))
@@ -222,8 +298,21 @@ def test_train_hard_sampler_tracks_per_image_loss(fluo_subset, tmp_path):
     import torch
 
     out = tmp_path / "hard"
-    res = run("train", "--preset", "tiny", "--data", fluo_subset["train"], "--val", fluo_subset["val"], "--out", out,
-              "--quiet", "--no-report", "--set", "data.sampler=hard")
+    res = run(
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        fluo_subset["train"],
+        "--val",
+        fluo_subset["val"],
+        "--out",
+        out,
+        "--quiet",
+        "--no-report",
+        "--set",
+        "data.sampler=hard",
+    )
     assert res.exit_code == 0, res.output
     state = torch.load(out / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
     hard = state["run"]["hardness"]
@@ -236,7 +325,9 @@ def test_train_without_val_reports_on_the_split(fluo_subset, tmp_path):
     import json
 
     out = tmp_path / "noval"
-    res = run("train", "--preset", "tiny", "--data", fluo_subset["train"], "--out", out, "--quiet", "--set", "train.epochs=1")
+    res = run(
+        "train", "--preset", "tiny", "--data", fluo_subset["train"], "--out", out, "--quiet", "--set", "train.epochs=1"
+    )
     assert res.exit_code == 0, res.output
     split = json.loads((out / "run.json").read_text())["val_split"]
     assert len(split) == 1  # 20 % of 6 images, rounded
@@ -258,8 +349,20 @@ def test_train_on_every_image_without_validation(fluo_subset, tmp_path):
     import json
 
     out = tmp_path / "all"
-    res = run("train", "--preset", "tiny", "--data", fluo_subset["train"], "--out", out, "--quiet", "--minutes", "0.1",
-              "--set", "data.val_fraction=0")
+    res = run(
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        fluo_subset["train"],
+        "--out",
+        out,
+        "--quiet",
+        "--minutes",
+        "0.1",
+        "--set",
+        "data.val_fraction=0",
+    )
     assert res.exit_code == 0, res.output
     assert "no validation images" in " ".join(res.output.split()) and not (out / "report.md").exists()
     meta = json.loads((out / "run.json").read_text())
@@ -270,5 +373,15 @@ def test_train_on_every_image_without_validation(fluo_subset, tmp_path):
     res = run("report", out, "--data", fluo_subset["val"])
     assert res.exit_code == 0, res.output
     assert (out / "report.md").is_file()
-    res = run("train", "--preset", "tiny", "--data", fluo_subset["train"], "--out", tmp_path / "bad", "--set", "data.val_fraction=1")
+    res = run(
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        fluo_subset["train"],
+        "--out",
+        tmp_path / "bad",
+        "--set",
+        "data.val_fraction=1",
+    )
     assert res.exit_code == 2 and "val_fraction" in res.output

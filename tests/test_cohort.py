@@ -26,13 +26,26 @@ import tifffile
 import torch
 
 from qmed.errors import QmedInputError
+from qmed.segment.cohort import (
+    COHORT_CSV,
+    COHORT_JSON,
+    TABLE_FIELDS,
+    all_succeeded,
+    list_slides,
+    local_cluster,
+    predict_cohort,
+    restore_malloc_thresholds,
+    slide_folders,
+    slide_name,
+    table_row,
+)
 from qmed.segment.slide import plan_slide
-from qmed.segment.cohort import (COHORT_CSV, COHORT_JSON, TABLE_FIELDS, all_succeeded, list_slides, predict_cohort, slide_folders,
-                                 local_cluster, restore_malloc_thresholds, slide_name, table_row)
 
 distributed = pytest.importorskip("distributed")
 cloudpickle = pytest.importorskip("cloudpickle")
-cloudpickle.register_pickle_by_value(sys.modules[__name__])  # KillOnce reaches the workers by value: tests/ is no package there
+cloudpickle.register_pickle_by_value(
+    sys.modules[__name__]
+)  # KillOnce reaches the workers by value: tests/ is no package there
 
 BLOCK = 256
 SLIDES = ("a", "b", "blank")
@@ -53,7 +66,12 @@ def model(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     cfg = load_preset("tiny")
-    cfg.model.encoder, cfg.model.arch, cfg.model.input_mode, cfg.model.decoder_channels = "tu-mobilenetv3_small_050", "unet", "none", [16] * 5
+    cfg.model.encoder, cfg.model.arch, cfg.model.input_mode, cfg.model.decoder_channels = (
+        "tu-mobilenetv3_small_050",
+        "unet",
+        "none",
+        [16] * 5,
+    )
     cfg.model.instance_head = "none"
     cfg.predict.object_diameter = 20.0  # recorded, so planning needs no diameter pass
     state = build(cfg.model, pretrained=False).state_dict()
@@ -88,8 +106,7 @@ def reference(model, slides, tmp_path_factory) -> tuple[Path, list[dict]]:
 
 @pytest.fixture(scope="module")
 def client():
-    with local_cluster(2, dashboard_address=None) as cluster, \
-            distributed.Client(cluster) as c:
+    with local_cluster(2, dashboard_address=None) as cluster, distributed.Client(cluster) as c:
         yield c
 
 
@@ -101,7 +118,9 @@ def same_outputs(ref: Path, out: Path) -> None:
     for name in SLIDES:
         assert objects(out / name) == objects(ref / name), name
         for image in ("mask.ome.tif", "labels.ome.tif"):
-            np.testing.assert_array_equal(tifffile.imread(out / name / image, level=0), tifffile.imread(ref / name / image, level=0))
+            np.testing.assert_array_equal(
+                tifffile.imread(out / name / image, level=0), tifffile.imread(ref / name / image, level=0)
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -125,24 +144,41 @@ def test_list_slides_refuses_empty_inputs_in_one_line(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "image.png").write_bytes(b"x")
     (tmp_path / "blank.txt").write_text("# nothing\n\n")
-    for path, problem in [(tmp_path / "empty", "folder holds no slides"), (tmp_path / "blank.txt", "slide list names no slides"),
-                          (tmp_path / "nope", "no such slide")]:
+    for path, problem in [
+        (tmp_path / "empty", "folder holds no slides"),
+        (tmp_path / "blank.txt", "slide list names no slides"),
+        (tmp_path / "nope", "no such slide"),
+    ]:
         with pytest.raises(QmedInputError, match=problem) as info:
             list_slides(path)
         assert "\n" not in str(info.value)
 
 
 def test_slide_folders_names_and_clashes(tmp_path):
-    assert slide_name(Path("x/s1.ome.tif")) == "s1" and slide_name(Path("x/s1.OME.TIFF")) == "s1" and slide_name(Path("a.b.svs")) == "a.b"
+    assert (
+        slide_name(Path("x/s1.ome.tif")) == "s1"
+        and slide_name(Path("x/s1.OME.TIFF")) == "s1"
+        and slide_name(Path("a.b.svs")) == "a.b"
+    )
     assert slide_folders([Path("x/a.svs"), Path("y/b.ome.tif")], tmp_path) == [tmp_path / "a", tmp_path / "b"]
     with pytest.raises(QmedInputError, match="shares its output folder name 'a' with x/a.svs"):
         slide_folders([Path("x/a.svs"), Path("y/a.ndpi")], tmp_path)
 
 
 def test_table_row_from_predict_json_by_hand():
-    meta = {"counts": {"objects": 12, "blocks": 6, "blocks_run": 4}, "size": [1000, 800], "downsample": 2.0, "mpp": 0.5,
-            "tissue": {"used": True, "tissue_fraction": 0.25},
-            "seconds": {"plan": 1.0, "blocks": {"read": 0.5, "predict": 3.0, "objects": 0.25, "write": 0.25}, "pyramids": 2.0, "tables": 1.0}}
+    meta = {
+        "counts": {"objects": 12, "blocks": 6, "blocks_run": 4},
+        "size": [1000, 800],
+        "downsample": 2.0,
+        "mpp": 0.5,
+        "tissue": {"used": True, "tissue_fraction": 0.25},
+        "seconds": {
+            "plan": 1.0,
+            "blocks": {"read": 0.5, "predict": 3.0, "objects": 0.25, "write": 0.25},
+            "pyramids": 2.0,
+            "tables": 1.0,
+        },
+    }
     row = table_row("s.svs", "o/s", "done", meta, wall=9.876)
     # tissue: 0.25 of 1000 x 800 working px, each 2 x 2 level-0 px -> 800,000 px of 0.25 um -> 0.05 mm²
     assert row["tissue_px"] == 800_000 and row["tissue_mm2"] == pytest.approx(0.05)
@@ -163,10 +199,16 @@ def test_in_process_cohort_writes_one_folder_per_slide_and_the_table(reference):
     assert [r["status"] for r in rows] == ["done"] * 3 and all_succeeded(rows)
     by = {Path(r["slide"]).name: r for r in rows}
     assert by["a.ome.tif"]["objects"] > 20 and by["b.ome.tif"]["objects"] > 20
-    assert by["a.ome.tif"]["blocks_run"] == 4 and by["blank.ome.tif"]["blocks_run"] == 0 and by["blank.ome.tif"]["objects"] == 0
+    assert (
+        by["a.ome.tif"]["blocks_run"] == 4
+        and by["blank.ome.tif"]["blocks_run"] == 0
+        and by["blank.ome.tif"]["objects"] == 0
+    )
     for name in SLIDES:
         assert json.loads((out / name / "predict.json").read_text())["complete"] is True
-        assert len(objects(out / name).splitlines()) == by[f"{name}.ome.tif"]["objects"] + 1  # header + one line per object
+        assert (
+            len(objects(out / name).splitlines()) == by[f"{name}.ome.tif"]["objects"] + 1
+        )  # header + one line per object
     with open(out / COHORT_CSV, newline="") as fh:
         table = list(csv.DictReader(fh))
     assert tuple(table[0]) == TABLE_FIELDS and [t["status"] for t in table] == ["done"] * 3
@@ -240,7 +282,9 @@ def test_a_broken_slide_is_reported_and_the_others_finish(model, slides, client,
         assert [t["status"] for t in csv.DictReader(fh)] == ["done", "failed", "failed", "failed", "failed"]
     doc = json.loads((tmp_path / "out" / COHORT_JSON).read_text())
     assert doc["done"] == 1 and doc["failed"] == 4
-    assert "traceback" in doc["rows"][4] and "traceback" not in doc["rows"][1]  # a bug's traceback is kept; bad input needs none
+    assert (
+        "traceback" in doc["rows"][4] and "traceback" not in doc["rows"][1]
+    )  # a bug's traceback is kept; bad input needs none
 
 
 def test_a_rerun_skips_finished_slides(model, slides, reference, client):
@@ -249,7 +293,9 @@ def test_a_rerun_skips_finished_slides(model, slides, reference, client):
     rows = predict_cohort(model, slides, out, client=client, block=BLOCK, progress=False)
     assert [(r["status"], r["reason"]) for r in rows] == [("skipped", "finished earlier")] * 3
     assert [r["objects"] for r in rows] == [r["objects"] for r in reference[1]] and all_succeeded(rows)
-    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.parent != out} == stamps  # nothing rewritten
+    assert {
+        p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.parent != out
+    } == stamps  # nothing rewritten
     # one slide, in process: skipped too; another block size is another job, refused without --force
     rows = predict_cohort(model, slides / "a.ome.tif", out / "a", workers=1, block=BLOCK, progress=False)
     assert rows[0]["status"] == "skipped"
@@ -260,16 +306,22 @@ def test_a_rerun_skips_finished_slides(model, slides, reference, client):
 def test_one_slide_writes_into_out_itself_on_a_cluster_or_here(model, slides, reference, client, tmp_path, monkeypatch):
     rows = predict_cohort(model, slides / "a.ome.tif", tmp_path / "one", client=client, block=BLOCK, progress=False)
     assert rows[0]["status"] == "done" and objects(tmp_path / "one") == objects(reference[0] / "a")
-    assert not (tmp_path / COHORT_CSV).exists() and not (tmp_path / "one" / COHORT_CSV).exists()  # no table for one slide
+    assert (
+        not (tmp_path / COHORT_CSV).exists() and not (tmp_path / "one" / COHORT_CSV).exists()
+    )  # no table for one slide
     meta = json.loads((tmp_path / "one" / "predict.json").read_text())
     assert meta["seconds"]["blocks_this_run"] == 4 and meta["seconds"]["wall_this_run"] > 0
     # without --workers, a slide of less than LOCAL_CLUSTER_MIN_PX of pending cores runs here: no cluster is started
     import qmed.segment.cohort as cohort
 
-    monkeypatch.setattr(cohort, "local_cluster", lambda *a, **k: pytest.fail("a local cluster was started for 4 small blocks"))
+    monkeypatch.setattr(
+        cohort, "local_cluster", lambda *a, **k: pytest.fail("a local cluster was started for 4 small blocks")
+    )
     monkeypatch.setattr(cohort, "default_workers", lambda: 2)
     rows = predict_cohort(model, slides / "b.ome.tif", tmp_path / "here", block=BLOCK, progress=False)
-    assert rows[0]["status"] == "done" and objects(tmp_path / "here") == objects(reference[0] / "b")  # one torch thread here too
+    assert rows[0]["status"] == "done" and objects(tmp_path / "here") == objects(
+        reference[0] / "b"
+    )  # one torch thread here too
 
 
 def test_worker_index_from_worker_names():
@@ -283,9 +335,32 @@ def test_work_px_counts_core_pixels_by_hand():
     from qmed.segment.cohort import work_px
     from qmed.segment.slide import SlideJob
 
-    job = SlideJob(model_path="m", backend="torch", device=None, slide_path="s", out="o", key="k", level=0, downsample=1.0, mpp=None,
-                   width=600, height=300, block=256, halo=32, chunk=256, scale=1.0, tta=1, threshold=0.5, tile=128, overlap=0.25,
-                   batch_size=2, instances=True, probability=False, gzip=False, blocks=tuple(range(6)))
+    job = SlideJob(
+        model_path="m",
+        backend="torch",
+        device=None,
+        slide_path="s",
+        out="o",
+        key="k",
+        level=0,
+        downsample=1.0,
+        mpp=None,
+        width=600,
+        height=300,
+        block=256,
+        halo=32,
+        chunk=256,
+        scale=1.0,
+        tta=1,
+        threshold=0.5,
+        tile=128,
+        overlap=0.25,
+        batch_size=2,
+        instances=True,
+        probability=False,
+        gzip=False,
+        blocks=tuple(range(6)),
+    )
     # a 3 x 2 grid of 256 px cores: 256 + 256 + 88 wide, 256 + 44 high
     assert work_px(job, [0]) == 256 * 256 and work_px(job, [2]) == 88 * 256 and work_px(job, [5]) == 88 * 44
     assert work_px(job, range(6)) == 600 * 300 and work_px(job, []) == 0
@@ -319,18 +394,46 @@ def test_cli_cohort_exit_codes_and_table(model, slides, reference, tmp_path):
     lst = tmp_path / "list.txt"
     lst.write_text(f"{slides / 'a.ome.tif'}\nmissing.svs\n")
     out = tmp_path / "out"
-    args = ["predict", "--model", str(model), "--input", str(lst), "--out", str(out), "--block", str(BLOCK), "--workers", "1", "--quiet"]
+    args = [
+        "predict",
+        "--model",
+        str(model),
+        "--input",
+        str(lst),
+        "--out",
+        str(out),
+        "--block",
+        str(BLOCK),
+        "--workers",
+        "1",
+        "--quiet",
+    ]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 1, res.output
-    assert "2 slides: 1 done, 0 finished earlier (skipped), 1 failed" in res.output and "missing.svs: slide file does not exist" in res.output
+    assert (
+        "2 slides: 1 done, 0 finished earlier (skipped), 1 failed" in res.output
+        and "missing.svs: slide file does not exist" in res.output
+    )
     assert [r["status"] for r in json.loads((out / COHORT_JSON).read_text())["rows"]] == ["done", "failed"]
     assert (out / "a" / "predict.json").is_file() and (out / COHORT_CSV).is_file()
     lst.write_text(f"{slides / 'a.ome.tif'}\n")
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0 and "1 slide: 0 done, 1 finished earlier (skipped), 0 failed" in res.output, res.output
     (tmp_path / "images").mkdir()
-    res = CliRunner().invoke(app, ["predict", "--model", str(model), "--input", str(tmp_path / "images"), "--out", str(tmp_path / "p"),
-                                   "--workers", "2"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            "--model",
+            str(model),
+            "--input",
+            str(tmp_path / "images"),
+            "--out",
+            str(tmp_path / "p"),
+            "--workers",
+            "2",
+        ],
+    )
     assert res.exit_code == 2 and "--scheduler and --workers are for slides" in res.output
     res = CliRunner().invoke(app, [*args[:-3], "--workers", "0"])
     assert res.exit_code == 2 and "--workers" in res.output

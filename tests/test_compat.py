@@ -35,24 +35,40 @@ def test_a_release_checkpoint_loads(tmp_path):
 
     cfg = resolve_config("tiny")
     weights = {k: torch.zeros(s) for k, s in MANIFEST["model"].items()}
-    state = {"config": cfg.model_dump(), "model": weights, "ema_model": None, "optimizer": {}, "scheduler": {},
-             "scaler": {}, "run": {"epoch": 1}}
+    state = {
+        "config": cfg.model_dump(),
+        "model": weights,
+        "ema_model": None,
+        "optimizer": {},
+        "scheduler": {},
+        "scaler": {},
+        "run": {"epoch": 1},
+    }
     assert sorted([*state, "format"]) == MANIFEST["checkpoint_keys"]
     save(tmp_path / "checkpoints" / "best.pt", state)
     model, loaded_cfg, path = load_model(tmp_path)
     assert path.name == "best.pt" and loaded_cfg.model == cfg.model
-    assert all(float(v.abs().sum()) == 0 for k, v in model.state_dict().items() if k in weights and v.is_floating_point())
+    assert all(
+        float(v.abs().sum()) == 0 for k, v in model.state_dict().items() if k in weights and v.is_floating_point()
+    )
 
 
 def test_a_run_directory_has_the_release_layout(fluo_subset, tmp_path):
     from qmed.segment.train import train
 
-    run = train(resolve_config("tiny", overrides={"train": {"epochs": 1}}), fluo_subset["train"], fluo_subset["val"],
-                tmp_path / "run", quiet=True)
+    run = train(
+        resolve_config("tiny", overrides={"train": {"epochs": 1}}),
+        fluo_subset["train"],
+        fluo_subset["val"],
+        tmp_path / "run",
+        quiet=True,
+    )
     files = sorted(str(f.relative_to(run)) for f in run.rglob("*") if f.is_file())
     # Every file of the release's layout, plus the files added since (each named here on purpose).
-    added_since = {"val_per_image.csv",  # 2026-12-01: per-image validation Dice per epoch
-                   ".qmed-output.json"}  # 2026-12-05: the marker that lets --force replace only qmed's own outputs
+    added_since = {
+        "val_per_image.csv",  # 2026-12-01: per-image validation Dice per epoch
+        ".qmed-output.json",
+    }  # 2026-12-05: the marker that lets --force replace only qmed's own outputs
     assert sorted(set(files) - added_since) == MANIFEST["run_files"]
     state = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
     assert sorted(state) == MANIFEST["checkpoint_keys"]

@@ -2,7 +2,14 @@
 
 import pytest
 
-from qmed.config import ClassifyConfig, DDPMConfig, PQCConfig, SimCLRConfig, available_classify_presets, resolve_classify_config
+from qmed.config import (
+    ClassifyConfig,
+    DDPMConfig,
+    PQCConfig,
+    SimCLRConfig,
+    available_classify_presets,
+    resolve_classify_config,
+)
 from qmed.errors import QmedInputError
 
 

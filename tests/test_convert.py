@@ -48,8 +48,23 @@ def _pairs(folder):
 
 def test_round_trip_identical(gray_dataset, tmp_path):
     raw = tmp_path / "raw"
-    res = run("convert", "--to", "nnunet", "--data", gray_dataset / "train", "--val", gray_dataset / "val", "--out", raw,
-              "--dataset-id", 501, "--name", "Fluo", "--label-name", "nucleus")
+    res = run(
+        "convert",
+        "--to",
+        "nnunet",
+        "--data",
+        gray_dataset / "train",
+        "--val",
+        gray_dataset / "val",
+        "--out",
+        raw,
+        "--dataset-id",
+        501,
+        "--name",
+        "Fluo",
+        "--label-name",
+        "nucleus",
+    )
     assert res.exit_code == 0, res.output
     ds = raw / "Dataset501_Fluo"
     meta = json.loads((ds / "dataset.json").read_text())
@@ -110,8 +125,16 @@ def test_channel_files_and_multiclass_from_nnunet(tmp_path):
     lab = np.zeros((16, 16), np.uint8)
     lab[1:4, 1:4], lab[8:12, 8:12] = 1, 2
     _write(ds / "labelsTr" / "case.png", lab)
-    (ds / "dataset.json").write_text(json.dumps({"channel_names": {"0": "R", "1": "G", "2": "B"},
-                                                 "labels": {"background": 0, "a": 1, "b": 2}, "numTraining": 1, "file_ending": ".png"}))
+    (ds / "dataset.json").write_text(
+        json.dumps(
+            {
+                "channel_names": {"0": "R", "1": "G", "2": "B"},
+                "labels": {"background": 0, "a": 1, "b": 2},
+                "numTraining": 1,
+                "file_ending": ".png",
+            }
+        )
+    )
     from_nnunet(ds, tmp_path / "out")
     img = np.array(Image.open(tmp_path / "out" / "images" / "case.png"))
     assert np.array_equal(img, np.stack(chans, -1))
@@ -136,8 +159,16 @@ def test_refusals(gray_dataset, tmp_path):
     assert res.exit_code == 2 and "unknown format" in res.output
     nii = tmp_path / "Dataset900_Nii"
     nii.mkdir()
-    (nii / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": {"background": 0, "x": 1},
-                                                  "numTraining": 0, "file_ending": ".nii.gz"}))
+    (nii / "dataset.json").write_text(
+        json.dumps(
+            {
+                "channel_names": {"0": "CT"},
+                "labels": {"background": 0, "x": 1},
+                "numTraining": 0,
+                "file_ending": ".nii.gz",
+            }
+        )
+    )
     res = run("convert", "--from", "nnunet", "--data", nii, "--out", tmp_path / "o2")
     assert res.exit_code == 2 and "2-D image files only" in res.output
     assert not (tmp_path / "o2").exists()
@@ -153,5 +184,7 @@ def test_round_trip_real_images(fluo_subset, tmp_path):
         names = sorted(p.stem for p in (src / "images").iterdir())
         assert names == sorted(p.stem for p in (dst / "images").iterdir())
         for n in names:
-            assert np.array_equal(np.array(Image.open(src / "images" / f"{n}.png")), np.array(Image.open(dst / "images" / f"{n}.png")))
+            assert np.array_equal(
+                np.array(Image.open(src / "images" / f"{n}.png")), np.array(Image.open(dst / "images" / f"{n}.png"))
+            )
             assert np.array_equal(read_mask(src / "masks" / f"{n}.png")[0], read_mask(dst / "masks" / f"{n}.png")[0])

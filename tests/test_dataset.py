@@ -154,7 +154,10 @@ def test_find_pairs_from_csv(tmp_path):
     csv = tmp_path / "lists" / "pairs.csv"
     csv.parent.mkdir()
     # Paths relative to the CSV's folder; a BOM and stray spaces as spreadsheets write them.
-    csv.write_text("\ufeffimage, mask\n../raw/two.png,../ann/two_seg.png\n../raw/one.png , ../ann/one_seg.png\n\n", encoding="utf-8")
+    csv.write_text(
+        "\ufeffimage, mask\n../raw/two.png,../ann/two_seg.png\n../raw/one.png , ../ann/one_seg.png\n\n",
+        encoding="utf-8",
+    )
     pairs = find_pairs(csv)
     assert [p.name for p in pairs] == ["one", "two"]
     assert pairs[0].image == (tmp_path / "raw" / "one.png").resolve()
@@ -301,7 +304,9 @@ def test_fingerprint_empty_list():
         fingerprint([])
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "dsb2018-fluo" / "train").is_dir(), reason=f"real data not found at {SHARED_DATA}")
+@pytest.mark.skipif(
+    not (SHARED_DATA / "dsb2018-fluo" / "train").is_dir(), reason=f"real data not found at {SHARED_DATA}"
+)
 def test_fingerprint_dsb2018_fluo_train():
     t0 = time.perf_counter()
     pairs = find_pairs(SHARED_DATA / "dsb2018-fluo" / "train")

@@ -13,7 +13,14 @@ from typer.testing import CliRunner
 from qmed.config import resolve_config
 from qmed.errors import QmedInputError
 from qmed.models.segmenter import build, nested_nodes
-from qmed.segment.losses import DeepSupervisionLoss, DiceBCELoss, DiceLoss, StabilizedLoss, loss_from_config, main_logits
+from qmed.segment.losses import (
+    DeepSupervisionLoss,
+    DiceBCELoss,
+    DiceLoss,
+    StabilizedLoss,
+    loss_from_config,
+    main_logits,
+)
 
 AUX_KEYS = {f"aux_heads.{i}.{p}" for i in range(3) for p in ("weight", "bias")}
 
@@ -44,9 +51,15 @@ def test_supervised_nodes_are_the_papers_top_level_nested_nodes():
     model.eval()
     with torch.no_grad():
         model(torch.rand(1, 3, 64, 64))
-    assert {shapes[n] for n in model.aux_nodes} == {(32, 32)} and shapes["x_0_3"] == (32, 32) and shapes["x_0_4"] == (64, 64)
+    assert (
+        {shapes[n] for n in model.aux_nodes} == {(32, 32)}
+        and shapes["x_0_3"] == (32, 32)
+        and shapes["x_0_4"] == (64, 64)
+    )
     assert shapes["x_0_1"] == (8, 8) and shapes["x_0_2"] == (16, 16)  # smp's x_0_j: the main path's lower levels
-    assert [h.in_channels for h in model.aux_heads] == [model.net.decoder.blocks[n].out_channels for n in model.aux_nodes]
+    assert [h.in_channels for h in model.aux_heads] == [
+        model.net.decoder.blocks[n].out_channels for n in model.aux_nodes
+    ]
     assert all(h.kernel_size == (1, 1) and h.out_channels == 1 for h in model.aux_heads)
 
 
@@ -100,7 +113,9 @@ def test_weighted_loss_by_hand():
     expected = (2 / 7 + 0.5 * 0 + 0.25 * 4 / 5 + 0.125 * 2 / 7) / 1.875
     got = loss((zero, up, down, zero), t)
     assert float(got) == pytest.approx(expected, rel=1e-6)
-    assert loss.last["loss"] == pytest.approx(expected, rel=1e-6) and loss.last["loss_main"] == pytest.approx(2 / 7, rel=1e-6)
+    assert loss.last["loss"] == pytest.approx(expected, rel=1e-6) and loss.last["loss_main"] == pytest.approx(
+        2 / 7, rel=1e-6
+    )
     # A single tensor (eval-style output) is the wrapped loss alone.
     assert float(loss(zero, t)) == pytest.approx(2 / 7, rel=1e-6)
     with pytest.raises(ValueError, match="3 deep-supervision weights"):
@@ -127,7 +142,9 @@ def test_hybrid_loss_through_the_config():
     t[..., 2:6, 2:6] = 1
     outs = tuple(torch.randn(1, 1, 8, 8) for _ in range(4))
     per = [float(loss.base(o, t)) for o in outs]
-    assert float(loss(outs, t)) == pytest.approx((per[0] + 0.5 * per[1] + 0.25 * per[2] + 0.125 * per[3]) / 1.875, rel=1e-5)
+    assert float(loss(outs, t)) == pytest.approx(
+        (per[0] + 0.5 * per[1] + 0.25 * per[2] + 0.125 * per[3]) / 1.875, rel=1e-5
+    )
 
 
 def test_config_refuses_other_archs_and_bad_weights():
@@ -151,8 +168,28 @@ def test_tiny_train_with_deep_supervision_loads_and_predicts(fluo_subset, tmp_pa
 
     runner = CliRunner()
     out = tmp_path / "run"
-    res = runner.invoke(app, [str(a) for a in ("train", "--preset", "tiny", "--data", fluo_subset["train"], "--val", fluo_subset["val"],
-                                                "--out", out, "--quiet", "--set", "model.deep_supervision=true", "--epochs", 1)])
+    res = runner.invoke(
+        app,
+        [
+            str(a)
+            for a in (
+                "train",
+                "--preset",
+                "tiny",
+                "--data",
+                fluo_subset["train"],
+                "--val",
+                fluo_subset["val"],
+                "--out",
+                out,
+                "--quiet",
+                "--set",
+                "model.deep_supervision=true",
+                "--epochs",
+                1,
+            )
+        ],
+    )
     assert res.exit_code == 0, res.output
     state = torch.load(out / "checkpoints" / "best.pt", map_location="cpu", weights_only=False)
     assert state["config"]["model"]["deep_supervision"] is True and AUX_KEYS <= set(state["model"])
@@ -162,7 +199,12 @@ def test_tiny_train_with_deep_supervision_loads_and_predicts(fluo_subset, tmp_pa
     assert cfg.model.deep_supervision and not model.training
     with torch.no_grad():
         assert model(torch.rand(1, 3, 64, 64)).shape == (1, 1, 64, 64)
-        assert forward_views(model, torch.rand(1, 3, 64, 64), tta=7, amp=False).shape == (1, 1, 64, 64)  # TTA: main only
+        assert forward_views(model, torch.rand(1, 3, 64, 64), tta=7, amp=False).shape == (
+            1,
+            1,
+            64,
+            64,
+        )  # TTA: main only
     one = tmp_path / "one"  # one image keeps it quick
     one.mkdir()
     first = min((fluo_subset["val"] / "images").iterdir())

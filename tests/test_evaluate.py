@@ -184,9 +184,16 @@ def test_summary_table_labels(dataset, tmp_path):
     console = Console(record=True, width=200)
     console.print(summary_table(s))
     out = console.export_text()
-    for label in ("Dice, per image, empty=1 (paper)", "Dice, per image, foreground images (nnU-Net/MONAI)",
-                  "Dice, pooled over pixels", "FP rate on empty images", "HD95 (px)", "Boundary F1 @3px",
-                  "Small-object recall (<50 px)", "AJI"):
+    for label in (
+        "Dice, per image, empty=1 (paper)",
+        "Dice, per image, foreground images (nnU-Net/MONAI)",
+        "Dice, pooled over pixels",
+        "FP rate on empty images",
+        "HD95 (px)",
+        "Boundary F1 @3px",
+        "Small-object recall (<50 px)",
+        "AJI",
+    ):
         assert label in out
 
 
@@ -240,7 +247,9 @@ def test_predict_json_is_read_not_scored(dataset, tmp_path, caplog):
         s, rows = evaluate_folders(pred, root, n_boot=50)
     assert "ignoring" not in caplog.text and len(rows) == len(masks)
     assert s["predictions"]["tta"] == 7
-    assert s["predictions"]["description"] == "TTA 7 views, threshold 0.5, tile 1024 px, from /x/RUN/checkpoints/best.pt"
+    assert (
+        s["predictions"]["description"] == "TTA 7 views, threshold 0.5, tile 1024 px, from /x/RUN/checkpoints/best.pt"
+    )
     assert "predictions: TTA 7 views, threshold 0.5, tile 1024 px, from /x/RUN/checkpoints/best.pt" in _caption(s)
     j, _ = write_outputs(s, rows, tmp_path / "out" / "eval.json")
     assert json.loads(j.read_text())["summary"]["predictions"]["checkpoint"] == meta["checkpoint"]
@@ -268,8 +277,12 @@ def label_maps(masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
     a = masks["a"].astype(np.uint16)
     a[2:8, 5:8] *= 2
-    return {"a": a, "b": label_components(masks["b"]).astype(np.uint16), "c": masks["c"].astype(np.uint16),
-            "empty": np.zeros((16, 16), np.uint16)}
+    return {
+        "a": a,
+        "b": label_components(masks["b"]).astype(np.uint16),
+        "c": masks["c"].astype(np.uint16),
+        "empty": np.zeros((16, 16), np.uint16),
+    }
 
 
 def test_label_map_round_trip_hand_made(dataset, tmp_path):
@@ -284,7 +297,11 @@ def test_label_map_round_trip_hand_made(dataset, tmp_path):
     assert by["a"]["pred_kind"] == "labels" and by["c"]["pred_kind"] == "mask"
     # a: each half has IoU 18/36 = 0.5 with the square: one match at t = 0.5 only, 1/(1+1+0) -> mAP 0.05;
     #    PQ 0.5 / (1 + 1/2) = 1/3; one object too many. b, c: exact. empty vs empty: 1 by convention.
-    assert by["a"]["map_dsb"] == pytest.approx(0.05) and by["a"]["pq"] == pytest.approx(1 / 3) and by["a"]["count_error"] == 1
+    assert (
+        by["a"]["map_dsb"] == pytest.approx(0.05)
+        and by["a"]["pq"] == pytest.approx(1 / 3)
+        and by["a"]["count_error"] == 1
+    )
     assert by["a"]["dice"] == 1.0  # the pixel figures see labels > 0: the same square
     assert by["b"]["map_dsb"] == 1.0 and by["empty"]["map_dsb"] == 1.0 and by["empty"]["pq"] == 1.0
     assert s["map_dsb"]["mean"] == pytest.approx((0.05 + 3) / 4)
@@ -296,7 +313,9 @@ def test_label_map_round_trip_hand_made(dataset, tmp_path):
     assert doc["summary"]["map_dsb"]["mean"] == pytest.approx(0.7625) and "map_dsb" in doc["conventions"]
     with c.open() as fh:
         csv_rows = list(csv.DictReader(fh))
-    assert {"pred_kind", "map_dsb", "ap50", "ap75", "pq", "dq", "sq", "n_pred", "n_truth", "count_error"} <= set(csv_rows[0])
+    assert {"pred_kind", "map_dsb", "ap50", "ap75", "pq", "dq", "sq", "n_pred", "n_truth", "count_error"} <= set(
+        csv_rows[0]
+    )
     assert csv_rows[0]["name"] == "a" and float(csv_rows[0]["map_dsb"]) == pytest.approx(0.05)
     text = _caption(s)
     assert "Mean AP, IoU 0.5:0.95 (DSB2018)" in text and "PQ = DQ x SQ" in text
@@ -343,7 +362,12 @@ def test_real_label_maps_round_trip(fluo_subset, tmp_path):
     s, rows = evaluate_folders(tmp_path / "labels", val, n_boot=20)
     n = len(rows)
     assert s["pred_kinds"] == {"labels": n}
-    assert s["map_dsb"]["mean"] == 1.0 and s["pq"]["mean"] == 1.0 and s["aji"]["mean"] == 1.0 and s["count_abs_error"]["mean"] == 0.0
+    assert (
+        s["map_dsb"]["mean"] == 1.0
+        and s["pq"]["mean"] == 1.0
+        and s["aji"]["mean"] == 1.0
+        and s["count_abs_error"]["mean"] == 0.0
+    )
     cc, _ = evaluate_folders(tmp_path / "fg", val, n_boot=20, instances=True)
     assert cc["pred_kinds"] == {"mask": n} and cc["dice_pooled"] == 1.0
     assert cc["map_dsb"]["mean"] <= 1.0 and cc["count_error"]["mean"] <= 0.0  # merging never adds objects
@@ -361,12 +385,18 @@ def test_prediction_kind_detection(tmp_path):
     sharp = np.clip(12.5 - r, 0, 1)  # one disc, a one-pixel ramp: the most label-like probability map
     labels = split_instances(discs)
     cases = [
-        (discs, "mask"), (discs.astype(np.uint8) * 255, "mask"), (discs.astype(np.uint16) * 65535, "mask"),
-        (discs.astype(np.float32), "mask"), (np.zeros((8, 8), np.uint16), "mask"),
-        (np.rint(sharp * 255).astype(np.uint8), "probability"), (np.rint(sharp * 65535).astype(np.uint16), "probability"),
+        (discs, "mask"),
+        (discs.astype(np.uint8) * 255, "mask"),
+        (discs.astype(np.uint16) * 65535, "mask"),
+        (discs.astype(np.float32), "mask"),
+        (np.zeros((8, 8), np.uint16), "mask"),
+        (np.rint(sharp * 255).astype(np.uint8), "probability"),
+        (np.rint(sharp * 65535).astype(np.uint16), "probability"),
         (np.where(discs, 40000, 20000).astype(np.uint16), "probability"),  # two levels, no background
         (np.where(discs, 20000, 0).astype(np.uint16), "probability"),  # one level that is not full scale: 0.31
-        (labels.astype(np.uint16), "labels"), (labels.astype(np.int32), "labels"), (labels.astype(np.float32), "labels"),
+        (labels.astype(np.uint16), "labels"),
+        (labels.astype(np.int32), "labels"),
+        (labels.astype(np.float32), "labels"),
         (np.where(discs, np.where(xx < 42, 3, 9), 0).astype(np.uint8), "labels"),  # any two label values
     ]
     for arr, kind in cases:
@@ -389,7 +419,9 @@ def test_instances_folder_object_tables_are_not_predictions(dataset, tmp_path, c
     for name, lab in label_maps(masks).items():
         save_png(pred / f"{name}.png", lab)
         (pred / f"{name}.csv").write_text("id,area\n")
-    (pred / "predict.json").write_text(json.dumps({"checkpoint": "/x/best.pt", "tta": 1, "threshold": 0.5, "kind": "labels"}))
+    (pred / "predict.json").write_text(
+        json.dumps({"checkpoint": "/x/best.pt", "tta": 1, "threshold": 0.5, "kind": "labels"})
+    )
     (pred / "notes.csv").write_text("x\n")  # a CSV without an image of its name is still worth a word
     with caplog.at_level(logging.WARNING, logger="qmed"):
         s, rows = evaluate_folders(pred, root, n_boot=10)

@@ -56,7 +56,14 @@ def test_conv_edge_matches_fft(fluo_subset):
     torch.manual_seed(0)
     batch = [torch.rand(2, 3, 64, 48), torch.cat([torch.zeros(1, 3, 32, 32), torch.full((1, 3, 32, 32), 0.7)]), discs()]
     _, imgs = real_images(fluo_subset)
-    batch.append(torch.stack([torch.from_numpy(np.repeat(normalize_intensity(i, "percentile"), 3, 2).transpose(2, 0, 1).copy()) for i in imgs]))
+    batch.append(
+        torch.stack(
+            [
+                torch.from_numpy(np.repeat(normalize_intensity(i, "percentile"), 3, 2).transpose(2, 0, 1).copy())
+                for i in imgs
+            ]
+        )
+    )
     for x in batch:
         a, b = fft(x), conv(x)
         assert a.shape == b.shape
@@ -79,7 +86,11 @@ def test_percentile_scaling_matches_numpy(fluo_subset):
     scale = PercentileScaling((1.0, 99.8))
     for img in [*imgs, rgb, flat]:  # gray (1 channel in the file, 3 equal ones in the graph), RGB, flat
         ref = model_input(img, _cfg_percentile())
-        got = scale(torch.from_numpy(np.repeat(img, 3 // img.shape[2], 2).transpose(2, 0, 1).copy())[None])[0].numpy().transpose(1, 2, 0)
+        got = (
+            scale(torch.from_numpy(np.repeat(img, 3 // img.shape[2], 2).transpose(2, 0, 1).copy())[None])[0]
+            .numpy()
+            .transpose(1, 2, 0)
+        )
         assert np.abs(got - ref).max() < 1e-5
 
 
@@ -186,15 +197,31 @@ def test_export_and_backend_errors_are_one_line(tmp_path, tiny_ckpt, exported, f
     torch.save({"weights": torch.zeros(3)}, foreign)
     one_line_error(run("export", "--model", foreign, "--out", tmp_path / "m.onnx"), "not a qmed checkpoint")
     img = fluo_subset["val"] / "images"
-    one_line_error(run("predict", "--backend", "onnxruntime", "--model", tiny_ckpt, "--input", img, "--out", tmp_path / "p"), "qmed export")
-    one_line_error(run("predict", "--backend", "torch", "--model", exported, "--input", img, "--out", tmp_path / "p"), "onnxruntime")
-    one_line_error(run("predict", "--backend", "tf", "--model", tiny_ckpt, "--input", img, "--out", tmp_path / "p"), "unknown --backend")
+    one_line_error(
+        run("predict", "--backend", "onnxruntime", "--model", tiny_ckpt, "--input", img, "--out", tmp_path / "p"),
+        "qmed export",
+    )
+    one_line_error(
+        run("predict", "--backend", "torch", "--model", exported, "--input", img, "--out", tmp_path / "p"),
+        "onnxruntime",
+    )
+    one_line_error(
+        run("predict", "--backend", "tf", "--model", tiny_ckpt, "--input", img, "--out", tmp_path / "p"),
+        "unknown --backend",
+    )
     other = tmp_path / "other.onnx"  # an ONNX file qmed did not write
     node = helper.make_node("Identity", ["x"], ["y"])
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
     onnx.save(helper.make_model(graph), str(other))
-    one_line_error(run("predict", "--model", other, "--input", img, "--out", tmp_path / "p"), "not an ONNX model written by qmed export")
+    one_line_error(
+        run("predict", "--model", other, "--input", img, "--out", tmp_path / "p"),
+        "not an ONNX model written by qmed export",
+    )
     monkeypatch.setitem(sys.modules, "onnx", None)  # as when the extra is not installed
     one_line_error(run("export", "--model", tiny_ckpt, "--out", tmp_path / "m.onnx"), "pip install 'qmed[onnx]'")
 
@@ -214,8 +241,13 @@ def test_export_without_percentile_scaling(tmp_path):
     torch.nn.init.normal_(m.projection.conv1.weight, std=0.5)
     checkpoints.save(tmp_path / "t.pt", {"config": cfg.model_dump(), "model": m.state_dict(), "ema_model": None})
     meta = export_onnx(tmp_path / "t.pt", tmp_path / "t.onnx")
-    assert meta["preprocessing"] == {"normalize": "none", "norm_percentiles": [1.0, 99.8], "stain_target": None,
-                                     "in_graph": True, "normalized_tensor": None}
+    assert meta["preprocessing"] == {
+        "normalize": "none",
+        "norm_percentiles": [1.0, 99.8],
+        "stain_target": None,
+        "in_graph": True,
+        "normalized_tensor": None,
+    }
     forward, cfg2, _ = load_onnx(tmp_path / "t.onnx")
     assert forward.input_name == "image" and cfg2.model_dump() == cfg.model_dump()
     x = discs(64, 96).repeat(2, 1, 1, 1)
@@ -226,6 +258,8 @@ def test_export_without_percentile_scaling(tmp_path):
 def test_export_with_reinhard_normalisation(tmp_path, histo_subset):
     """data.normalize=reinhard: the stain normalisation is the graph's first part, and the whole graph
     on a raw H&E image matches the torch path (normalised in numpy by the same torch code)."""
+    import onnxruntime as ort
+
     from qmed.config import resolve_config
     from qmed.data.batches import model_input
     from qmed.io import checkpoints
@@ -233,16 +267,19 @@ def test_export_with_reinhard_normalisation(tmp_path, histo_subset):
     from qmed.models.segmenter import build
     from qmed.segment.export import export_onnx
 
-    import onnxruntime as ort
-
     target = (66.0, 19.0, -23.7, 12.4, 13.2, 14.4)
-    cfg = resolve_config("tiny", None, {"model": {"arch": "unet"}, "data": {"normalize": "reinhard", "stain_target": target}})
+    cfg = resolve_config(
+        "tiny", None, {"model": {"arch": "unet"}, "data": {"normalize": "reinhard", "stain_target": target}}
+    )
     torch.manual_seed(2)
     m = build(cfg.model, pretrained=False).eval()
     torch.nn.init.normal_(m.projection.conv1.weight, std=0.5)
     checkpoints.save(tmp_path / "r.pt", {"config": cfg.model_dump(), "model": m.state_dict(), "ema_model": None})
     meta = export_onnx(tmp_path / "r.pt", tmp_path / "r.onnx")
-    assert meta["preprocessing"]["stain_target"] == list(target) and meta["preprocessing"]["normalized_tensor"] == "normalized"
+    assert (
+        meta["preprocessing"]["stain_target"] == list(target)
+        and meta["preprocessing"]["normalized_tensor"] == "normalized"
+    )
     assert meta["graph"][0].startswith("Reinhard stain normalisation")
     img = read_image(sorted((histo_subset["train"] / "images").glob("*.png"))[0])[:128, :160]
     x = torch.from_numpy(model_input(img, cfg).transpose(2, 0, 1).copy())[None]

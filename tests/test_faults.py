@@ -74,9 +74,26 @@ def _files_intact(run):
 
 def test_sigkill_mid_epoch_then_resume(fluo_subset, tmp_path):
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "qmed.cli", "train", "--preset", "tiny", "--data", str(fluo_subset["train"]),
-           "--val", str(fluo_subset["val"]), "--out", str(run), "--quiet", "--no-report",
-           "--set", "train.epochs=3", "--set", "data.samples_per_epoch=64"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "qmed.cli",
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        str(fluo_subset["train"]),
+        "--val",
+        str(fluo_subset["val"]),
+        "--out",
+        str(run),
+        "--quiet",
+        "--no-report",
+        "--set",
+        "train.epochs=3",
+        "--set",
+        "data.samples_per_epoch=64",
+    ]
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -96,8 +113,13 @@ def test_sigkill_mid_epoch_then_resume(fluo_subset, tmp_path):
     _files_intact(run)
     done = checkpoint.read(run / "checkpoints" / "last.pt")["run"]["epoch"]
     assert done in (1, 2)
-    res = subprocess.run([sys.executable, "-m", "qmed.cli", "train", "--resume", str(run), "--quiet", "--no-report"],
-                         env=env, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [sys.executable, "-m", "qmed.cli", "train", "--resume", str(run), "--quiet", "--no-report"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from qmed.config import resolve_config
-from qmed.errors import QmedInputError
 from qmed.data.objects import contact_map
+from qmed.errors import QmedInputError
 from qmed.segment.instances import split_instances
 from qmed.segment.losses import ContactLoss, DeepSupervisionLoss, DiceBCELoss, loss_from_config
 
@@ -40,10 +40,15 @@ def test_contact_map_hand_computed():
     assert c.sum() == 2 and c[1, 1] and c[2, 2]
 
 
-@pytest.mark.parametrize("lab", [np.zeros((5, 5), np.int32),  # empty
-                                 np.pad(np.ones((3, 3), np.int32), 1),  # one object against background
-                                 np.array([[1, 1, 0, 2, 2]] * 3, np.int32)],  # two objects with a 1 px gap
-                         ids=["empty", "one-object", "gap"])
+@pytest.mark.parametrize(
+    "lab",
+    [
+        np.zeros((5, 5), np.int32),  # empty
+        np.pad(np.ones((3, 3), np.int32), 1),  # one object against background
+        np.array([[1, 1, 0, 2, 2]] * 3, np.int32),
+    ],  # two objects with a 1 px gap
+    ids=["empty", "one-object", "gap"],
+)
 def test_contact_map_without_touching(lab):
     assert not contact_map(lab, 1).any()
     # "gap": columns 1 and 3 are 2 px apart, so within width 2: nearly touching counts as contact
@@ -73,7 +78,9 @@ def test_contact_loss_hand_computed_and_composed():
     # deep supervision: the auxiliary outputs (one channel each) are foreground only
     aux = torch.randn(2, 1, 16, 16, generator=g)
     ds = ContactLoss(DeepSupervisionLoss(DiceBCELoss(), [0.5, 0.25, 0.125]), weight=1.0)
-    want = DeepSupervisionLoss(DiceBCELoss(), [0.5, 0.25, 0.125])((x[:, :1], aux, aux, aux), y[:, :1]) + DiceBCELoss()(x[:, 1:], y[:, 1:])
+    want = DeepSupervisionLoss(DiceBCELoss(), [0.5, 0.25, 0.125])((x[:, :1], aux, aux, aux), y[:, :1]) + DiceBCELoss()(
+        x[:, 1:], y[:, 1:]
+    )
     assert float(ds((x, aux, aux, aux), y)) == pytest.approx(float(want), rel=1e-6)
     with pytest.raises(ValueError, match="B, 2, H, W"):
         loss(x[:, :1], y[:, :1])
@@ -118,7 +125,9 @@ def test_crops_carry_the_contact_target(fluo_subset):
         assert torch.equal(xa, xb) and torch.equal(ya[0], yb[0])
         assert set(torch.unique(yb[1]).tolist()) <= {0.0, 1.0} and not (yb[1] > yb[0]).any()  # contact lies on objects
         seen += int(yb[1].sum())
-    assert sum(contact_map(LoadedPairs(pairs, head)[i][2], 2).sum() for i in range(len(pairs))) > 0  # the images have touching nuclei
+    assert (
+        sum(contact_map(LoadedPairs(pairs, head)[i][2], 2).sum() for i in range(len(pairs))) > 0
+    )  # the images have touching nuclei
     assert seen > 0  # and 72 crops of them find some
 
 
@@ -192,20 +201,51 @@ def test_tiny_run_with_the_head_end_to_end(fluo_subset, tmp_path):
     from qmed.cli.app import app
 
     run = tmp_path / "run"
-    r = CliRunner().invoke(app, ["train", "--preset", "tiny", "--data", str(fluo_subset["train"]), "--val", str(fluo_subset["val"]),
-                                 "--out", str(run), "--quiet", "--set", "model.instance_head=contact", "--set", "train.epochs=1"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--preset",
+            "tiny",
+            "--data",
+            str(fluo_subset["train"]),
+            "--val",
+            str(fluo_subset["val"]),
+            "--out",
+            str(run),
+            "--quiet",
+            "--set",
+            "model.instance_head=contact",
+            "--set",
+            "train.epochs=1",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert (run / "report.md").is_file() and "Objects" in (run / "report.md").read_text()
     out = tmp_path / "preds"
-    r = CliRunner().invoke(app, ["predict", "--model", str(run), "--input", str(fluo_subset["val"] / "images"), "--out", str(out),
-                                 "--instances", "--quiet"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            "--model",
+            str(run),
+            "--input",
+            str(fluo_subset["val"] / "images"),
+            "--out",
+            str(out),
+            "--instances",
+            "--quiet",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert json.loads((out / "predict.json").read_text())["instance_split"] == "contact+distance"
     assert len(list((out / "contact").glob("*.png"))) == 3  # the contact probabilities, 16-bit
     for p in (fluo_subset["val"] / "images").iterdir():
         lab = np.array(Image.open(out / "instances" / f"{p.stem}.png"))
         assert np.array_equal(lab > 0, np.array(Image.open(out / f"{p.stem}.png")) > 0)
-    r = CliRunner().invoke(app, ["evaluate", "--pred", str(out / "instances"), "--truth", str(fluo_subset["val"]), "--n-boot", "100"])
+    r = CliRunner().invoke(
+        app, ["evaluate", "--pred", str(out / "instances"), "--truth", str(fluo_subset["val"]), "--n-boot", "100"]
+    )
     assert r.exit_code == 0, r.output
     onnx = tmp_path / "m.onnx"
     r = CliRunner().invoke(app, ["export", "--model", str(run), "--out", str(onnx)])
@@ -214,8 +254,20 @@ def test_tiny_run_with_the_head_end_to_end(fluo_subset, tmp_path):
 
     assert json.loads(sidecar_path(onnx).read_text())["output"]["shape"][1] == 2
     out2 = tmp_path / "preds-onnx"
-    r = CliRunner().invoke(app, ["predict", "--model", str(onnx), "--input", str(fluo_subset["val"] / "images"), "--out", str(out2),
-                                 "--instances", "--quiet"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            "--model",
+            str(onnx),
+            "--input",
+            str(fluo_subset["val"] / "images"),
+            "--out",
+            str(out2),
+            "--instances",
+            "--quiet",
+        ],
+    )
     assert r.exit_code == 0, r.output
     for p in (fluo_subset["val"] / "images").iterdir():
         a = np.array(Image.open(out / f"{p.stem}.png")) > 0

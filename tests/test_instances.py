@@ -79,8 +79,17 @@ def test_object_table_and_files(tmp_path):
     assert lab.dtype == np.uint16 and lab.max() == 2 and np.array_equal(lab > 0, m)
     rows = list(csv.DictReader((tmp_path / "instances" / "img.csv").open()))
     assert tuple(rows[0]) == OBJECT_COLUMNS
-    assert rows[0] == {"id": "1", "area": "20", "centroid_y": "3.5", "centroid_x": "5.0", "bbox_min_row": "2",
-                       "bbox_min_col": "3", "bbox_max_row": "6", "bbox_max_col": "8", "mean_probability": "0.81"}
+    assert rows[0] == {
+        "id": "1",
+        "area": "20",
+        "centroid_y": "3.5",
+        "centroid_x": "5.0",
+        "bbox_min_row": "2",
+        "bbox_min_col": "3",
+        "bbox_max_row": "6",
+        "bbox_max_col": "8",
+        "mean_probability": "0.81",
+    }
     assert rows[1]["area"] == "9" and rows[1]["centroid_y"] == "11.0"
     assert object_table(np.zeros((4, 4), np.int32), np.zeros((4, 4), np.float32)) == []
     assert write_instances(tmp_path / "instances", "none", np.zeros((8, 8), np.float32)) == 0
@@ -129,17 +138,38 @@ def test_evaluate_cli_label_maps(fluo_subset, tmp_path):
         write_labels(tmp_path / "split" / m.name, split_instances(read_mask(m)[0]))
     runner = CliRunner()
     out = tmp_path / "eval.json"
-    res = runner.invoke(app, ["evaluate", "--pred", str(tmp_path / "labels"), "--truth", str(val), "--out", str(out), "--n-boot", "100"])
+    res = runner.invoke(
+        app, ["evaluate", "--pred", str(tmp_path / "labels"), "--truth", str(val), "--out", str(out), "--n-boot", "100"]
+    )
     assert res.exit_code == 0, res.output
     assert "predictions read as 3 label maps (--pred-kind auto)" in res.output and "Mean AP" in res.output
     doc = json.loads(out.read_text())
     assert doc["summary"]["map_dsb"]["mean"] == 1.0 and doc["summary"]["pred_kinds"] == {"labels": 3}
     assert all(r["pred_kind"] == "labels" and r["count_error"] == 0 for r in doc["per_image"])
-    res = runner.invoke(app, ["evaluate", "--pred", str(tmp_path / "split"), "--truth", str(val), "--out", str(out), "--n-boot", "100", "--pred-kind", "labels"])
+    res = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--pred",
+            str(tmp_path / "split"),
+            "--truth",
+            str(val),
+            "--out",
+            str(out),
+            "--n-boot",
+            "100",
+            "--pred-kind",
+            "labels",
+        ],
+    )
     assert res.exit_code == 0, res.output
     s = json.loads(out.read_text())["summary"]
-    assert s["dice_pooled"] == 1.0 and 0.0 < s["map_dsb"]["mean"] <= 1.0  # same pixels; objects as the watershed cut them
-    res = runner.invoke(app, ["evaluate", "--pred", str(tmp_path / "labels"), "--truth", str(val), "--pred-kind", "blobs"])
+    assert (
+        s["dice_pooled"] == 1.0 and 0.0 < s["map_dsb"]["mean"] <= 1.0
+    )  # same pixels; objects as the watershed cut them
+    res = runner.invoke(
+        app, ["evaluate", "--pred", str(tmp_path / "labels"), "--truth", str(val), "--pred-kind", "blobs"]
+    )
     assert res.exit_code == 2 and "--pred-kind must be one of auto, mask, probability, labels" in res.output
 
 
@@ -165,22 +195,40 @@ def test_predict_instances_writes_label_maps_and_tables(untrained_model, fluo_su
     from qmed.cli.app import app
 
     out = tmp_path / "preds"
-    res = CliRunner().invoke(app, ["predict", "--model", str(untrained_model), "--input", str(fluo_subset["val"] / "images"),
-                                   "--out", str(out), "--instances", "--quiet"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            "--model",
+            str(untrained_model),
+            "--input",
+            str(fluo_subset["val"] / "images"),
+            "--out",
+            str(out),
+            "--instances",
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 0, res.output
     names = sorted(p.stem for p in (fluo_subset["val"] / "images").iterdir())
     assert sorted(p.stem for p in (out / "instances").glob("*.png")) == names
     for n in names:
         mask = np.array(Image.open(out / f"{n}.png")) > 0
         lab = np.array(Image.open(out / "instances" / f"{n}.png"))
-        assert lab.dtype == np.uint16 and np.array_equal(lab > 0, mask)  # the semantic mask is the label map's foreground
+        assert lab.dtype == np.uint16 and np.array_equal(
+            lab > 0, mask
+        )  # the semantic mask is the label map's foreground
         rows = list(csv.DictReader((out / "instances" / f"{n}.csv").open()))
         assert len(rows) == lab.max() and [int(r["id"]) for r in rows] == list(range(1, lab.max() + 1))
         assert sum(int(r["area"]) for r in rows) == mask.sum()
     meta = json.loads((out / "predict.json").read_text())
-    assert meta["instances"] is True and json.loads((out / "instances" / "predict.json").read_text())["kind"] == "labels"
+    assert (
+        meta["instances"] is True and json.loads((out / "instances" / "predict.json").read_text())["kind"] == "labels"
+    )
     assert not list(out.parent.glob(f".{out.name}.*"))  # written in the staging folder
-    res = CliRunner().invoke(app, ["evaluate", "--pred", str(out / "instances"), "--truth", str(fluo_subset["val"]), "--n-boot", "100"])
+    res = CliRunner().invoke(
+        app, ["evaluate", "--pred", str(out / "instances"), "--truth", str(fluo_subset["val"]), "--n-boot", "100"]
+    )
     assert res.exit_code == 0, res.output
     flat = " ".join(res.output.split())  # the table caption may wrap
     assert "watershed label maps" in flat and "ignoring" not in flat

@@ -183,7 +183,9 @@ MASK_CASES = [
 ]
 
 
-@pytest.mark.parametrize("arr,fg_expected,n_objects,labels_expected", [c[1:] for c in MASK_CASES], ids=[c[0] for c in MASK_CASES])
+@pytest.mark.parametrize(
+    "arr,fg_expected,n_objects,labels_expected", [c[1:] for c in MASK_CASES], ids=[c[0] for c in MASK_CASES]
+)
 def test_read_mask(tmp_path, arr, fg_expected, n_objects, labels_expected):
     path = _png(tmp_path / "mask.png", arr)
     fg, labels = read_mask(path)

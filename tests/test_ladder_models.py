@@ -18,14 +18,17 @@ def model(arch: str, **model_over):
     return build(cfg.model)
 
 
-@pytest.mark.parametrize("arch,over", [
-    ("attention_unet", {}),
-    ("attention_unet", {"dropout": 0.2, "input_mode": "stem4"}),
-    ("ms_attention_unet", {}),
-    ("hq_unet", {}),
-    ("hq_unet", {"hq": {"core": "classical"}}),
-    ("hq_unet", {"hq": {"placement": "pooled"}, "input_mode": "none"}),
-])
+@pytest.mark.parametrize(
+    "arch,over",
+    [
+        ("attention_unet", {}),
+        ("attention_unet", {"dropout": 0.2, "input_mode": "stem4"}),
+        ("ms_attention_unet", {}),
+        ("hq_unet", {}),
+        ("hq_unet", {"hq": {"core": "classical"}}),
+        ("hq_unet", {"hq": {"placement": "pooled"}, "input_mode": "none"}),
+    ],
+)
 def test_forward_backward_64(arch, over):
     m = model(arch, **over).train()
     x = torch.rand(2, 3, 64, 64)
@@ -33,7 +36,9 @@ def test_forward_backward_64(arch, over):
     assert y.shape == (2, 1, 64, 64) and torch.isfinite(y).all()
     y.mean().backward()
     grads = {n: p.grad for n, p in m.named_parameters()}
-    assert all(g is not None for n, g in grads.items() if n.startswith("net.")), [n for n, g in grads.items() if g is None]
+    assert all(g is not None for n, g in grads.items() if n.startswith("net.")), [
+        n for n, g in grads.items() if g is None
+    ]
     if arch == "hq_unet":
         core = [g for n, g in grads.items() if ".bottleneck.layer.circuit." in n]
         assert core and any(g.abs().sum() > 0 for g in core)  # gradient reaches the circuit (or the twin's MLP)

@@ -139,7 +139,9 @@ def test_dice_bce_per_image_dice_hand_case():
     assert fn.last["dice"] == pytest.approx(0.5, abs=1e-6)
     assert fn.last["bce"] == pytest.approx((3 * LN43 + 5 * LN2) / 8, abs=1e-6)  # BCE unchanged
     # one sample: the same as the pooled Dice
-    assert DiceBCELoss(per_image=True)(logits, target).item() == pytest.approx(DiceBCELoss()(logits, target).item(), abs=1e-6)
+    assert DiceBCELoss(per_image=True)(logits, target).item() == pytest.approx(
+        DiceBCELoss()(logits, target).item(), abs=1e-6
+    )
 
 
 def test_boundary_distance_hand_case():
@@ -157,11 +159,13 @@ def test_dice_bce_border_weighted_bce_hand_case():
     loss_fn(logits, target)
     # d = [0, 0, 1] -> w = [2, 2, 1 + e^-0.5]; bce = [ln 2, ln 2, ln(1 + e^2)]
     w3 = 1 + math.exp(-0.5)
-    expected = (4 * LN2 + w3 * math.log(1 + math.e ** 2)) / (4 + w3)
+    expected = (4 * LN2 + w3 * math.log(1 + math.e**2)) / (4 + w3)
     assert loss_fn.last["bce"] == pytest.approx(expected, abs=1e-6)
     # no outline (empty or all-foreground target): w = 1, the plain BCE
     for t in (torch.zeros_like(target), torch.ones_like(target)):
-        assert DiceBCELoss(boundary_weight=5.0)(logits, t).item() == pytest.approx(DiceBCELoss()(logits, t).item(), abs=1e-6)
+        assert DiceBCELoss(boundary_weight=5.0)(logits, t).item() == pytest.approx(
+            DiceBCELoss()(logits, t).item(), abs=1e-6
+        )
 
 
 def test_build_loss():
@@ -188,7 +192,9 @@ def test_trainer_builds_the_configured_border_weights():
     with pytest.raises(QmedInputError) as err:
         resolve_config("paper", overrides=["train.boundary_weight=5"])
     # one line, without pydantic's "Value error, " prefix
-    assert str(err.value).endswith("config field 'train': boundary_weight applies to loss 'dice_bce' only, not 'stabilized'")
+    assert str(err.value).endswith(
+        "config field 'train': boundary_weight applies to loss 'dice_bce' only, not 'stabilized'"
+    )
     assert loss_from_config(resolve_config("cpu", overrides=["train.dice_per_image=true"]).train).per_image
     with pytest.raises(Exception, match="dice_per_image"):
         resolve_config("paper", overrides=["train.dice_per_image=true"])

@@ -263,8 +263,12 @@ def test_small_object_size_limit():
 def _aji_reference(pred, truth):
     """hover-net get_fast_aji written with per-object masks (slow but obviously right)."""
     t_ids, p_ids = [i for i in np.unique(truth) if i], [i for i in np.unique(pred) if i]
-    inter = np.array([[np.sum((truth == t) & (pred == p)) for p in p_ids] for t in t_ids], float).reshape(len(t_ids), len(p_ids))
-    union = np.array([[np.sum((truth == t) | (pred == p)) for p in p_ids] for t in t_ids], float).reshape(len(t_ids), len(p_ids))
+    inter = np.array([[np.sum((truth == t) & (pred == p)) for p in p_ids] for t in t_ids], float).reshape(
+        len(t_ids), len(p_ids)
+    )
+    union = np.array([[np.sum((truth == t) | (pred == p)) for p in p_ids] for t in t_ids], float).reshape(
+        len(t_ids), len(p_ids)
+    )
     iou = inter / np.maximum(union, 1)
     c = u = 0.0
     used = set()
@@ -321,9 +325,25 @@ def test_score_image_and_summarize():
     assert s["dice_pooled"] == pytest.approx(0.6)
     assert s["fp_rate_empty"] == 0.0 and s["fp_empty_counts"]["n_empty"] == 1
     assert s["hd95"]["n"] == 3 and s["hd95"]["n_undefined"] == 0
-    required = {"dice_mean_empty1", "dice_mean_fg", "dice_pooled", "iou_mean_fg", "precision", "recall", "hd95",
-                "boundary_f1", "object_recall", "object_precision", "object_f1", "small_object_recall", "aji",
-                "fp_rate_empty", "n_images", "n_fg_images", "n_empty_truth"}
+    required = {
+        "dice_mean_empty1",
+        "dice_mean_fg",
+        "dice_pooled",
+        "iou_mean_fg",
+        "precision",
+        "recall",
+        "hd95",
+        "boundary_f1",
+        "object_recall",
+        "object_precision",
+        "object_f1",
+        "small_object_recall",
+        "aji",
+        "fp_rate_empty",
+        "n_images",
+        "n_fg_images",
+        "n_empty_truth",
+    }
     assert required <= set(s)
     assert set(M.CONVENTIONS) >= required - {"n_images", "n_fg_images", "n_empty_truth"}
 
@@ -391,16 +411,22 @@ def test_mean_ap_and_pq_against_brute_force():
         noisy = (truth > 0) ^ (rng.random((40, 40)) < 0.08)
         pred = M.label_components(noisy)
         tid, pid = [i for i in np.unique(truth) if i], [i for i in np.unique(pred) if i]
-        iou = np.array([[np.sum((truth == t) & (pred == p)) / np.sum((truth == t) | (pred == p)) for p in pid] for t in tid])
+        iou = np.array(
+            [[np.sum((truth == t) & (pred == p)) / np.sum((truth == t) | (pred == p)) for p in pid] for t in tid]
+        )
         aps = []
         for thr in M.DSB_IOU_THRESHOLDS:
             tp = int(np.sum(iou >= thr)) if thr > 0.5 else len(M.match_objects(pred, truth, thr))
             aps.append(tp / (len(pid) + len(tid) - tp))
         assert M.mean_average_precision(pred, truth) == pytest.approx(np.mean(aps))
-        matched = np.array([v for _, _, v in M.match_objects(pred, truth, 0.5)])  # IoU > 0.5, plus exact-0.5 ties resolved
+        matched = np.array(
+            [v for _, _, v in M.match_objects(pred, truth, 0.5)]
+        )  # IoU > 0.5, plus exact-0.5 ties resolved
         assert np.sort(matched[matched > 0.5]) == pytest.approx(np.sort(iou[iou > 0.5]))
         q = M.panoptic_quality(pred, truth)
-        assert q["pq"] == pytest.approx(matched.sum() / (matched.size + 0.5 * (len(pid) - matched.size) + 0.5 * (len(tid) - matched.size)))
+        assert q["pq"] == pytest.approx(
+            matched.sum() / (matched.size + 0.5 * (len(pid) - matched.size) + 0.5 * (len(tid) - matched.size))
+        )
 
 
 def test_score_image_with_predicted_labels():
@@ -417,9 +443,11 @@ def test_score_image_with_predicted_labels():
 
 
 def test_summarize_instance_figures():
-    rows = [M.score_image(None, T_OBJ > 0, T_OBJ, pred_labels=P_OBJ),  # mAP 0.32, PQ 5/9, count 0
-            M.score_image(None, T_MERGE > 0, T_MERGE, pred_labels=P_MERGE),  # 0, 0, -1
-            M.score_image(None, E3 > 0, E3, pred_labels=E3)]  # both empty: 1, 1, 0
+    rows = [
+        M.score_image(None, T_OBJ > 0, T_OBJ, pred_labels=P_OBJ),  # mAP 0.32, PQ 5/9, count 0
+        M.score_image(None, T_MERGE > 0, T_MERGE, pred_labels=P_MERGE),  # 0, 0, -1
+        M.score_image(None, E3 > 0, E3, pred_labels=E3),
+    ]  # both empty: 1, 1, 0
     s = M.summarize(rows, n_boot=100)
     assert s["map_dsb"]["mean"] == pytest.approx((0.32 + 0 + 1) / 3) and s["map_dsb"]["n"] == 3
     assert s["pq"]["mean"] == pytest.approx((5 / 9 + 0 + 1) / 3)

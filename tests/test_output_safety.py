@@ -20,7 +20,6 @@ from typer.testing import CliRunner
 from qmed.cli.app import app
 from qmed.errors import QmedInputError
 from qmed.io import files
-
 from tests.test_bad_input import make_dataset, model_run  # noqa: F401  (model_run: the tiny run fixture)
 
 runner = CliRunner()
@@ -28,7 +27,11 @@ runner = CliRunner()
 
 def snapshot(root: Path) -> dict[str, str]:
     """Every file under root with its sha256: the byte-for-byte check of the data-loss cases."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _one_line(res, *needles):
@@ -70,23 +73,35 @@ def _predict_into_run(tmp, run):
     return run, ["predict", "--model", str(run), "--input", str(ds / "images"), "--out", str(run), "--force"]
 
 
-@pytest.mark.parametrize("case", [_predict_into_input, _predict_into_parent, _train_into_data, _convert_into_source, _predict_into_run],
-                         ids=["predict-out-is-input", "predict-out-holds-input", "train-out-is-data", "convert-out-is-source",
-                              "predict-out-is-model-run"])
+@pytest.mark.parametrize(
+    "case",
+    [_predict_into_input, _predict_into_parent, _train_into_data, _convert_into_source, _predict_into_run],
+    ids=[
+        "predict-out-is-input",
+        "predict-out-holds-input",
+        "train-out-is-data",
+        "convert-out-is-source",
+        "predict-out-is-model-run",
+    ],
+)
 def test_force_never_deletes_inputs(case, tmp_path, model_run):
     guarded, argv = case(tmp_path, model_run)
     before = snapshot(guarded)
     res = runner.invoke(app, argv)
     _one_line(res, "input")
     assert snapshot(guarded) == before  # every input file still there, byte for byte
-    assert not [p for p in guarded.parent.rglob(".*") if ".qmed-" in p.name and p.name != files.OUTPUT_MARKER]  # no staging left
+    assert not [
+        p for p in guarded.parent.rglob(".*") if ".qmed-" in p.name and p.name != files.OUTPUT_MARKER
+    ]  # no staging left
 
 
 def test_out_inside_input_and_symlinked_input_refused(tmp_path, model_run):
     ds = make_dataset(tmp_path / "ds")
     link = tmp_path / "link"
     link.symlink_to(ds / "images")
-    res = runner.invoke(app, ["predict", "--model", str(model_run), "--input", str(link), "--out", str(ds / "images" / "preds")])
+    res = runner.invoke(
+        app, ["predict", "--model", str(model_run), "--input", str(link), "--out", str(ds / "images" / "preds")]
+    )
     _one_line(res, "lies inside the input")
     assert not (ds / "images" / "preds").exists()
 
@@ -96,13 +111,17 @@ def test_force_refuses_a_folder_qmed_did_not_write(tmp_path, model_run):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "thesis.docx").write_bytes(b"years of work")
-    res = runner.invoke(app, ["predict", "--model", str(model_run), "--input", str(ds / "images"), "--out", str(mine), "--force"])
+    res = runner.invoke(
+        app, ["predict", "--model", str(model_run), "--input", str(ds / "images"), "--out", str(mine), "--force"]
+    )
     _one_line(res, "not written by qmed")
     assert (mine / "thesis.docx").read_bytes() == b"years of work" and len(list(mine.iterdir())) == 1
     # a file in the way of an output folder is refused too
     f = tmp_path / "file.txt"
     f.write_text("keep")
-    res = runner.invoke(app, ["predict", "--model", str(model_run), "--input", str(ds / "images"), "--out", str(f), "--force"])
+    res = runner.invoke(
+        app, ["predict", "--model", str(model_run), "--input", str(ds / "images"), "--out", str(f), "--force"]
+    )
     _one_line(res, "is a file")
     assert f.read_text() == "keep"
 
@@ -127,11 +146,42 @@ def test_outputs_follow_umask(tmp_path, model_run):
     ds = make_dataset(tmp_path / "ds")
     old = os.umask(0o022)
     try:
-        res = subprocess.run([sys.executable, "-m", "qmed.cli.app", "predict", "--model", str(model_run), "--input", str(ds / "images"),
-                              "--out", str(tmp_path / "p"), "--quiet"], capture_output=True, text=True, timeout=300)
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "qmed.cli.app",
+                "predict",
+                "--model",
+                str(model_run),
+                "--input",
+                str(ds / "images"),
+                "--out",
+                str(tmp_path / "p"),
+                "--quiet",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert res.returncode == 0, res.stderr
-        res = subprocess.run([sys.executable, "-m", "qmed.cli.app", "convert", "--to", "nnunet", "--data", str(ds), "--out",
-                              str(tmp_path / "nn")], capture_output=True, text=True, timeout=300)
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "qmed.cli.app",
+                "convert",
+                "--to",
+                "nnunet",
+                "--data",
+                str(ds),
+                "--out",
+                str(tmp_path / "nn"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert res.returncode == 0, res.stderr
     finally:
         os.umask(old)
@@ -191,7 +241,19 @@ def test_kill_predict_then_resume(tmp_path, model_run):
     res = runner.invoke(app, ["predict", "--model", str(model_run), "--input", str(imgs), "--out", str(ref), "--quiet"])
     assert res.exit_code == 0, res.output
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "qmed.cli.app", "predict", "--model", str(model_run), "--input", str(imgs), "--out", str(out), "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "qmed.cli.app",
+        "predict",
+        "--model",
+        str(model_run),
+        "--input",
+        str(imgs),
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline and len(list(out.glob("im*.png"))) < 5:

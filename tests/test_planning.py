@@ -10,8 +10,15 @@ from qmed.data.planning import plan
 
 
 def fp(modality="fluorescence", diam=20.0, min_side=256, n=100):
-    return {"modality": modality, "colour_fraction": 0.0 if modality in ("fluorescence", "gray") else 1.0,
-            "background_intensity": 0.05, "foreground_intensity": 0.3, "object_diameter_px": diam, "min_side": min_side, "n_pairs": n}
+    return {
+        "modality": modality,
+        "colour_fraction": 0.0 if modality in ("fluorescence", "gray") else 1.0,
+        "background_intensity": 0.05,
+        "foreground_intensity": 0.3,
+        "object_diameter_px": diam,
+        "min_side": min_side,
+        "n_pairs": n,
+    }
 
 
 def flat(over):
@@ -20,14 +27,33 @@ def flat(over):
 
 # (case, fingerprint, gpu, expected settings)
 CASES = [
-    ("fluorescence keeps the cpu recipe's family", fp(), False,
-     {"data.normalize": "percentile", "data.crop": 256, "data.sampler": "hard"}),
-    ("H&E: ImageNet statistics and stain jitter", fp("brightfield-stain"), False,
-     {"data.normalize": "none", "data.crop": 256, "data.sampler": "hard", "augment.stain_p": 0.3, "augment.hue_saturation_p": 0.3,
-      "train.lr": 2e-3, "model.arch": "unet"}),
+    (
+        "fluorescence keeps the cpu recipe's family",
+        fp(),
+        False,
+        {"data.normalize": "percentile", "data.crop": 256, "data.sampler": "hard"},
+    ),
+    (
+        "H&E: ImageNet statistics and stain jitter",
+        fp("brightfield-stain"),
+        False,
+        {
+            "data.normalize": "none",
+            "data.crop": 256,
+            "data.sampler": "hard",
+            "augment.stain_p": 0.3,
+            "augment.hue_saturation_p": 0.3,
+            "train.lr": 2e-3,
+            "model.arch": "unet",
+        },
+    ),
     ("H&E on a GPU: the recipe's UNet++", fp("brightfield-stain"), True, {"model.arch": None}),
-    ("other gray (e.g. ultrasound): gamma", fp("gray"), False,
-     {"data.normalize": "percentile", "data.crop": 256, "data.sampler": "hard", "augment.gamma_p": 0.3}),
+    (
+        "other gray (e.g. ultrasound): gamma",
+        fp("gray"),
+        False,
+        {"data.normalize": "percentile", "data.crop": 256, "data.sampler": "hard", "augment.gamma_p": 0.3},
+    ),
     # 10 x 6 px = 60 -> at least 128
     ("small objects: the 128 px floor", fp(diam=6.0), False, {"data.crop": 128}),
     # 10 x 40 = 400 -> 512, capped at 256 on a CPU, allowed on a GPU
@@ -55,13 +81,17 @@ def test_crop_reason_names_the_bound():
     assert plan(fp(min_side=100))[1]["data.crop"].endswith("(bounded by the smallest image side, 100 px)")
     # 40 px images: the 64 px floor is larger than every image, which is padded
     over, why = plan(fp(min_side=40))
-    assert over["data"]["crop"] == 64 and why["data.crop"].endswith("(bounded by the smallest image side, 40 px; smaller images are padded)")
+    assert over["data"]["crop"] == 64 and why["data.crop"].endswith(
+        "(bounded by the smallest image side, 40 px; smaller images are padded)"
+    )
 
 
 def test_fluorescence_sets_no_new_augmentation():
     over, _ = plan(fp())
     assert "augment" not in over
-    assert "train" not in over  # the cpu preset's peak LR (1e-3): 2e-3 won on stained tissue, leaned to a loss here (docs 11d)
+    assert (
+        "train" not in over
+    )  # the cpu preset's peak LR (1e-3): 2e-3 won on stained tissue, leaned to a loss here (docs 11d)
     assert "model" not in over  # UNet++: the plain U-Net won on stained tissue, lost here (docs 11g)
 
 
@@ -76,7 +106,9 @@ def test_appearance_and_modality():
     c, b, f = appearance(gray_rgb(dark), fg)  # gray saved as RGB: not colour
     assert (c, round(b, 3), round(f, 3)) == (False, 0.05, 0.6)
     assert modality(0.0, b, f) == "fluorescence"
-    stained = np.stack([np.where(fg, 0.4, 0.9), np.where(fg, 0.2, 0.8), np.where(fg, 0.5, 0.9)], axis=2).astype(np.float32)
+    stained = np.stack([np.where(fg, 0.4, 0.9), np.where(fg, 0.2, 0.8), np.where(fg, 0.5, 0.9)], axis=2).astype(
+        np.float32
+    )
     c, b, f = appearance(stained, fg)
     assert c and b > f and modality(1.0, b, f) == "brightfield-stain"
     assert modality(0.0, 0.7, 0.3) == "gray"  # gray, dark objects on a light background

@@ -84,8 +84,25 @@ def busi_few(shared_data, tmp_path) -> Path:
 
 def test_cli_pretrain_on_busi(busi_few, tmp_path):
     out = tmp_path / "ssl"
-    r = runner.invoke(app, ["pretrain", "simclr", "--data", str(busi_few), "--out", str(out), "--image-size", "32",
-                            "--epochs", "2", "--batch-size", "4", "--weights", "none"])
+    r = runner.invoke(
+        app,
+        [
+            "pretrain",
+            "simclr",
+            "--data",
+            str(busi_few),
+            "--out",
+            str(out),
+            "--image-size",
+            "32",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "4",
+            "--weights",
+            "none",
+        ],
+    )
     assert r.exit_code == 0, r.output
     s = json.loads((out / "pretrain.json").read_text())
     assert s["n_images"] == 4 and s["steps"] == 2 and len(s["loss_curve"]) == 2
@@ -101,10 +118,34 @@ def test_cli_pretrain_on_npz_split(tmp_path):
     import numpy as np
 
     rng = np.random.default_rng(0)
-    np.savez(tmp_path / "d.npz", train_images=rng.integers(0, 255, (6, 28, 28), dtype=np.uint8), train_labels=np.array([[0], [1]] * 3),
-             val_images=rng.integers(0, 255, (2, 28, 28), dtype=np.uint8), val_labels=np.array([[0], [1]]))
-    r = runner.invoke(app, ["pretrain", "simclr", "--data", f"{tmp_path / 'd.npz'}:train", "--out", str(tmp_path / "o"),
-                            "--image-size", "32", "--epochs", "1", "--batch-size", "3", "--weights", "none", "--model", "resnet18"])
+    np.savez(
+        tmp_path / "d.npz",
+        train_images=rng.integers(0, 255, (6, 28, 28), dtype=np.uint8),
+        train_labels=np.array([[0], [1]] * 3),
+        val_images=rng.integers(0, 255, (2, 28, 28), dtype=np.uint8),
+        val_labels=np.array([[0], [1]]),
+    )
+    r = runner.invoke(
+        app,
+        [
+            "pretrain",
+            "simclr",
+            "--data",
+            f"{tmp_path / 'd.npz'}:train",
+            "--out",
+            str(tmp_path / "o"),
+            "--image-size",
+            "32",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "3",
+            "--weights",
+            "none",
+            "--model",
+            "resnet18",
+        ],
+    )
     assert r.exit_code == 0, r.output
     s = json.loads((tmp_path / "o" / "pretrain.json").read_text())
     assert s["n_images"] == 6 and s["channels"] == 1 and s["steps"] == 2
@@ -122,6 +163,8 @@ def test_pretrain_bad_input(case, tmp_path):
         Image.new("L", (20, 20)).save(data / "a.png")
     if case == "temperature":
         args = ["--temperature", "0"]
-    r = runner.invoke(app, ["pretrain", "simclr", "--data", str(data), "--out", str(tmp_path / "o"), "--weights", "none", *args])
+    r = runner.invoke(
+        app, ["pretrain", "simclr", "--data", str(data), "--out", str(tmp_path / "o"), "--weights", "none", *args]
+    )
     assert r.exit_code == 2, r.output
     assert r.output.startswith("error: ") and r.output.count("\n") == 1, r.output

@@ -7,8 +7,8 @@ import torch
 
 pytest.importorskip("pennylane")
 
-from qmed.errors import QmedInputError  # noqa: E402
 from qmed.config import PQCConfig  # noqa: E402
+from qmed.errors import QmedInputError  # noqa: E402
 from qmed.models.quantum import PQCLayer, QuantumCircuit  # noqa: E402
 
 
@@ -35,7 +35,12 @@ def test_gradients_reach_circuit_weights_and_alpha():
     layer = PQCLayer(8, n_qubits=4, n_layers=2, alpha_init=0.01)
     h = torch.randn(6, 8, requires_grad=True)
     layer(h).pow(2).sum().backward()
-    for name, p in [("circuit", layer.circuit.weights), ("alpha", layer.alpha), ("compress", layer.compress.weight), ("expand", layer.expand.weight)]:
+    for name, p in [
+        ("circuit", layer.circuit.weights),
+        ("alpha", layer.alpha),
+        ("compress", layer.compress.weight),
+        ("expand", layer.expand.weight),
+    ]:
         assert p.grad is not None, name
         assert torch.isfinite(p.grad).all(), name
         assert p.grad.abs().sum() > 0, name

@@ -66,7 +66,10 @@ def test_replan_leaves_a_small_change_alone(fluo_subset, tmp_path):
     before = t.scheduler
     # 2.5 s per crop and 30 s spent: (70 - 3 x 2 - 3 x 1) / 3 = 20.3 s per epoch -> 4 micro-batches of
     # 2 (5 s each) = 8 crops, the plan it has: nothing changes, the same scheduler object.
-    t._replan(RunState(loop_seconds=30.0, record_seconds=1.0), {"epoch": 1, "epoch_seconds": 2 + 8 * 2.5, "val_seconds": 2.0, "crops": 8})
+    t._replan(
+        RunState(loop_seconds=30.0, record_seconds=1.0),
+        {"epoch": 1, "epoch_seconds": 2 + 8 * 2.5, "val_seconds": 2.0, "crops": 8},
+    )
     assert t.micro_per_epoch == 4 and t.scheduler is before
 
 
@@ -94,14 +97,20 @@ def test_replan_waits_for_a_measured_validation(fluo_subset, tmp_path):
     t._replan(RunState(loop_seconds=10.0), {"epoch": 1, "epoch_seconds": 8.0, "crops": 8})
     assert t.micro_per_epoch == 4 and t.total_steps == 8
     # after epoch 2's pass (2 s): (100 - 20 - 2 x 1 - 1 x 2) / 2 epochs = 38 s at 1 s per crop -> 38 crops -> 19 x 2
-    t._replan(RunState(loop_seconds=20.0, record_seconds=1.0), {"epoch": 2, "epoch_seconds": 10.0, "val_seconds": 2.0, "crops": 8})
+    t._replan(
+        RunState(loop_seconds=20.0, record_seconds=1.0),
+        {"epoch": 2, "epoch_seconds": 10.0, "val_seconds": 2.0, "crops": 8},
+    )
     assert t.micro_per_epoch == 19 and t.total_steps == 0 + 2 * 10
 
 
 def test_replan_pace_is_the_median_of_the_last_three_epochs(fluo_subset, tmp_path):
     t = _trainer(fluo_subset, tmp_path, epochs=6, budget_seconds=1000.0)
     # Paces 1.0, 0.5 (a fast epoch), 4.0 (a slow one) and 1.0 s per crop: the last three's median is 1.0.
-    rows = [{"epoch": e, "epoch_seconds": 8 * p + 2, "val_seconds": 2.0, "crops": 8} for e, p in ((1, 1.0), (2, 0.5), (3, 4.0))]
+    rows = [
+        {"epoch": e, "epoch_seconds": 8 * p + 2, "val_seconds": 2.0, "crops": 8}
+        for e, p in ((1, 1.0), (2, 0.5), (3, 4.0))
+    ]
     st = RunState(rows=rows, loop_seconds=100.0, record_seconds=1.0)
     t._replan(st, {"epoch": 4, "epoch_seconds": 10.0, "val_seconds": 2.0, "crops": 8})
     # left 900 s for epochs 5, 6 (both validate): (900 - 2 x 2 - 2 x 1) / 2 = 447 s at 1.0 s per crop (median of 0.5, 4, 1)
@@ -112,6 +121,9 @@ def test_replan_pace_is_the_median_of_the_last_three_epochs(fluo_subset, tmp_pat
 def test_replan_with_a_constant_schedule_keeps_the_lr(fluo_subset, tmp_path):
     # The plain smp baseline's schedule: the crops change as for one-cycle, the lr stays train.lr.
     t = _trainer(fluo_subset, tmp_path, budget_seconds=100.0, schedule="constant")
-    t._replan(RunState(opt_steps=2, loop_seconds=40.0, record_seconds=1.0), {"epoch": 1, "epoch_seconds": 10.0, "val_seconds": 2.0, "crops": 8})
+    t._replan(
+        RunState(opt_steps=2, loop_seconds=40.0, record_seconds=1.0),
+        {"epoch": 1, "epoch_seconds": 10.0, "val_seconds": 2.0, "crops": 8},
+    )
     assert t.micro_per_epoch == 8 and t.total_steps == 2 + 3 * 4  # as in the one-cycle case above
     assert t.optimizer.param_groups[0]["lr"] == pytest.approx(t.cfg.train.lr)

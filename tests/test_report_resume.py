@@ -21,9 +21,16 @@ def _row(name, dice, truth_empty=False, fp=0):
 
 
 def test_select_cases_hand_made():
-    rows = [_row("a", 0.9), _row("b", 0.5), _row("c", 0.99), _row("d", 0.7), _row("e", 0.7),
-            _row("f", math.nan, truth_empty=True, fp=0), _row("g", 0.0, truth_empty=True, fp=12),
-            _row("h", 0.0, truth_empty=True, fp=3)]
+    rows = [
+        _row("a", 0.9),
+        _row("b", 0.5),
+        _row("c", 0.99),
+        _row("d", 0.7),
+        _row("e", 0.7),
+        _row("f", math.nan, truth_empty=True, fp=0),
+        _row("g", 0.0, truth_empty=True, fp=12),
+        _row("h", 0.0, truth_empty=True, fp=3),
+    ]
     sel = select_cases(rows, k=2)
     assert [r["name"] for r in sel["best"]] == ["c", "a"]
     assert [r["name"] for r in sel["worst"]] == ["b", "d"]  # tie 0.7: d before e by name
@@ -38,8 +45,21 @@ def test_select_cases_no_empty_images():
 
 def test_tiny_run_writes_report(fluo_subset, tmp_path):
     out = tmp_path / "run"
-    res = runner.invoke(app, ["train", "--preset", "tiny", "--data", str(fluo_subset["train"]), "--val", str(fluo_subset["val"]),
-                              "--out", str(out), "--quiet"])
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "--preset",
+            "tiny",
+            "--data",
+            str(fluo_subset["train"]),
+            "--val",
+            str(fluo_subset["val"]),
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 0, res.output
     md = (out / "report.md").read_text()
     html = (out / "report.html").read_text()

@@ -91,8 +91,11 @@ def test_scale_augmentation_off_keeps_pixels():
 
 
 def test_factor_ranges_must_be_ordered_and_positive():
-    for bad in ({"augment": {"scale_range": (1.4, 0.7)}}, {"augment": {"scale_range": (0.0, 1.0)}},
-                {"predict": {"rescale_limits": (2.0, 0.5)}}):
+    for bad in (
+        {"augment": {"scale_range": (1.4, 0.7)}},
+        {"augment": {"scale_range": (0.0, 1.0)}},
+        {"predict": {"rescale_limits": (2.0, 0.5)}},
+    ):
         with pytest.raises(ValueError, match="0 < low <= high"):
             QmedConfig(**bad)
 

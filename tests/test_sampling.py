@@ -8,7 +8,7 @@ def square_map(squares, size=64):
     """Label map with one labelled axis-aligned rectangle per (r, c, h, w)."""
     lab = np.zeros((size, size), np.int32)
     for i, (r, c, h, w) in enumerate(squares, start=1):
-        lab[r:r + h, c:c + w] = i
+        lab[r : r + h, c : c + w] = i
     return lab
 
 
@@ -18,7 +18,7 @@ def test_features_by_hand():
     assert f["n_objects"] == 1 and f["fg_area"] == 400
     assert f["boundary_pixels"] == 76
     assert f["boundary_per_area"] == pytest.approx(76 / 400)
-    assert f["fg_fraction"] == pytest.approx(400 / 64 ** 2)
+    assert f["fg_fraction"] == pytest.approx(400 / 64**2)
     assert not f["has_small"]
     # touching instances: the shared edge counts as boundary on both sides
     f2 = complexity_score(square_map([(10, 10, 20, 10), (10, 20, 20, 10)]))
@@ -35,8 +35,15 @@ def test_features_by_hand():
 
 def test_empty_image():
     f = complexity_score(np.zeros((16, 16), np.int32))
-    assert f == {"n_objects": 0, "fg_area": 0, "fg_fraction": 0.0, "boundary_pixels": 0,
-                 "boundary_per_area": 0.0, "min_area": 0, "has_small": False}
+    assert f == {
+        "n_objects": 0,
+        "fg_area": 0,
+        "fg_fraction": 0.0,
+        "boundary_pixels": 0,
+        "boundary_per_area": 0.0,
+        "min_area": 0,
+        "has_small": False,
+    }
 
 
 def feat(n, bpa, small=False):
@@ -95,6 +102,7 @@ def test_sampler_deterministic_and_weighted():
 
 
 # -- data.sampler=hard -----------------------------------------------------------------------------
+
 
 def test_hardness_weights_hand_computed():
     from qmed.data.sampling import hardness_weights

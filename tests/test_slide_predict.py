@@ -20,7 +20,6 @@ from qmed.data.tissue import region_has_tissue, sample_points, thumbnail, tissue
 from qmed.segment.instances import split_instances
 from qmed.segment.slide import SlideJob, block_objects, histogram_percentiles, paint_tile, spill
 
-
 # --------------------------------------------------------------------------------------------
 # helpers
 
@@ -40,28 +39,50 @@ class ArrayReader:
         out = np.full((h, w, 3), 255, np.uint8)
         ys, xs = slice(max(0, y), min(a.shape[0], y + h)), slice(max(0, x), min(a.shape[1], x + w))
         part = a[ys, xs]
-        out[ys.start - y:ys.start - y + part.shape[0], xs.start - x:xs.start - x + part.shape[1]] = part
+        out[ys.start - y : ys.start - y + part.shape[0], xs.start - x : xs.start - x + part.shape[1]] = part
         return out
 
 
 def discs(shape, centres, r) -> np.ndarray:
     """Instance labels of discs of radius r at (y, x) centres (later ones drawn over earlier ones)."""
     lab = np.zeros(shape, np.int32)
-    dy, dx = np.mgrid[-r:r + 1, -r:r + 1]
+    dy, dx = np.mgrid[-r : r + 1, -r : r + 1]
     disc = dy**2 + dx**2 <= r * r
     for k, (cy, cx) in enumerate(centres, 1):
         y0, x0 = cy - r, cx - r
         ys, xs = slice(max(0, y0), min(shape[0], cy + r + 1)), slice(max(0, x0), min(shape[1], cx + r + 1))
-        d = disc[ys.start - y0:ys.stop - y0, xs.start - x0:xs.stop - x0]
+        d = disc[ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0]
         lab[ys, xs][d] = k
     return lab
 
 
 def job_for(width, height, block, halo) -> SlideJob:
-    return SlideJob(model_path="m", backend="torch", device=None, slide_path="s", out="o", key="k", level=0, downsample=1.0,
-                    mpp=None, width=width, height=height, block=block, halo=halo, chunk=32, scale=1.0, tta=1, threshold=0.5,
-                    tile=128, overlap=0.25, batch_size=2, instances=True, probability=False, gzip=False,
-                    blocks=tuple(range(math.ceil(width / block) * math.ceil(height / block))))
+    return SlideJob(
+        model_path="m",
+        backend="torch",
+        device=None,
+        slide_path="s",
+        out="o",
+        key="k",
+        level=0,
+        downsample=1.0,
+        mpp=None,
+        width=width,
+        height=height,
+        block=block,
+        halo=halo,
+        chunk=32,
+        scale=1.0,
+        tta=1,
+        threshold=0.5,
+        tile=128,
+        overlap=0.25,
+        batch_size=2,
+        instances=True,
+        probability=False,
+        gzip=False,
+        blocks=tuple(range(math.ceil(width / block) * math.ceil(height / block))),
+    )
 
 
 def blockwise_labels(prob: np.ndarray, block: int, halo: int, diameter=None, instances=True) -> tuple[np.ndarray, list]:
@@ -81,7 +102,7 @@ def blockwise_labels(prob: np.ndarray, block: int, halo: int, diameter=None, ins
     for i, res in results.items():
         x0, y0, x1, y1 = job.read_region(i)
         cx0, cy0, cx1, cy1 = job.core(i)
-        local[cy0:cy1, cx0:cx1] = res["labels"][cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
+        local[cy0:cy1, cx0:cx1] = res["labels"][cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
         cores.append((job.core(i), int(offsets[i])))
         sy, sx, sid = spill(res["labels"], (x0, y0), job.core(i))
         spills.append((sy, sx, sid, int(offsets[i])))
@@ -182,8 +203,10 @@ def test_paint_tile_gives_a_contested_pixel_to_its_core_owner():
     local[:, :4] = 1  # block 0's object 1 fills its core (x < 4)
     cores = [((0, 0, 4, 4), 0), ((4, 0, 8, 4), 1)]
     # block 0's object spills to x = 4, 5; block 1's object (offset 1 -> id 2) spills onto x = 3
-    spills = [(np.array([0, 0]), np.array([4, 5]), np.array([1, 1], np.uint32), 0),
-              (np.array([0, 1]), np.array([3, 3]), np.array([1, 1], np.uint32), 1)]
+    spills = [
+        (np.array([0, 0]), np.array([4, 5]), np.array([1, 1], np.uint32), 0),
+        (np.array([0, 1]), np.array([3, 3]), np.array([1, 1], np.uint32), 1),
+    ]
     out = paint_tile(0, 0, 4, 8, local, cores, spills)
     assert out[0].tolist() == [1, 1, 1, 1, 1, 1, 0, 0]  # x = 3 stays with block 0's own object
     # a window at (y, x) = (0, 2) of 2 x 4
@@ -202,7 +225,7 @@ def pinkish(shape, seed=0) -> np.ndarray:
     img[...] = (230, 150, 190)
     for _ in range(shape[0] * shape[1] // 400):
         y, x = rng.integers(0, shape[0] - 6), rng.integers(0, shape[1] - 6)
-        img[y:y + 6, x:x + 6] = (120, 60, 150)
+        img[y : y + 6, x : x + 6] = (120, 60, 150)
     return img
 
 
@@ -272,7 +295,9 @@ def test_model_input_takes_fixed_statistics():
     own = model_input(img, cfg)
     assert np.allclose(own, model_input(img, cfg, {"intensity": tuple(np.percentile(img, cfg.data.norm_percentiles))}))
     fixed = model_input(img, cfg, {"intensity": (0.25, 0.75)})
-    assert fixed[0, 0, 0] == 0.0 and fixed[-1, -1, -1] == 1.0 and np.isclose(fixed[5, 0, 0], (img[5, 0, 0] - 0.25) / 0.5)
+    assert (
+        fixed[0, 0, 0] == 0.0 and fixed[-1, -1, -1] == 1.0 and np.isclose(fixed[5, 0, 0], (img[5, 0, 0] - 0.25) / 0.5)
+    )
 
 
 def test_reinhard_with_the_images_own_statistics_as_source_is_unchanged():
@@ -324,8 +349,17 @@ def tissue_image(h: int, w: int, seed: int = 0, glass_from: int | None = None, r
 def write_slide(path, rgb, mpp=0.25, min_size=512):
     from qmed.io.pyramid import write_pyramid
 
-    write_pyramid(path, rgb.shape, np.uint8, lambda y, x, h, w: rgb[y:y + h, x:x + w], tile=256, kind="image", mpp=mpp,
-                  min_size=min_size, compression="zlib")
+    write_pyramid(
+        path,
+        rgb.shape,
+        np.uint8,
+        lambda y, x, h, w: rgb[y : y + h, x : x + w],
+        tile=256,
+        kind="image",
+        mpp=mpp,
+        min_size=min_size,
+        compression="zlib",
+    )
     return path
 
 
@@ -411,13 +445,30 @@ def test_blocks_blend_the_whole_images_windows(stand_in, tmp_path, block, scale)
     pred = Predictor(window_context, pred.cfg)
     rgb, _ = tissue_image(700, 900, seed=7, glass_from=620)
     slide = write_slide(tmp_path / "c.ome.tif", rgb)
-    job = plan_slide(model, slide, tmp_path / "o", block=block, halo=32, predictor=pred,
-                     **({} if scale == 1.0 else {"mpp": 0.25 / scale}))
+    job = plan_slide(
+        model,
+        slide,
+        tmp_path / "o",
+        block=block,
+        halo=32,
+        predictor=pred,
+        **({} if scale == 1.0 else {"mpp": 0.25 / scale}),
+    )
     assert job.scale == pytest.approx(scale) and 0 < len(job.blocks) <= job.n_blocks
-    whole = predict_at_scale(window_context, pred.model_input(rgb, job.stats()), job.scale, tile=job.tile, overlap=job.overlap,
-                             batch_size=2, amp=False, channels=True)
+    whole = predict_at_scale(
+        window_context,
+        pred.model_input(rgb, job.stats()),
+        job.scale,
+        tile=job.tile,
+        overlap=job.overlap,
+        batch_size=2,
+        amp=False,
+        channels=True,
+    )
     plan = window_plan(job)
-    assert sorted(w for ws in plan.owned.values() for w in ws) == sorted(set(w for ws in plan.owned.values() for w in ws))
+    assert sorted(w for ws in plan.owned.values() for w in ws) == sorted(
+        set(w for ws in plan.owned.values() for w in ws)
+    )
     tol = 1e-5
     worst_local = 0.0
     for i in job.blocks:
@@ -432,8 +483,18 @@ def test_blocks_blend_the_whole_images_windows(stand_in, tmp_path, block, scale)
     assert not list((tmp_path / "o" / "blocks").glob("*.windows.npy"))  # every stored sum was released
 
 
-@pytest.mark.parametrize("n_src, n_dst, mode", [(50, 40, "area"), (100, 50, "area"), (37, 29, "area"), (50, 65, "linear"),
-                                                (40, 50, "cubic"), (41, 29, "cubic"), (7, 7, "linear")])
+@pytest.mark.parametrize(
+    "n_src, n_dst, mode",
+    [
+        (50, 40, "area"),
+        (100, 50, "area"),
+        (37, 29, "area"),
+        (50, 65, "linear"),
+        (40, 50, "cubic"),
+        (41, 29, "cubic"),
+        (7, 7, "linear"),
+    ],
+)
 def test_resize_matrix_is_cv2_resize_and_crops_agree(n_src, n_dst, mode):
     import cv2
 
@@ -447,10 +508,12 @@ def test_resize_matrix_is_cv2_resize_and_crops_agree(n_src, n_dst, mode):
     # rows 3..n_dst-2 of the resized image from source rows 2.. only, when they do not reach row 0 or 1
     if n_dst > 8:
         ay = resize_matrix(n_src, n_dst, 4, n_dst - 2, 2, n_src, mode)
-        assert np.abs(resize_crop(img[2:], ay, ax) - ref[4:n_dst - 2]).max() < 1e-5
+        assert np.abs(resize_crop(img[2:], ay, ax) - ref[4 : n_dst - 2]).max() < 1e-5
     # by hand: 4 px to 2 by area averages pairs; 2 px to 4 linearly puts 0.25 / 0.75 weights
     assert np.allclose(resize_matrix(4, 2, 0, 2, 0, 4, "area").toarray(), [[0.5, 0.5, 0, 0], [0, 0, 0.5, 0.5]])
-    assert np.allclose(resize_matrix(2, 4, 0, 4, 0, 2, "linear").toarray(), [[1, 0], [0.75, 0.25], [0.25, 0.75], [0, 1]])
+    assert np.allclose(
+        resize_matrix(2, 4, 0, 4, 0, 2, "linear").toarray(), [[1, 0], [0.75, 0.25], [0.25, 0.75], [0, 1]]
+    )
 
 
 def predict_slide_quiet(model, slide, out, pred, **kw):
@@ -486,9 +549,19 @@ def test_an_empty_slide_runs_no_block_and_writes_empty_outputs(stand_in, tmp_pat
     model, pred = stand_in
     slide = write_slide(tmp_path / "glass.ome.tif", np.full((512, 640, 3), 246, np.uint8))
     meta = predict_slide_quiet(model, slide, tmp_path / "e", pred, block=256, instances=True)
-    assert meta["counts"] == {"blocks": 6, "blocks_run": 0, "objects": 0, "cut_objects": 0, "windows": 0, "pixels_run": 0,
-                                "pixels_read": 0}
-    assert not read_level0(tmp_path / "e" / "labels.ome.tif").any() and not read_level0(tmp_path / "e" / "mask.ome.tif").any()
+    assert meta["counts"] == {
+        "blocks": 6,
+        "blocks_run": 0,
+        "objects": 0,
+        "cut_objects": 0,
+        "windows": 0,
+        "pixels_run": 0,
+        "pixels_read": 0,
+    }
+    assert (
+        not read_level0(tmp_path / "e" / "labels.ome.tif").any()
+        and not read_level0(tmp_path / "e" / "mask.ome.tif").any()
+    )
     assert objects_csv(tmp_path / "e" / "objects.csv") == []
     assert json.loads((tmp_path / "e" / "objects.geojson").read_text())["features"] == []
 
@@ -616,7 +689,9 @@ def qmed_cli(*args, timeout=600):
     import sys
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "qmed.cli", *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "qmed.cli", *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def outputs_equal(a, b) -> None:
@@ -639,10 +714,27 @@ def test_kill_mid_slide_then_resume_gives_the_uninterrupted_outputs(tiny_model, 
     rgb, _ = tissue_image(768, 768, seed=11)
     slide = write_slide(tmp_path / "k.ome.tif", rgb)
     out, ref = tmp_path / "out", tmp_path / "ref"
-    args = ["predict", "--model", tiny_model, "--input", slide, "--block", "256", "--halo", "32", "--instances", "--quiet"]
+    args = [
+        "predict",
+        "--model",
+        tiny_model,
+        "--input",
+        slide,
+        "--block",
+        "256",
+        "--halo",
+        "32",
+        "--instances",
+        "--quiet",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "qmed.cli", *map(str, args), "--out", str(out)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qmed.cli", *map(str, args), "--out", str(out)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
     def markers():  # NNNNNN.json; not an atomic write's hidden temporary (.NNNNNN.qmed-tmp-....json)
         return [p for p in (out / "blocks").glob("[0-9]*.json") if not p.stem.endswith(".windows")]
 
@@ -661,7 +753,11 @@ def test_kill_mid_slide_then_resume_gives_the_uninterrupted_outputs(tiny_model, 
     assert res.returncode == 0, res.stdout + res.stderr
     outputs_equal(out, ref)
     assert meta["counts"] == json.loads((ref / "predict.json").read_text())["counts"]
-    hidden = [p.name for p in list(out.iterdir()) + list(tmp_path.iterdir()) if p.name.startswith(".") and p.name != ".qmed-output.json"]
+    hidden = [
+        p.name
+        for p in list(out.iterdir()) + list(tmp_path.iterdir())
+        if p.name.startswith(".") and p.name != ".qmed-output.json"
+    ]
     assert hidden == [] and not (out / "blocks").exists()
 
 

@@ -25,7 +25,7 @@ from qmed.io.slides import OpenSlideReader, TiffSlideReader, is_slide, open_slid
 
 
 def _tiles_of(arr):
-    return lambda y, x, h, w: arr[y:y + h, x:x + w]
+    return lambda y, x, h, w: arr[y : y + h, x : x + w]
 
 
 def _rgb(h, w, seed=0):
@@ -38,8 +38,17 @@ def _levels(path):
 
 
 def _write_rgb_slide(path, rgb, *, tile=16, min_size=16, mpp=0.25, compression="zlib"):
-    write_pyramid(path, rgb.shape, np.uint8, _tiles_of(rgb), tile=tile, kind="image", mpp=mpp,
-                  min_size=min_size, compression=compression)
+    write_pyramid(
+        path,
+        rgb.shape,
+        np.uint8,
+        _tiles_of(rgb),
+        tile=tile,
+        kind="image",
+        mpp=mpp,
+        min_size=min_size,
+        compression=compression,
+    )
 
 
 def _leftovers(folder):
@@ -47,6 +56,7 @@ def _leftovers(folder):
 
 
 # ---------------------------------------------------------------- pyramid writing
+
 
 def test_level_shapes_halve_rounding_up_until_min_size():
     assert level_shapes(40, 24, 8) == [(40, 24), (20, 12), (10, 6), (5, 3)]
@@ -63,14 +73,12 @@ def test_label_pyramid_reads_back_equal_with_nearest_neighbour_levels(tmp_path, 
     assert [lv.shape for lv in levels] == level_shapes(h, w, 8)
     for k, lv in enumerate(levels):
         assert lv.dtype == np.uint32
-        np.testing.assert_array_equal(lv, labels[::2 ** k, ::2 ** k])  # level k = every 2**k-th pixel
+        np.testing.assert_array_equal(lv, labels[:: 2**k, :: 2**k])  # level k = every 2**k-th pixel
     assert _leftovers(tmp_path) == []
 
 
 def test_label_pyramid_small_case_by_hand(tmp_path):
-    labels = np.array([[1, 1, 2, 2, 3],
-                       [1, 1, 2, 2, 3],
-                       [4, 4, 0, 0, 5]], dtype=np.uint32)
+    labels = np.array([[1, 1, 2, 2, 3], [1, 1, 2, 2, 3], [4, 4, 0, 0, 5]], dtype=np.uint32)
     write_pyramid(tmp_path / "l.tif", labels.shape, np.uint32, _tiles_of(labels), tile=16, kind="labels", min_size=2)
     levels = _levels(tmp_path / "l.tif")
     np.testing.assert_array_equal(levels[1], [[1, 2, 3], [4, 0, 5]])
@@ -97,7 +105,9 @@ def test_tiles_are_read_once_each_row_by_row_and_memory_stays_at_a_few_tiles(tmp
         calls.append((y, x))
         return np.full((th, tw), 1 + (y // 256) * 32 + x // 256, np.uint32)
 
-    write_pyramid(tmp_path / "warm.tif", (32, 32), np.uint32, lambda y, x, th, tw: np.zeros((th, tw), np.uint32), tile=16)
+    write_pyramid(
+        tmp_path / "warm.tif", (32, 32), np.uint32, lambda y, x, th, tw: np.zeros((th, tw), np.uint32), tile=16
+    )
     tracemalloc.start()
     write_pyramid(tmp_path / "big.tif", (h, w), np.uint32, read_tile, tile=256, kind="labels", maxworkers=1)
     peak = tracemalloc.get_traced_memory()[1]
@@ -128,19 +138,28 @@ def test_pyramid_is_atomic_a_failing_tile_leaves_the_old_file_and_no_temporaries
 def test_pyramid_removes_a_killed_runs_leftovers(tmp_path):
     (tmp_path / ".m.tif.tmp").write_bytes(b"half a file")
     (tmp_path / ".m.tif.levels.tmp").mkdir()
-    write_pyramid(tmp_path / "m.tif", (16, 16), np.uint8, lambda y, x, h, w: np.ones((h, w), np.uint8), tile=16, kind="mask")
+    write_pyramid(
+        tmp_path / "m.tif", (16, 16), np.uint8, lambda y, x, h, w: np.ones((h, w), np.uint8), tile=16, kind="mask"
+    )
     assert _leftovers(tmp_path) == []
 
 
 def test_pyramid_wrong_tile_shape_is_refused(tmp_path):
     with pytest.raises(ValueError, match="returned shape"):
-        write_pyramid(tmp_path / "x.tif", (32, 32), np.uint8, lambda y, x, h, w: np.zeros((16, 16), np.uint8),
-                      tile=32, kind="mask")
+        write_pyramid(
+            tmp_path / "x.tif",
+            (32, 32),
+            np.uint8,
+            lambda y, x, h, w: np.zeros((16, 16), np.uint8),
+            tile=32,
+            kind="mask",
+        )
     with pytest.raises(ValueError, match="multiple of 16"):
         write_pyramid(tmp_path / "x.tif", (32, 32), np.uint8, _tiles_of(np.zeros((32, 32), np.uint8)), tile=24)
 
 
 # ---------------------------------------------------------------- reading slides
+
 
 def test_tiff_slide_metadata_and_regions(tmp_path):
     rgb = _rgb(100, 70)
@@ -176,8 +195,14 @@ def test_gray_slide_reads_as_rgb(tmp_path):
 
 def test_planar_ome_tiff_reads_as_rgb(tmp_path):
     planes = _rgb(40, 50, seed=6).transpose(2, 0, 1).copy()  # (3, H, W): samples stored plane by plane
-    tifffile.imwrite(tmp_path / "planar.ome.tif", planes, photometric="rgb", planarconfig="separate", tile=(16, 16),
-                     metadata={"axes": "SYX"})
+    tifffile.imwrite(
+        tmp_path / "planar.ome.tif",
+        planes,
+        photometric="rgb",
+        planarconfig="separate",
+        tile=(16, 16),
+        metadata={"axes": "SYX"},
+    )
     with open_slide(tmp_path / "planar.ome.tif") as r:
         assert r.dimensions == [(50, 40)]
         np.testing.assert_array_equal(r.read(0, 5, 6, 20, 10), planes.transpose(1, 2, 0)[6:16, 5:25])
@@ -212,10 +237,22 @@ def _aperio_svs(path, rgb):
     """A minimal Aperio SVS (the description OpenSlide's aperio driver keys on, levels as pages)."""
     desc = "Aperio Image Library v10.0.50\n{w}x{h} [0,0 {w}x{h}] (64x64) |AppMag = 40|MPP = 0.2500"
     with tifffile.TiffWriter(path) as tw:
-        tw.write(rgb, tile=(64, 64), photometric="rgb", compression="zlib", metadata=None,
-                 description=desc.format(w=rgb.shape[1], h=rgb.shape[0]))
-        tw.write(np.ascontiguousarray(rgb[::2, ::2]), tile=(64, 64), photometric="rgb", compression="zlib",
-                 metadata=None, description="Aperio Image Library v10.0.50\nlevel 1")
+        tw.write(
+            rgb,
+            tile=(64, 64),
+            photometric="rgb",
+            compression="zlib",
+            metadata=None,
+            description=desc.format(w=rgb.shape[1], h=rgb.shape[0]),
+        )
+        tw.write(
+            np.ascontiguousarray(rgb[::2, ::2]),
+            tile=(64, 64),
+            photometric="rgb",
+            compression="zlib",
+            metadata=None,
+            description="Aperio Image Library v10.0.50\nlevel 1",
+        )
 
 
 def test_vendor_slide_through_openslide(tmp_path):
@@ -281,8 +318,12 @@ def test_not_a_slide(tmp_path):
     (tmp_path / "empty.svs").write_bytes(b"")
     (tmp_path / "junk.ndpi").write_bytes(b"junk" * 100)
     (tmp_path / "notes.txt").write_text("hi")
-    for name, problem in [("empty.svs", "empty"), ("junk.ndpi", "cannot be opened as a slide"),
-                          ("notes.txt", "not a slide file type"), ("missing.tif", "does not exist")]:
+    for name, problem in [
+        ("empty.svs", "empty"),
+        ("junk.ndpi", "cannot be opened as a slide"),
+        ("notes.txt", "not a slide file type"),
+        ("missing.tif", "does not exist"),
+    ]:
         with pytest.raises(QmedInputError, match=problem) as info:
             open_slide(tmp_path / name)
         assert name in str(info.value) and "\n" not in str(info.value)
@@ -303,6 +344,7 @@ def test_read_refuses_a_level_that_does_not_exist(tmp_path):
 
 # ---------------------------------------------------------------- choosing the level
 
+
 @pytest.fixture()
 def four_level_slide(tmp_path):
     """128 px square at 0.25 um/px, levels at 0.25, 0.5, 1 and 2 um/px."""
@@ -312,16 +354,22 @@ def four_level_slide(tmp_path):
         yield r
 
 
-@pytest.mark.parametrize("mpp, level", [
-    (0.5, 1), (0.25, 0), (1.0, 2), (2.0, 3),
-    (0.6, 1),   # 0.5 and 1.0 are both within reach? 1.0 > 0.66 is too coarse: 0.5
-    (0.95, 2),  # 1.0 <= 1.045 is allowed, and nearer (log) than 0.5
-    (0.9, 1),   # 1.0 > 0.99: too coarse, so 0.5
-    (0.1, 0),   # finer than any level: the finest there is
-    (5.0, 3),   # coarser than any level: the coarsest
-])
+@pytest.mark.parametrize(
+    "mpp, level",
+    [
+        (0.5, 1),
+        (0.25, 0),
+        (1.0, 2),
+        (2.0, 3),
+        (0.6, 1),  # 0.5 and 1.0 are both within reach? 1.0 > 0.66 is too coarse: 0.5
+        (0.95, 2),  # 1.0 <= 1.045 is allowed, and nearer (log) than 0.5
+        (0.9, 1),  # 1.0 > 0.99: too coarse, so 0.5
+        (0.1, 0),  # finer than any level: the finest there is
+        (5.0, 3),  # coarser than any level: the coarsest
+    ],
+)
 def test_pick_level_for_a_pixel_size(four_level_slide, mpp, level):
-    assert pick_level(four_level_slide, mpp=mpp) == (level, pytest.approx(0.25 * 2 ** level))
+    assert pick_level(four_level_slide, mpp=mpp) == (level, pytest.approx(0.25 * 2**level))
 
 
 def test_pick_level_by_number_and_its_errors(four_level_slide, tmp_path):
@@ -345,6 +393,7 @@ def test_pick_level_by_number_and_its_errors(four_level_slide, tmp_path):
 
 # ---------------------------------------------------------------- GeoJSON and polygons
 
+
 def _same_ring(ring, expected):
     """Equal as closed rings, whatever the starting vertex."""
     assert ring[0] == ring[-1]
@@ -355,21 +404,21 @@ def _same_ring(ring, expected):
 def test_a_3x3_square_becomes_the_ring_around_its_pixels():
     labels = np.zeros((8, 9), np.int32)
     labels[2:5, 3:6] = 7  # rows 2..4, columns 3..5
-    (oid, ring), = label_polygons(labels)
+    ((oid, ring),) = label_polygons(labels)
     assert oid == 7
     _same_ring(ring, [(3, 2), (6, 2), (6, 5), (3, 5)])  # counter-clockwise by its values
     poly = Polygon(ring)
     assert poly.is_valid and poly.area == 9 and poly.exterior.is_ccw
-    (_, ring2), = label_polygons(labels, offset_xy=(100, 200), scale=2)  # level-0 px of a level-1 block at (100, 200)
+    ((_, ring2),) = label_polygons(labels, offset_xy=(100, 200), scale=2)  # level-0 px of a level-1 block at (100, 200)
     _same_ring(ring2, [(106, 204), (112, 204), (112, 210), (106, 210)])
 
 
 def test_polygons_single_pixel_line_ids_and_pieces():
     labels = np.zeros((10, 10), np.int32)
-    labels[6, 0] = 3            # one pixel
-    labels[0, 5:9] = 9          # a 1 x 4 line
-    labels[8:10, 0:2] = 4       # a 2 x 2 square ...
-    labels[9, 9] = 4            # ... and a stray pixel of the same object: the larger piece is kept
+    labels[6, 0] = 3  # one pixel
+    labels[0, 5:9] = 9  # a 1 x 4 line
+    labels[8:10, 0:2] = 4  # a 2 x 2 square ...
+    labels[9, 9] = 4  # ... and a stray pixel of the same object: the larger piece is kept
     polys = dict(label_polygons(labels))
     assert sorted(polys) == [3, 4, 9]
     _same_ring(polys[3], [(1, 7), (0, 7), (0, 6), (1, 6)])
@@ -382,7 +431,7 @@ def test_polygons_single_pixel_line_ids_and_pieces():
 
 def test_polygons_with_slide_unique_ids_far_above_the_map_size():
     labels = np.zeros((6, 6), np.uint32)
-    labels[1:3, 1:3] = 4_000_000_000   # renumbered internally, reported as given
+    labels[1:3, 1:3] = 4_000_000_000  # renumbered internally, reported as given
     labels[4, 4] = 3_999_999_999
     polys = list(label_polygons(labels))
     assert [i for i, _ in polys] == [3_999_999_999, 4_000_000_000]
@@ -393,13 +442,13 @@ def test_polygons_with_slide_unique_ids_far_above_the_map_size():
 def test_polygons_of_real_shapes_are_valid_closed_and_near_the_pixel_count():
     yy, xx = np.mgrid[:40, :40]
     labels = np.zeros((40, 40), np.int32)
-    labels[(yy - 12) ** 2 + (xx - 12) ** 2 <= 64] = 1                     # a disk
+    labels[(yy - 12) ** 2 + (xx - 12) ** 2 <= 64] = 1  # a disk
     labels[25:35, 2:5] = 2
-    labels[32:35, 2:15] = 2                                                # an L
+    labels[32:35, 2:15] = 2  # an L
     for i in range(8):
-        labels[20 + i, 20 + i] = 3                                         # a diagonal line
+        labels[20 + i, 20 + i] = 3  # a diagonal line
     labels[22:38, 28:38] = 5
-    labels[27:33, 31:35] = 0                                               # a ring (hole dropped)
+    labels[27:33, 31:35] = 0  # a ring (hole dropped)
     for oid, ring in label_polygons(labels):
         poly = Polygon(ring)
         assert ring[0] == ring[-1] and poly.is_valid and not poly.interiors
@@ -417,8 +466,11 @@ def test_geojson_writer_schema_gzip_and_count(tmp_path):
     out = tmp_path / "objects.geojson.gz"
     with GeoJSONWriter(out) as w:
         for oid, ring in label_polygons(labels):
-            w.add(oid, ring, {"area": int((labels == oid).sum()), "mean_probability": np.float32(0.75),
-                              "nan": float("nan")})
+            w.add(
+                oid,
+                ring,
+                {"area": int((labels == oid).sum()), "mean_probability": np.float32(0.75), "nan": float("nan")},
+            )
     assert w.count == 3
     with gzip.open(out, "rt") as fh:
         doc = json.load(fh)
@@ -444,7 +496,7 @@ def test_geojson_plain_empty_and_unclosed_ring(tmp_path):
         w.add(5, [(0, 0), (2, 0), (2, 2)], {}, classification="Tumor", color=(1, 2, 3))  # closed by the writer
         with pytest.raises(ValueError, match="at least 3 points"):
             w.add(6, [(0, 0), (1, 1)], {})
-    f, = json.loads((tmp_path / "one.geojson").read_text())["features"]
+    (f,) = json.loads((tmp_path / "one.geojson").read_text())["features"]
     assert f["geometry"]["coordinates"] == [[[0, 0], [2, 0], [2, 2], [0, 0]]]
     assert f["properties"]["classification"] == {"name": "Tumor", "color": [1, 2, 3]}
 
@@ -461,6 +513,7 @@ def test_geojson_is_atomic_an_error_keeps_the_old_file_and_no_temporary(tmp_path
 
 
 # ---------------------------------------------------------------- the mosaic builder
+
 
 def _tiny_dataset(root):
     """One 16 x 16 source tile with two objects (labels 5 and 9), as images/ + masks/."""
@@ -485,13 +538,22 @@ def _dihedral(a):
 
 def test_mosaic_of_one_tile_by_hand(tmp_path):
     img, lab = _tiny_dataset(tmp_path / "tiles")
-    info = build_slide(tmp_path / "m.tif", (48, 16), tmp_path / "tiles", seed=3, tile=16, cell=16, blank=0,
-                       truth_path=tmp_path / "t.tif", compression="zlib")
+    info = build_slide(
+        tmp_path / "m.tif",
+        (48, 16),
+        tmp_path / "tiles",
+        seed=3,
+        tile=16,
+        cell=16,
+        blank=0,
+        truth_path=tmp_path / "t.tif",
+        compression="zlib",
+    )
     assert info["objects"] == 6 and info["grid"] == [1, 3] and info["blank_cells"] == 0
     slide, truth = _levels(tmp_path / "m.tif")[0], _levels(tmp_path / "t.tif")[0]
     assert slide.shape == (16, 48, 3) and truth.shape == (16, 48) and truth.dtype == np.uint32
     for c in range(3):  # each cell is a flip/turn of the tile, its two objects numbered 2c+1, 2c+2
-        cell_img, cell_lab = slide[:, 16 * c:16 * c + 16], truth[:, 16 * c:16 * c + 16]
+        cell_img, cell_lab = slide[:, 16 * c : 16 * c + 16], truth[:, 16 * c : 16 * c + 16]
         k = next(i for i, t in enumerate(_dihedral(img)) if np.array_equal(t, cell_img))
         src = _dihedral(lab)[k]
         assert sorted(np.unique(cell_lab)) == [0, 2 * c + 1, 2 * c + 2]
@@ -501,8 +563,17 @@ def test_mosaic_of_one_tile_by_hand(tmp_path):
 
 def test_mosaic_crops_objects_at_the_slide_edge(tmp_path):
     _tiny_dataset(tmp_path / "tiles")
-    info = build_slide(tmp_path / "m.tif", (20, 5), tmp_path / "tiles", seed=0, tile=16, cell=16, blank=0,
-                       truth_path=tmp_path / "t.tif", compression="zlib")
+    info = build_slide(
+        tmp_path / "m.tif",
+        (20, 5),
+        tmp_path / "tiles",
+        seed=0,
+        tile=16,
+        cell=16,
+        blank=0,
+        truth_path=tmp_path / "t.tif",
+        compression="zlib",
+    )
     truth = _levels(tmp_path / "t.tif")[0]
     ids = np.unique(truth[truth > 0])
     assert info["objects"] == ids.size and list(ids) == list(range(1, ids.size + 1))
@@ -529,8 +600,16 @@ def test_synthetic_mosaic_blank_cells_ids_and_seed(tmp_path):
 
 def test_mosaic_of_monuseg_reads_back_as_a_slide(shared_data, tmp_path):
     out, truth_path = tmp_path / "mono.ome.tif", tmp_path / "mono_truth.ome.tif"
-    info = build_slide(out, (1024, 768), shared_data / "monuseg" / "train", seed=0, cell=256, blank=0.25,
-                       truth_path=truth_path, min_size=256)
+    info = build_slide(
+        out,
+        (1024, 768),
+        shared_data / "monuseg" / "train",
+        seed=0,
+        cell=256,
+        blank=0.25,
+        truth_path=truth_path,
+        min_size=256,
+    )
     assert info["sources"] == 30 and info["grid"] == [3, 4]
     with open_slide(out) as r:
         assert r.dimensions == [(1024, 768), (512, 384), (256, 192)] and r.mpp == pytest.approx(0.25)
@@ -539,7 +618,10 @@ def test_mosaic_of_monuseg_reads_back_as_a_slide(shared_data, tmp_path):
     ids = np.unique(truth[truth > 0])
     assert info["objects"] == ids.size > 50 and ids.max() == ids.size
     # tissue where the truth has nuclei: nuclei (haematoxylin) are darker than the slide's white glass
-    assert region[truth > 0].mean() < 200 and (region[truth == 0].mean(axis=-1) > 250).mean() > 0.1 * info["blank_cells"] / 12
+    assert (
+        region[truth > 0].mean() < 200
+        and (region[truth == 0].mean(axis=-1) > 250).mean() > 0.1 * info["blank_cells"] / 12
+    )
 
 
 def test_mosaic_refuses_a_cell_larger_than_the_tiles(tmp_path):

@@ -53,11 +53,17 @@ def test_pooled_per_image_hand_computed(tmp_path):
 
 def test_work_done_and_bf16_note():
     # each method's schedule comes from its own calibration, so the row says how long training took
-    assert work_done({"work": "12 ep x 472 crops (1416 steps)", "train_seconds": 1867.2}) == "12 ep x 472 crops (1416 steps), 31.1 min"
+    assert (
+        work_done({"work": "12 ep x 472 crops (1416 steps)", "train_seconds": 1867.2})
+        == "12 ep x 472 crops (1416 steps), 31.1 min"
+    )
     assert work_done({"work": "2 ep x 8 crops (4 steps)", "train_seconds": None}) == "2 ep x 8 crops (4 steps)"
     assert work_done({}) == "-"
     assert bf16_note({"cpu_native_bf16": True}) == ", native bfloat16: qmed per train.cpu_bf16, smp in float32"
-    assert bf16_note({"cpu_native_bf16": True}, smp_bf16=True) == ", native bfloat16: qmed per train.cpu_bf16, smp too (--smp-bf16)"
+    assert (
+        bf16_note({"cpu_native_bf16": True}, smp_bf16=True)
+        == ", native bfloat16: qmed per train.cpu_bf16, smp too (--smp-bf16)"
+    )
     assert bf16_note({"cpu_native_bf16": False}) == ", no native bfloat16: both train in float32"
     assert bf16_note({}) == ""  # a document written before the field existed
 
@@ -77,9 +83,30 @@ def test_auto_config_on_fluorescence_is_the_cpu_recipe(fluo_subset, tmp_path):
 
 def test_train_auto_writes_its_reasons(fluo_subset, tmp_path):
     out = tmp_path / "run"
-    res = CliRunner().invoke(app, ["train", "--data", str(fluo_subset["train"]), "--val", str(fluo_subset["val"]), "--out", str(out),
-                                   "--quiet", "--no-report", "--set", "model.encoder_weights=null", "--set", "train.epochs=1",
-                                   "--set", "data.samples_per_epoch=4", "--set", "data.crop=64", "--set", "model.decoder_channels=[32,32,16,16,16]"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(fluo_subset["train"]),
+            "--val",
+            str(fluo_subset["val"]),
+            "--out",
+            str(out),
+            "--quiet",
+            "--no-report",
+            "--set",
+            "model.encoder_weights=null",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "data.samples_per_epoch=4",
+            "--set",
+            "data.crop=64",
+            "--set",
+            "model.decoder_channels=[32,32,16,16,16]",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "auto: modality: fluorescence" in res.output
     cfg = yaml.safe_load((out / "config.yaml").read_text())
@@ -92,9 +119,29 @@ def test_suite_end_to_end_tiny(fluo_subset, tmp_path):
     shutil.copytree(fluo_subset["val"], root / "given" / "val")
     shutil.copytree(fluo_subset["train"], root / "noval" / "train")  # 6 images, no val/: a seeded 5/1 split
     out = tmp_path / "suite"
-    res = CliRunner().invoke(app, ["benchmark", "suite", "--data-root", str(root), "--datasets", "given,noval", "--minutes", "0.05",
-                                   "--preset", "tiny", "--n-boot", "100", "--out", str(out),
-                                   "--set", "train.val_every=2", "--train-seed", "3"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "benchmark",
+            "suite",
+            "--data-root",
+            str(root),
+            "--datasets",
+            "given,noval",
+            "--minutes",
+            "0.05",
+            "--preset",
+            "tiny",
+            "--n-boot",
+            "100",
+            "--out",
+            str(out),
+            "--set",
+            "train.val_every=2",
+            "--train-seed",
+            "3",
+        ],
+    )
     assert res.exit_code == 0, res.output
     doc = json.loads((out / "suite.json").read_text())
     assert doc["settings"]["qmed_overrides"] == ["train.val_every=2"] and doc["settings"]["train_seed"] == 3
@@ -102,8 +149,12 @@ def test_suite_end_to_end_tiny(fluo_subset, tmp_path):
     for m in ("qmed", "smp"):
         assert yaml.safe_load((out / "given" / m / m / "run" / "config.yaml").read_text())["train"]["seed"] == 3
     # the lever reaches qmed's runs only; smp stays the plain script
-    assert yaml.safe_load((out / "given" / "qmed" / "qmed" / "run" / "config.yaml").read_text())["train"]["val_every"] == 2
-    assert yaml.safe_load((out / "given" / "smp" / "smp" / "run" / "config.yaml").read_text())["train"]["val_every"] == 1
+    assert (
+        yaml.safe_load((out / "given" / "qmed" / "qmed" / "run" / "config.yaml").read_text())["train"]["val_every"] == 2
+    )
+    assert (
+        yaml.safe_load((out / "given" / "smp" / "smp" / "run" / "config.yaml").read_text())["train"]["val_every"] == 1
+    )
     assert doc["finished"] and [r["dataset"] for r in doc["datasets"]] == ["given", "noval"]
     for r in doc["datasets"]:
         assert set(r["methods"]) == {"qmed", "smp"}
@@ -112,11 +163,16 @@ def test_suite_end_to_end_tiny(fluo_subset, tmp_path):
     split = json.loads((out / "splits" / "noval.json").read_text())
     assert len(split["train"]) == 5 and len(split["val"]) == 1 and not set(split["train"]) & set(split["val"])
     assert isinstance(doc["machine"]["cpu_native_bf16"], bool) and " min |" in (out / "suite.md").read_text()
-    assert "qmed - smp" in (out / "suite.md").read_text() and "with --set train.val_every=2" in (out / "suite.md").read_text()
+    assert (
+        "qmed - smp" in (out / "suite.md").read_text()
+        and "with --set train.val_every=2" in (out / "suite.md").read_text()
+    )
 
 
 def test_suite_refuses_a_missing_dataset(tmp_path):
-    res = CliRunner().invoke(app, ["benchmark", "suite", "--data-root", str(tmp_path), "--datasets", "nope", "--out", str(tmp_path / "o")])
+    res = CliRunner().invoke(
+        app, ["benchmark", "suite", "--data-root", str(tmp_path), "--datasets", "nope", "--out", str(tmp_path / "o")]
+    )
     assert res.exit_code == 2 and "nope" in res.output and not (tmp_path / "o").exists()
 
 
@@ -124,18 +180,54 @@ def test_train_auto_on_stained_tissue_picks_the_unet(histo_subset, tmp_path):
     """Real H&E (dsb2018-histo): auto plans the stained-tissue settings, the plain U-Net decoder on a
     CPU among them, trains it with the instance head, and `qmed predict --instances` runs on it."""
     run = tmp_path / "run"
-    res = CliRunner().invoke(app, ["train", "--data", str(histo_subset["train"]), "--val", str(histo_subset["val"]), "--out", str(run),
-                                   "--quiet", "--no-report", "--set", "model.encoder_weights=null",
-                                   "--set", "train.epochs=1", "--set", "data.samples_per_epoch=4", "--set", "data.crop=64",
-                                   "--set", "model.decoder_channels=[32,32,16,16,16]"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(histo_subset["train"]),
+            "--val",
+            str(histo_subset["val"]),
+            "--out",
+            str(run),
+            "--quiet",
+            "--no-report",
+            "--set",
+            "model.encoder_weights=null",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "data.samples_per_epoch=4",
+            "--set",
+            "data.crop=64",
+            "--set",
+            "model.decoder_channels=[32,32,16,16,16]",
+        ],
+    )
     assert res.exit_code == 0, res.output
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["reasons"]["modality"].startswith("brightfield-stain")
-    assert (cfg["model"]["arch"], cfg["model"]["instance_head"], cfg["data"]["normalize"], cfg["train"]["lr"]) == ("unet", "contact", "none", 2e-3)
+    assert (cfg["model"]["arch"], cfg["model"]["instance_head"], cfg["data"]["normalize"], cfg["train"]["lr"]) == (
+        "unet",
+        "contact",
+        "none",
+        2e-3,
+    )
     assert "U-Net" in cfg["reasons"]["model.arch"]
     preds = tmp_path / "preds"
-    res = CliRunner().invoke(app, ["predict", "--model", str(run), "--input", str(histo_subset["val"] / "images"), "--out", str(preds),
-                                   "--instances"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            "--model",
+            str(run),
+            "--input",
+            str(histo_subset["val"] / "images"),
+            "--out",
+            str(preds),
+            "--instances",
+        ],
+    )
     assert res.exit_code == 0, res.output
     masks = sorted(p.name for p in preds.glob("*.png"))
     assert len(masks) == 2 and masks == sorted(p.name for p in (histo_subset["val"] / "images").iterdir())

@@ -76,13 +76,36 @@ def malignant_few(shared_data, tmp_path) -> Path:
 
 def test_cli_synthesize_on_busi(malignant_few, tmp_path):
     out = tmp_path / "syn"
-    r = runner.invoke(app, ["synthesize", "--data", str(malignant_few), "--n", "3", "--out", str(out), "--image-size", "16",
-                            "--epochs", "1", "--batch-size", "4", "--sample-steps", "2"])
+    r = runner.invoke(
+        app,
+        [
+            "synthesize",
+            "--data",
+            str(malignant_few),
+            "--n",
+            "3",
+            "--out",
+            str(out),
+            "--image-size",
+            "16",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--sample-steps",
+            "2",
+        ],
+    )
     assert r.exit_code == 0, r.output
     pngs = sorted((out / "images").glob("*.png"))
-    assert len(pngs) == 3 and np.asarray(Image.open(pngs[0])).shape == (16, 16)  # BUSI is gray saved as RGB -> 1 channel
+    assert len(pngs) == 3 and np.asarray(Image.open(pngs[0])).shape == (
+        16,
+        16,
+    )  # BUSI is gray saved as RGB -> 1 channel
     assert (out / "ddpm" / "model_index.json").is_file() and (out / "samples.png").is_file()
-    assert not [p for p in out.iterdir() if p.name.startswith(".") and p.name != ".qmed-output.json"]  # no staging folder left behind
+    assert not [
+        p for p in out.iterdir() if p.name.startswith(".") and p.name != ".qmed-output.json"
+    ]  # no staging folder left behind
     s = json.loads((out / "synthesize.json").read_text())
     assert s["n_train"] == 4 and s["n_images"] == 3 and s["channels"] == 1 and s["sampling"]["steps"] == 2
     q = s["quality"]
@@ -114,7 +137,9 @@ def _write(folder: Path, n: int, seed: int, size: int = 24) -> None:
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        Image.fromarray(rng.integers(0, 255, (size, size), dtype=np.uint8)).save(folder / f"{folder.name}_{seed}_{i}.png")
+        Image.fromarray(rng.integers(0, 255, (size, size), dtype=np.uint8)).save(
+            folder / f"{folder.name}_{seed}_{i}.png"
+        )
 
 
 @pytest.fixture()
@@ -146,9 +171,32 @@ def test_synthetic_images_reach_training_only(tiny_classes, with_val):
 def test_cli_classify_train_with_synthetic(tiny_classes, tmp_path):
     pytest.importorskip("pennylane")
     out = tmp_path / "run"
-    r = runner.invoke(app, ["classify", "train", "--data", str(tiny_classes["train"]), "--val", str(tiny_classes["val"]),
-                            "--positive", "malignant", "--synthetic", str(tiny_classes["syn"]), "--out", str(out), "--no-pqc",
-                            "--weights", "none", "--image-size", "32", "--batch-size", "4", "--epochs", "1"])
+    r = runner.invoke(
+        app,
+        [
+            "classify",
+            "train",
+            "--data",
+            str(tiny_classes["train"]),
+            "--val",
+            str(tiny_classes["val"]),
+            "--positive",
+            "malignant",
+            "--synthetic",
+            str(tiny_classes["syn"]),
+            "--out",
+            str(out),
+            "--no-pqc",
+            "--weights",
+            "none",
+            "--image-size",
+            "32",
+            "--batch-size",
+            "4",
+            "--epochs",
+            "1",
+        ],
+    )
     assert r.exit_code == 0, r.output
     s = json.loads((out / "summary.json").read_text())
     assert s["synthetic"]["n"] == 5 and s["synthetic"]["class"] == "malignant"
@@ -159,9 +207,39 @@ def test_cli_classify_train_with_synthetic(tiny_classes, tmp_path):
 
 
 def test_synthetic_class_errors(tiny_classes, tmp_path):
-    r = runner.invoke(app, ["classify", "train", "--data", str(tiny_classes["train"]), "--val", str(tiny_classes["val"]),
-                            "--synthetic", str(tiny_classes["syn"]), "--out", str(tmp_path / "r"), "--weights", "none"])
+    r = runner.invoke(
+        app,
+        [
+            "classify",
+            "train",
+            "--data",
+            str(tiny_classes["train"]),
+            "--val",
+            str(tiny_classes["val"]),
+            "--synthetic",
+            str(tiny_classes["syn"]),
+            "--out",
+            str(tmp_path / "r"),
+            "--weights",
+            "none",
+        ],
+    )
     assert r.exit_code == 2 and "--synthetic-class" in r.output, r.output
-    r = runner.invoke(app, ["classify", "train", "--data", str(tiny_classes["train"]), "--positive", "malignant",
-                            "--synthetic", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r"), "--weights", "none"])
+    r = runner.invoke(
+        app,
+        [
+            "classify",
+            "train",
+            "--data",
+            str(tiny_classes["train"]),
+            "--positive",
+            "malignant",
+            "--synthetic",
+            str(tmp_path / "nowhere"),
+            "--out",
+            str(tmp_path / "r"),
+            "--weights",
+            "none",
+        ],
+    )
     assert r.exit_code == 2 and "does not exist" in r.output, r.output

@@ -97,7 +97,12 @@ def test_write_dataset_removes_stale_files_only(tmp_path):
     d = write_dataset(tmp_path / "d", 5, size=(32, 32))
     (d / "images" / "mine.png").write_bytes((d / "images" / "synth_0000.png").read_bytes())
     write_dataset(d, 3, size=(32, 32))
-    assert sorted(p.name for p in (d / "images").iterdir()) == ["mine.png", "synth_0000.png", "synth_0001.png", "synth_0002.png"]
+    assert sorted(p.name for p in (d / "images").iterdir()) == [
+        "mine.png",
+        "synth_0000.png",
+        "synth_0001.png",
+        "synth_0002.png",
+    ]
     assert sorted(p.name for p in (d / "masks").iterdir()) == ["synth_0000.png", "synth_0001.png", "synth_0002.png"]
 
 
@@ -122,7 +127,9 @@ def test_round_trip_through_find_pairs_and_load_pair(tmp_path):
     # label PNGs read back as the generated labels, not as re-derived components.
     empty_idx = {i for i, p in enumerate(pairs) if not labels_read[p.name].any()}
     for i, pair in enumerate(pairs):
-        image, labels = generate_sample(np.random.default_rng(np.random.SeedSequence([3, 0, i])), (64, 80), empty=i in empty_idx)
+        image, labels = generate_sample(
+            np.random.default_rng(np.random.SeedSequence([3, 0, i])), (64, 80), empty=i in empty_idx
+        )
         np.testing.assert_array_equal(labels_read[pair.name], labels.astype(np.int32))
         np.testing.assert_allclose(read_image(pair.image)[..., 0], image / 255.0, atol=1e-6)
     fp = fingerprint(pairs)
@@ -147,7 +154,9 @@ def test_write_dataset_speed(tmp_path):
     assert time.perf_counter() - t0 < 10  # ~0.03 s per image here; generous for slow CI
 
 
-@pytest.mark.parametrize("kwargs", [{"n": 0}, {"n": 3, "empty_fraction": 1.5}, {"n": 3, "size": (4, 4)}], ids=["n0", "fraction", "tiny_size"])
+@pytest.mark.parametrize(
+    "kwargs", [{"n": 0}, {"n": 3, "empty_fraction": 1.5}, {"n": 3, "size": (4, 4)}], ids=["n0", "fraction", "tiny_size"]
+)
 def test_write_dataset_bad_arguments(tmp_path, kwargs):
     with pytest.raises(QmedInputError):
         write_dataset(tmp_path / "d", **kwargs)

@@ -25,8 +25,16 @@ def _parts(loss_fn) -> StepParts:
     torch.manual_seed(0)
     model = torch.nn.Conv2d(1, 1, 3, padding=1)
     scaler = torch.amp.GradScaler("cuda", enabled=False)
-    return StepParts(model, loss_fn, torch.optim.SGD(model.parameters(), lr=0.1), scaler, torch.device("cpu"), None,
-                     accumulate=2, clip_grad=None)
+    return StepParts(
+        model,
+        loss_fn,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        scaler,
+        torch.device("cpu"),
+        None,
+        accumulate=2,
+        clip_grad=None,
+    )
 
 
 def test_non_finite_loss_skips_its_micro_batch_and_finite_ones_still_step():

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -180,9 +180,9 @@ class ModelConfig(_Section):
     encoder: str = "efficientnet-b7"
     # "imagenet" (hub download), a path to a .pth state dict, "offline-mobilenet" (the local
     # torchvision MobileNetV2 file, if installed) or null for random init.
-    encoder_weights: Optional[str] = "imagenet"
+    encoder_weights: str | None = "imagenet"
     decoder_channels: list[int] = Field(default_factory=lambda: [256, 128, 64, 32, 16])
-    attention: Optional[Literal["scse"]] = "scse"
+    attention: Literal["scse"] | None = "scse"
     # How the 4th (edge) channel reaches the encoder: the paper's learnable projection, smp's own
     # 4-channel stem, or not at all (plain RGB; the "channel dropping" ablation).
     input_mode: Literal["projection", "stem4", "none"] = "projection"
@@ -213,9 +213,13 @@ class ModelConfig(_Section):
     @model_validator(mode="after")
     def _deep_supervision_needs_unetplusplus(self):
         if self.deep_supervision and self.arch != "unetplusplus":
-            raise _refuse(f"deep_supervision needs arch 'unetplusplus' (UNet++'s nested decoder), not {self.arch!r}; set it to false")
+            raise _refuse(
+                f"deep_supervision needs arch 'unetplusplus' (UNet++'s nested decoder), not {self.arch!r}; set it to false"
+            )
         if self.instance_head != "none" and self.arch not in HEAD_ARCHS:
-            raise _refuse(f"instance_head needs arch 'unetplusplus' or 'unet' (smp's multi-class head), not {self.arch!r}; set it to none")
+            raise _refuse(
+                f"instance_head needs arch 'unetplusplus' or 'unet' (smp's multi-class head), not {self.arch!r}; set it to none"
+            )
         return self
 
 
@@ -256,14 +260,14 @@ class DataConfig(_Section):
     # without validation (the last epoch is the model; the report then needs --data).
     val_fraction: float = Field(0.2, ge=0.0, lt=1.0)
     split_seed: int = 0
-    group_pattern: Optional[str] = None
+    group_pattern: str | None = None
     # complexity: static weights from the masks (the paper's S6; qmed.data.sampling); uniform;
     # hard: online hard-image mining, weights from each image's running training loss, re-set
     # every epoch (first epoch uniform).
     sampler: Literal["complexity", "uniform", "hard"] = "complexity"
     small_boost: float = 1.5
     # Random crops drawn per epoch; null = one per training image.
-    samples_per_epoch: Optional[int] = None
+    samples_per_epoch: int | None = None
     # Crops are centred on foreground with this probability (the rest uniformly at random), so
     # sparse images still show the model their cells. 0 = purely random crops.
     fg_crop_p: float = 0.0
@@ -276,7 +280,7 @@ class DataConfig(_Section):
     norm_percentiles: tuple[float, float] = (1.0, 99.8)
     # reinhard: L*, a*, b* means then their stds; null = the median over the training images,
     # computed when training starts and saved with the run, so new images get the same stain.
-    stain_target: Optional[tuple[float, float, float, float, float, float]] = None
+    stain_target: tuple[float, float, float, float, float, float] | None = None
     cache: bool = True
 
 
@@ -292,7 +296,7 @@ class TrainConfig(_Section):
     # Learning-rate schedule: the paper's OneCycleLR (peak `lr`, floor `final_lr`), or `lr` held
     # constant (the plain smp baseline of `qmed benchmark quality`).
     schedule: Literal["onecycle", "constant"] = "onecycle"
-    clip_grad: Optional[float] = 0.5
+    clip_grad: float | None = 0.5
     # stabilized: Algorithm 1; dice_bce: the smp-style baseline; dice: soft Dice alone and hybrid:
     # 0.5 Dice + 0.3 Focal + 0.2 Boundary (the Table II ladder's losses; `qmed.segment.losses`).
     loss: Literal["stabilized", "dice_bce", "dice", "hybrid"] = "stabilized"
@@ -329,14 +333,16 @@ class TrainConfig(_Section):
     # Polyak EMA of the weights, evaluated instead of the raw weights when enabled.
     weight_ema: bool = False
     weight_ema_decay: float = 0.999
-    val_every: int = Field(1, ge=1)  # validate every n-th epoch (and the last); the budget planner counts only those passes
+    val_every: int = Field(
+        1, ge=1
+    )  # validate every n-th epoch (and the last); the budget planner counts only those passes
     val_tta: bool = False
-    max_minutes: Optional[float] = None
+    max_minutes: float | None = None
     # The training loop's budget in seconds, set by `--minutes` (qmed.segment.budget): after each
     # epoch the trainer re-plans the remaining epochs' crops from the pace it measured, so the run
     # ends near the budget with its schedule complete even when the machine slows down or speeds up
     # after the few-second calibration. None: the epochs and crops as configured.
-    budget_seconds: Optional[float] = Field(None, gt=0)
+    budget_seconds: float | None = Field(None, gt=0)
     # The floor of useful work for `qmed train --minutes` and the demo: a budget that affords fewer
     # optimizer steps trains this many anyway and says it overran (a barely trained model is never
     # shown as the result). Benchmarks at equal budget do not apply it. 0: no floor.
@@ -351,8 +357,9 @@ class TrainConfig(_Section):
     # model.deep_supervision only: the auxiliary outputs' loss weights, nearest the main output
     # first (X^{0,3}, X^{0,2}, X^{0,1}); the main output weighs 1 and the sum is normalised by the
     # sum of the weights. qmed.segment.losses.DeepSupervisionLoss.
-    deep_supervision_weights: list[Annotated[float, Field(ge=0.0)]] = Field(default_factory=lambda: [0.5, 0.25, 0.125],
-                                                                            min_length=3, max_length=3)
+    deep_supervision_weights: list[Annotated[float, Field(ge=0.0)]] = Field(
+        default_factory=lambda: [0.5, 0.25, 0.125], min_length=3, max_length=3
+    )
 
     @model_validator(mode="after")
     def _dice_bce_options_need_dice_bce(self):
@@ -375,7 +382,7 @@ class PredictConfig(_Section):
     # `object_diameter` (the training masks' median, filled in by qmed train) within
     # `rescale_limits`, predicted again, and the probabilities resized back. Off in the paper.
     rescale: bool = False
-    object_diameter: Optional[float] = None
+    object_diameter: float | None = None
     rescale_limits: tuple[float, float] = (0.5, 2.0)
 
     @field_validator("rescale_limits")
@@ -417,8 +424,6 @@ def _check_run_limits(cfg: Any, min_batch: int, why: str) -> None:
         raise _refuse(f"minutes must be positive, got {cfg.minutes}")
 
 
-
-
 class ClassifyConfig(_Settings):
     """`qmed classify train` / `compare` (SPEC Q1-Q3; `qmed.classify`). Flat: these keys are the
     "config" that classifier checkpoints store (`model_dump()`), and those of classify-*.yaml."""
@@ -427,7 +432,7 @@ class ClassifyConfig(_Settings):
     model_config = ConfigDict(coerce_numbers_to_str=True)
 
     model: str = "mobilenet_v2"
-    weights: Optional[str] = "imagenet"  # imagenet | a local .pth | offline-mobilenet | None
+    weights: str | None = "imagenet"  # imagenet | a local .pth | offline-mobilenet | None
     # The quantum feature layer on the pooled features (`pqc_config()` gives its PQCConfig).
     pqc: bool = True
     qubits: Qubits = PQCConfig.default("qubits")
@@ -438,11 +443,11 @@ class ClassifyConfig(_Settings):
     diff_method: str = PQCConfig.default("diff_method")
     alpha_init: float = PQCConfig.default("alpha_init")
     pqc_lr_mult: float = 10.0  # the quantum branch (W_q, circuit, W_r, α) learns at lr × this
-    positive: Optional[str] = None
+    positive: str | None = None
     image_size: int = 128
     batch_size: int = 32
     epochs: int = 30
-    minutes: Optional[float] = None
+    minutes: float | None = None
     lr: float = 3e-4
     weight_decay: float = 1e-4  # Adam's L2 term
     dropout: float = 0.2
@@ -457,8 +462,8 @@ class ClassifyConfig(_Settings):
     intensity: float = 0.1
     seed: int = 0
     val_fraction: float = 0.2  # only without --val: a stratified seeded split of --data
-    synthetic: Optional[str] = None  # images added to the training set only (e.g. qmed synthesize OUT)
-    synthetic_class: Optional[str] = None  # their class (default: the positive class)
+    synthetic: str | None = None  # images added to the training set only (e.g. qmed synthesize OUT)
+    synthetic_class: str | None = None  # their class (default: the positive class)
     threshold: float = 0.5
     n_boot: int = 1000
 
@@ -473,8 +478,15 @@ class ClassifyConfig(_Settings):
         """The quantum layer's settings, or None for the classical model."""
         if not self.pqc:
             return None
-        return PQCConfig(qubits=self.qubits, layers=self.layers, entangler=self.entangler, rotation=self.rotation,
-                         device=self.qdevice, diff_method=self.diff_method, alpha_init=self.alpha_init)
+        return PQCConfig(
+            qubits=self.qubits,
+            layers=self.layers,
+            entangler=self.entangler,
+            rotation=self.rotation,
+            device=self.qdevice,
+            diff_method=self.diff_method,
+            alpha_init=self.alpha_init,
+        )
 
     @property
     def method(self) -> str:
@@ -485,10 +497,10 @@ class SimCLRConfig(_Settings):
     """`qmed pretrain simclr` (SPEC Q2; `qmed.classify.pretrain`)."""
 
     model: str = "mobilenet_v2"
-    weights: Optional[str] = "imagenet"
+    weights: str | None = "imagenet"
     image_size: int = 128
     epochs: int = 50
-    minutes: Optional[float] = None
+    minutes: float | None = None
     batch_size: int = 64
     temperature: float = 0.5
     lr: float = 3e-4
@@ -511,7 +523,7 @@ class DDPMConfig(_Settings):
     image_size: int = 64
     n: int = 100
     epochs: int = 300
-    minutes: Optional[float] = None
+    minutes: float | None = None
     batch_size: int = 16
     lr: float = 1e-3
     block_out_channels: tuple[int, ...] = (32, 64, 64)
@@ -534,7 +546,7 @@ class DDPMConfig(_Settings):
 
 def available_classify_presets() -> list[str]:
     """Names of the classification presets: configs/classify-NAME.yaml -> NAME."""
-    return sorted(p.stem[len(CLASSIFY_PREFIX):] for p in PRESET_DIR.glob(f"{CLASSIFY_PREFIX}*.yaml"))
+    return sorted(p.stem[len(CLASSIFY_PREFIX) :] for p in PRESET_DIR.glob(f"{CLASSIFY_PREFIX}*.yaml"))
 
 
 def classify_preset_path(name: str) -> Path:
@@ -542,12 +554,15 @@ def classify_preset_path(name: str) -> Path:
     stem = name if name.startswith(CLASSIFY_PREFIX) else CLASSIFY_PREFIX + name
     path = PRESET_DIR / f"{stem}.yaml"
     if not path.is_file():
-        raise QmedInputError(None, f"unknown classification preset {name!r}; choose one of {', '.join(available_classify_presets())}")
+        raise QmedInputError(
+            None, f"unknown classification preset {name!r}; choose one of {', '.join(available_classify_presets())}"
+        )
     return path
 
 
-def resolve_classify_config(preset: str = "cpu", overrides: list[str] | dict | None = None,
-                            source: str | None = "--set") -> ClassifyConfig:
+def resolve_classify_config(
+    preset: str = "cpu", overrides: list[str] | dict | None = None, source: str | None = "--set"
+) -> ClassifyConfig:
     """The classification preset <- overrides (`--set field=value` strings or a dict), validated once.
 
     `source`: what an error names when there are overrides (None: nothing, e.g. for CLI options)."""
@@ -614,7 +629,9 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
-def resolve_config(preset: str = "cpu", config_file: str | Path | None = None, overrides: list[str] | dict | None = None) -> QmedConfig:
+def resolve_config(
+    preset: str = "cpu", config_file: str | Path | None = None, overrides: list[str] | dict | None = None
+) -> QmedConfig:
     """preset <- config file <- overrides, validated once at the end. A preset's instance head
     gives way to an architecture asked for that cannot carry it (`--set model.arch=hq_unet` on
     `cpu`), unless the head is asked for too: then the validator refuses the pair."""
@@ -629,7 +646,12 @@ def resolve_config(preset: str = "cpu", config_file: str | Path | None = None, o
         source = source if config_file is not None else "--set"
     base = deep_merge(base, asked)
     model = asked.get("model") if isinstance(asked.get("model"), dict) else {}
-    if "arch" in model and "instance_head" not in model and model["arch"] not in HEAD_ARCHS and isinstance(base.get("model"), dict):
+    if (
+        "arch" in model
+        and "instance_head" not in model
+        and model["arch"] not in HEAD_ARCHS
+        and isinstance(base.get("model"), dict)
+    ):
         base["model"]["instance_head"] = "none"
     return _validate(base, source)
 

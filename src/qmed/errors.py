@@ -25,4 +25,6 @@ def require_extra(module: str, extra: str, purpose: str):
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise QmedInputError(None, f"{purpose} needs the optional package {module.split('.')[0]}: pip install 'qmed[{extra}]'") from None
+        raise QmedInputError(
+            None, f"{purpose} needs the optional package {module.split('.')[0]}: pip install 'qmed[{extra}]'"
+        ) from None

@@ -17,9 +17,18 @@ from qmed.io.files import atomic_path
 CKPT_FORMAT = "qmed-classifier-1"
 
 
-def save_checkpoint(path: Path, model: torch.nn.Module, cfg: ClassifyConfig, data: ClassData, extra: dict[str, Any]) -> None:
-    state = {"format": CKPT_FORMAT, "config": cfg.model_dump(), "classes": data.classes, "source_classes": data.source_classes,
-             "channels": int(data.images.shape[1]), "model": model.state_dict(), **extra}
+def save_checkpoint(
+    path: Path, model: torch.nn.Module, cfg: ClassifyConfig, data: ClassData, extra: dict[str, Any]
+) -> None:
+    state = {
+        "format": CKPT_FORMAT,
+        "config": cfg.model_dump(),
+        "classes": data.classes,
+        "source_classes": data.source_classes,
+        "channels": int(data.images.shape[1]),
+        "model": model.state_dict(),
+        **extra,
+    }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
@@ -39,5 +48,7 @@ def load_classifier(model_path: str | Path, device: str | torch.device = "cpu"):
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
-        raise QmedInputError(p, f"weights do not fit the model in its config ({str(exc).splitlines()[0][:120]})") from None
+        raise QmedInputError(
+            p, f"weights do not fit the model in its config ({str(exc).splitlines()[0][:120]})"
+        ) from None
     return model.to(device).eval(), cfg, state

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from qmed.classify.data import load_split
 from qmed.classify.train import train_classifier
@@ -23,8 +24,16 @@ class CompareRow:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def compare(base: ClassifyConfig, train_spec, val_spec, out: Path, methods: Sequence[str], weights_files: dict[str, str],
-            force: bool = False, device: str | None = None) -> list[CompareRow]:
+def compare(
+    base: ClassifyConfig,
+    train_spec,
+    val_spec,
+    out: Path,
+    methods: Sequence[str],
+    weights_files: dict[str, str],
+    force: bool = False,
+    device: str | None = None,
+) -> list[CompareRow]:
     """Train every method on one split with one budget (base.minutes per method); -> rows."""
     from qmed.models.classifier import build_classifier
 
@@ -35,8 +44,9 @@ def compare(base: ClassifyConfig, train_spec, val_spec, out: Path, methods: Sequ
     for method in methods:
         use_pqc = method.endswith("+pqc")
         name = method[: -len("+pqc")] if use_pqc else method
-        cfg = ClassifyConfig.from_dict({**base.model_dump(), "model": name, "pqc": use_pqc,
-                                        "weights": weights_files.get(name, base.weights)})
+        cfg = ClassifyConfig.from_dict(
+            {**base.model_dump(), "model": name, "pqc": use_pqc, "weights": weights_files.get(name, base.weights)}
+        )
         try:  # weights first: an unavailable download skips the row instead of ending the comparison
             build_classifier(cfg.model, len(data[0].classes), cfg.weights, None)
         except QmedInputError as exc:
@@ -44,11 +54,16 @@ def compare(base: ClassifyConfig, train_spec, val_spec, out: Path, methods: Sequ
             rows.append(CompareRow(method, f"skipped: {exc}"))
             continue
         log.info("=== %s ===", method)
-        summary = train_classifier(cfg, None, None, out / method.replace("+", "_"), force=True, device=device, data=data)
+        summary = train_classifier(
+            cfg, None, None, out / method.replace("+", "_"), force=True, device=device, data=data
+        )
         rows.append(CompareRow(method, "ok", summary))
     table = compare_table(rows)
     write_text(out / "compare.md", table + "\n")
-    write_json(out / "compare.json", [{"method": r.method, "status": r.status, **({"summary": r.summary} if r.summary else {})} for r in rows])
+    write_json(
+        out / "compare.json",
+        [{"method": r.method, "status": r.status, **({"summary": r.summary} if r.summary else {})} for r in rows],
+    )
     return rows
 
 
@@ -62,8 +77,10 @@ def compare_table(rows: Sequence[CompareRow]) -> str:
             continue
         s, m = r.summary, r.summary["val_metrics"]
         share = s["profile"].get("pqc_share")
-        lines.append(f"| {r.method} | {m['auc']['value']:.4f} [{m['auc']['ci_low']:.4f}, {m['auc']['ci_high']:.4f}] | "
-                     f"{m['accuracy']['value']:.4f} | {m['balanced_accuracy']['value']:.4f} | {m['f1']['value']:.4f} | "
-                     f"{m['sensitivity']['value']:.4f} | {m['specificity']['value']:.4f} | {s['steps']} | {s['train_seconds']:.0f} | "
-                     f"{'' if share is None else f'{100 * share:.1f} %'} |")
+        lines.append(
+            f"| {r.method} | {m['auc']['value']:.4f} [{m['auc']['ci_low']:.4f}, {m['auc']['ci_high']:.4f}] | "
+            f"{m['accuracy']['value']:.4f} | {m['balanced_accuracy']['value']:.4f} | {m['f1']['value']:.4f} | "
+            f"{m['sensitivity']['value']:.4f} | {m['specificity']['value']:.4f} | {s['steps']} | {s['train_seconds']:.0f} | "
+            f"{'' if share is None else f'{100 * share:.1f} %'} |"
+        )
     return "\n".join(lines)

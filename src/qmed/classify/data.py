@@ -29,16 +29,17 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from qmed.config import ClassifyConfig
-from qmed.errors import QmedInputError
 from qmed.data.dataset import IMAGE_DIR_NAMES, MASK_DIR_NAMES
+from qmed.errors import QmedInputError
 from qmed.io.images import IMAGE_EXTENSIONS, is_image_file, read_image
 
 log = logging.getLogger("qmed")
@@ -63,10 +64,17 @@ class ClassData:
     def __len__(self) -> int:
         return int(self.labels.numel())
 
-    def subset(self, idx: Sequence[int]) -> "ClassData":
+    def subset(self, idx: Sequence[int]) -> ClassData:
         idx_t = torch.as_tensor(list(idx), dtype=torch.long)
-        return ClassData(self.images[idx_t], self.labels[idx_t], self.classes, self.source_classes,
-                         [self.names[i] for i in idx], self.source, self.warnings)
+        return ClassData(
+            self.images[idx_t],
+            self.labels[idx_t],
+            self.classes,
+            self.source_classes,
+            [self.names[i] for i in idx],
+            self.source,
+            self.warnings,
+        )
 
     @property
     def binary(self) -> bool:
@@ -77,7 +85,7 @@ class ClassData:
 
 
 def split_spec(spec: str | Path) -> tuple[Path, str | None]:
-    """"FILE.npz:val" -> (FILE.npz, "val"); anything else -> (path, None)."""
+    """ "FILE.npz:val" -> (FILE.npz, "val"); anything else -> (path, None)."""
     s = str(spec)
     if ".npz:" in s:
         head, split = s.rsplit(":", 1)
@@ -102,8 +110,11 @@ def class_folders(root: Path, warnings: list[str] | None = None) -> dict[str, li
     subdirs = sorted(p for p in entries if not p.is_symlink())
     names = {p.name.lower() for p in subdirs}
     if names & set(IMAGE_DIR_NAMES) and names & set(MASK_DIR_NAMES):
-        raise QmedInputError(root, "holds images/ and masks/: a segmentation dataset, not one sub-folder per class "
-                                   "(train a segmenter with qmed train --data, or give ROOT/CLASS/*.png)")
+        raise QmedInputError(
+            root,
+            "holds images/ and masks/: a segmentation dataset, not one sub-folder per class "
+            "(train a segmenter with qmed train --data, or give ROOT/CLASS/*.png)",
+        )
     if not subdirs:
         loose = [p for p in root.iterdir() if is_image_file(p)]
         hint = f" (it holds {len(loose)} images directly; put them into one sub-folder per class)" if loose else ""
@@ -142,15 +153,22 @@ def _stack(imgs: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(arr)
 
 
-def _task_labels(source_labels: list[str], source_classes: list[str], positive: str | None) -> tuple[list[int], list[str]]:
+def _task_labels(
+    source_labels: list[str], source_classes: list[str], positive: str | None
+) -> tuple[list[int], list[str]]:
     if positive is not None:
         return [int(s == positive) for s in source_labels], [NEGATIVE_NAME, positive]
     index = {c: i for i, c in enumerate(source_classes)}
     return [index[s] for s in source_labels], list(source_classes)
 
 
-def load_dataset(spec: str | Path, image_size: int, positive: str | None = None, source_classes: list[str] | None = None,
-                 default_split: str = "train") -> ClassData:
+def load_dataset(
+    spec: str | Path,
+    image_size: int,
+    positive: str | None = None,
+    source_classes: list[str] | None = None,
+    default_split: str = "train",
+) -> ClassData:
     """Read a class-folder dataset or an .npz split, resized to image_size.
 
     `source_classes`: the training set's classes (at evaluation); a class outside them is an error.
@@ -177,14 +195,19 @@ def load_dataset(spec: str | Path, image_size: int, positive: str | None = None,
     else:
         unknown = [c for c in found if c not in source_classes]
         if unknown:
-            raise QmedInputError(where, f"has class(es) {', '.join(unknown)} that the model was not trained on (its classes: {', '.join(source_classes)})")
+            raise QmedInputError(
+                where,
+                f"has class(es) {', '.join(unknown)} that the model was not trained on (its classes: {', '.join(source_classes)})",
+            )
     if positive is not None and positive not in source_classes:
         raise QmedInputError(where, f"positive class {positive!r} not found; classes are: {', '.join(source_classes)}")
     if positive is None and len(source_classes) == 2:
         positive_note = source_classes[1]
         log.info("%s: two classes, treating %r as positive", where, positive_note)
     labels, classes = _task_labels(src_labels, source_classes, positive)
-    data = ClassData(_stack(imgs), torch.tensor(labels, dtype=torch.long), classes, list(source_classes), names, str(where), notes)
+    data = ClassData(
+        _stack(imgs), torch.tensor(labels, dtype=torch.long), classes, list(source_classes), names, str(where), notes
+    )
     return data
 
 
@@ -196,7 +219,9 @@ def _open_npz(path: Path):
         z = np.load(path, allow_pickle=False)
         z.files  # noqa: B018 - a NpzFile has them; an .npy or pickle does not
     except Exception as exc:  # noqa: BLE001 - zipfile, zlib, numpy and OS errors alike
-        raise QmedInputError(path, f"cannot be read as an .npz archive ({type(exc).__name__}); the file may be truncated or corrupt") from None
+        raise QmedInputError(
+            path, f"cannot be read as an .npz archive ({type(exc).__name__}); the file may be truncated or corrupt"
+        ) from None
     return z
 
 
@@ -205,7 +230,9 @@ def _npz_member(z, key: str, path: Path) -> np.ndarray:
     try:
         return z[key]
     except Exception as exc:  # noqa: BLE001
-        raise QmedInputError(path, f"{key} cannot be read ({type(exc).__name__}); the file may be truncated or corrupt") from None
+        raise QmedInputError(
+            path, f"{key} cannot be read ({type(exc).__name__}); the file may be truncated or corrupt"
+        ) from None
 
 
 def _npz_splits(keys) -> list[str]:
@@ -219,7 +246,9 @@ def _load_npz(path: Path, split: str, image_size: int) -> tuple[list[str], list[
     keys = set(z.files)
     ik, lk = f"{split}_images", f"{split}_labels"
     if ik not in keys or lk not in keys:
-        raise QmedInputError(path, f"has no split {split!r} ({ik} + {lk}); splits found: {', '.join(_npz_splits(keys)) or 'none'}")
+        raise QmedInputError(
+            path, f"has no split {split!r} ({ik} + {lk}); splits found: {', '.join(_npz_splits(keys)) or 'none'}"
+        )
     x, y = _npz_member(z, ik, path), _npz_member(z, lk, path)
     if x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[3] not in (1, 3)):
         raise QmedInputError(path, f"{ik} has shape {x.shape}; expected (N, H, W) or (N, H, W, 1|3)")
@@ -227,7 +256,9 @@ def _load_npz(path: Path, split: str, image_size: int) -> tuple[list[str], list[
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1:
-        raise QmedInputError(path, f"{lk} has shape {z[lk].shape}; only single-label tasks (N,) or (N, 1) are supported")
+        raise QmedInputError(
+            path, f"{lk} has shape {z[lk].shape}; only single-label tasks (N,) or (N, 1) are supported"
+        )
     if len(y) != len(x) or len(x) == 0:
         raise QmedInputError(path, f"{ik} and {lk} hold {len(x)} and {len(y)} entries")
     if not np.issubdtype(y.dtype, np.integer):
@@ -264,15 +295,20 @@ def describe_dataset(spec: str | Path, positive: str | None = None) -> dict[str,
         z = _open_npz(path)
         splits = _npz_splits(z.files)
         if split is not None and split not in splits:
-            raise QmedInputError(path, f"has no split {split!r} ({split}_images + {split}_labels); splits found: {', '.join(splits) or 'none'}")
+            raise QmedInputError(
+                path,
+                f"has no split {split!r} ({split}_images + {split}_labels); splits found: {', '.join(splits) or 'none'}",
+            )
         out: dict[str, Any] = {"source": str(path), "splits": {}}
         for name in splits:
             if split is None or name == split:
                 y = np.asarray(_npz_member(z, f"{name}_labels", path))
                 y = y.reshape(len(y), -1)[:, 0]
                 vals, cnt = np.unique(y, return_counts=True)
-                out["splits"][name] = {"counts": {str(int(v)): int(c) for v, c in zip(vals, cnt)},
-                                       "image_shape": list(_npz_member(z, f"{name}_images", path).shape[1:])}
+                out["splits"][name] = {
+                    "counts": {str(int(v)): int(c) for v, c in zip(vals, cnt)},
+                    "image_shape": list(_npz_member(z, f"{name}_images", path).shape[1:]),
+                }
         if not out["splits"]:
             raise QmedInputError(path, "holds no splits (SPLIT_images + SPLIT_labels arrays)")
         classes = sorted({c for s in out["splits"].values() for c in s["counts"]}, key=lambda v: int(v))
@@ -363,7 +399,13 @@ def load_split(train_spec, val_spec, cfg: ClassifyConfig) -> tuple[ClassData, Cl
     train = load_dataset(train_spec, cfg.image_size, cfg.positive, default_split="train")
     if val_spec is None:
         tr, va = stratified_split(train.labels.numpy(), cfg.val_fraction, cfg.seed)
-        log.warning("no --val given: validating on %d of %d images split off %s (stratified, seed %d)", len(va), len(train), train.source, cfg.seed)
+        log.warning(
+            "no --val given: validating on %d of %d images split off %s (stratified, seed %d)",
+            len(va),
+            len(train),
+            train.source,
+            cfg.seed,
+        )
         return add_synthetic(train.subset(tr), cfg), train.subset(va)
     val = load_dataset(val_spec, cfg.image_size, cfg.positive, source_classes=train.source_classes, default_split="val")
     if train.images.shape[1] != val.images.shape[1]:  # gray train, RGB val (or back): use RGB for both
@@ -381,7 +423,9 @@ def synthetic_folder(spec: str | Path) -> Path:
 def synthetic_class(cfg: ClassifyConfig, source_classes: list[str]) -> str:
     cls = cfg.synthetic_class or cfg.positive or (source_classes[1] if len(source_classes) == 2 else None)
     if cls is None:
-        raise QmedInputError(None, f"--synthetic needs --synthetic-class (or --positive) on a {len(source_classes)}-class dataset")
+        raise QmedInputError(
+            None, f"--synthetic needs --synthetic-class (or --positive) on a {len(source_classes)}-class dataset"
+        )
     if cls not in source_classes:
         raise QmedInputError(None, f"synthetic class {cls!r} not found; classes are: {', '.join(source_classes)}")
     return cls
@@ -397,8 +441,16 @@ def add_synthetic(train: ClassData, cfg: ClassifyConfig) -> ClassData:
     images, names = load_images(folder, cfg.image_size)
     c = train.images.shape[1]
     if images.shape[1] != c:  # gray synthetic into RGB training data, or back
-        images = images.expand(-1, 3, -1, -1) if c == 3 else images.float().mean(1, keepdim=True).round().to(torch.uint8)
+        images = (
+            images.expand(-1, 3, -1, -1) if c == 3 else images.float().mean(1, keepdim=True).round().to(torch.uint8)
+        )
     label = _task_labels([cls], train.source_classes, cfg.positive)[0][0]
     log.info("training set: + %d synthetic %s images from %s (never in validation)", len(names), cls, folder)
-    return ClassData(torch.cat([train.images, images.contiguous()]), torch.cat([train.labels, torch.full((len(names),), label)]),
-                     train.classes, train.source_classes, train.names + [f"synthetic:{n}" for n in names], train.source)
+    return ClassData(
+        torch.cat([train.images, images.contiguous()]),
+        torch.cat([train.labels, torch.full((len(names),), label)]),
+        train.classes,
+        train.source_classes,
+        train.names + [f"synthetic:{n}" for n in names],
+        train.source,
+    )

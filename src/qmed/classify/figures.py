@@ -10,8 +10,15 @@ from qmed.evaluate.classification import METRICS, predictions
 from qmed.io.figures import pyplot, save_figure
 
 
-def write_figures(y: np.ndarray, prob: np.ndarray, classes: list[str], boots: dict[str, np.ndarray], out: Path,
-                  threshold: float = 0.5, title: str = "") -> dict[str, str]:
+def write_figures(
+    y: np.ndarray,
+    prob: np.ndarray,
+    classes: list[str],
+    boots: dict[str, np.ndarray],
+    out: Path,
+    threshold: float = 0.5,
+    title: str = "",
+) -> dict[str, str]:
     """ROC curve, confusion matrix and bootstrap violin plot as PNGs under `out`."""
     from sklearn.metrics import roc_curve
 
@@ -44,7 +51,9 @@ def write_figures(y: np.ndarray, prob: np.ndarray, classes: list[str], boots: di
     ax.imshow(cm, cmap="Blues")
     for i in range(k):
         for j in range(k):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "black")
+            ax.text(
+                j, i, str(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "black"
+            )
     ax.set_xticks(range(k), classes, rotation=30)
     ax.set_yticks(range(k), classes)
     ax.set_xlabel("predicted")
@@ -59,7 +68,9 @@ def write_figures(y: np.ndarray, prob: np.ndarray, classes: list[str], boots: di
         ax.violinplot([boots[m] for m in names], showmedians=True)
         ax.set_xticks(range(1, len(names) + 1), names, rotation=20)
     ax.set_ylim(0, 1.02)
-    ax.set_title(f"bootstrap distributions ({max((len(boots[m]) for m in names), default=0)} resamples) {title}".strip())
+    ax.set_title(
+        f"bootstrap distributions ({max((len(boots[m]) for m in names), default=0)} resamples) {title}".strip()
+    )
     paths["violin"] = str(out / "bootstrap_violin.png")
     save_figure(fig, out / "bootstrap_violin.png", dpi=110, tight=True)
     return paths

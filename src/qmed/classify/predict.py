@@ -17,7 +17,9 @@ from qmed.runtime import pick_device
 
 
 @torch.no_grad()
-def predict_proba(model: torch.nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 64) -> np.ndarray:
+def predict_proba(
+    model: torch.nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 64
+) -> np.ndarray:
     model.eval()
     out = []
     for s in range(0, len(images), batch_size):
@@ -25,18 +27,24 @@ def predict_proba(model: torch.nn.Module, images: torch.Tensor, device: torch.de
     return torch.cat(out).numpy() if out else np.zeros((0, 2), dtype=np.float32)
 
 
-def write_predictions(path: Path, names: list[str], prob: np.ndarray, classes: list[str], threshold: float, y: np.ndarray | None = None) -> None:
+def write_predictions(
+    path: Path, names: list[str], prob: np.ndarray, classes: list[str], threshold: float, y: np.ndarray | None = None
+) -> None:
     """CSV: file, predicted class, one probability column per class (and the true class when `y` is given)."""
     pred = predictions(prob, threshold) if len(prob) else np.zeros(0, dtype=int)
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["file", "predicted"] + [f"prob_{c}" for c in classes] + (["true"] if y is not None else []))
     for i, n in enumerate(names):
-        w.writerow([n, classes[int(pred[i])]] + [f"{v:.6f}" for v in prob[i]] + ([classes[int(y[i])]] if y is not None else []))
+        w.writerow(
+            [n, classes[int(pred[i])]] + [f"{v:.6f}" for v in prob[i]] + ([classes[int(y[i])]] if y is not None else [])
+        )
     write_text(path, buf.getvalue())
 
 
-def predict_files(model_path, input_spec, out_csv: Path, threshold: float | None = None, device: str | None = None) -> int:
+def predict_files(
+    model_path, input_spec, out_csv: Path, threshold: float | None = None, device: str | None = None
+) -> int:
     """Class probabilities for every image under `input_spec` (folder, image, or FILE.npz:SPLIT) -> CSV."""
     dev = pick_device(device)
     model, cfg, state = load_classifier(model_path, dev)

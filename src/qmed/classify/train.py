@@ -90,10 +90,12 @@ def _forward_timed(model, x: torch.Tensor, marks: dict[str, float]) -> torch.Ten
     sync()
     marks["fwd"] = time.perf_counter() - t0
     if z.requires_grad and h.requires_grad:
+
         def mark(key):
             def hook(grad):
                 sync()
                 marks[key] = time.perf_counter()
+
             return hook
 
         z.register_hook(mark("out"))
@@ -101,8 +103,15 @@ def _forward_timed(model, x: torch.Tensor, marks: dict[str, float]) -> torch.Ten
     return model.head(model.dropout(z))
 
 
-def train_classifier(cfg: ClassifyConfig, train_spec, val_spec, out: str | Path, force: bool = False, device: str | None = None,
-                     data: tuple[ClassData, ClassData] | None = None) -> dict[str, Any]:
+def train_classifier(
+    cfg: ClassifyConfig,
+    train_spec,
+    val_spec,
+    out: str | Path,
+    force: bool = False,
+    device: str | None = None,
+    data: tuple[ClassData, ClassData] | None = None,
+) -> dict[str, Any]:
     """Train, keep the best validation AUC, evaluate it on the validation set; -> summary dict.
 
     `data`: pre-loaded (train, val) (the comparison reuses one split for every method)."""
@@ -113,11 +122,24 @@ def train_classifier(cfg: ClassifyConfig, train_spec, val_spec, out: str | Path,
     if len(val) == 0:
         raise QmedInputError(None, "the validation set is empty")
     if len(train) < cfg.batch_size:
-        log.warning("%s: only %d training images for batch size %d; using batch size %d", train.source, len(train), cfg.batch_size, max(2, len(train)))
+        log.warning(
+            "%s: only %d training images for batch size %d; using batch size %d",
+            train.source,
+            len(train),
+            cfg.batch_size,
+            max(2, len(train)),
+        )
     dev = pick_device(device)
     seed_everything(cfg.seed)
     model = build_classifier(cfg.model, len(train.classes), cfg.weights, cfg.pqc_config(), cfg.dropout).to(dev)
-    prepare_output_dir(out, force, ("checkpoints",), "output directory", inputs=input_paths(train_spec, val_spec), verb="classify train")
+    prepare_output_dir(
+        out,
+        force,
+        ("checkpoints",),
+        "output directory",
+        inputs=input_paths(train_spec, val_spec),
+        verb="classify train",
+    )
     handler = logging.FileHandler(out / "train.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     for note in dict.fromkeys(train.warnings + val.warnings):  # said on the console while reading; now in the log too
@@ -191,9 +213,13 @@ def _fit(cfg: ClassifyConfig, model, train: ClassData, val: ClassData, out: Path
         auc = m["auc"] if math.isfinite(m["auc"]) else -row["val_loss"]  # no AUC (one val class): fall back to loss
         improved = best.update(auc, row["val_loss"], epoch)
         _save_epoch(out, model, cfg, train, rows, improved)
-        _say(f"epoch {epoch:3d}  loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}  val_auc {m['auc']:.4f}  "
-             f"val_acc {m['accuracy']:.4f}" + (f"  alpha {row['alpha']:+.4f}" if row["alpha"] is not None else "") +
-             f"  {row['seconds']:.0f}s" + (" *" if improved else ""))
+        _say(
+            f"epoch {epoch:3d}  loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}  val_auc {m['auc']:.4f}  "
+            f"val_acc {m['accuracy']:.4f}"
+            + (f"  alpha {row['alpha']:+.4f}" if row["alpha"] is not None else "")
+            + f"  {row['seconds']:.0f}s"
+            + (" *" if improved else "")
+        )
         if over_budget or clock.over():
             stop_reason = f"time budget {cfg.minutes} min reached after epoch {epoch}"
             break
@@ -204,16 +230,34 @@ def _fit(cfg: ClassifyConfig, model, train: ClassData, val: ClassData, out: Path
     _say(stop_reason)
     model.load_state_dict(read_checkpoint(out / "checkpoints" / "best.pt")["model"])
     model.to(dev)
-    ev = evaluate_model(model, val, cfg.threshold, out / "eval", n_boot=cfg.n_boot, seed=cfg.seed, device=dev, title=cfg.method)
+    ev = evaluate_model(
+        model, val, cfg.threshold, out / "eval", n_boot=cfg.n_boot, seed=cfg.seed, device=dev, title=cfg.method
+    )
     summary = {
-        "method": cfg.method, "model": model_info, "classes": train.classes, "positive": cfg.positive or (train.classes[1] if train.binary else None),
+        "method": cfg.method,
+        "model": model_info,
+        "classes": train.classes,
+        "positive": cfg.positive or (train.classes[1] if train.binary else None),
         "train": {"source": train.source, "n": len(train), "counts": dict(zip(train.classes, train.counts()))},
         "val": {"source": val.source, "n": len(val), "counts": dict(zip(val.classes, val.counts()))},
-        "synthetic": {"source": str(synthetic_folder(cfg.synthetic)), "n": sum(n.startswith("synthetic:") for n in train.names),
-                      "class": synthetic_class(cfg, train.source_classes)} if cfg.synthetic else None,
-        "best_epoch": best.epoch, "epochs_run": len(rows), "steps": times.steps, "train_seconds": train_seconds,
-        "mean_step_seconds": times.step_seconds / max(1, times.steps), "stop_reason": stop_reason, "profile": _profile(model, times, bs),
-        "alpha": _alpha(model), "val_metrics": ev["metrics"], "figures": ev["figures"], "device": str(dev),
+        "synthetic": {
+            "source": str(synthetic_folder(cfg.synthetic)),
+            "n": sum(n.startswith("synthetic:") for n in train.names),
+            "class": synthetic_class(cfg, train.source_classes),
+        }
+        if cfg.synthetic
+        else None,
+        "best_epoch": best.epoch,
+        "epochs_run": len(rows),
+        "steps": times.steps,
+        "train_seconds": train_seconds,
+        "mean_step_seconds": times.step_seconds / max(1, times.steps),
+        "stop_reason": stop_reason,
+        "profile": _profile(model, times, bs),
+        "alpha": _alpha(model),
+        "val_metrics": ev["metrics"],
+        "figures": ev["figures"],
+        "device": str(dev),
         "torch_threads": torch.get_num_threads(),
     }
     write_json(out / "summary.json", summary)
@@ -222,13 +266,27 @@ def _fit(cfg: ClassifyConfig, model, train: ClassData, val: ClassData, out: Path
 
 def _start_run(cfg: ClassifyConfig, train: ClassData, val: ClassData, out: Path, dev, model_info) -> None:
     """config.json, and the data and the model in the log."""
-    write_json(out / "config.json", {**cfg.model_dump(), "train": str(train.source), "val": str(val.source),
-                                     "classes": train.classes, "source_classes": train.source_classes})
+    write_json(
+        out / "config.json",
+        {
+            **cfg.model_dump(),
+            "train": str(train.source),
+            "val": str(val.source),
+            "classes": train.classes,
+            "source_classes": train.source_classes,
+        },
+    )
     for line in imbalance_lines(train, "train") + imbalance_lines(val, "val"):
         _say(line)
-    _say(f"model {cfg.method}: {model_info['parameters']:,} parameters" +
-         (f" (quantum layer {model_info['pqc_parameters']:,}, circuit {model_info['pqc_circuit_parameters']})" if cfg.pqc else "") +
-         f"; weights {cfg.weights}; device {dev}")
+    _say(
+        f"model {cfg.method}: {model_info['parameters']:,} parameters"
+        + (
+            f" (quantum layer {model_info['pqc_parameters']:,}, circuit {model_info['pqc_circuit_parameters']})"
+            if cfg.pqc
+            else ""
+        )
+        + f"; weights {cfg.weights}; device {dev}"
+    )
 
 
 def _class_weights(cfg: ClassifyConfig, train: ClassData, dev) -> torch.Tensor | None:
@@ -241,8 +299,18 @@ def _class_weights(cfg: ClassifyConfig, train: ClassData, dev) -> torch.Tensor |
     return cw
 
 
-def _train_epoch(model, train: ClassData, cfg: ClassifyConfig, opt, cw, g: torch.Generator, bs: int, dev,
-                 times: _StepTimes, clock: _Clock) -> tuple[float, bool]:
+def _train_epoch(
+    model,
+    train: ClassData,
+    cfg: ClassifyConfig,
+    opt,
+    cw,
+    g: torch.Generator,
+    bs: int,
+    dev,
+    times: _StepTimes,
+    clock: _Clock,
+) -> tuple[float, bool]:
     """One pass over shuffled full batches (a batch of 1 breaks batch norm) -> (mean loss, over the budget?)."""
     model.train()
     perm = torch.randperm(len(train), generator=g)
@@ -261,7 +329,9 @@ def _train_epoch(model, train: ClassData, cfg: ClassifyConfig, opt, cw, g: torch
         loss.backward()
         opt.step()
         times.step_seconds += time.perf_counter() - t0
-        times.pqc_seconds += marks.get("fwd", 0.0) + (marks["in"] - marks["out"] if "in" in marks and "out" in marks else 0.0)
+        times.pqc_seconds += marks.get("fwd", 0.0) + (
+            marks["in"] - marks["out"] if "in" in marks and "out" in marks else 0.0
+        )
         times.steps += 1
         tot += float(loss.detach()) * len(idx)
         seen += len(idx)
@@ -276,8 +346,13 @@ def _validate(model, val: ClassData, threshold: float, dev) -> tuple[dict[str, A
     yv = val.labels.numpy()
     vloss = float(F.nll_loss(torch.log(torch.from_numpy(prob).clamp_min(1e-12)), torch.from_numpy(yv)))
     m = classification_metrics(yv, prob, threshold)
-    row = {"val_loss": vloss, "val_auc": m["auc"], "val_accuracy": m["accuracy"], "val_balanced_accuracy": m["balanced_accuracy"],
-           "alpha": _alpha(model)}
+    row = {
+        "val_loss": vloss,
+        "val_auc": m["auc"],
+        "val_accuracy": m["accuracy"],
+        "val_balanced_accuracy": m["balanced_accuracy"],
+        "alpha": _alpha(model),
+    }
     return row, m
 
 
@@ -296,11 +371,17 @@ def _alpha(model) -> float | None:
 
 
 def _profile(model, times: _StepTimes, bs: int) -> dict[str, Any]:
-    prof: dict[str, Any] = {"step_ms": 1000 * times.step_seconds / max(1, times.steps), "batch_size": bs,
-                            "what": "mean training step (batch to device, augmentation, forward, backward, Adam) over the run"}
+    prof: dict[str, Any] = {
+        "step_ms": 1000 * times.step_seconds / max(1, times.steps),
+        "batch_size": bs,
+        "what": "mean training step (batch to device, augmentation, forward, backward, Adam) over the run",
+    }
     if model.pqc is not None:
-        prof.update(pqc_ms=1000 * times.pqc_seconds / max(1, times.steps), pqc_share=times.pqc_seconds / max(1e-12, times.step_seconds),
-                    pqc_what="quantum layer forward + backward per step, measured during training (backward: between gradient hooks on its output and input)")
+        prof.update(
+            pqc_ms=1000 * times.pqc_seconds / max(1, times.steps),
+            pqc_share=times.pqc_seconds / max(1e-12, times.step_seconds),
+            pqc_what="quantum layer forward + backward per step, measured during training (backward: between gradient hooks on its output and input)",
+        )
     return prof
 
 

@@ -13,8 +13,12 @@ from qmed.cli.ladder import ablate, curve
 from qmed.cli.pretrain import pretrain_app
 from qmed.cli.synthesize import synthesize_cmd
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="qmed: segmentation and classification of medical images from few annotations.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="qmed: segmentation and classification of medical images from few annotations.",
+)
 
 app.command("inspect")(segment.inspect)
 app.command("evaluate")(segment.evaluate)

@@ -12,7 +12,6 @@ import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -30,7 +29,9 @@ BUG_REPORT = "please report it to qmed's maintainers (the issue tracker of the r
 
 
 def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr
+    )
     logging.getLogger("qmed").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
@@ -75,9 +76,16 @@ def environment_error(exc: BaseException) -> str | None:
         return "the GPU ran out of memory; use a smaller batch, crop or --tile, or --device cpu"
     if isinstance(exc, MemoryError):
         return "this machine ran out of memory (RAM); use a smaller batch, crop or --tile, or fewer images at once"
-    if isinstance(exc, (RuntimeError, AssertionError)) and any(s in text for s in (
-            "NVIDIA driver", "Torch not compiled with CUDA", "CUDA-capable device", "invalid device ordinal",
-            "no CUDA GPUs are available")):
+    if isinstance(exc, (RuntimeError, AssertionError)) and any(
+        s in text
+        for s in (
+            "NVIDIA driver",
+            "Torch not compiled with CUDA",
+            "CUDA-capable device",
+            "invalid device ordinal",
+            "no CUDA GPUs are available",
+        )
+    ):
         return f"the device is not available: {text.strip().splitlines()[0][:200]}"
     return None
 
@@ -93,20 +101,20 @@ def handle_errors(fn):
             return fn(*args, **kwargs)
         except QmedInputError as exc:
             _say_error(str(exc))
-            raise typer.Exit(2)
+            raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err_console.print("interrupted", markup=False)
-            raise typer.Exit(130)
+            raise typer.Exit(130) from None
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise  # typer's own exits and usage errors (typer.Exit is a RuntimeError)
         except Exception as exc:  # noqa: BLE001 - the last word on every failure
             line = environment_error(exc)
             if line is not None:
                 _say_error(line)
-                raise typer.Exit(2)
+                raise typer.Exit(2) from None
             traceback.print_exc()
             _say_error(f"this is a bug in qmed ({type(exc).__name__}), not a problem with your input; {BUG_REPORT}")
-            raise typer.Exit(1)
+            raise typer.Exit(1) from None
 
     return wrapper
 
@@ -147,7 +155,9 @@ POSITIVE = Rule("greater than 0", lo=0, lo_open=True)
 NON_NEGATIVE = Rule("0 or more", lo=0)
 COUNT = Rule("at least 1", lo=1)
 TILE = Rule("a multiple of 32 and at least 32 (the network halves the size 5 times)", lo=32, multiple_of=32)
-N_BOOT = Rule("0 (no confidence intervals) or at least 100 (fewer resamples give no usable 95 % interval)", lo=100, zero=True)
+N_BOOT = Rule(
+    "0 (no confidence intervals) or at least 100 (fewer resamples give no usable 95 % interval)", lo=100, zero=True
+)
 SEED = Rule("between 0 and 2**32 - 1", lo=0, hi=2**32 - 1)
 NNUNET_ID = Rule("between 1 and 999 (nnU-Net's dataset IDs)", lo=1, hi=999)
 
@@ -159,8 +169,12 @@ def check_range(flag: str, value, rule: Rule):
     if isinstance(value, float) and not math.isfinite(value):
         raise QmedInputError(None, f"{flag} must be a finite number, {rule.text}; got {value}")
     if not rule.ok(value):
-        raise QmedInputError(None, f"{flag} must be {rule.text}; got {value:g}" if isinstance(value, float) else
-                             f"{flag} must be {rule.text}; got {value}")
+        raise QmedInputError(
+            None,
+            f"{flag} must be {rule.text}; got {value:g}"
+            if isinstance(value, float)
+            else f"{flag} must be {rule.text}; got {value}",
+        )
     return value
 
 
@@ -170,7 +184,7 @@ def check_ranges(*checks: tuple[str, object, Rule]) -> None:
         check_range(flag, value, rule)
 
 
-def check_device(device: Optional[str], flag: str = "--device") -> Optional[str]:
+def check_device(device: str | None, flag: str = "--device") -> str | None:
     """`device` if this machine has it: cpu, cuda or cuda:N (a GPU torch can see), mps (Apple)."""
     if device is None:
         return None
@@ -186,7 +200,10 @@ def check_device(device: Optional[str], flag: str = "--device") -> Optional[str]
     if dev.type == "cuda":
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if n == 0:
-            raise QmedInputError(None, f"{flag} {device}: this machine has no CUDA GPU that torch {torch.__version__} can use; use --device cpu")
+            raise QmedInputError(
+                None,
+                f"{flag} {device}: this machine has no CUDA GPU that torch {torch.__version__} can use; use --device cpu",
+            )
         if dev.index is not None and dev.index >= n:
             raise QmedInputError(None, f"{flag} {device}: this machine has {n} CUDA GPU(s), cuda:0 to cuda:{n - 1}")
         return name
@@ -197,7 +214,7 @@ def check_device(device: Optional[str], flag: str = "--device") -> Optional[str]
     raise QmedInputError(None, f"{flag} {device!r}: qmed runs on cpu, cuda[:N] or mps")
 
 
-def check_writable_parent(out: Optional[Path], flag: str = "--out") -> None:
+def check_writable_parent(out: Path | None, flag: str = "--out") -> None:
     """Fail before any work when `out` cannot be made: its nearest existing ancestor is a file, or a
     folder this user may not write into."""
     if out is None:
@@ -212,7 +229,7 @@ def check_writable_parent(out: Optional[Path], flag: str = "--out") -> None:
         raise QmedInputError(out, f"{flag} cannot be made: no permission to write into {anc}")
 
 
-def check_file_out(out: Optional[Path], flag: str = "--out", example: str = "results.json") -> None:
+def check_file_out(out: Path | None, flag: str = "--out", example: str = "results.json") -> None:
     """An option that names a file to write: refuse a folder (and an impossible parent) up front."""
     if out is None:
         return
@@ -231,13 +248,14 @@ def check_preset(preset: str, auto: bool = True) -> str:
     return preset
 
 
-def weights_option(w: Optional[str]) -> Optional[str]:
+def weights_option(w: str | None) -> str | None:
     """--weights none/null/random/'' -> None (random initialisation); anything else as given."""
     return None if w is None or w.lower() in ("none", "null", "random", "") else w
 
 
-def resolve_cli_config(preset: str, config: Optional[Path], overrides: List[str], extra: dict | None = None,
-                       data: Optional[Path] = None):
+def resolve_cli_config(
+    preset: str, config: Path | None, overrides: list[str], extra: dict | None = None, data: Path | None = None
+):
     """The preset, then --config, then the shortcut options (`extra`), then each --set.
 
     preset "auto": the settings qmed.data.planning picks from the fingerprint of `data` (the

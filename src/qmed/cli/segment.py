@@ -5,13 +5,29 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
-from qmed.cli.common import (COUNT, N_BOOT, NNUNET_ID, POSITIVE, SEED, SEG_THRESHOLD, TILE, Rule, check_device, check_file_out,
-                             check_preset, check_ranges, check_writable_parent, console, err_console, handle_errors,
-                             resolve_cli_config, setup_logging)
+from qmed.cli.common import (
+    COUNT,
+    N_BOOT,
+    NNUNET_ID,
+    POSITIVE,
+    SEED,
+    SEG_THRESHOLD,
+    TILE,
+    Rule,
+    check_device,
+    check_file_out,
+    check_preset,
+    check_ranges,
+    check_writable_parent,
+    console,
+    err_console,
+    handle_errors,
+    resolve_cli_config,
+    setup_logging,
+)
 from qmed.errors import QmedInputError
 
 DIAMETER = Rule("at least 1 (pixels)", lo=1)
@@ -21,8 +37,10 @@ DEMO_TRAIN = Rule("at least 2", lo=2)
 @handle_errors
 def inspect(
     data_dir: Path = typer.Argument(..., help="Dataset folder (images/ + masks/) or a CSV list of pairs."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the fingerprint as JSON here."),
-    positive: Optional[str] = typer.Option(None, help="Classification data: report this class's share (positive vs rest)."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the fingerprint as JSON here."),
+    positive: str | None = typer.Option(
+        None, help="Classification data: report this class's share (positive vs rest)."
+    ),
 ):
     """Print the dataset fingerprint (sizes, channels, foreground, empty images, objects) and what
     `qmed train --preset auto` would set on it on this machine, with the reasons.
@@ -34,7 +52,8 @@ def inspect(
     check_file_out(json_out, "--json", "fingerprint.json")
     root = Path(str(data_dir).split(":")[0])
     if root.suffix.lower() == ".npz" or (  # class folders (a symlinked folder is no class of its own)
-        root.is_dir() and not any((root / n).is_dir() for n in IMAGE_DIR_NAMES)
+        root.is_dir()
+        and not any((root / n).is_dir() for n in IMAGE_DIR_NAMES)
         and any(q.is_dir() and not q.is_symlink() for q in root.iterdir())
     ):
         from qmed.cli.classify import inspect_cmd
@@ -55,18 +74,40 @@ def inspect(
 
 @handle_errors
 def evaluate(
-    pred: Path = typer.Option(..., "--pred", help="Folder of predictions, one per NAME: masks (0/1, 0/255), probability maps or instance label maps."),
-    truth: Path = typer.Option(..., "--truth", help="Ground truth: a dataset folder (masks/ inside) or a folder of masks."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Write the summary and per-image figures as JSON here (and a per-image CSV beside it)."),
-    threshold: float = typer.Option(0.5, help="Probability threshold for probability maps (foreground = value > threshold; 0 <= threshold < 1)."),
-    n_boot: int = typer.Option(2000, help="Bootstrap resamples for the 95 % confidence intervals (at least 100; 0: no intervals)."),
+    pred: Path = typer.Option(
+        ...,
+        "--pred",
+        help="Folder of predictions, one per NAME: masks (0/1, 0/255), probability maps or instance label maps.",
+    ),
+    truth: Path = typer.Option(
+        ..., "--truth", help="Ground truth: a dataset folder (masks/ inside) or a folder of masks."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="Write the summary and per-image figures as JSON here (and a per-image CSV beside it)."
+    ),
+    threshold: float = typer.Option(
+        0.5, help="Probability threshold for probability maps (foreground = value > threshold; 0 <= threshold < 1)."
+    ),
+    n_boot: int = typer.Option(
+        2000, help="Bootstrap resamples for the 95 % confidence intervals (at least 100; 0: no intervals)."
+    ),
     seed: int = typer.Option(0, help="Bootstrap seed."),
-    pred_kind: str = typer.Option("auto", "--pred-kind", help=(
-        "What the prediction files hold: mask (foreground = non-zero), probability (foreground = value > threshold), "
-        "labels (instance label maps, e.g. qmed predict --instances, Cellpose, StarDist), or auto (decided per file and reported).")),
-    instances: bool = typer.Option(False, "--instances", help=(
-        "Report the instance figures (DSB2018 mean AP, PQ, count error) also for masks and probability maps, "
-        "their connected components as objects (label maps always report them).")),
+    pred_kind: str = typer.Option(
+        "auto",
+        "--pred-kind",
+        help=(
+            "What the prediction files hold: mask (foreground = non-zero), probability (foreground = value > threshold), "
+            "labels (instance label maps, e.g. qmed predict --instances, Cellpose, StarDist), or auto (decided per file and reported)."
+        ),
+    ),
+    instances: bool = typer.Option(
+        False,
+        "--instances",
+        help=(
+            "Report the instance figures (DSB2018 mean AP, PQ, count error) also for masks and probability maps, "
+            "their connected components as objects (label maps always report them)."
+        ),
+    ),
 ):
     """Score predictions from any tool against ground truth (the three Dice figures, IoU, HD95, objects, CIs).
 
@@ -78,7 +119,9 @@ def evaluate(
 
     check_ranges(("--threshold", threshold, SEG_THRESHOLD), ("--n-boot", n_boot, N_BOOT), ("--seed", seed, SEED))
     check_file_out(out, "--out", "scores.json")
-    summary, rows = evaluate_folders(pred, truth, threshold=threshold, n_boot=n_boot, seed=seed, pred_kind=pred_kind, instances=instances)
+    summary, rows = evaluate_folders(
+        pred, truth, threshold=threshold, n_boot=n_boot, seed=seed, pred_kind=pred_kind, instances=instances
+    )
     console.print(f"predictions read as {describe_kinds(summary['pred_kinds'], pred_kind)}")
     console.print(summary_table(summary))
     if out:
@@ -88,22 +131,41 @@ def evaluate(
 
 @handle_errors
 def train(
-    data: Optional[Path] = typer.Option(None, "--data", help="Training dataset folder (images/ + masks/)."),
-    val: Optional[Path] = typer.Option(None, "--val", help="Validation dataset folder. Without it, a seeded split of --data is used."),
-    out: Path = typer.Option(Path("runs/qmed"), "--out", help="Run directory: config.yaml, metrics.csv, checkpoints/, train.log."),
-    preset: str = typer.Option("auto", help="auto (the default: the cpu recipe with normalisation, crop, augmentation, sampler and (stained tissue) peak LR and, on a CPU, the plain U-Net decoder chosen from the training set's fingerprint, reasons in config.yaml), cpu (MobileNetV2, sized for 2 CPU cores and about 30 minutes), paper (the paper's exact recipe, GPU), tiny (smoke tests)."),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML file overriding preset fields."),
-    set_: List[str] = typer.Option([], "--set", help="Override one field, e.g. --set train.epochs=50 --set model.encoder=resnet34."),
-    epochs: Optional[int] = typer.Option(None, help="Shortcut for --set train.epochs=N."),
-    minutes: Optional[float] = typer.Option(None, "--minutes", help="Fit the run to this wall-clock budget on this machine: a short calibration, then epochs (at most the preset's) and crops per epoch are set so the whole schedule completes in time."),
-    encoder_weights: Optional[str] = typer.Option(None, help="imagenet, a local .pth file, offline-mobilenet, or none."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from checkpoints/last.pt."),
+    data: Path | None = typer.Option(None, "--data", help="Training dataset folder (images/ + masks/)."),
+    val: Path | None = typer.Option(
+        None, "--val", help="Validation dataset folder. Without it, a seeded split of --data is used."
+    ),
+    out: Path = typer.Option(
+        Path("runs/qmed"), "--out", help="Run directory: config.yaml, metrics.csv, checkpoints/, train.log."
+    ),
+    preset: str = typer.Option(
+        "auto",
+        help="auto (the default: the cpu recipe with normalisation, crop, augmentation, sampler and (stained tissue) peak LR and, on a CPU, the plain U-Net decoder chosen from the training set's fingerprint, reasons in config.yaml), cpu (MobileNetV2, sized for 2 CPU cores and about 30 minutes), paper (the paper's exact recipe, GPU), tiny (smoke tests).",
+    ),
+    config: Path | None = typer.Option(None, "--config", help="YAML file overriding preset fields."),
+    set_: list[str] = typer.Option(
+        [], "--set", help="Override one field, e.g. --set train.epochs=50 --set model.encoder=resnet34."
+    ),
+    epochs: int | None = typer.Option(None, help="Shortcut for --set train.epochs=N."),
+    minutes: float | None = typer.Option(
+        None,
+        "--minutes",
+        help="Fit the run to this wall-clock budget on this machine: a short calibration, then epochs (at most the preset's) and crops per epoch are set so the whole schedule completes in time.",
+    ),
+    encoder_weights: str | None = typer.Option(None, help="imagenet, a local .pth file, offline-mobilenet, or none."),
+    resume: Path | None = typer.Option(
+        None, "--resume", help="Continue the run in this directory from checkpoints/last.pt."
+    ),
     force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out directory."),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
+    device: str | None = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
-    stop_after: Optional[int] = typer.Option(None, "--stop-after-epochs", help="Leave after N epochs of this invocation (continue later with --resume)."),
+    stop_after: int | None = typer.Option(
+        None, "--stop-after-epochs", help="Leave after N epochs of this invocation (continue later with --resume)."
+    ),
     no_report: bool = typer.Option(False, "--no-report", help="Skip writing report.md/report.html at the end."),
-    tensorboard: bool = typer.Option(False, "--tensorboard", help="Also log scalars to RUN_DIR/tensorboard (needs the tensorboard package)."),
+    tensorboard: bool = typer.Option(
+        False, "--tensorboard", help="Also log scalars to RUN_DIR/tensorboard (needs the tensorboard package)."
+    ),
 ):
     """Train a segmenter; by default the cpu recipe (MobileNetV2 UNet++/SCSE with the edge channel and 4->3 projection, Dice+BCE loss, hard-image sampling) fitted to the data's fingerprint (--preset paper: the paper's exact recipe).
 
@@ -122,12 +184,24 @@ def train(
     from qmed.segment.train import resume as resume_run
     from qmed.segment.train import train as train_run
 
-    check_ranges(("--epochs", epochs, COUNT), ("--minutes", minutes, POSITIVE), ("--stop-after-epochs", stop_after, COUNT))
+    check_ranges(
+        ("--epochs", epochs, COUNT), ("--minutes", minutes, POSITIVE), ("--stop-after-epochs", stop_after, COUNT)
+    )
     check_device(device)
     if resume is not None and minutes is not None:
-        raise QmedInputError(resume, "--minutes cannot be combined with --resume (the resumed run keeps its own schedule)")
+        raise QmedInputError(
+            resume, "--minutes cannot be combined with --resume (the resumed run keeps its own schedule)"
+        )
     if resume is not None:
-        run = resume_run(resume, device=device, quiet=quiet, train_source=data, val_source=val, tensorboard=tensorboard, stop_after=stop_after)
+        run = resume_run(
+            resume,
+            device=device,
+            quiet=quiet,
+            train_source=data,
+            val_source=val,
+            tensorboard=tensorboard,
+            stop_after=stop_after,
+        )
     else:
         if data is None:
             raise QmedInputError(None, "--data is required (a folder with images/ and masks/)")
@@ -135,7 +209,9 @@ def train(
         if epochs is not None:
             extra.setdefault("train", {})["epochs"] = epochs
         if encoder_weights is not None:
-            extra.setdefault("model", {})["encoder_weights"] = None if encoder_weights.lower() == "none" else encoder_weights
+            extra.setdefault("model", {})["encoder_weights"] = (
+                None if encoder_weights.lower() == "none" else encoder_weights
+            )
         check_writable_parent(out)
         cfg = resolve_cli_config(preset, config, set_, extra, data=data)
         if cfg.train.epochs < 1:  # --set train.epochs=0 or a --config file: nothing would be trained
@@ -144,7 +220,9 @@ def train(
             from qmed.segment.budget import fit_to_budget
 
             cfg, _ = fit_to_budget(cfg, data, val, minutes * 60.0, device, console.print)
-        run = train_run(cfg, data, val, out, force=force, device=device, quiet=quiet, tensorboard=tensorboard, stop_after=stop_after)
+        run = train_run(
+            cfg, data, val, out, force=force, device=device, quiet=quiet, tensorboard=tensorboard, stop_after=stop_after
+        )
     finished = _finished(run)
     meta = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
     if not no_report and finished and not (meta.get("val") or meta.get("val_split")):
@@ -167,46 +245,114 @@ def _finished(run: Path) -> bool:
 
 @handle_errors
 def predict(
-    model: Path = typer.Option(..., "--model", help="Run directory (uses checkpoints/best.pt), a .pt checkpoint, or a .onnx file from qmed export."),
-    input: Path = typer.Option(..., "--input", help=(
-        "Folder of images (or one image file); or a slide, a folder of slides, or a .txt file listing slides (one path a line).")),
-    out: Path = typer.Option(..., "--out", help=(
-        "Output folder: NAME.png masks (0/255) and probabilities/NAME.png (16-bit); for a slide its outputs; for several "
-        "slides OUT/NAME/ per slide and OUT/cohort.csv + cohort.json.")),
+    model: Path = typer.Option(
+        ...,
+        "--model",
+        help="Run directory (uses checkpoints/best.pt), a .pt checkpoint, or a .onnx file from qmed export.",
+    ),
+    input: Path = typer.Option(
+        ...,
+        "--input",
+        help=(
+            "Folder of images (or one image file); or a slide, a folder of slides, or a .txt file listing slides (one path a line)."
+        ),
+    ),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        help=(
+            "Output folder: NAME.png masks (0/255) and probabilities/NAME.png (16-bit); for a slide its outputs; for several "
+            "slides OUT/NAME/ per slide and OUT/cohort.csv + cohort.json."
+        ),
+    ),
     tta: bool = typer.Option(False, "--tta/--no-tta", help="7-fold dihedral test-time augmentation."),
-    threshold: Optional[float] = typer.Option(None, help="Probability threshold, 0 <= threshold < 1 (default: the run's, 0.5)."),
-    tile: Optional[int] = typer.Option(None, help="Sliding-window size in px for large images, a multiple of 32 (default: the run's)."),
+    threshold: float | None = typer.Option(
+        None, help="Probability threshold, 0 <= threshold < 1 (default: the run's, 0.5)."
+    ),
+    tile: int | None = typer.Option(
+        None, help="Sliding-window size in px for large images, a multiple of 32 (default: the run's)."
+    ),
     force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out folder."),
-    device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda if available)."),
-    rescale: Optional[bool] = typer.Option(None, "--rescale/--no-rescale", help=(
-        "Resize each image so its objects' median diameter (measured on a first pass) matches the training "
-        "masks' (default: the run's predict.rescale); OUT/scales.json lists the factors.")),
-    object_diameter: Optional[float] = typer.Option(None, "--object-diameter", help=(
-        "Target object diameter in px for --rescale (default: the training masks' median, recorded by qmed train).")),
+    device: str | None = typer.Option(None, help="cpu or cuda (default: cuda if available)."),
+    rescale: bool | None = typer.Option(
+        None,
+        "--rescale/--no-rescale",
+        help=(
+            "Resize each image so its objects' median diameter (measured on a first pass) matches the training "
+            "masks' (default: the run's predict.rescale); OUT/scales.json lists the factors."
+        ),
+    ),
+    object_diameter: float | None = typer.Option(
+        None,
+        "--object-diameter",
+        help=(
+            "Target object diameter in px for --rescale (default: the training masks' median, recorded by qmed train)."
+        ),
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar (it goes to stderr, and only to a terminal)."),
-    backend: Optional[str] = typer.Option(None, "--backend", help=(
-        "torch, or onnxruntime for a .onnx file from qmed export (same windows, TTA and threshold; needs the onnx extra). "
-        "Default: onnxruntime for a .onnx --model, else torch.")),
-    instances: bool = typer.Option(False, "--instances", help=(
-        "Also split the foreground into objects (watershed of its distance transform): OUT/instances/NAME.png "
-        "(16-bit label map) and NAME.csv (id, area, centroid, bounding box, mean probability). The masks are unchanged.")),
-    mpp: Optional[float] = typer.Option(None, "--mpp", help=(
-        "Slides: the pixel size in microns the model was trained at; the pyramid level nearest it (not coarser) is read "
-        "and resized to it (default: level 0 as it is).")),
-    level: Optional[int] = typer.Option(None, "--level", help="Slides: the pyramid level to read (instead of --mpp)."),
-    block: int = typer.Option(2048, "--block", help="Slides: the side of a block's core in px (a multiple of 32, at least 256)."),
-    halo: Optional[int] = typer.Option(None, "--halo", help=(
-        "Slides: context around each block's core in px (default: 128 px at the network's scale, at least twice the object diameter).")),
-    tissue_mask: bool = typer.Option(True, "--tissue-mask/--no-tissue-mask", help="Slides: run only the blocks that hold tissue (Otsu on a thumbnail)."),
-    probability: bool = typer.Option(False, "--probability", help="Slides: also write OUT/probability.ome.tif (uint8, p x 255)."),
+    backend: str | None = typer.Option(
+        None,
+        "--backend",
+        help=(
+            "torch, or onnxruntime for a .onnx file from qmed export (same windows, TTA and threshold; needs the onnx extra). "
+            "Default: onnxruntime for a .onnx --model, else torch."
+        ),
+    ),
+    instances: bool = typer.Option(
+        False,
+        "--instances",
+        help=(
+            "Also split the foreground into objects (watershed of its distance transform): OUT/instances/NAME.png "
+            "(16-bit label map) and NAME.csv (id, area, centroid, bounding box, mean probability). The masks are unchanged."
+        ),
+    ),
+    mpp: float | None = typer.Option(
+        None,
+        "--mpp",
+        help=(
+            "Slides: the pixel size in microns the model was trained at; the pyramid level nearest it (not coarser) is read "
+            "and resized to it (default: level 0 as it is)."
+        ),
+    ),
+    level: int | None = typer.Option(None, "--level", help="Slides: the pyramid level to read (instead of --mpp)."),
+    block: int = typer.Option(
+        2048, "--block", help="Slides: the side of a block's core in px (a multiple of 32, at least 256)."
+    ),
+    halo: int | None = typer.Option(
+        None,
+        "--halo",
+        help=(
+            "Slides: context around each block's core in px (default: 128 px at the network's scale, at least twice the object diameter)."
+        ),
+    ),
+    tissue_mask: bool = typer.Option(
+        True,
+        "--tissue-mask/--no-tissue-mask",
+        help="Slides: run only the blocks that hold tissue (Otsu on a thumbnail).",
+    ),
+    probability: bool = typer.Option(
+        False, "--probability", help="Slides: also write OUT/probability.ome.tif (uint8, p x 255)."
+    ),
     gzip: bool = typer.Option(False, "--gzip", help="Slides: write OUT/objects.geojson.gz instead of objects.geojson."),
-    keep_blocks: bool = typer.Option(False, "--keep-blocks", help="Slides: keep OUT/blocks (the per-block results) after the outputs are written."),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", help=(
-        "Slides: run the blocks on this Dask cluster (tcp://HOST:8786, or a scheduler file); its workers need qmed and "
-        "the slides' and --out's paths.")),
-    workers: Optional[int] = typer.Option(None, "--workers", help=(
-        "Slides: worker processes of the local Dask cluster, one torch thread each (default: one per core, at most 8 per GPU; "
-        "1: in this process, one torch thread). One slide with less than about four 2048 px blocks of tissue runs here unless this is given.")),
+    keep_blocks: bool = typer.Option(
+        False, "--keep-blocks", help="Slides: keep OUT/blocks (the per-block results) after the outputs are written."
+    ),
+    scheduler: str | None = typer.Option(
+        None,
+        "--scheduler",
+        help=(
+            "Slides: run the blocks on this Dask cluster (tcp://HOST:8786, or a scheduler file); its workers need qmed and "
+            "the slides' and --out's paths."
+        ),
+    ),
+    workers: int | None = typer.Option(
+        None,
+        "--workers",
+        help=(
+            "Slides: worker processes of the local Dask cluster, one torch thread each (default: one per core, at most 8 per GPU; "
+            "1: in this process, one torch thread). One slide with less than about four 2048 px blocks of tissue runs here unless this is given."
+        ),
+    ),
 ):
     """Predict masks and probability maps for new images of any size, or for a whole slide.
 
@@ -217,7 +363,11 @@ def predict(
     setup_logging()
     from qmed.segment.predict import predict_folder
 
-    check_ranges(("--threshold", threshold, SEG_THRESHOLD), ("--tile", tile, TILE), ("--object-diameter", object_diameter, DIAMETER))
+    check_ranges(
+        ("--threshold", threshold, SEG_THRESHOLD),
+        ("--tile", tile, TILE),
+        ("--object-diameter", object_diameter, DIAMETER),
+    )
     check_device(device)
     check_writable_parent(out)
     from qmed.io.slides import is_slide
@@ -226,11 +376,34 @@ def predict(
     if is_slide(input) or cohort:
         from qmed.cli.common import NON_NEGATIVE
 
-        check_ranges(("--mpp", mpp, POSITIVE), ("--level", level, NON_NEGATIVE), ("--halo", halo, NON_NEGATIVE), ("--workers", workers, COUNT))
+        check_ranges(
+            ("--mpp", mpp, POSITIVE),
+            ("--level", level, NON_NEGATIVE),
+            ("--halo", halo, NON_NEGATIVE),
+            ("--workers", workers, COUNT),
+        )
         if rescale or object_diameter is not None:
-            raise QmedInputError(input, "--rescale and --object-diameter are for images; for a slide give the model's pixel size with --mpp")
-        kw = dict(tta=tta, threshold=threshold, tile=tile, force=force, device=device, backend=backend, instances=instances, mpp=mpp,
-                  level=level, block=block, halo=halo, tissue=tissue_mask, probability=probability, gzip=gzip, keep_blocks=keep_blocks)
+            raise QmedInputError(
+                input,
+                "--rescale and --object-diameter are for images; for a slide give the model's pixel size with --mpp",
+            )
+        kw = dict(
+            tta=tta,
+            threshold=threshold,
+            tile=tile,
+            force=force,
+            device=device,
+            backend=backend,
+            instances=instances,
+            mpp=mpp,
+            level=level,
+            block=block,
+            halo=halo,
+            tissue=tissue_mask,
+            probability=probability,
+            gzip=gzip,
+            keep_blocks=keep_blocks,
+        )
         if cohort:
             return _predict_cohort(model, input, out, quiet, scheduler, workers, **kw)
         if scheduler is None and workers == 1:
@@ -238,12 +411,29 @@ def predict(
         return _predict_slide_on_dask(model, input, out, quiet, scheduler, workers, **kw)
     if scheduler is not None or workers is not None:
         raise QmedInputError(input, "--scheduler and --workers are for slides; images are predicted in this process")
-    n = predict_folder(model, input, out, tta=tta, threshold=threshold, tile=tile, force=force, device=device, rescale=rescale,
-                       object_diameter=object_diameter, quiet=quiet, backend=backend, instances=instances,
-                       say=lambda m: console.print(m, markup=False, highlight=False, soft_wrap=True))
-    console.print(f"wrote {n} masks to {out} and probability maps to {out / 'probabilities'} (settings in {out / 'predict.json'})")
+    n = predict_folder(
+        model,
+        input,
+        out,
+        tta=tta,
+        threshold=threshold,
+        tile=tile,
+        force=force,
+        device=device,
+        rescale=rescale,
+        object_diameter=object_diameter,
+        quiet=quiet,
+        backend=backend,
+        instances=instances,
+        say=lambda m: console.print(m, markup=False, highlight=False, soft_wrap=True),
+    )
+    console.print(
+        f"wrote {n} masks to {out} and probability maps to {out / 'probabilities'} (settings in {out / 'predict.json'})"
+    )
     if instances:
-        console.print(f"wrote {n} label maps and object tables to {out / 'instances'} (qmed evaluate --pred {out / 'instances'} scores them)")
+        console.print(
+            f"wrote {n} label maps and object tables to {out / 'instances'} (qmed evaluate --pred {out / 'instances'} scores them)"
+        )
 
 
 def _is_cohort(path: Path) -> bool:
@@ -255,15 +445,21 @@ def _is_cohort(path: Path) -> bool:
     return path.is_dir() and any(is_slide(p) for p in path.iterdir())
 
 
-def _predict_cohort(model: Path, inputs: Path, out: Path, quiet: bool, scheduler: Optional[str], workers: Optional[int], **kw) -> None:
+def _predict_cohort(
+    model: Path, inputs: Path, out: Path, quiet: bool, scheduler: str | None, workers: int | None, **kw
+) -> None:
     """`qmed predict --input FOLDER_OF_SLIDES|LIST.txt`: qmed.segment.cohort; exit 1 when a slide failed."""
     from qmed.segment.cohort import COHORT_CSV, COHORT_JSON, all_succeeded, predict_cohort
 
     say = lambda m: console.print(m, markup=False, highlight=False, soft_wrap=True)  # noqa: E731
-    rows = predict_cohort(model, inputs, out, scheduler=scheduler, workers=workers, progress=False if quiet else None, say=say, **kw)
+    rows = predict_cohort(
+        model, inputs, out, scheduler=scheduler, workers=workers, progress=False if quiet else None, say=say, **kw
+    )
     counts = {k: sum(r["status"] == k for r in rows) for k in ("done", "skipped", "failed")}
-    say(f"{len(rows)} slide{'' if len(rows) == 1 else 's'}: {counts['done']} done, {counts['skipped']} finished earlier (skipped), {counts['failed']} failed; "
-        f"{sum(r['objects'] or 0 for r in rows)} objects; table: {out / COHORT_CSV} and {out / COHORT_JSON}")
+    say(
+        f"{len(rows)} slide{'' if len(rows) == 1 else 's'}: {counts['done']} done, {counts['skipped']} finished earlier (skipped), {counts['failed']} failed; "
+        f"{sum(r['objects'] or 0 for r in rows)} objects; table: {out / COHORT_CSV} and {out / COHORT_JSON}"
+    )
     for r in rows:
         if r["status"] == "failed":
             err_console.print(f"failed: {r['reason']}", markup=False, highlight=False, soft_wrap=True)
@@ -271,13 +467,17 @@ def _predict_cohort(model: Path, inputs: Path, out: Path, quiet: bool, scheduler
         raise typer.Exit(1)
 
 
-def _predict_slide_on_dask(model: Path, slide: Path, out: Path, quiet: bool, scheduler: Optional[str], workers: Optional[int], **kw) -> None:
+def _predict_slide_on_dask(
+    model: Path, slide: Path, out: Path, quiet: bool, scheduler: str | None, workers: int | None, **kw
+) -> None:
     """One slide through qmed.segment.cohort: its blocks on a Dask cluster (or here, when it is small)."""
     from qmed.evaluate.folders import PREDICTION_META
     from qmed.segment.cohort import predict_cohort
 
     say = lambda m: console.print(m, markup=False, highlight=False, soft_wrap=True)  # noqa: E731
-    rows = predict_cohort(model, slide, out, scheduler=scheduler, workers=workers, progress=False if quiet else None, say=say, **kw)
+    rows = predict_cohort(
+        model, slide, out, scheduler=scheduler, workers=workers, progress=False if quiet else None, say=say, **kw
+    )
     if rows[0]["status"] == "skipped":
         say(f"{slide}: finished earlier with the same model and settings in {out} (--force redoes it)")
     _slide_summary(slide, out, json.loads((out / PREDICTION_META).read_text()))
@@ -292,17 +492,24 @@ def _predict_slide(model: Path, slide: Path, out: Path, **kw) -> None:
 
 def _slide_summary(slide: Path, out: Path, meta: dict) -> None:
     c = meta["counts"]
-    console.print(f"{slide}: {c['objects']} objects from {c['blocks_run']} of {c['blocks']} blocks (level {meta['level']}, "
-                  f"{meta['size'][0]} x {meta['size'][1]} px); wrote {', '.join(meta['outputs'])} and predict.json to {out}",
-                  markup=False, highlight=False)
+    console.print(
+        f"{slide}: {c['objects']} objects from {c['blocks_run']} of {c['blocks']} blocks (level {meta['level']}, "
+        f"{meta['size'][0]} x {meta['size'][1]} px); wrote {', '.join(meta['outputs'])} and predict.json to {out}",
+        markup=False,
+        highlight=False,
+    )
 
 
 @handle_errors
 def export(
     model: Path = typer.Option(..., "--model", help="Run directory (uses checkpoints/best.pt) or a .pt checkpoint."),
-    out: Path = typer.Option(..., "--out", help="The ONNX file to write (its JSON sidecar goes beside it as OUT.json)."),
+    out: Path = typer.Option(
+        ..., "--out", help="The ONNX file to write (its JSON sidecar goes beside it as OUT.json)."
+    ),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --out (and its sidecar)."),
-    opset: int = typer.Option(17, "--opset", help="ONNX opset (17 up to the newest torch's exporter writes, 23 with torch 2.14)."),
+    opset: int = typer.Option(
+        17, "--opset", help="ONNX opset (17 up to the newest torch's exporter writes, 23 with torch 2.14)."
+    ),
 ):
     """Export a segmentation model to ONNX: normalisation, edge channel, projection, network and sigmoid in one graph.
 
@@ -315,26 +522,41 @@ def export(
     from qmed.io.checkpoints import resolve_checkpoint
     from qmed.segment.export import SUPPORTED_OPSETS, export_onnx, sidecar_path
 
-    check_ranges(("--opset", opset, Rule(f"between {SUPPORTED_OPSETS[0]} and {SUPPORTED_OPSETS[-1]} (what this torch's exporter "
-                                         "writes and qmed checks)", lo=SUPPORTED_OPSETS[0], hi=SUPPORTED_OPSETS[-1])))
+    check_ranges(
+        (
+            "--opset",
+            opset,
+            Rule(
+                f"between {SUPPORTED_OPSETS[0]} and {SUPPORTED_OPSETS[-1]} (what this torch's exporter "
+                "writes and qmed checks)",
+                lo=SUPPORTED_OPSETS[0],
+                hi=SUPPORTED_OPSETS[-1],
+            ),
+        )
+    )
     if out.suffix.lower() != ".onnx":  # qmed predict tells an ONNX model from a checkpoint by the suffix
-        raise QmedInputError(out, "--out must end in .onnx (qmed predict reads a model by its suffix), e.g. "
-                                  f"{out.with_name(out.name + '.onnx')}")
+        raise QmedInputError(
+            out,
+            "--out must end in .onnx (qmed predict reads a model by its suffix), e.g. "
+            f"{out.with_name(out.name + '.onnx')}",
+        )
     check_writable_parent(out)
     ckpt = resolve_checkpoint(model)
     if model.is_dir() and ckpt.name != "best.pt":
         console.print(f"note: {model} has no checkpoints/best.pt; exporting {ckpt.name}", markup=False, highlight=False)
     meta = export_onnx(model, out, force=force, opset=opset)
-    console.print(f"wrote {out} and {sidecar_path(out)} (opset {meta['opset']}; ONNX Runtime against torch on a check image: "
-                  f"max |difference| {meta['check']['max_abs_diff_vs_torch']:.1e})")
+    console.print(
+        f"wrote {out} and {sidecar_path(out)} (opset {meta['opset']}; ONNX Runtime against torch on a check image: "
+        f"max |difference| {meta['check']['max_abs_diff_vs_torch']:.1e})"
+    )
 
 
 @handle_errors
 def report(
     run_dir: Path = typer.Argument(..., help="A run directory written by qmed train."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Images + masks to show (default: the run's --val folder)."),
+    data: Path | None = typer.Option(None, "--data", help="Images + masks to show (default: the run's --val folder)."),
     tta: bool = typer.Option(False, "--tta/--no-tta", help="Score with 7-fold test-time augmentation."),
-    device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda if available)."),
+    device: str | None = typer.Option(None, help="cpu or cuda (default: cuda if available)."),
 ):
     """Write report.md and a self-contained report.html: curves, metrics with CIs, best/worst cases.
 
@@ -370,14 +592,26 @@ def demo(
 
 @handle_errors
 def convert(
-    to: Optional[str] = typer.Option(None, "--to", help="Write another tool's format: nnunet."),
-    from_: Optional[str] = typer.Option(None, "--from", help="Read another tool's format into qmed's layout: nnunet."),
-    data: Path = typer.Option(..., "--data", help="--to: a qmed dataset folder. --from: an nnU-Net DatasetXXX_Name folder."),
-    val: Optional[Path] = typer.Option(None, "--val", help="--to: a qmed dataset written as imagesTs/labelsTs. --from: where imagesTs/labelsTs go."),
-    out: Path = typer.Option(..., "--out", help="--to: the nnUNet_raw folder (DatasetXXX_Name is made inside). --from: the qmed dataset folder."),
-    dataset_id: int = typer.Option(501, "--dataset-id", help="nnU-Net dataset ID (1-999; custom datasets start at 500)."),
+    to: str | None = typer.Option(None, "--to", help="Write another tool's format: nnunet."),
+    from_: str | None = typer.Option(None, "--from", help="Read another tool's format into qmed's layout: nnunet."),
+    data: Path = typer.Option(
+        ..., "--data", help="--to: a qmed dataset folder. --from: an nnU-Net DatasetXXX_Name folder."
+    ),
+    val: Path | None = typer.Option(
+        None, "--val", help="--to: a qmed dataset written as imagesTs/labelsTs. --from: where imagesTs/labelsTs go."
+    ),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        help="--to: the nnUNet_raw folder (DatasetXXX_Name is made inside). --from: the qmed dataset folder.",
+    ),
+    dataset_id: int = typer.Option(
+        501, "--dataset-id", help="nnU-Net dataset ID (1-999; custom datasets start at 500)."
+    ),
     name: str = typer.Option("Qmed", "--name", help="nnU-Net dataset name: DatasetXXX_NAME."),
-    label_name: str = typer.Option("foreground", "--label-name", help="Name of label 1 in dataset.json (e.g. nucleus)."),
+    label_name: str = typer.Option(
+        "foreground", "--label-name", help="Name of label 1 in dataset.json (e.g. nucleus)."
+    ),
     force: bool = typer.Option(False, "--force", help="Overwrite a non-empty output folder."),
 ):
     """Convert a dataset to or from nnU-Net v2's raw format (2-D PNG; masks 0/1 there, 0/255 here)."""

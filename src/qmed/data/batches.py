@@ -25,8 +25,12 @@ def to_rgb(img: np.ndarray) -> np.ndarray:
     return np.repeat(img, 3, axis=2) if img.shape[2] == 1 else img
 
 
-def normalize_intensity(img: np.ndarray, mode: str = "none", percentiles: tuple[float, float] = (1.0, 99.8),
-                        bounds: tuple[float, float] | None = None) -> np.ndarray:
+def normalize_intensity(
+    img: np.ndarray,
+    mode: str = "none",
+    percentiles: tuple[float, float] = (1.0, 99.8),
+    bounds: tuple[float, float] | None = None,
+) -> np.ndarray:
     """Per-image intensity scaling (DataConfig.normalize); a flat image is returned unchanged.
     `bounds`: the (low, high) values to map to 0 and 1, taken elsewhere (a whole slide's), instead of
     this image's own percentiles."""
@@ -48,10 +52,13 @@ def model_input(img: np.ndarray, cfg: QmedConfig, stats: dict | None = None) -> 
     stats = stats or {}
     if cfg.data.normalize == "reinhard":
         if cfg.data.stain_target is None:  # training sets it before reading any image (segment.train)
-            raise QmedInputError(None, "data.normalize=reinhard needs data.stain_target (6 numbers: L*a*b* means, then stds)")
+            raise QmedInputError(
+                None, "data.normalize=reinhard needs data.stain_target (6 numbers: L*a*b* means, then stds)"
+            )
         return reinhard(to_rgb(img), cfg.data.stain_target, source=stats.get("lab"))
-    return to_rgb(normalize_intensity(img, cfg.data.normalize, cfg.data.norm_percentiles,
-                                      bounds=stats.get("intensity"))).astype(np.float32)
+    return to_rgb(
+        normalize_intensity(img, cfg.data.normalize, cfg.data.norm_percentiles, bounds=stats.get("intensity"))
+    ).astype(np.float32)
 
 
 class LoadedPairs:

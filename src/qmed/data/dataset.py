@@ -51,7 +51,12 @@ def list_images(folder: str | Path, warn: bool = True) -> list[Path]:
         elif p.is_file():
             skipped.append(p.name)
     if skipped and warn:
-        log.warning("%s: ignoring %d non-image file(s): %s", folder, len(skipped), ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
+        log.warning(
+            "%s: ignoring %d non-image file(s): %s",
+            folder,
+            len(skipped),
+            ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""),
+        )
     return files
 
 
@@ -81,14 +86,18 @@ def find_pairs(source: str | Path, require_masks: bool = True) -> list[Pair]:
     img_dir = _subdir(source, IMAGE_DIR_NAMES)
     mask_dir = _subdir(source, MASK_DIR_NAMES)
     if img_dir is None:
-        raise QmedInputError(source, "no images/ subfolder (expected DATA_DIR/images/NAME.png and DATA_DIR/masks/NAME.png)")
+        raise QmedInputError(
+            source, "no images/ subfolder (expected DATA_DIR/images/NAME.png and DATA_DIR/masks/NAME.png)"
+        )
     images = list_images(img_dir)
     if not images:
         raise QmedInputError(img_dir, "folder holds no images (" + ", ".join(IMAGE_EXTENSIONS) + ")")
     _check_unique_stems(images)
     if mask_dir is None:
         if require_masks:
-            raise QmedInputError(source, "no masks/ subfolder (expected DATA_DIR/masks/NAME.png beside DATA_DIR/images/)")
+            raise QmedInputError(
+                source, "no masks/ subfolder (expected DATA_DIR/masks/NAME.png beside DATA_DIR/images/)"
+            )
         return [Pair(p.stem, p, None) for p in images]
     masks = list_images(mask_dir)
     by_stem: dict[str, Path] = {}
@@ -106,7 +115,10 @@ def find_pairs(source: str | Path, require_masks: bool = True) -> list[Pair]:
         pairs.append(Pair(p.stem, p, m))
     if by_stem:
         orphan = sorted(by_stem.values())[0]
-        raise QmedInputError(orphan, f"mask has no matching image in {img_dir}" + (f" ({len(by_stem)} such masks)" if len(by_stem) > 1 else ""))
+        raise QmedInputError(
+            orphan,
+            f"mask has no matching image in {img_dir}" + (f" ({len(by_stem)} such masks)" if len(by_stem) > 1 else ""),
+        )
     return pairs
 
 
@@ -114,7 +126,9 @@ def _check_unique_stems(files: list[Path]) -> None:
     seen: dict[str, Path] = {}
     for f in files:
         if f.stem in seen:
-            raise QmedInputError(f, f"two images share the name {f.stem!r} (also {seen[f.stem].name}); names must be unique")
+            raise QmedInputError(
+                f, f"two images share the name {f.stem!r} (also {seen[f.stem].name}); names must be unique"
+            )
         seen[f.stem] = f
 
 
@@ -161,13 +175,18 @@ def write_pairs_csv(path: str | Path, pairs: list[Pair]) -> Path:
     return Path(path)
 
 
-def split_pairs(pairs: list[Pair], val_fraction: float = 0.2, seed: int = 0, group_pattern: str | None = None) -> tuple[list[Pair], list[Pair]]:
+def split_pairs(
+    pairs: list[Pair], val_fraction: float = 0.2, seed: int = 0, group_pattern: str | None = None
+) -> tuple[list[Pair], list[Pair]]:
     """Deterministic train/val split. With `group_pattern` (a regex whose first match or group of a
     name is its group, e.g. patient ID), all images of a group land on the same side."""
     if not 0.0 < val_fraction < 1.0:
         raise QmedInputError(None, f"val_fraction must be in (0, 1), got {val_fraction}")
     if len(pairs) < 2:
-        raise QmedInputError(pairs[0].image.parent if pairs else None, f"need at least 2 images to split into train and val, found {len(pairs)}")
+        raise QmedInputError(
+            pairs[0].image.parent if pairs else None,
+            f"need at least 2 images to split into train and val, found {len(pairs)}",
+        )
     ordered = sorted(pairs, key=lambda p: p.name)
     if group_pattern:
         rx = re.compile(group_pattern)
@@ -179,11 +198,16 @@ def split_pairs(pairs: list[Pair], val_fraction: float = 0.2, seed: int = 0, gro
             g = m.group(1) if m.groups() else None
             return g if g is not None else m.group(0)
     else:
+
         def group_of(name: str) -> str:
             return name
+
     groups = sorted({group_of(p.name) for p in ordered})
     if len(groups) < 2:
-        raise QmedInputError(ordered[0].image.parent, f"all {len(ordered)} images fall into one group {groups[0]!r} (group pattern {group_pattern!r}); need at least 2 groups to split into train and val")
+        raise QmedInputError(
+            ordered[0].image.parent,
+            f"all {len(ordered)} images fall into one group {groups[0]!r} (group pattern {group_pattern!r}); need at least 2 groups to split into train and val",
+        )
     rng = np.random.default_rng(seed)
     rng.shuffle(groups)
     n_val = max(1, int(round(val_fraction * len(ordered))))
@@ -209,7 +233,10 @@ def load_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         raise QmedInputError(pair.image, "image has no mask")
     fg, labels = read_mask(pair.mask)
     if fg.shape != img.shape[:2]:
-        raise QmedInputError(pair.mask, f"mask is {fg.shape[1]}x{fg.shape[0]} but its image {pair.image.name} is {img.shape[1]}x{img.shape[0]}")
+        raise QmedInputError(
+            pair.mask,
+            f"mask is {fg.shape[1]}x{fg.shape[0]} but its image {pair.image.name} is {img.shape[1]}x{img.shape[0]}",
+        )
     return img, fg, labels
 
 
@@ -222,7 +249,9 @@ def appearance(img: np.ndarray, fg: np.ndarray) -> tuple[bool, float, float]:
     """(colour?, median background intensity, median foreground intensity) of one image in [0, 1]
     (intensity = the mean over channels; NaN where the mask has no pixel of that kind)."""
     x = np.asarray(img, dtype=np.float32)
-    is_colour = bool(x.shape[2] >= 3 and float(np.abs(x[..., :3] - x[..., :3].mean(axis=2, keepdims=True)).mean()) > COLOUR_SPREAD)
+    is_colour = bool(
+        x.shape[2] >= 3 and float(np.abs(x[..., :3] - x[..., :3].mean(axis=2, keepdims=True)).mean()) > COLOUR_SPREAD
+    )
     gray = x.mean(axis=2)
     bg = float(np.median(gray[~fg])) if (~fg).any() else float("nan")
     fgv = float(np.median(gray[fg])) if fg.any() else float("nan")
@@ -265,12 +294,16 @@ def data_warnings(n_pairs: int, n_empty: int, class_maps: list[tuple[str, list[i
     """One line per kind of suspect mask set: all masks empty; masks that look like class maps."""
     out = []
     if n_empty == n_pairs:
-        out.append(f"every mask is empty ({n_pairs} of {n_pairs}): there is no foreground to learn; check that masks/ holds the annotations")
+        out.append(
+            f"every mask is empty ({n_pairs} of {n_pairs}): there is no foreground to learn; check that masks/ holds the annotations"
+        )
     if class_maps:
         name, values = class_maps[0]
-        out.append(f"{len(class_maps)} of {n_pairs} masks hold a few values that each cover several separate regions "
-                   f"(e.g. {name}: values 0/{'/'.join(map(str, values))}): they look like class maps, not instance labels; "
-                   "qmed merges every non-zero value into one foreground and counts each value as one object")
+        out.append(
+            f"{len(class_maps)} of {n_pairs} masks hold a few values that each cover several separate regions "
+            f"(e.g. {name}: values 0/{'/'.join(map(str, values))}): they look like class maps, not instance labels; "
+            "qmed merges every non-zero value into one foreground and counts each value as one object"
+        )
     return out
 
 
@@ -316,9 +349,18 @@ def fingerprint(pairs: list[Pair], warn: bool = True) -> dict:
         "min_side": min_side,
         "median_side": median_side,
         "channels": sorted(set(channels)),
-        "foreground_fraction": {"min": float(fg_arr.min()), "median": float(np.median(fg_arr)), "max": float(fg_arr.max()), "mean": float(fg_arr.mean())},
+        "foreground_fraction": {
+            "min": float(fg_arr.min()),
+            "median": float(np.median(fg_arr)),
+            "max": float(fg_arr.max()),
+            "mean": float(fg_arr.mean()),
+        },
         "empty_fraction": float(np.mean(fg_arr == 0)),
-        "objects_per_image": {"min": int(min(n_objects)), "median": float(np.median(n_objects)), "max": int(max(n_objects))},
+        "objects_per_image": {
+            "min": int(min(n_objects)),
+            "median": float(np.median(n_objects)),
+            "max": int(max(n_objects)),
+        },
         "object_size_px": {
             "n": int(obj_arr.size),
             "median": float(np.median(obj_arr)) if obj_arr.size else 0.0,

@@ -32,15 +32,15 @@ from qmed.io.images import read_array, read_mask
 from qmed.io.pyramid import write_pyramid
 
 _TISSUE_RGB = np.array([236.0, 196.0, 218.0])  # eosin-pink ground of the synthetic tiles
-_NUCLEUS_RGB = np.array([70.0, 45.0, 130.0])   # haematoxylin-purple nuclei
+_NUCLEUS_RGB = np.array([70.0, 45.0, 130.0])  # haematoxylin-purple nuclei
 
 
 @dataclass(frozen=True)
 class _Cell:
     source: int  # index into the sources, -1 = blank
-    rot: int     # quarter turns (np.rot90's k)
-    flip: bool   # mirrored left-right before turning
-    oy: int      # crop offset in the source
+    rot: int  # quarter turns (np.rot90's k)
+    flip: bool  # mirrored left-right before turning
+    oy: int  # crop offset in the source
     ox: int
 
 
@@ -67,7 +67,9 @@ def _load_sources(tiles_root: str | Path) -> tuple[list[np.ndarray], list[np.nda
         img = np.ascontiguousarray(img[..., :3])
         _, lab = read_mask(pair.mask)
         if lab.shape != img.shape[:2]:
-            raise QmedInputError(pair.mask, f"mask is {lab.shape[1]}x{lab.shape[0]} but its image is {img.shape[1]}x{img.shape[0]}")
+            raise QmedInputError(
+                pair.mask, f"mask is {lab.shape[1]}x{lab.shape[0]} but its image is {img.shape[1]}x{img.shape[0]}"
+            )
         images.append(img)
         labels.append(lab.astype(np.uint16 if lab.max() < 2**16 else np.uint32))
         names.append(pair.name)
@@ -88,8 +90,15 @@ def _synthetic_sources(side: int, n: int, seed: int) -> tuple[list[np.ndarray], 
     return images, labels, names
 
 
-def _plan(rows: int, cols: int, n_sources: int, src_shapes: list[tuple[int, int]], cell: int, blank: float,
-          rng: np.random.Generator) -> list[_Cell]:
+def _plan(
+    rows: int,
+    cols: int,
+    n_sources: int,
+    src_shapes: list[tuple[int, int]],
+    cell: int,
+    blank: float,
+    rng: np.random.Generator,
+) -> list[_Cell]:
     cells = []
     for _ in range(rows * cols):
         is_blank = rng.random() < blank
@@ -106,15 +115,27 @@ def _plan(rows: int, cols: int, n_sources: int, src_shapes: list[tuple[int, int]
 
 def _view(arr: np.ndarray, c: _Cell, cell: int) -> np.ndarray:
     """The cell's crop of a source array, flipped and turned (a view, no copy)."""
-    v = arr[c.oy:c.oy + cell, c.ox:c.ox + cell]
+    v = arr[c.oy : c.oy + cell, c.ox : c.ox + cell]
     if c.flip:
         v = v[:, ::-1]
     return np.rot90(v, c.rot)
 
 
-def build_slide(path: str | Path, size, tiles_root: str | Path | None, *, seed: int = 0, tile: int = 256,
-                mpp: float = 0.25, truth_path: str | Path | None = None, cell: int | None = None, blank: float = 0.25,
-                compression: str = "jpeg", quality: int = 90, min_size: int = 512) -> dict:
+def build_slide(
+    path: str | Path,
+    size,
+    tiles_root: str | Path | None,
+    *,
+    seed: int = 0,
+    tile: int = 256,
+    mpp: float = 0.25,
+    truth_path: str | Path | None = None,
+    cell: int | None = None,
+    blank: float = 0.25,
+    compression: str = "jpeg",
+    quality: int = 90,
+    min_size: int = 512,
+) -> dict:
     """Write a mosaic slide (pyramidal tiled OME-TIFF, RGB) at `path` and, with `truth_path`, its truth label
     map (uint32 pyramidal OME-TIFF, nearest-neighbour levels). `size`: an int (square) or (width, height).
     `tiles_root`: a dataset folder (images/ + masks/, e.g. ../shared/data/monuseg/train), or None for
@@ -133,7 +154,9 @@ def build_slide(path: str | Path, size, tiles_root: str | Path | None, *, seed: 
     smallest = min(min(im.shape[:2]) for im in images)
     cell = int(cell or min(smallest, max(width, height)))
     if not 1 <= cell <= smallest:
-        raise QmedInputError(tiles_root, f"cell side {cell} must lie in 1..{smallest} (the smallest source tile's side)")
+        raise QmedInputError(
+            tiles_root, f"cell side {cell} must lie in 1..{smallest} (the smallest source tile's side)"
+        )
     rows, cols = math.ceil(height / cell), math.ceil(width / cell)
     rng = np.random.default_rng(seed)
     cells = _plan(rows, cols, len(images), [im.shape[:2] for im in images], cell, blank, rng)
@@ -146,7 +169,7 @@ def build_slide(path: str | Path, size, tiles_root: str | Path | None, *, seed: 
             luts.append(None)
             continue
         r, q = divmod(i, cols)
-        vis = _view(labels[c.source], c, cell)[:min(cell, height - r * cell), :min(cell, width - q * cell)]
+        vis = _view(labels[c.source], c, cell)[: min(cell, height - r * cell), : min(cell, width - q * cell)]
         counts = np.bincount(vis.ravel(), minlength=int(labels[c.source].max()) + 1)
         present = np.flatnonzero(counts[1:]) + 1
         lut = np.zeros(counts.size, np.uint32)
@@ -162,8 +185,12 @@ def build_slide(path: str | Path, size, tiles_root: str | Path | None, *, seed: 
             for q in range(x // cell, (x + w - 1) // cell + 1):
                 cy, cx = r * cell, q * cell
                 y0, y1, x0, x1 = max(y, cy), min(y + h, cy + cell), max(x, cx), min(x + w, cx + cell)
-                yield (r * cols + q, cells[r * cols + q], (slice(y0 - y, y1 - y), slice(x0 - x, x1 - x)),
-                       (slice(y0 - cy, y1 - cy), slice(x0 - cx, x1 - cx)))
+                yield (
+                    r * cols + q,
+                    cells[r * cols + q],
+                    (slice(y0 - y, y1 - y), slice(x0 - x, x1 - x)),
+                    (slice(y0 - cy, y1 - cy), slice(x0 - cx, x1 - cx)),
+                )
 
     def image_tile(y, x, h, w):
         out = np.full((h, w, 3), 255, np.uint8)
@@ -182,14 +209,36 @@ def build_slide(path: str | Path, size, tiles_root: str | Path | None, *, seed: 
     path = Path(path)
     # written first: a missing truth next to a finished slide is the less misleading half-result
     if truth_path is not None:
-        write_pyramid(truth_path, (height, width), np.uint32, truth_tile, tile=tile, kind="labels", mpp=mpp,
-                      min_size=min_size)
-    write_pyramid(path, (height, width, 3), np.uint8, image_tile, tile=tile, kind="image", mpp=mpp,
-                  min_size=min_size, compression=compression,
-                  compressionargs={"level": quality} if compression == "jpeg" else None)
+        write_pyramid(
+            truth_path, (height, width), np.uint32, truth_tile, tile=tile, kind="labels", mpp=mpp, min_size=min_size
+        )
+    write_pyramid(
+        path,
+        (height, width, 3),
+        np.uint8,
+        image_tile,
+        tile=tile,
+        kind="image",
+        mpp=mpp,
+        min_size=min_size,
+        compression=compression,
+        compressionargs={"level": quality} if compression == "jpeg" else None,
+    )
     tissue = sum(c.source >= 0 for c in cells)
-    return {"path": str(path), "truth_path": None if truth_path is None else str(truth_path),
-            "width": width, "height": height, "mpp": mpp, "objects": total, "cell": cell, "grid": [rows, cols],
-            "tissue_cells": tissue, "blank_cells": len(cells) - tissue, "sources": len(images),
-            "tiles_root": None if tiles_root is None else str(tiles_root), "seed": seed, "tile": tile,
-            "compression": compression}
+    return {
+        "path": str(path),
+        "truth_path": None if truth_path is None else str(truth_path),
+        "width": width,
+        "height": height,
+        "mpp": mpp,
+        "objects": total,
+        "cell": cell,
+        "grid": [rows, cols],
+        "tissue_cells": tissue,
+        "blank_cells": len(cells) - tissue,
+        "sources": len(images),
+        "tiles_root": None if tiles_root is None else str(tiles_root),
+        "seed": seed,
+        "tile": tile,
+        "compression": compression,
+    }

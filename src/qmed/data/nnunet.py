@@ -57,13 +57,19 @@ _NAME_RX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 
 def nnunet_dataset_name(dataset_id: int, name: str) -> str:
     if not 1 <= int(dataset_id) <= 999:
-        raise QmedInputError(None, f"--dataset-id must be between 1 and 999 (nnU-Net uses three digits), got {dataset_id}")
+        raise QmedInputError(
+            None, f"--dataset-id must be between 1 and 999 (nnU-Net uses three digits), got {dataset_id}"
+        )
     if not _NAME_RX.match(name):
-        raise QmedInputError(None, f"--name {name!r}: use letters, digits, '_' or '-' (it becomes part of the folder Dataset{int(dataset_id):03d}_NAME)")
+        raise QmedInputError(
+            None,
+            f"--name {name!r}: use letters, digits, '_' or '-' (it becomes part of the folder Dataset{int(dataset_id):03d}_NAME)",
+        )
     return f"Dataset{int(dataset_id):03d}_{name}"
 
 
 # -- writing PNG ---------------------------------------------------------------------------------
+
 
 def _write_png(path: Path, arr: np.ndarray) -> None:
     """uint8/uint16, HxW or HxWx3 (RGB order) -> PNG, atomically (cv2 writes 16-bit RGB, PIL does not)."""
@@ -99,6 +105,7 @@ def _png_pixels(path: Path) -> np.ndarray:
 
 # -- qmed -> nnU-Net -----------------------------------------------------------------------------
 
+
 def _check_names(pairs: list[Pair], source: Path) -> None:
     for p in pairs:
         if re.search(r"_\d{4}$", p.name):
@@ -111,8 +118,15 @@ def _check_names(pairs: list[Pair], source: Path) -> None:
         raise QmedInputError(source, "two images share a name; nnU-Net case identifiers must be unique")
 
 
-def to_nnunet(data: str | Path, out_raw: str | Path, dataset_id: int = 501, name: str = "Qmed", val: str | Path | None = None,
-              label_name: str = "foreground", force: bool = False) -> Path:
+def to_nnunet(
+    data: str | Path,
+    out_raw: str | Path,
+    dataset_id: int = 501,
+    name: str = "Qmed",
+    val: str | Path | None = None,
+    label_name: str = "foreground",
+    force: bool = False,
+) -> Path:
     """Write DATA (and VAL as the test split) as OUT_RAW/DatasetXXX_Name. Returns the dataset folder."""
     data, out_raw = Path(data), Path(out_raw)
     ds_name = nnunet_dataset_name(dataset_id, name)
@@ -125,13 +139,24 @@ def to_nnunet(data: str | Path, out_raw: str | Path, dataset_id: int = 501, name
         _check_names(val_pairs, Path(val))
         clash = sorted({p.name for p in train_pairs} & {p.name for p in val_pairs})
         if clash:
-            log.warning("%d name(s) appear in both --data and --val (e.g. %s); nnU-Net keeps imagesTr and imagesTs apart, so this is allowed", len(clash), clash[0])
+            log.warning(
+                "%d name(s) appear in both --data and --val (e.g. %s); nnU-Net keeps imagesTr and imagesTs apart, so this is allowed",
+                len(clash),
+                clash[0],
+            )
     if out_raw.exists() and not out_raw.is_dir():
         raise QmedInputError(out_raw, "is not a folder")
     if out_raw.is_dir():
-        other = [p for p in out_raw.glob(f"Dataset{int(dataset_id):03d}_*") if p.name != ds_name and not p.name.startswith(".")]
+        other = [
+            p
+            for p in out_raw.glob(f"Dataset{int(dataset_id):03d}_*")
+            if p.name != ds_name and not p.name.startswith(".")
+        ]
         if other:
-            raise QmedInputError(other[0], f"another dataset already uses ID {int(dataset_id):03d}; nnU-Net finds datasets by ID, so pick another --dataset-id")
+            raise QmedInputError(
+                other[0],
+                f"another dataset already uses ID {int(dataset_id):03d}; nnU-Net finds datasets by ID, so pick another --dataset-id",
+            )
     dest = out_raw / ds_name
     check_output(dest, force, inputs=[data, val])
 
@@ -142,14 +167,22 @@ def to_nnunet(data: str | Path, out_raw: str | Path, dataset_id: int = 501, name
             img = _png_pixels(p.image)
             fg, _ = read_mask(p.mask)
             if fg.shape != img.shape[:2]:
-                raise QmedInputError(p.mask, f"mask is {fg.shape[1]}x{fg.shape[0]} but its image {p.image.name} is {img.shape[1]}x{img.shape[0]}")
+                raise QmedInputError(
+                    p.mask,
+                    f"mask is {fg.shape[1]}x{fg.shape[0]} but its image {p.image.name} is {img.shape[1]}x{img.shape[0]}",
+                )
             items.append((split, p, img, fg))
     rgb = any(img.ndim == 3 for _, _, img, _ in items)
     if rgb and any(img.ndim == 2 for _, _, img, _ in items):
-        log.warning("%s: gray and RGB images mixed; writing all as RGB (gray repeated), as nnU-Net needs the same channels for every case", data)
+        log.warning(
+            "%s: gray and RGB images mixed; writing all as RGB (gray repeated), as nnU-Net needs the same channels for every case",
+            data,
+        )
     bits = {img.dtype for _, _, img, _ in items}
     if len(bits) > 1:
-        log.warning("%s: 8- and 16-bit images mixed; nnU-Net normalises each image (z-score), so this is harmless", data)
+        log.warning(
+            "%s: 8- and 16-bit images mixed; nnU-Net normalises each image (z-score), so this is harmless", data
+        )
 
     stage = staging_dir(dest, force, inputs=[data, val], verb="convert")
     try:
@@ -159,15 +192,19 @@ def to_nnunet(data: str | Path, out_raw: str | Path, dataset_id: int = 501, name
             _write_png(stage / f"images{split}" / f"{p.name}_0000.png", img)
             _write_png(stage / f"labels{split}" / f"{p.name}.png", fg.astype(np.uint8))
         channels = {"0": "R", "1": "G", "2": "B"} if rgb else {"0": "gray"}
-        write_json(stage / "dataset.json", {
-            "channel_names": channels,
-            "labels": {"background": 0, label_name: 1},
-            "numTraining": len(train_pairs),
-            "file_ending": ".png",
-            "overwrite_image_reader_writer": "NaturalImage2DIO",
-            "name": name,
-            "description": f"converted by qmed from {data.resolve()}" + (f" (imagesTs: {Path(val).resolve()})" if val is not None else ""),
-        })
+        write_json(
+            stage / "dataset.json",
+            {
+                "channel_names": channels,
+                "labels": {"background": 0, label_name: 1},
+                "numTraining": len(train_pairs),
+                "file_ending": ".png",
+                "overwrite_image_reader_writer": "NaturalImage2DIO",
+                "name": name,
+                "description": f"converted by qmed from {data.resolve()}"
+                + (f" (imagesTs: {Path(val).resolve()})" if val is not None else ""),
+            },
+        )
         commit_staged(stage, dest)
     finally:
         if stage.exists():
@@ -176,6 +213,7 @@ def to_nnunet(data: str | Path, out_raw: str | Path, dataset_id: int = 501, name
 
 
 # -- nnU-Net -> qmed -----------------------------------------------------------------------------
+
 
 def _load_dataset_json(ds: Path) -> dict:
     f = ds / "dataset.json"
@@ -191,10 +229,14 @@ def _load_dataset_json(ds: Path) -> dict:
         if key not in meta:
             raise QmedInputError(f, f"lacks the key {key!r}")
     if "modality" in meta and "channel_names" not in meta:
-        raise QmedInputError(f, "looks like an nnU-Net v1 / MSD dataset.json; convert it with nnUNetv2_convert_old_nnUNet_dataset first")
+        raise QmedInputError(
+            f, "looks like an nnU-Net v1 / MSD dataset.json; convert it with nnUNetv2_convert_old_nnUNet_dataset first"
+        )
     ending = str(meta["file_ending"]).lower()
     if ending not in NNUNET_2D_ENDINGS:
-        raise QmedInputError(f, f"file_ending {meta['file_ending']!r}: qmed reads 2-D image files only ({', '.join(NNUNET_2D_ENDINGS)})")
+        raise QmedInputError(
+            f, f"file_ending {meta['file_ending']!r}: qmed reads 2-D image files only ({', '.join(NNUNET_2D_ENDINGS)})"
+        )
     return meta
 
 
@@ -207,12 +249,16 @@ def _foreground_values(meta: dict, source: Path) -> tuple[set[int] | None, int |
     for k, v in labels.items():
         if k in ("background", "ignore"):
             continue
-        for x in (v if isinstance(v, (list, tuple)) else [v]):  # regions list several labels
+        for x in v if isinstance(v, (list, tuple)) else [v]:  # regions list several labels
             fg.add(int(x))
     fg.discard(0)
     if len(fg) > 1:
-        log.warning("%s: %d foreground labels (%s); qmed is binary, so they are merged into one foreground", source,
-                    len(fg), ", ".join(k for k in labels if k not in ("background", "ignore")))
+        log.warning(
+            "%s: %d foreground labels (%s); qmed is binary, so they are merged into one foreground",
+            source,
+            len(fg),
+            ", ".join(k for k in labels if k not in ("background", "ignore")),
+        )
     return (fg or None), ignore
 
 
@@ -251,7 +297,9 @@ def _case_files(folder: Path, ending: str, n_channels: int) -> dict[str, list[Pa
         elif sorted(chans) == list(range(n_channels)):
             out[name] = [chans[i] for i in range(n_channels)]
         else:
-            raise QmedInputError(folder, f"case {name!r} has channel files {sorted(chans)}, dataset.json names {n_channels} channel(s)")
+            raise QmedInputError(
+                folder, f"case {name!r} has channel files {sorted(chans)}, dataset.json names {n_channels} channel(s)"
+            )
     return out
 
 
@@ -274,7 +322,9 @@ def _convert_split(ds: Path, split: str, meta: dict, stage: Path, require_labels
         _write_png(stage / "images" / f"{name}.png", img)
         if not has_labels:
             continue
-        lab = next((lab_dir / f"{name}{e}" for e in (ending, ending.upper()) if (lab_dir / f"{name}{e}").is_file()), None)
+        lab = next(
+            (lab_dir / f"{name}{e}" for e in (ending, ending.upper()) if (lab_dir / f"{name}{e}").is_file()), None
+        )
         if lab is None:
             raise QmedInputError(img_dir / files[0].name, f"has no label file {name}{ending} in {lab_dir}")
         arr = read_array(lab)
@@ -283,7 +333,9 @@ def _convert_split(ds: Path, split: str, meta: dict, stage: Path, require_labels
 
             arr = single_channel(arr, lab, "label map")
         if arr.shape != img.shape[:2]:
-            raise QmedInputError(lab, f"label map is {arr.shape[1]}x{arr.shape[0]} but its image is {img.shape[1]}x{img.shape[0]}")
+            raise QmedInputError(
+                lab, f"label map is {arr.shape[1]}x{arr.shape[0]} but its image is {img.shape[1]}x{img.shape[0]}"
+            )
         if not np.issubdtype(arr.dtype, np.integer) and arr.dtype != np.bool_:
             if not np.all(arr == np.round(arr)):
                 raise QmedInputError(lab, "label map holds fractional values")
@@ -303,7 +355,9 @@ def _convert_split(ds: Path, split: str, meta: dict, stage: Path, require_labels
     return len(cases)
 
 
-def from_nnunet(dataset: str | Path, out: str | Path, val_out: str | Path | None = None, force: bool = False) -> tuple[int, int]:
+def from_nnunet(
+    dataset: str | Path, out: str | Path, val_out: str | Path | None = None, force: bool = False
+) -> tuple[int, int]:
     """imagesTr/labelsTr -> OUT/images + OUT/masks (0/255); imagesTs[/labelsTs] -> VAL_OUT. Returns the counts."""
     ds, out = Path(dataset), Path(out)
     meta = _load_dataset_json(ds)

@@ -7,7 +7,7 @@ idea), because a network trained on 20 px nuclei segments 10 px ones less well.
 
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from collections.abc import Iterable
 
 import numpy as np
 from scipy import ndimage
@@ -21,7 +21,7 @@ def label_components(mask: np.ndarray) -> np.ndarray:
     return labels.astype(np.int32, copy=False)
 
 
-def object_diameter(mask: np.ndarray, min_area: int = 4) -> Optional[float]:
+def object_diameter(mask: np.ndarray, min_area: int = 4) -> float | None:
     """Median equivalent diameter (px) of one mask's objects: a bool mask is split into
     8-connected components, an int map is taken as instance labels. Objects under `min_area`
     pixels (speckle) are ignored; None when no object is left."""
@@ -34,14 +34,14 @@ def object_diameter(mask: np.ndarray, min_area: int = 4) -> Optional[float]:
     return float(np.sqrt(4.0 * np.median(areas) / np.pi))
 
 
-def median_diameter(per_image: Iterable[Optional[float]]) -> Optional[float]:
+def median_diameter(per_image: Iterable[float | None]) -> float | None:
     """Median over images of each image's median diameter (so one crowded image does not
     dominate); images without objects (None) are left out, None when none has any."""
     found = [d for d in per_image if d is not None]
     return float(np.median(found)) if found else None
 
 
-def dataset_diameter(masks: Iterable[np.ndarray]) -> Optional[float]:
+def dataset_diameter(masks: Iterable[np.ndarray]) -> float | None:
     return median_diameter(object_diameter(m) for m in masks)
 
 
@@ -55,7 +55,7 @@ def contact_map(labels: np.ndarray, width: int = 2) -> np.ndarray:
         return np.zeros(lab.shape, dtype=bool)
     lab = lab.astype(np.int32, copy=False)
     r = int(width)
-    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
     disc = yy**2 + xx**2 <= r * r
     # At an object pixel the disc's largest label exceeds its own iff a higher-numbered object is
     # near, and the smallest (background counted as +inf) is below it iff a lower-numbered one is.

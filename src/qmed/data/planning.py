@@ -51,41 +51,73 @@ def plan(fp: dict, gpu: bool = False) -> tuple[dict, dict[str, str]]:
         why[path] = reason
 
     kind = fp.get("modality", "gray")
-    why["modality"] = (f"{kind}: colour in {fp.get('colour_fraction', 0):.0%} of the images, median background intensity "
-                       f"{fp.get('background_intensity', float('nan')):.2f}, objects {fp.get('foreground_intensity', float('nan')):.2f}")
+    why["modality"] = (
+        f"{kind}: colour in {fp.get('colour_fraction', 0):.0%} of the images, median background intensity "
+        f"{fp.get('background_intensity', float('nan')):.2f}, objects {fp.get('foreground_intensity', float('nan')):.2f}"
+    )
     if kind in ("fluorescence", "gray"):
-        put("data.normalize", "percentile", f"{kind}: per-image percentile scaling (dim images lose objects at the raw scale; docs 1d)")
+        put(
+            "data.normalize",
+            "percentile",
+            f"{kind}: per-image percentile scaling (dim images lose objects at the raw scale; docs 1d)",
+        )
     else:
-        put("data.normalize", "none", f"{kind}: the raw image with the encoder's ImageNet statistics (per-image scaling would shift stain colours)")
+        put(
+            "data.normalize",
+            "none",
+            f"{kind}: the raw image with the encoder's ImageNet statistics (per-image scaling would shift stain colours)",
+        )
 
     diam = fp.get("object_diameter_px") or 0.0
     cap = 512 if gpu else 256
     want = 2 ** math.ceil(math.log2(max(10 * diam, 128))) if diam else cap
     side = 2 ** int(math.floor(math.log2(max(fp.get("min_side", cap), 64))))
     crop = int(max(64, min(cap, want, side)))
-    put("data.crop", crop, f"objects ~{diam:.0f} px across: {crop} px holds about {crop / diam:.0f} diameters" if diam else
-        f"no objects measured: {crop} px")
+    put(
+        "data.crop",
+        crop,
+        f"objects ~{diam:.0f} px across: {crop} px holds about {crop / diam:.0f} diameters"
+        if diam
+        else f"no objects measured: {crop} px",
+    )
     if side < min(cap, want):  # the images, not the objects, bound the crop
         small = fp.get("min_side", crop)
         why["data.crop"] += f" (bounded by the smallest image side, {small} px" + (
-            "; smaller images are padded)" if small < crop else ")")
+            "; smaller images are padded)" if small < crop else ")"
+        )
 
     if kind == "brightfield-stain":
-        put("augment.stain_p", 0.3, "stained tissue: H&E stain jitter (HEStain) for colour variation between slides and scanners")
+        put(
+            "augment.stain_p",
+            0.3,
+            "stained tissue: H&E stain jitter (HEStain) for colour variation between slides and scanners",
+        )
         put("augment.hue_saturation_p", 0.3, "stained tissue: hue/saturation jitter")
-        put("train.lr", 2e-3, "stained tissue: one-cycle peak LR 2e-3 instead of 1e-3 (side by side at 15 min: MoNuSeg "
-            "Dice +0.005 [+0.000, +0.009], dsb2018-histo +0.002 [-0.011, +0.019]; docs 11d)")
+        put(
+            "train.lr",
+            2e-3,
+            "stained tissue: one-cycle peak LR 2e-3 instead of 1e-3 (side by side at 15 min: MoNuSeg "
+            "Dice +0.005 [+0.000, +0.009], dsb2018-histo +0.002 [-0.011, +0.019]; docs 11d)",
+        )
         if not gpu:  # measured where the minutes bind (a CPU); a GPU keeps the recipe's UNet++
-            put("model.arch", "unet", "stained tissue on a CPU: the plain U-Net decoder does 1.5x UNet++'s crops in the same "
+            put(
+                "model.arch",
+                "unet",
+                "stained tissue on a CPU: the plain U-Net decoder does 1.5x UNet++'s crops in the same "
                 "minutes (side by side at 12 min: dsb2018-histo Dice +0.008 [-0.004, +0.022], MoNuSeg +0.004 [-0.000, +0.008]; "
                 "on fluorescence it lost, -0.013 [-0.031, -0.001]; docs 11g; at 30 min level with UNet++ at about two thirds "
-                "of its cost per image, docs 12f)")
+                "of its cost per image, docs 12f)",
+            )
         else:
-            why["model.arch"] = "stained tissue on a GPU: the recipe's UNet++ (the plain U-Net won where the minutes bind, on a CPU; docs 11g)"
+            why["model.arch"] = (
+                "stained tissue on a GPU: the recipe's UNet++ (the plain U-Net won where the minutes bind, on a CPU; docs 11g)"
+            )
     elif kind == "gray":
         put("augment.gamma_p", 0.3, "gray images: gamma jitter for exposure variation")
     else:
-        why["augment"] = f"{kind}: the cpu preset's augmentation (flips, 90-degree rotations, elastic, brightness/contrast)"
+        why["augment"] = (
+            f"{kind}: the cpu preset's augmentation (flips, 90-degree rotations, elastic, brightness/contrast)"
+        )
 
     n = fp.get("n_pairs", 0)
     if n < 16:
@@ -95,8 +127,12 @@ def plan(fp: dict, gpu: bool = False) -> tuple[dict, dict[str, str]]:
     return over, why
 
 
-def auto_config(train_source: str | Path, config_file: str | Path | None = None, overrides: list[str] | dict | None = None,
-                gpu: bool = False) -> QmedConfig:
+def auto_config(
+    train_source: str | Path,
+    config_file: str | Path | None = None,
+    overrides: list[str] | dict | None = None,
+    gpu: bool = False,
+) -> QmedConfig:
     """The `cpu` preset with the fingerprint's choices, then `config_file`, then `overrides` (those win)."""
     pairs = find_pairs(train_source)
     n = len(pairs)
@@ -109,7 +145,7 @@ def auto_config(train_source: str | Path, config_file: str | Path | None = None,
     for user in users:
         over = deep_merge(over, user)
         for section, fields in user.items():  # a user's setting is no longer the planner's
-            for f in (fields if isinstance(fields, dict) else {}):
+            for f in fields if isinstance(fields, dict) else {}:
                 why.pop(f"{section}.{f}", None)
     cfg = resolve_config(BASE_PRESET, overrides=over)
     return cfg.model_copy(update={"name": "auto", "reasons": why})

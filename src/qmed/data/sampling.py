@@ -61,8 +61,9 @@ def complexity_score(labels: np.ndarray, small_area: int = SMALL_AREA) -> dict:
     }
 
 
-def complexity_weights(features: list[dict], small_boost: float = 1.5, base: float = 1.0,
-                       a: float = 0.5, b: float = 0.5, cap: float = 3.0) -> np.ndarray:
+def complexity_weights(
+    features: list[dict], small_boost: float = 1.5, base: float = 1.0, a: float = 0.5, b: float = 0.5, cap: float = 3.0
+) -> np.ndarray:
     """Per-image sampling weights (mean 1) from complexity_score() features; formula in the module docstring."""
     if not features:
         return np.zeros(0)

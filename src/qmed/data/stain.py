@@ -22,16 +22,16 @@ numpy/torch but not ONNX-exportable and would be a new dependency for twenty lin
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import torch
 from torch import nn
 
 # sRGB (linear) -> XYZ, D65 white, OpenCV's constants; and the white point used to scale X and Z.
-_RGB2XYZ = torch.tensor([[0.412453, 0.357580, 0.180423],
-                         [0.212671, 0.715160, 0.072169],
-                         [0.019334, 0.119193, 0.950227]])
+_RGB2XYZ = torch.tensor(
+    [[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]]
+)
 _WHITE = torch.tensor([0.950456, 1.0, 1.088754])
 _EPS = 0.008856  # (6/29)^3: below it L*a*b* is linear in XYZ
 _STD_FLOOR = 1e-3  # a flat channel maps to the target mean instead of dividing by 0
@@ -51,9 +51,11 @@ def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
     """The inverse of rgb_to_lab, clipped to [0, 1] (a shifted colour can fall outside sRGB)."""
     fy = (lab[:, 0:1] + 16.0) / 116.0
     f = torch.cat([fy + lab[:, 1:2] / 500.0, fy, fy - lab[:, 2:3] / 200.0], dim=1)
-    xyz = torch.where(f > 6.0 / 29.0, f ** 3, (f - 16.0 / 116.0) / 7.787) * _WHITE.to(lab).view(1, 3, 1, 1)
+    xyz = torch.where(f > 6.0 / 29.0, f**3, (f - 16.0 / 116.0) / 7.787) * _WHITE.to(lab).view(1, 3, 1, 1)
     lin = torch.einsum("ij,bjhw->bihw", torch.linalg.inv(_RGB2XYZ).to(lab), xyz).clamp(0.0, 1.0)
-    return torch.where(lin <= 0.0031308, 12.92 * lin, 1.055 * lin.clamp_min(0.0031308) ** (1.0 / 2.4) - 0.055).clamp(0.0, 1.0)
+    return torch.where(lin <= 0.0031308, 12.92 * lin, 1.055 * lin.clamp_min(0.0031308) ** (1.0 / 2.4) - 0.055).clamp(
+        0.0, 1.0
+    )
 
 
 def lab_stats(lab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,9 +120,9 @@ def pooled_lab_stats(images: Iterable[np.ndarray]) -> list[float]:
             lab = rgb_to_lab(_as_batch(img))[0].double().flatten(1)
             n += lab.shape[1]
             s1 += lab.sum(dim=1).numpy()
-            s2 += (lab ** 2).sum(dim=1).numpy()
+            s2 += (lab**2).sum(dim=1).numpy()
     if n == 0:
         raise ValueError("pooled L*a*b* statistics need at least one pixel")
     mean = s1 / n
-    std = np.sqrt(np.maximum(s2 / n - mean ** 2, 0.0))
+    std = np.sqrt(np.maximum(s2 / n - mean**2, 0.0))
     return [float(v) for v in np.concatenate([mean, std])]

@@ -135,7 +135,9 @@ def _nucleus_shape(rng: np.random.Generator, cy: float, cx: float, r: float, sha
     return (slice(y0, y1), slice(x0, x1)), inside, rho
 
 
-def generate_sample(rng: np.random.Generator, size: int | tuple[int, int] = (256, 256), empty: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def generate_sample(
+    rng: np.random.Generator, size: int | tuple[int, int] = (256, 256), empty: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """One synthetic fluorescence image (uint8 HxW) and its instance label map (uint16 HxW, 0 = background)."""
     shape = _as_size(size)
     h, w = shape
@@ -145,7 +147,9 @@ def generate_sample(rng: np.random.Generator, size: int | tuple[int, int] = (256
     # Drawn for every image (also empty ones) so that the background statistics look alike.
     background = rng.uniform(2.0, 14.0)
     illum = _illumination(rng, shape)
-    texture = 0.65 * _smooth_noise(rng, shape, rng.uniform(0.7, 1.2)) + 0.35 * _smooth_noise(rng, shape, rng.uniform(2.0, 3.5))
+    texture = 0.65 * _smooth_noise(rng, shape, rng.uniform(0.7, 1.2)) + 0.35 * _smooth_noise(
+        rng, shape, rng.uniform(2.0, 3.5)
+    )
     psf_sigma = rng.uniform(0.6, 1.5) if rng.random() < 0.8 else rng.uniform(1.5, 2.2)  # some out of focus
     gain = rng.uniform(0.25, 1.2)  # DN per photon: lower = smoother
     read_noise = rng.uniform(0.4, 1.8)

@@ -48,7 +48,7 @@ def thumbnail(reader, level: int | None = None, max_side: int = THUMB_MAX) -> tu
             # Outside the slide reads as white (SlideReader's rule), so edge tiles are padded to whole blocks.
             tile = np.asarray(reader.read(level, x, y, math.ceil(rw / f) * f, math.ceil(rh / f) * f), dtype=np.float32)
             small = tile.reshape(tile.shape[0] // f, f, tile.shape[1] // f, f, 3).mean(axis=(1, 3))
-            out[y // f:y // f + small.shape[0], x // f:x // f + small.shape[1]] = np.round(small).astype(np.uint8)
+            out[y // f : y // f + small.shape[0], x // f : x // f + small.shape[1]] = np.round(small).astype(np.uint8)
     return out, downs[level] * f
 
 
@@ -90,7 +90,11 @@ def tissue_from_rgb(rgb: np.ndarray) -> tuple[np.ndarray, dict]:
         speck = sizes < max(SPECK_MIN, SPECK_FRACTION * area)
         speck[0] = False
         mask &= ~speck[comps]
-    return mask, {"channel": name, "threshold": round(t, 4), "tissue_fraction": round(float(mask.mean()), 4) if area else 0.0}
+    return mask, {
+        "channel": name,
+        "threshold": round(t, 4),
+        "tissue_fraction": round(float(mask.mean()), 4) if area else 0.0,
+    }
 
 
 def tissue_mask(reader, level: int | None = None) -> tuple[np.ndarray, float]:
@@ -99,8 +103,9 @@ def tissue_mask(reader, level: int | None = None) -> tuple[np.ndarray, float]:
     return tissue_from_rgb(rgb)[0], ds
 
 
-def region_has_tissue(mask: np.ndarray, downsample: float, x0: float, y0: float, x1: float, y1: float,
-                      margin: int = 1) -> bool:
+def region_has_tissue(
+    mask: np.ndarray, downsample: float, x0: float, y0: float, x1: float, y1: float, margin: int = 1
+) -> bool:
     """Does the level-0 rectangle [x0, x1) x [y0, y1) touch the mask, widened by `margin` mask px
     (a nucleus on the tissue's edge belongs to the block that holds it)?"""
     h, w = mask.shape
@@ -111,7 +116,9 @@ def region_has_tissue(mask: np.ndarray, downsample: float, x0: float, y0: float,
     return c1 > c0 and r1 > r0 and bool(mask[r0:r1, c0:c1].any())
 
 
-def sample_points(mask: np.ndarray | None, shape_hw: tuple[int, int], n: int, seed: int = 0) -> list[tuple[float, float]]:
+def sample_points(
+    mask: np.ndarray | None, shape_hw: tuple[int, int], n: int, seed: int = 0
+) -> list[tuple[float, float]]:
     """Up to `n` (x, y) points in [0, 1)² (fractions of the slide's width and height): on tissue pixels
     of `mask` drawn at random (seeded), or, with no mask, the centres of a regular grid over the slide."""
     if mask is None:

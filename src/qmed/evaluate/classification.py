@@ -56,8 +56,13 @@ def metric_rows(y: np.ndarray, prob: np.ndarray, threshold: float) -> dict[str, 
         tp, fp = (p & t).sum(1), (p & ~t).sum(1)
         fn, tn = (~p & t).sum(1), (~p & ~t).sum(1)
         sens, spec = _div(tp, tp + fn), _div(tn, tn + fp)
-        out.update(sensitivity=sens, specificity=spec, balanced_accuracy=(sens + spec) / 2, f1=_div(2 * tp, 2 * tp + fp + fn),
-                   auc=auc_rows(t, prob[..., 1]))
+        out.update(
+            sensitivity=sens,
+            specificity=spec,
+            balanced_accuracy=(sens + spec) / 2,
+            f1=_div(2 * tp, 2 * tp + fp + fn),
+            auc=auc_rows(t, prob[..., 1]),
+        )
         return out
     rec, spc, f1s, aucs = [], [], [], []
     for c in range(k):
@@ -70,8 +75,13 @@ def metric_rows(y: np.ndarray, prob: np.ndarray, threshold: float) -> dict[str, 
         aucs.append(auc_rows(t, prob[..., c]))
     rec_m = _nanmean(np.stack(rec, 1), 1)
     # macro one-vs-rest AUC is defined only when every class occurs (as in sklearn)
-    out.update(sensitivity=rec_m, balanced_accuracy=rec_m, specificity=_nanmean(np.stack(spc, 1), 1),
-               f1=_nanmean(np.stack(f1s, 1), 1), auc=np.stack(aucs, 1).mean(axis=1))
+    out.update(
+        sensitivity=rec_m,
+        balanced_accuracy=rec_m,
+        specificity=_nanmean(np.stack(spc, 1), 1),
+        f1=_nanmean(np.stack(f1s, 1), 1),
+        auc=np.stack(aucs, 1).mean(axis=1),
+    )
     return out
 
 
@@ -93,15 +103,19 @@ def classification_metrics(y: np.ndarray, prob: np.ndarray, threshold: float = 0
     out = {m: float(v[0]) for m, v in rows.items()}
     k = prob.shape[1]
     if len(np.unique(y)) == k and len(y) > 0:
-        out["auc"] = float(roc_auc_score(y, prob[:, 1]) if k == 2 else
-                           roc_auc_score(y, prob, multi_class="ovr", average="macro", labels=list(range(k))))
+        out["auc"] = float(
+            roc_auc_score(y, prob[:, 1])
+            if k == 2
+            else roc_auc_score(y, prob, multi_class="ovr", average="macro", labels=list(range(k)))
+        )
     else:
         out["auc"] = float("nan")
     return {m: out[m] for m in METRICS}
 
 
-def bootstrap_metrics(y: np.ndarray, prob: np.ndarray, threshold: float = 0.5, n_boot: int = 1000, seed: int = 0,
-                      ci: float = 0.95) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]:
+def bootstrap_metrics(
+    y: np.ndarray, prob: np.ndarray, threshold: float = 0.5, n_boot: int = 1000, seed: int = 0, ci: float = 0.95
+) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]:
     """-> ({metric: {value, ci_low, ci_high, n_boot}}, {metric: bootstrap values}).
 
     Percentile bootstrap over cases: `n_boot` resamples with replacement from a generator seeded

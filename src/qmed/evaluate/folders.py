@@ -46,8 +46,11 @@ log = logging.getLogger("qmed")
 PREDICTION_META = "predict.json"
 # The files qmed predict writes beside the masks (scales.json with --rescale): never predictions.
 PREDICT_RECORDS = (PREDICTION_META, "scales.json")
-KIND_WORDS = {"labels": ("label map", "label maps"), "mask": ("binary mask", "binary masks"),
-              "probability": ("probability map", "probability maps")}
+KIND_WORDS = {
+    "labels": ("label map", "label maps"),
+    "mask": ("binary mask", "binary masks"),
+    "probability": ("probability map", "probability maps"),
+}
 
 
 def describe_kinds(kinds: dict, asked: str = "auto") -> str:
@@ -105,13 +108,26 @@ def _prediction_files(pred_dir: Path) -> dict[str, Path]:
     # qmed predict's own records beside the masks are expected (and NAME.csv object tables beside
     # the label maps of qmed predict --instances); anything else is worth a word.
     stems = {f.stem for f in files}
-    other = sorted(q.name for q in pred_dir.iterdir() if q.is_file() and not q.name.startswith(".")
-                   and not is_image_file(q) and q.name not in PREDICT_RECORDS
-                   and not (q.suffix.lower() == ".csv" and q.stem in stems))
+    other = sorted(
+        q.name
+        for q in pred_dir.iterdir()
+        if q.is_file()
+        and not q.name.startswith(".")
+        and not is_image_file(q)
+        and q.name not in PREDICT_RECORDS
+        and not (q.suffix.lower() == ".csv" and q.stem in stems)
+    )
     if other:
-        log.warning("%s: ignoring %d non-image file(s): %s", pred_dir, len(other), ", ".join(other[:5]) + (" ..." if len(other) > 5 else ""))
+        log.warning(
+            "%s: ignoring %d non-image file(s): %s",
+            pred_dir,
+            len(other),
+            ", ".join(other[:5]) + (" ..." if len(other) > 5 else ""),
+        )
     if not files:
-        raise QmedInputError(pred_dir, "prediction folder holds no images (expected NAME.png/.tif per ground-truth mask)")
+        raise QmedInputError(
+            pred_dir, "prediction folder holds no images (expected NAME.png/.tif per ground-truth mask)"
+        )
     by_stem: dict[str, Path] = {}
     for f in files:
         if f.stem in by_stem:  # NAME.png and NAME.tif: refuse to guess which one was meant
@@ -120,8 +136,15 @@ def _prediction_files(pred_dir: Path) -> dict[str, Path]:
     return by_stem
 
 
-def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, threshold: float = 0.5, n_boot: int = 2000, seed: int = 0,
-                     pred_kind: str = "auto", instances: bool = False) -> tuple[dict, list[dict]]:
+def evaluate_folders(
+    pred_dir: str | Path,
+    truth_dir: str | Path,
+    threshold: float = 0.5,
+    n_boot: int = 2000,
+    seed: int = 0,
+    pred_kind: str = "auto",
+    instances: bool = False,
+) -> tuple[dict, list[dict]]:
     """Score every ground-truth mask against its prediction.
 
     Returns (summary, rows): summary as metrics.summarize plus "settings" (pred_kind and
@@ -156,7 +179,12 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, threshold: flo
         raise QmedInputError(mask, f"ground-truth mask has no prediction {name}.* in {pred_dir}{more}")
     extra = sorted(set(preds) - used)
     if extra:
-        log.warning("%s: ignoring %d prediction(s) without ground truth: %s", pred_dir, len(extra), ", ".join(extra[:5]) + (" ..." if len(extra) > 5 else ""))
+        log.warning(
+            "%s: ignoring %d prediction(s) without ground truth: %s",
+            pred_dir,
+            len(extra),
+            ", ".join(extra[:5]) + (" ..." if len(extra) > 5 else ""),
+        )
 
     rows, kinds, not_labels = [], {}, []
     for name, mask, pred_path in pairs:
@@ -166,34 +194,58 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, threshold: flo
         if pred_kind == "labels" and prediction_kind(pred) == "probability":  # told labels, but not their pattern
             not_labels.append((pred_path, int(np.unique(pred[pred > 0]).size)))
         if pred.shape != truth_fg.shape:
-            raise QmedInputError(pred_path, f"prediction is {pred.shape[1]}x{pred.shape[0]} but its ground truth {mask.name} is {truth_fg.shape[1]}x{truth_fg.shape[0]}")
+            raise QmedInputError(
+                pred_path,
+                f"prediction is {pred.shape[1]}x{pred.shape[0]} but its ground truth {mask.name} is {truth_fg.shape[1]}x{truth_fg.shape[0]}",
+            )
         if kind == "labels":
             row = score_image(None, truth_fg, truth_labels, pred_labels=pred)
         else:
             fg = pred if kind == "mask" else pred > threshold
             if kind == "probability" and not fg.any() and pred.max() > 0 and np.unique(pred).size > 2:
                 # An instance label map (1..N) read as a probability map scores as empty: say so.
-                log.warning("%s: non-zero values but none above threshold %g (max %.3g); scored as an empty prediction. "
-                            "If this is an instance label map, pass --pred-kind labels", pred_path, threshold, pred.max())
+                log.warning(
+                    "%s: non-zero values but none above threshold %g (max %.3g); scored as an empty prediction. "
+                    "If this is an instance label map, pass --pred-kind labels",
+                    pred_path,
+                    threshold,
+                    pred.max(),
+                )
             row = score_image(fg, truth_fg, truth_labels, instances=True)
         rows.append({"name": name, "pred_kind": kind, **row})
     if not_labels:
         path, n_values = not_labels[0]
-        log.warning("%s: %d of %d predictions read as label maps (--pred-kind labels) look like probability maps "
-                    "(e.g. %s: %d distinct values that do not form one region each); their scores mean nothing: "
-                    "use --pred-kind probability or auto", pred_dir, len(not_labels), len(pairs), path.name, n_values)
+        log.warning(
+            "%s: %d of %d predictions read as label maps (--pred-kind labels) look like probability maps "
+            "(e.g. %s: %d distinct values that do not form one region each); their scores mean nothing: "
+            "use --pred-kind probability or auto",
+            pred_dir,
+            len(not_labels),
+            len(pairs),
+            path.name,
+            n_values,
+        )
     report_instances = bool(instances or kinds.get("labels"))
     if not report_instances:  # computed on the way (cheap), reported only when asked or label maps came
         rows = [{k: v for k, v in r.items() if k not in INSTANCE_KEYS} for r in rows]
     if kinds.get("probability") and kinds.get("labels"):  # (masks mix with either: empty or one-object files)
-        log.warning("%s: predictions read as %s; pass --pred-kind to read them all one way", pred_dir, describe_kinds(kinds))
+        log.warning(
+            "%s: predictions read as %s; pass --pred-kind to read them all one way", pred_dir, describe_kinds(kinds)
+        )
     summary = summarize(rows, n_boot=n_boot, seed=seed)
     if n_boot == 0:  # no intervals asked for: null, never a zero-width "interval"
         for v in summary.values():
             if isinstance(v, dict) and "ci_low" in v:
                 v["ci_low"] = v["ci_high"] = None
-    summary["settings"] = {"pred_dir": str(pred_dir), "truth_dir": str(truth_dir), "threshold": threshold, "n_boot": n_boot, "seed": seed,
-                           "pred_kind": pred_kind, "instances": report_instances}
+    summary["settings"] = {
+        "pred_dir": str(pred_dir),
+        "truth_dir": str(truth_dir),
+        "threshold": threshold,
+        "n_boot": n_boot,
+        "seed": seed,
+        "pred_kind": pred_kind,
+        "instances": report_instances,
+    }
     summary["pred_kinds"] = kinds
     meta = read_prediction_meta(pred_dir)
     if meta is not None:
@@ -207,7 +259,9 @@ def default_csv_path(out_json: str | Path) -> Path:
     return out_json.with_name(out_json.stem + ".per_image.csv")
 
 
-def write_outputs(summary: dict, rows: list[dict], out_json: str | Path, out_csv: str | Path | None = None) -> tuple[Path, Path]:
+def write_outputs(
+    summary: dict, rows: list[dict], out_json: str | Path, out_csv: str | Path | None = None
+) -> tuple[Path, Path]:
     """Write OUT.json ({summary, conventions, per_image}; undefined figures as null) and the
     per-image CSV (default OUT.per_image.csv; undefined figures as empty cells), each atomically.
     Both texts are built before either file is written. Returns (json path, csv path)."""
@@ -234,7 +288,11 @@ def scored_caption(summary: dict) -> str:
     st = summary.get("settings") or {}
     pred = summary.get("predictions") or {}
     where = f"{summary.get('n_images', 0)} images of {st.get('pred_dir', '?')}"
-    read = f"; read as {describe_kinds(summary['pred_kinds'], st.get('pred_kind', 'auto'))}" if summary.get("pred_kinds") else ""
+    read = (
+        f"; read as {describe_kinds(summary['pred_kinds'], st.get('pred_kind', 'auto'))}"
+        if summary.get("pred_kinds")
+        else ""
+    )
     if pred.get("description"):
         return f"predictions: {pred['description']} ({where}){read}"
     return f"predictions: {where}, foreground = probability > {st.get('threshold', 0.5):g} (no {PREDICTION_META}: not made by qmed predict){read}"

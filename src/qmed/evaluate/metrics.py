@@ -23,7 +23,8 @@ Unlike AJI, mean AP and PQ score an image with no object on either side as 1.
 
 from __future__ import annotations
 
-from typing import Iterable, NamedTuple, Sequence
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage
@@ -48,7 +49,7 @@ CONVENTIONS: dict[str, str] = {
     "hd95": "95th percentile of the pooled symmetric distances between prediction and truth boundaries (px); 0 when both are empty; undefined (excluded, counted in n_undefined) when exactly one is empty",
     "boundary_f1": f"boundary F-score with a {BF1_TOL} px tolerance, mean over all images; both empty = 1, exactly one empty = 0",
     "object_recall": f"matched truth objects / truth objects, pooled over the set; a match is a one-to-one pair with IoU >= {OBJ_IOU_THR}",
-    "object_precision": f"matched predicted objects / predicted objects (connected components, 8-connectivity), pooled over the set",
+    "object_precision": "matched predicted objects / predicted objects (connected components, 8-connectivity), pooled over the set",
     "object_f1": "2*TP / (2*TP + FP + FN) of the object matches, pooled over the set",
     "small_object_recall": f"truth objects smaller than {SMALL_MAX_SIZE} px that some predicted component overlaps with IoU >= {OBJ_IOU_THR}, pooled over the set",
     "aji": "Aggregated Jaccard Index (Kumar et al. 2017, hover-net get_fast_aji), mean over images where it is defined (not both empty)",
@@ -192,7 +193,9 @@ def _boundary(mask: np.ndarray) -> np.ndarray:
     return mask ^ ndimage.binary_erosion(mask, border_value=0)
 
 
-def _surface_distances(pred: np.ndarray, truth: np.ndarray, spacing: float | Sequence[float] = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def _surface_distances(
+    pred: np.ndarray, truth: np.ndarray, spacing: float | Sequence[float] = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Distances pred-boundary -> truth-boundary and truth-boundary -> pred-boundary (both
     masks non-empty)."""
     both = pred | truth
@@ -333,7 +336,9 @@ def _match(ov: _Overlap, iou_thr: float) -> tuple[np.ndarray, np.ndarray, np.nda
     return pi[keep], ti[keep], iv[keep]
 
 
-def match_objects(pred_labels: np.ndarray, truth_labels: np.ndarray, iou_thr: float = OBJ_IOU_THR) -> list[tuple[int, int, float]]:
+def match_objects(
+    pred_labels: np.ndarray, truth_labels: np.ndarray, iou_thr: float = OBJ_IOU_THR
+) -> list[tuple[int, int, float]]:
     """One-to-one (pred_id, truth_id, iou) matches with IoU >= `iou_thr`, sorted by pred id.
 
     With a threshold above 0.5 matching is unique by construction (an object cannot overlap two
@@ -370,7 +375,9 @@ def _small(ov: _Overlap, max_size: int, iou_thr: float) -> dict:
     return {"recall": _div(n_det, n_small, NAN), "n_small": n_small, "n_small_detected": n_det}
 
 
-def small_object_recall(pred_labels: np.ndarray, truth_labels: np.ndarray, max_size: int = SMALL_MAX_SIZE, iou_thr: float = OBJ_IOU_THR) -> dict:
+def small_object_recall(
+    pred_labels: np.ndarray, truth_labels: np.ndarray, max_size: int = SMALL_MAX_SIZE, iou_thr: float = OBJ_IOU_THR
+) -> dict:
     """Among truth objects with fewer than `max_size` pixels, the fraction that some predicted
     object overlaps with IoU >= `iou_thr`: {recall, n_small, n_small_detected}. recall is NaN
     without small objects; pool the counts (not the ratios) over a set."""
@@ -418,14 +425,18 @@ def _ap(ov: _Overlap, thresholds: Sequence[float]) -> np.ndarray:
     return tp / (n_p + n_t - tp)  # TP / (TP + FP + FN), FP = n_p - TP, FN = n_t - TP
 
 
-def average_precision(pred_labels: np.ndarray, truth_labels: np.ndarray, thresholds: Sequence[float] = DSB_IOU_THRESHOLDS) -> np.ndarray:
+def average_precision(
+    pred_labels: np.ndarray, truth_labels: np.ndarray, thresholds: Sequence[float] = DSB_IOU_THRESHOLDS
+) -> np.ndarray:
     """DSB2018's per-threshold score TP/(TP+FP+FN) of one-to-one matches with IoU >= t, one value
     per threshold. No object in truth nor in prediction: 1 at every threshold (nothing to find,
     nothing claimed; the DSB formula is 0/0 there). Objects on one side only: 0."""
     return _ap(_overlaps(pred_labels, truth_labels), thresholds)
 
 
-def mean_average_precision(pred_labels: np.ndarray, truth_labels: np.ndarray, thresholds: Sequence[float] = DSB_IOU_THRESHOLDS) -> float:
+def mean_average_precision(
+    pred_labels: np.ndarray, truth_labels: np.ndarray, thresholds: Sequence[float] = DSB_IOU_THRESHOLDS
+) -> float:
     """DSB2018's image score: `average_precision` averaged over the IoU thresholds 0.5:0.05:0.95
     (both empty: 1; one side empty: 0). A set's score is the mean over its images."""
     return float(_ap(_overlaps(pred_labels, truth_labels), thresholds).mean())
@@ -438,7 +449,14 @@ def _pq(ov: _Overlap, iou_thr: float) -> dict:
     if tp + fp + fn == 0:
         return {"pq": 1.0, "dq": 1.0, "sq": NAN, "tp": 0, "fp": 0, "fn": 0}
     den = tp + 0.5 * fp + 0.5 * fn
-    return {"pq": float(iv.sum()) / den, "dq": tp / den, "sq": float(iv.mean()) if tp else NAN, "tp": tp, "fp": fp, "fn": fn}
+    return {
+        "pq": float(iv.sum()) / den,
+        "dq": tp / den,
+        "sq": float(iv.mean()) if tp else NAN,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+    }
 
 
 def panoptic_quality(pred_labels: np.ndarray, truth_labels: np.ndarray, iou_thr: float = OBJ_IOU_THR) -> dict:
@@ -491,8 +509,14 @@ INSTANCE_KEYS = ("map_dsb", "ap50", "ap75", "pq", "dq", "sq", "n_pred", "n_truth
 # One image, and a set
 
 
-def score_image(prob_or_mask: np.ndarray | None, truth_fg: np.ndarray, truth_labels: np.ndarray | None = None, threshold: float = 0.5,
-                pred_labels: np.ndarray | None = None, instances: bool = False) -> dict:
+def score_image(
+    prob_or_mask: np.ndarray | None,
+    truth_fg: np.ndarray,
+    truth_labels: np.ndarray | None = None,
+    threshold: float = 0.5,
+    pred_labels: np.ndarray | None = None,
+    instances: bool = False,
+) -> dict:
     """All per-image figures. `prob_or_mask`: a bool mask (used as is) or numbers where
     foreground = value > `threshold` (a [0, 1] probability map, or a 0/1 or 0/255 mask).
     `truth_labels`: instance labels (connected components of `truth_fg` if None). Predicted
@@ -581,8 +605,11 @@ def summarize(rows: list[dict], n_boot: int = 2000, seed: int = 0) -> dict:
     if rows and all("map_dsb" in r for r in rows):
         err = col("count_error")
         inst = {k: agg(col(k)) for k in ("map_dsb", "ap50", "ap75", "pq", "dq", "sq")}
-        inst.update(count_error=agg(err), count_abs_error=agg(np.abs(err)),
-                    instance_counts={"n_pred": int(col("n_pred").sum()), "n_truth": int(col("n_truth").sum())})
+        inst.update(
+            count_error=agg(err),
+            count_abs_error=agg(np.abs(err)),
+            instance_counts={"n_pred": int(col("n_pred").sum()), "n_truth": int(col("n_truth").sum())},
+        )
     return {
         "n_images": len(rows),
         "n_fg_images": int(fg.sum()),
@@ -614,4 +641,3 @@ def _as_bool_pair(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.n
     if p.shape != t.shape:
         raise ValueError(f"prediction shape {p.shape} differs from truth shape {t.shape}")
     return p, t
-

@@ -6,7 +6,7 @@ score many resamples at once while memory stays bounded."""
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -48,8 +48,14 @@ def centre_crop(img: np.ndarray, size: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def mc_dropout_scores(model: nn.Module, images: list[np.ndarray], passes: int = 8, device: str | torch.device = "cpu",
-                      seed: int = 0, crop: int | None = None) -> np.ndarray:
+def mc_dropout_scores(
+    model: nn.Module,
+    images: list[np.ndarray],
+    passes: int = 8,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    crop: int | None = None,
+) -> np.ndarray:
     """Mean per-pixel predictive variance over `passes` dropout samples, one score per HxWx3 image."""
     from qmed.segment.predict import pad_multiple
 
@@ -59,7 +65,9 @@ def mc_dropout_scores(model: nn.Module, images: list[np.ndarray], passes: int = 
     was_training = model.training
     if enable_mc_dropout(model) == 0:
         model.train(was_training)
-        raise QmedInputError(None, "MC-Dropout needs a model with dropout: set model.dropout > 0 (attention_unet, ms_attention_unet)")
+        raise QmedInputError(
+            None, "MC-Dropout needs a model with dropout: set model.dropout > 0 (attention_unet, ms_attention_unet)"
+        )
     scores = []
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -82,9 +90,21 @@ def select_most_uncertain(scores: np.ndarray, k: int) -> list[int]:
     return [int(i) for i in order[: max(0, k)]]
 
 
-def run_active_learning(cfg, train_dir: Path, val_dir: Path, out: Path, budget_s: float, device: str | None,
-                        tta_views: list[bool], say: Callable = print, start: float = 0.4, step: float = 0.2,
-                        rounds: int = 3, passes: int = 8, seed: int = 0) -> dict:
+def run_active_learning(
+    cfg,
+    train_dir: Path,
+    val_dir: Path,
+    out: Path,
+    budget_s: float,
+    device: str | None,
+    tta_views: list[bool],
+    say: Callable = print,
+    start: float = 0.4,
+    step: float = 0.2,
+    rounds: int = 3,
+    passes: int = 8,
+    seed: int = 0,
+) -> dict:
     """The simulated labelling loop (module docstring). Returns `train_to_budget`'s dict for the last
     round (predictions of VAL for `tta_views`) plus "active_learning": the rounds' history."""
     from qmed.data.batches import LoadedPairs
@@ -94,12 +114,14 @@ def run_active_learning(cfg, train_dir: Path, val_dir: Path, out: Path, budget_s
     from qmed.segment.checkpoint import load_model
 
     if not (0 < start <= 1 and 0 < step <= 1 and rounds >= 1):
-        raise QmedInputError(None, f"active learning: need 0 < start <= 1, 0 < step <= 1 and rounds >= 1 (got {start}, {step}, {rounds})")
+        raise QmedInputError(
+            None, f"active learning: need 0 < start <= 1, 0 < step <= 1 and rounds >= 1 (got {start}, {step}, {rounds})"
+        )
     pairs = find_pairs(train_dir)
     n = len(pairs)
     order = np.random.default_rng(seed).permutation(n)
     labelled = [int(i) for i in order[: max(1, round(start * n))]]
-    pool = [int(i) for i in order[len(labelled):]]
+    pool = [int(i) for i in order[len(labelled) :]]
     k = max(1, round(step * n))
     history, train_s = [], 0.0
     for r in range(rounds):
@@ -116,16 +138,38 @@ def run_active_learning(cfg, train_dir: Path, val_dir: Path, out: Path, budget_s
         t0 = time.time()
         model, mcfg, _ = load_model(res["run"], pick_device(device))
         pool_data = LoadedPairs([pairs[i] for i in pool], mcfg, cache=False)
-        scores = mc_dropout_scores(model, [pool_data[j][0] for j in range(len(pool))], passes=passes, device=pick_device(device),
-                                   seed=seed + r, crop=mcfg.data.crop)
+        scores = mc_dropout_scores(
+            model,
+            [pool_data[j][0] for j in range(len(pool))],
+            passes=passes,
+            device=pick_device(device),
+            seed=seed + r,
+            crop=mcfg.data.crop,
+        )
         picked = [pool[j] for j in select_most_uncertain(scores, k)]
-        entry.update({"selected": [pairs[i].name for i in picked], "selected_scores": sorted(scores.tolist(), reverse=True)[:k],
-                      "pool_score_median": float(np.median(scores)), "selection_seconds": round(time.time() - t0, 1)})
+        entry.update(
+            {
+                "selected": [pairs[i].name for i in picked],
+                "selected_scores": sorted(scores.tolist(), reverse=True)[:k],
+                "pool_score_median": float(np.median(scores)),
+                "selection_seconds": round(time.time() - t0, 1),
+            }
+        )
         labelled += picked
         pool = [i for i in pool if i not in picked]
     res = dict(res)
     res["train_seconds"] = round(train_s, 1)
-    res["work"] = f"{len(history)} rounds, {history[0]['n_labelled']}->{history[-1]['n_labelled']} of {n} labels; last: {res['work']}"
-    res["active_learning"] = {"start": start, "step": step, "rounds": rounds, "passes": passes, "seed": seed, "history": history,
-                              "n_pool": n, "labelled_fraction": history[-1]["n_labelled"] / n if n else math.nan}
+    res["work"] = (
+        f"{len(history)} rounds, {history[0]['n_labelled']}->{history[-1]['n_labelled']} of {n} labels; last: {res['work']}"
+    )
+    res["active_learning"] = {
+        "start": start,
+        "step": step,
+        "rounds": rounds,
+        "passes": passes,
+        "seed": seed,
+        "history": history,
+        "n_pool": n,
+        "labelled_fraction": history[-1]["n_labelled"] / n if n else math.nan,
+    }
     return res

@@ -13,8 +13,8 @@ import json
 import os
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from qmed.evaluate.stats import bootstrap_indices, percentile_interval
 from qmed.io.files import write_text
@@ -26,14 +26,36 @@ SMP_BASELINE = {
     "model": {"input_mode": "none", "instance_head": "none"},  # one output channel, as a plain script has
     "data": {"sampler": "uniform", "fg_crop_p": 0.0, "normalize": "none"},
     "augment": {"flip_p": 0.5, "rot90_p": 0.5, "elastic_p": 0.0, "brightness_contrast_p": 0.0},
-    "train": {"loss": "dice_bce", "optimizer": "adam", "lr": 1.0e-3, "weight_decay": 0.0, "schedule": "constant",
-              "accumulate": 1, "clip_grad": None, "batch_size": 4, "val_ema_alpha": 0.0, "outlier_min_drop": 1.0,
-              "weight_ema": False, "val_tta": False, "cpu_bf16": False},
+    "train": {
+        "loss": "dice_bce",
+        "optimizer": "adam",
+        "lr": 1.0e-3,
+        "weight_decay": 0.0,
+        "schedule": "constant",
+        "accumulate": 1,
+        "clip_grad": None,
+        "batch_size": 4,
+        "val_ema_alpha": 0.0,
+        "outlier_min_drop": 1.0,
+        "weight_ema": False,
+        "val_tta": False,
+        "cpu_bf16": False,
+    },
 }
 
 
-def train_to_budget(cfg, train_dir: Path, val_dir: Path, out: Path, budget_s: float, device: str | None,
-                    tta_views: list[bool], say: Callable, instances: bool = False, train_val: bool = True) -> dict:
+def train_to_budget(
+    cfg,
+    train_dir: Path,
+    val_dir: Path,
+    out: Path,
+    budget_s: float,
+    device: str | None,
+    tta_views: list[bool],
+    say: Callable,
+    instances: bool = False,
+    train_val: bool = True,
+) -> dict:
     """Train `cfg` on TRAIN (a folder or CSV list) for `budget_s` seconds of training loop (fitted as
     in the module docstring) into OUT/run, then predict VAL's images once per entry of `tta_views`
     (True: the preset's TTA) into OUT/preds-tta or OUT/preds; with `instances`, also the label maps
@@ -50,7 +72,9 @@ def train_to_budget(cfg, train_dir: Path, val_dir: Path, out: Path, budget_s: fl
     run = train(cfg, train_dir, seen, out / "run", force=True, device=device, quiet=True)
     summary = json.loads((run / "summary.json").read_text())
     with open(run / "metrics.csv", newline="", encoding="utf-8") as fh:
-        train_s = sum(float(r["epoch_seconds"] or 0) for r in csv.DictReader(fh))  # the training loop, validation included
+        train_s = sum(
+            float(r["epoch_seconds"] or 0) for r in csv.DictReader(fh)
+        )  # the training loop, validation included
     preds = {}
     for tta in tta_views:
         p = out / ("preds-tta" if tta else "preds")
@@ -58,8 +82,15 @@ def train_to_budget(cfg, train_dir: Path, val_dir: Path, out: Path, budget_s: fl
         preds[tta] = p
     # crops per epoch are re-planned from the measured pace (train.budget_seconds): the totals
     work = f"{summary['epochs']} ep, {summary['crops']} crops ({summary['opt_steps']} steps)"
-    return {"train_seconds": round(train_s, 1), "work": work, "plan": plan, "train_summary": summary,
-            "config": cfg.model_dump(), "preds": preds, "run": str(run)}
+    return {
+        "train_seconds": round(train_s, 1),
+        "work": work,
+        "plan": plan,
+        "train_summary": summary,
+        "config": cfg.model_dump(),
+        "preds": preds,
+        "run": str(run),
+    }
 
 
 def smp_baseline_config(preset: str = "cpu", overrides: dict | None = None, bf16: bool = False):
@@ -113,12 +144,19 @@ def score(pred_dir: Path, val_dir: Path, n_boot: int, seed: int, instance_dir: P
     figures = {
         "dice_empty1": per_image("dice_mean_empty1"),
         "dice_fg": per_image("dice_mean_fg"),
-        "dice_pooled": {"mean": summary["dice_pooled"], "ci": list(_boot_ci(rows, _pooled_dice, n_boot, seed)), "n": len(rows)},
+        "dice_pooled": {
+            "mean": summary["dice_pooled"],
+            "ci": list(_boot_ci(rows, _pooled_dice, n_boot, seed)),
+            "n": len(rows),
+        },
         "iou_fg": per_image("iou_mean_fg"),
         "hd95": {**per_image("hd95"), "n_undefined": summary["hd95"].get("n_undefined", 0)},
         "boundary_f1": per_image("boundary_f1"),
-        "small_object_recall": {"mean": summary["small_object_recall"], "ci": list(_boot_ci(rows, _small_recall, n_boot, seed)),
-                                "n": summary["small_object_counts"]["n_small"]},
+        "small_object_recall": {
+            "mean": summary["small_object_recall"],
+            "ci": list(_boot_ci(rows, _small_recall, n_boot, seed)),
+            "n": summary["small_object_counts"]["n_small"],
+        },
         "object_f1": {"mean": summary["object_f1"], "ci": [float("nan"), float("nan")], "n": len(rows)},
     }
     for key in ("map_dsb", "pq", "aji", "count_abs_error"):
@@ -128,8 +166,9 @@ def score(pred_dir: Path, val_dir: Path, n_boot: int, seed: int, instance_dir: P
     return {"figures": figures, "summary": summary, "per_image": rows}
 
 
-def run_guarded(method: str, run: Callable[[], list[dict]], err_dir: Path, val_dir: Path, n_boot: int, seed: int,
-                say: Callable) -> list[dict]:
+def run_guarded(
+    method: str, run: Callable[[], list[dict]], err_dir: Path, val_dir: Path, n_boot: int, seed: int, say: Callable
+) -> list[dict]:
     """Run one method and score its rows (`run` returns rows, each with a `pred_dir`) with `score`.
 
     A method that cannot run (MethodSkipped) or crashes becomes one row with the reason and the traceback
@@ -168,9 +207,15 @@ def machine_info(dev=None) -> dict:
 
     from qmed.runtime import cpu_has_native_bf16
 
-    m = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "processor": platform.processor() or platform.machine(),
-         "cpu_native_bf16": cpu_has_native_bf16()}
+    m = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_native_bf16": cpu_has_native_bf16(),
+    }
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
             for line in fh:
@@ -181,8 +226,14 @@ def machine_info(dev=None) -> dict:
         pass
     if dev is not None and dev.type == "cuda":
         p = torch.cuda.get_device_properties(dev)
-        m.update({"gpu": p.name, "gpu_memory_gb": round(p.total_memory / 2**30, 1), "cuda": torch.version.cuda,
-                  "cudnn": torch.backends.cudnn.version()})
+        m.update(
+            {
+                "gpu": p.name,
+                "gpu_memory_gb": round(p.total_memory / 2**30, 1),
+                "cuda": torch.version.cuda,
+                "cudnn": torch.backends.cudnn.version(),
+            }
+        )
     return m
 
 
@@ -202,5 +253,7 @@ def result_document(benchmark: str, results: list[dict], settings: dict, started
 def settings_sentence(doc: dict, minutes: float, per: str) -> str:
     """What a result document was run on, for the head of its Markdown table."""
     s = doc["settings"]
-    return (f"started {doc['started']}; train {s['train']}, val {s['val']}; {minutes:g} min training per {per} on {s['device']} "
-            f"({doc['machine']['cpu_count']} CPUs); 95 % bootstrap CIs ({s['n_boot']} resamples, seed {s['seed']}).")
+    return (
+        f"started {doc['started']}; train {s['train']}, val {s['val']}; {minutes:g} min training per {per} on {s['device']} "
+        f"({doc['machine']['cpu_count']} CPUs); 95 % bootstrap CIs ({s['n_boot']} resamples, seed {s['seed']})."
+    )

@@ -18,14 +18,20 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from qmed.config import parse_overrides, resolve_config
 from qmed.errors import QmedInputError
-from qmed.experiments.common import result_document, run_guarded, settings_sentence, smp_baseline_config, train_to_budget
+from qmed.experiments.common import (
+    result_document,
+    run_guarded,
+    settings_sentence,
+    smp_baseline_config,
+    train_to_budget,
+)
 from qmed.io.files import json_safe, prepare_output_dir, write_atomic, write_json, write_text
 from qmed.report.tables import MD_FIGURES, compact_table, md_figures, md_table, status_text
 from qmed.runtime import pick_device
@@ -56,9 +62,20 @@ def subset_sizes(n: int, fractions: list[float]) -> list[tuple[float, int]]:
     return out
 
 
-def run_curve(train_dir: str | Path, val_dir: str | Path, out: str | Path, fractions: list[float] | None = None,
-              minutes: float = 10.0, preset: str = "cpu", overrides: list[str] | None = None, device: str | None = None,
-              n_boot: int = 2000, seed: int = 0, force: bool = False, say: Callable = print) -> dict:
+def run_curve(
+    train_dir: str | Path,
+    val_dir: str | Path,
+    out: str | Path,
+    fractions: list[float] | None = None,
+    minutes: float = 10.0,
+    preset: str = "cpu",
+    overrides: list[str] | None = None,
+    device: str | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+    force: bool = False,
+    say: Callable = print,
+) -> dict:
     """Train and score qmed and smp on every subset; write OUT/curve.{json,md,png}. Returns the JSON document."""
     from qmed.data.dataset import find_pairs, write_pairs_csv
 
@@ -67,14 +84,26 @@ def run_curve(train_dir: str | Path, val_dir: str | Path, out: str | Path, fract
         raise QmedInputError(None, f"--budget must be a positive number of minutes, got {minutes}")
     fractions = fractions or parse_fractions(DEFAULT_FRACTIONS)
     over = parse_overrides(overrides or [])
-    methods = {"qmed": (resolve_config(preset, overrides=over), True), "smp": (smp_baseline_config(preset, over), False)}
+    methods = {
+        "qmed": (resolve_config(preset, overrides=over), True),
+        "smp": (smp_baseline_config(preset, over), False),
+    }
     pairs = find_pairs(train_dir)
     find_pairs(val_dir)
     prepare_output_dir(out, force, inputs=[train_dir, val_dir], verb="curve")
     order = np.random.default_rng(seed).permutation(len(pairs))
-    settings = {"train": str(train_dir.resolve()), "val": str(val_dir.resolve()), "n_train": len(pairs), "fractions": fractions,
-                "minutes_per_run": minutes, "preset": preset, "overrides": list(overrides or []),
-                "device": str(pick_device(device)), "n_boot": n_boot, "seed": seed}
+    settings = {
+        "train": str(train_dir.resolve()),
+        "val": str(val_dir.resolve()),
+        "n_train": len(pairs),
+        "fractions": fractions,
+        "minutes_per_run": minutes,
+        "preset": preset,
+        "overrides": list(overrides or []),
+        "device": str(pick_device(device)),
+        "n_boot": n_boot,
+        "seed": seed,
+    }
     results: list[dict] = []
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     for frac, n in subset_sizes(len(pairs), fractions):
@@ -83,13 +112,20 @@ def run_curve(train_dir: str | Path, val_dir: str | Path, out: str | Path, fract
             name = f"{series}-n{n}"
             say(f"[{name}] {n} of {len(pairs)} training images, {minutes:g} min budget")
 
-            def run(cfg=cfg, tta=tta, name=name) -> list[dict]:
+            def run(cfg=cfg, tta=tta, name=name, listing=listing) -> list[dict]:
                 res = train_to_budget(cfg, listing, val_dir, out / name, minutes * 60.0, device, [tta], say)
                 return [{"method": name, **res, "pred_dir": res["preds"][tta]}]
 
             for row in run_guarded(name, run, out / name, val_dir, n_boot, seed, say):
-                row.update({"series": series, "fraction": frac, "n_images": n, "tta": cfg.predict.tta if tta else 1,
-                            "budget_minutes": minutes})
+                row.update(
+                    {
+                        "series": series,
+                        "fraction": frac,
+                        "n_images": n,
+                        "tta": cfg.predict.tta if tta else 1,
+                        "budget_minutes": minutes,
+                    }
+                )
                 results.append(row)
             write_json(out / "curve.json", json_safe(result_document("curve", results, settings, started, False)))
     doc = json_safe(result_document("curve", results, settings, started, True))
@@ -103,22 +139,37 @@ COLUMNS = ["images", "fraction", "method", *(c for c, _, _ in MD_FIGURES), "trai
 
 
 def table_rows(results: list[dict]) -> list[list[str]]:
-    return [[str(r["n_images"]), f"{r['fraction']:g}", r["series"], *md_figures(r),
-             f"{r['train_seconds'] / 60:.1f}" if r.get("train_seconds") is not None else "-", status_text(r)] for r in results]
+    return [
+        [
+            str(r["n_images"]),
+            f"{r['fraction']:g}",
+            r["series"],
+            *md_figures(r),
+            f"{r['train_seconds'] / 60:.1f}" if r.get("train_seconds") is not None else "-",
+            status_text(r),
+        ]
+        for r in results
+    ]
 
 
 def markdown(doc: dict) -> str:
     s = doc["settings"]
-    return (f"# qmed curve: Dice against training images\n\n{settings_sentence(doc, s['minutes_per_run'], 'run')} {s['n_train']} "
-            f"training images, nested seeded subsets; preset {s['preset']} (qmed, with TTA) vs the plain smp baseline (no TTA).\n\n"
-            + md_table(COLUMNS, table_rows(doc["results"])))
+    return (
+        f"# qmed curve: Dice against training images\n\n{settings_sentence(doc, s['minutes_per_run'], 'run')} {s['n_train']} "
+        f"training images, nested seeded subsets; preset {s['preset']} (qmed, with TTA) vs the plain smp baseline (no TTA).\n\n"
+        + md_table(COLUMNS, table_rows(doc["results"]))
+    )
 
 
 def rich_table(doc: dict):
     """The terminal table (80 columns); every CI and the training times are in curve.md."""
-    rows = [([str(r["n_images"]), r["series"] + ("" if r["status"] == "ok" else f" ({r['status']})")], r.get("figures"))
-            for r in doc["results"]]
-    return compact_table(f"Dice against training images, {doc['settings']['minutes_per_run']:g} min per run", ["images", "method"], rows)
+    rows = [
+        ([str(r["n_images"]), r["series"] + ("" if r["status"] == "ok" else f" ({r['status']})")], r.get("figures"))
+        for r in doc["results"]
+    ]
+    return compact_table(
+        f"Dice against training images, {doc['settings']['minutes_per_run']:g} min per run", ["images", "method"], rows
+    )
 
 
 def plot(doc: dict, path: Path) -> None:
@@ -137,9 +188,25 @@ def plot(doc: dict, path: Path) -> None:
         mean = np.array([x["mean"] if x["mean"] is not None else np.nan for x in d], dtype=float)
         lo = np.array([x["ci"][0] if x["ci"][0] is not None else m for x, m in zip(d, mean)], dtype=float)
         hi = np.array([x["ci"][1] if x["ci"][1] is not None else m for x, m in zip(d, mean)], dtype=float)
-        ax.errorbar(n, mean, yerr=[mean - lo, hi - mean], marker="o", capsize=3, color=color, label=f"{series}: Dice per image (empty=1)")
+        ax.errorbar(
+            n,
+            mean,
+            yerr=[mean - lo, hi - mean],
+            marker="o",
+            capsize=3,
+            color=color,
+            label=f"{series}: Dice per image (empty=1)",
+        )
         pooled = [r["figures"]["dice_pooled"]["mean"] for r in rows]
-        ax.plot(n, [np.nan if v is None else v for v in pooled], ls="--", marker=".", color=color, alpha=0.7, label=f"{series}: Dice pooled")
+        ax.plot(
+            n,
+            [np.nan if v is None else v for v in pooled],
+            ls="--",
+            marker=".",
+            color=color,
+            alpha=0.7,
+            label=f"{series}: Dice pooled",
+        )
     sizes = sorted({r["n_images"] for r in doc["results"]})
     ax.set_xscale("log")
     ax.set_xticks(sizes, [str(k) for k in sizes])

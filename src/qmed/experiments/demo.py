@@ -15,7 +15,16 @@ from pathlib import Path
 from qmed.config import resolve_config
 
 
-def run_demo(out: Path, minutes: float = 3.0, n_train: int = 48, n_val: int = 12, force: bool = False, console=None, seed: int = 0, preset: str = "cpu") -> dict:
+def run_demo(
+    out: Path,
+    minutes: float = 3.0,
+    n_train: int = 48,
+    n_val: int = 12,
+    force: bool = False,
+    console=None,
+    seed: int = 0,
+    preset: str = "cpu",
+) -> dict:
     from qmed.data.synthetic import write_demo_splits
     from qmed.evaluate.folders import evaluate_folders, summary_table, write_outputs
     from qmed.io.files import prepare_output_dir
@@ -43,12 +52,21 @@ def run_demo(out: Path, minutes: float = 3.0, n_train: int = 48, n_val: int = 12
     summary, rows = evaluate_folders(labels, val_dir, pred_kind="labels")
     write_outputs(summary, rows, out / "evaluation.json")
     say(summary_table(summary))
-    split = "the contact head and distance watershed" if summary.get("predictions", {}).get("instance_split") == "contact+distance" \
+    split = (
+        "the contact head and distance watershed"
+        if summary.get("predictions", {}).get("instance_split") == "contact+distance"
         else "a distance watershed"
-    say(f"scored: the label maps of qmed predict --instances ({labels}); objects are qmed's split of touching nuclei "
-        f"({split}), not connected components of the masks; the pixel rows score their foreground")
-    say(f"done in {(time.time() - t0) / 60:.1f} min. run: {run}  predictions (TTA): {preds}  label maps: {labels}  "
-        f"scores: {out / 'evaluation.json'}")
-    say(f"report (best.pt, no TTA): {report} and {report.with_suffix('.html')}; "
-        f"re-draw it with: qmed report {run}  (add --tta to score it as the predictions above)")
+    )
+    say(
+        f"scored: the label maps of qmed predict --instances ({labels}); objects are qmed's split of touching nuclei "
+        f"({split}), not connected components of the masks; the pixel rows score their foreground"
+    )
+    say(
+        f"done in {(time.time() - t0) / 60:.1f} min. run: {run}  predictions (TTA): {preds}  label maps: {labels}  "
+        f"scores: {out / 'evaluation.json'}"
+    )
+    say(
+        f"report (best.pt, no TTA): {report} and {report.with_suffix('.html')}; "
+        f"re-draw it with: qmed report {run}  (add --tta to score it as the predictions above)"
+    )
     return summary

@@ -17,8 +17,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from qmed.experiments.common import MethodSkipped
 from qmed.runtime import pick_device
@@ -39,8 +39,10 @@ _ENTRY_FALLBACK = {
 }
 
 
-_RUNNER = ("import importlib, sys; m, f = sys.argv[1].split(':'); name = sys.argv[2]; "
-           "sys.argv = [name] + sys.argv[3:]; sys.exit(getattr(importlib.import_module(m), f)())")
+_RUNNER = (
+    "import importlib, sys; m, f = sys.argv[1].split(':'); name = sys.argv[2]; "
+    "sys.argv = [name] + sys.argv[3:]; sys.exit(getattr(importlib.import_module(m), f)())"
+)
 
 
 def nnunet_status() -> tuple[bool, str]:
@@ -85,11 +87,21 @@ def _run_logged(cmd: list[str], env: dict, logfile: Path, timeout: float | None)
             raise RuntimeError(f"{cmd[4]} ran past {timeout / 60:.0f} min and was stopped (log: {logfile})") from None
     if proc.returncode != 0:
         tail = [ln for ln in logfile.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()][-1:]
-        raise RuntimeError(f"{cmd[4]} failed with exit code {proc.returncode}: {tail[0][:200] if tail else ''} (log: {logfile})")
+        raise RuntimeError(
+            f"{cmd[4]} failed with exit code {proc.returncode}: {tail[0][:200] if tail else ''} (log: {logfile})"
+        )
 
 
-def run_nnunet(train_dir: Path, val_dir: Path, out: Path, budget_s: float, device: str | None, trainer: str,
-                dataset_id: int, say: Callable) -> dict:
+def run_nnunet(
+    train_dir: Path,
+    val_dir: Path,
+    out: Path,
+    budget_s: float,
+    device: str | None,
+    trainer: str,
+    dataset_id: int,
+    say: Callable,
+) -> dict:
     from qmed.data.nnunet import to_nnunet
     from qmed.io.images import read_array, write_mask_png
 
@@ -97,8 +109,10 @@ def run_nnunet(train_dir: Path, val_dir: Path, out: Path, budget_s: float, devic
     if not ok:
         raise MethodSkipped(version)
     if trainer == NNUNET_BUDGET_TRAINER and _version_tuple(version) < NNUNET_MIN_VERSION:
-        raise MethodSkipped(f"nnunetv2 {version} cannot load qmed's budget trainer (needs >= 2.8 for nnUNet_extTrainer); "
-                    "upgrade, or pass --nnunet-trainer nnUNetTrainer_1epoch (a stock variant)")
+        raise MethodSkipped(
+            f"nnunetv2 {version} cannot load qmed's budget trainer (needs >= 2.8 for nnUNet_extTrainer); "
+            "upgrade, or pass --nnunet-trainer nnUNetTrainer_1epoch (a stock variant)"
+        )
     raw, pre, res = out / "nnUNet_raw", out / "nnUNet_preprocessed", out / "nnUNet_results"
     for d in (raw, pre, res):
         if d.exists():
@@ -107,22 +121,49 @@ def run_nnunet(train_dir: Path, val_dir: Path, out: Path, budget_s: float, devic
     start = time.time()
     ds = to_nnunet(train_dir, raw, dataset_id, "QmedBench", val=val_dir)
     env = dict(os.environ)
-    env.update({"nnUNet_raw": str(raw.resolve()), "nnUNet_preprocessed": str(pre.resolve()), "nnUNet_results": str(res.resolve()),
-                "nnUNet_extTrainer": str(TRAINER_DIR.resolve()), "nnUNet_compile": env.get("nnUNet_compile", "f"),
-                "QMED_NNUNET_BUDGET_S": f"{budget_s:.1f}", "PYTHONUNBUFFERED": "1"})
+    env.update(
+        {
+            "nnUNet_raw": str(raw.resolve()),
+            "nnUNet_preprocessed": str(pre.resolve()),
+            "nnUNet_results": str(res.resolve()),
+            "nnUNet_extTrainer": str(TRAINER_DIR.resolve()),
+            "nnUNet_compile": env.get("nnUNet_compile", "f"),
+            "QMED_NNUNET_BUDGET_S": f"{budget_s:.1f}",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     nproc = str(max(1, min(4, os.cpu_count() or 1)))
     # the same device as qmed's trainer picks; nnU-Net takes no GPU index (use CUDA_VISIBLE_DEVICES)
     dev = pick_device(device).type
     logs = out / "logs"
     say("  nnU-Net: plan and preprocess (2d)")
-    _run_logged(_nnunet_cmd("nnUNetv2_plan_and_preprocess", "-d", dataset_id, "-c", "2d", "--verify_dataset_integrity",
-                            "-np", nproc, "-npfp", nproc), env, logs / "plan_and_preprocess.log", timeout=3600)
+    _run_logged(
+        _nnunet_cmd(
+            "nnUNetv2_plan_and_preprocess",
+            "-d",
+            dataset_id,
+            "-c",
+            "2d",
+            "--verify_dataset_integrity",
+            "-np",
+            nproc,
+            "-npfp",
+            nproc,
+        ),
+        env,
+        logs / "plan_and_preprocess.log",
+        timeout=3600,
+    )
     prep_s = time.time() - start
     say(f"  nnU-Net: train {trainer} ({budget_s / 60:.1f} min budget)")
     t0 = time.time()
     timeout = None if trainer != NNUNET_BUDGET_TRAINER else budget_s * 1.5 + 600
-    _run_logged(_nnunet_cmd("nnUNetv2_train", dataset_id, "2d", "all", "-tr", trainer, "-device", dev), env,
-                logs / "train.log", timeout=timeout)
+    _run_logged(
+        _nnunet_cmd("nnUNetv2_train", dataset_id, "2d", "all", "-tr", trainer, "-device", dev),
+        env,
+        logs / "train.log",
+        timeout=timeout,
+    )
     train_s = time.time() - t0
     fold = res / ds.name / f"{trainer}__nnUNetPlans__2d" / "fold_all"
     info = {}
@@ -137,9 +178,33 @@ def run_nnunet(train_dir: Path, val_dir: Path, out: Path, budget_s: float, devic
     labels = out / "pred-labels"
     if labels.exists():
         shutil.rmtree(labels)
-    _run_logged(_nnunet_cmd("nnUNetv2_predict", "-i", ds / "imagesTs", "-o", labels, "-d", dataset_id, "-c", "2d", "-f", "all",
-                            "-tr", trainer, "-device", dev, "-npp", "1", "-nps", "1", "--disable_progress_bar"), env,
-                logs / "predict.log", timeout=3600)
+    _run_logged(
+        _nnunet_cmd(
+            "nnUNetv2_predict",
+            "-i",
+            ds / "imagesTs",
+            "-o",
+            labels,
+            "-d",
+            dataset_id,
+            "-c",
+            "2d",
+            "-f",
+            "all",
+            "-tr",
+            trainer,
+            "-device",
+            dev,
+            "-npp",
+            "1",
+            "-nps",
+            "1",
+            "--disable_progress_bar",
+        ),
+        env,
+        logs / "predict.log",
+        timeout=3600,
+    )
     preds = out / "preds"
     if preds.exists():
         shutil.rmtree(preds)
@@ -150,6 +215,14 @@ def run_nnunet(train_dir: Path, val_dir: Path, out: Path, budget_s: float, devic
     work = f"{info.get('epochs')} ep x {it} it x bs {info.get('batch_size')}" if it else "?"
     # the budget trainer times its own training loop, as qmed's epochs are timed; a stock trainer: the whole command
     train_loop_s = float(info.get("train_seconds") or train_s)
-    return {"train_seconds": round(train_loop_s, 1), "train_command_seconds": round(train_s, 1), "prep_seconds": round(prep_s, 1),
-            "work": work, "trainer": trainer,
-            "nnunet_version": version, "nnunet": info, "preds": {True: preds}, "dataset": str(ds)}
+    return {
+        "train_seconds": round(train_loop_s, 1),
+        "train_command_seconds": round(train_s, 1),
+        "prep_seconds": round(prep_s, 1),
+        "work": work,
+        "trainer": trainer,
+        "nnunet_version": version,
+        "nnunet": info,
+        "preds": {True: preds},
+        "dataset": str(ds),
+    }

@@ -43,11 +43,17 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from qmed.errors import QmedInputError
-from qmed.experiments.common import result_document, run_guarded, settings_sentence, smp_baseline_config, train_to_budget
+from qmed.experiments.common import (
+    result_document,
+    run_guarded,
+    settings_sentence,
+    smp_baseline_config,
+    train_to_budget,
+)
 from qmed.experiments.nnunet_peer import NNUNET_BUDGET_TRAINER, run_nnunet
 from qmed.io.files import json_safe, prepare_output_dir, write_json, write_text
 from qmed.report.tables import figure_cell, fmt_figure, md_table
@@ -61,28 +67,62 @@ METHODS = ("qmed", "smp", "nnunet")
 
 # -- the table ----------------------------------------------------------------------------------
 
-TABLE_COLUMNS = ["method", "budget min", "train min", "total min", "work done", "Dice empty=1", "Dice fg", "Dice pooled",
-                 "IoU fg", "HD95 px", "small-obj recall", "mean AP", "PQ", "objects", "status"]
+TABLE_COLUMNS = [
+    "method",
+    "budget min",
+    "train min",
+    "total min",
+    "work done",
+    "Dice empty=1",
+    "Dice fg",
+    "Dice pooled",
+    "IoU fg",
+    "HD95 px",
+    "small-obj recall",
+    "mean AP",
+    "PQ",
+    "objects",
+    "status",
+]
 
 
 def table_rows(results: list[dict]) -> list[list[str]]:
     out = []
     for r in results:
         f = r.get("figures") or {}
-        out.append([
-            r["method"], f"{r['budget_minutes']:g}", f"{r['train_seconds'] / 60:.1f}" if r.get("train_seconds") is not None else "-",
-            f"{r['total_seconds'] / 60:.1f}" if r.get("total_seconds") is not None else "-", r.get("work") or "-",
-            fmt_figure(f.get("dice_empty1")), fmt_figure(f.get("dice_fg")), fmt_figure(f.get("dice_pooled")), fmt_figure(f.get("iou_fg")),
-            fmt_figure(f.get("hd95"), 1), fmt_figure(f.get("small_object_recall")), fmt_figure(f.get("map_dsb")),
-            fmt_figure(f.get("pq")), f.get("objects") or "-",
-            "ok" if r["status"] == "ok" else f"{r['status']}: {r.get('reason', '')}",
-        ])
+        out.append(
+            [
+                r["method"],
+                f"{r['budget_minutes']:g}",
+                f"{r['train_seconds'] / 60:.1f}" if r.get("train_seconds") is not None else "-",
+                f"{r['total_seconds'] / 60:.1f}" if r.get("total_seconds") is not None else "-",
+                r.get("work") or "-",
+                fmt_figure(f.get("dice_empty1")),
+                fmt_figure(f.get("dice_fg")),
+                fmt_figure(f.get("dice_pooled")),
+                fmt_figure(f.get("iou_fg")),
+                fmt_figure(f.get("hd95"), 1),
+                fmt_figure(f.get("small_object_recall")),
+                fmt_figure(f.get("map_dsb")),
+                fmt_figure(f.get("pq")),
+                f.get("objects") or "-",
+                "ok" if r["status"] == "ok" else f"{r['status']}: {r.get('reason', '')}",
+            ]
+        )
     return out
 
 
-FIGURE_ROWS = [("Dice, empty=1 (paper)", "dice_empty1", 3), ("Dice, fg images", "dice_fg", 3), ("Dice, pooled", "dice_pooled", 3),
-               ("IoU, fg images", "iou_fg", 3), ("HD95 (px)", "hd95", 1), ("small-object recall", "small_object_recall", 3),
-               ("mean AP (DSB), objects", "map_dsb", 3), ("PQ, objects", "pq", 3), ("AJI, objects", "aji", 3)]
+FIGURE_ROWS = [
+    ("Dice, empty=1 (paper)", "dice_empty1", 3),
+    ("Dice, fg images", "dice_fg", 3),
+    ("Dice, pooled", "dice_pooled", 3),
+    ("IoU, fg images", "iou_fg", 3),
+    ("HD95 (px)", "hd95", 1),
+    ("small-object recall", "small_object_recall", 3),
+    ("mean AP (DSB), objects", "map_dsb", 3),
+    ("PQ, objects", "pq", 3),
+    ("AJI, objects", "aji", 3),
+]
 
 
 def rich_table(results: list[dict], title: str):
@@ -139,11 +179,25 @@ def qmed_default(preset: str, train_dir: Path, overrides: list[str] | None = Non
     return resolve_config(preset, overrides=parse_overrides(overrides) if overrides else None)
 
 
-def run_quality(train_dir: str | Path, val_dir: str | Path, out: str | Path, minutes: float = 30.0,
-                methods: list[str] | tuple[str, ...] = METHODS, preset: str = "cpu", device: str | None = None,
-                nnunet_trainer: str = NNUNET_BUDGET_TRAINER, dataset_id: int = 501, n_boot: int = 2000, seed: int = 0,
-                force: bool = False, say: Callable = print, overrides: list[str] | None = None,
-                qmed_val: bool = True, train_seed: int = 0, smp_bf16: bool = False) -> dict:
+def run_quality(
+    train_dir: str | Path,
+    val_dir: str | Path,
+    out: str | Path,
+    minutes: float = 30.0,
+    methods: list[str] | tuple[str, ...] = METHODS,
+    preset: str = "cpu",
+    device: str | None = None,
+    nnunet_trainer: str = NNUNET_BUDGET_TRAINER,
+    dataset_id: int = 501,
+    n_boot: int = 2000,
+    seed: int = 0,
+    force: bool = False,
+    say: Callable = print,
+    overrides: list[str] | None = None,
+    qmed_val: bool = True,
+    train_seed: int = 0,
+    smp_bf16: bool = False,
+) -> dict:
     """Train, predict and score every method; write OUT/quality.json and OUT/quality.md. Returns the JSON document.
     `train_seed`: train.seed of qmed and smp (initialisation, crops, augmentation), so repeated
     runs with other seeds show each method's own spread; `seed` is the bootstrap's.
@@ -158,8 +212,9 @@ def run_quality(train_dir: str | Path, val_dir: str | Path, out: str | Path, min
         raise QmedInputError(None, f"--minutes must be positive, got {minutes}")
     find_pairs(train_dir)  # bad data or a bad preset fails here, before any method runs
     find_pairs(val_dir)
-    qmed_config = qmed_default(preset, train_dir, [f"train.seed={train_seed}", *(overrides or [])],
-                               gpu=pick_device(device).type == "cuda")
+    qmed_config = qmed_default(
+        preset, train_dir, [f"train.seed={train_seed}", *(overrides or [])], gpu=pick_device(device).type == "cuda"
+    )
     base = "cpu" if preset == "auto" else preset  # the smp baseline's encoder, crop and batch
     prepare_output_dir(out, force, inputs=[train_dir, val_dir], verb="benchmark quality")
     budget_s = minutes * 60.0
@@ -170,13 +225,45 @@ def run_quality(train_dir: str | Path, val_dir: str | Path, out: str | Path, min
 
         def run_method(method: str = method) -> list[dict]:
             if method == "qmed":
-                r = train_to_budget(qmed_config, train_dir, val_dir, out / "qmed", budget_s, device, [True, False], say,
-                                    instances=True, train_val=qmed_val)
-                return [{"method": "qmed", "tta": 7, **r, "pred_dir": r["preds"][True], "instance_dir": r["preds"][True] / INSTANCES_DIR},
-                        {"method": "qmed-notta", "tta": 1, **r, "pred_dir": r["preds"][False],
-                         "instance_dir": r["preds"][False] / INSTANCES_DIR}]
+                r = train_to_budget(
+                    qmed_config,
+                    train_dir,
+                    val_dir,
+                    out / "qmed",
+                    budget_s,
+                    device,
+                    [True, False],
+                    say,
+                    instances=True,
+                    train_val=qmed_val,
+                )
+                return [
+                    {
+                        "method": "qmed",
+                        "tta": 7,
+                        **r,
+                        "pred_dir": r["preds"][True],
+                        "instance_dir": r["preds"][True] / INSTANCES_DIR,
+                    },
+                    {
+                        "method": "qmed-notta",
+                        "tta": 1,
+                        **r,
+                        "pred_dir": r["preds"][False],
+                        "instance_dir": r["preds"][False] / INSTANCES_DIR,
+                    },
+                ]
             if method == "smp":
-                r = train_to_budget(smp_baseline_config(base, {"train": {"seed": train_seed}}, bf16=smp_bf16), train_dir, val_dir, out / "smp", budget_s, device, [False], say)
+                r = train_to_budget(
+                    smp_baseline_config(base, {"train": {"seed": train_seed}}, bf16=smp_bf16),
+                    train_dir,
+                    val_dir,
+                    out / "smp",
+                    budget_s,
+                    device,
+                    [False],
+                    say,
+                )
                 return [{"method": "smp", "tta": 1, **r, "pred_dir": r["preds"][False]}]
             r = run_nnunet(train_dir, val_dir, out / "nnunet", budget_s, device, nnunet_trainer, dataset_id, say)
             return [{"method": "nnunet", "tta": 4, **r, "pred_dir": r["preds"][True]}]
@@ -184,25 +271,83 @@ def run_quality(train_dir: str | Path, val_dir: str | Path, out: str | Path, min
         for row in run_guarded(method, run_method, out / method, val_dir, n_boot, seed, say):
             row["budget_minutes"] = minutes
             results.append(row)
-        write_json(out / "quality.json", json_safe(_document(results, train_dir, val_dir, minutes, preset, device, nnunet_trainer,
-                                                              n_boot, seed, started, qmed_val=qmed_val, train_seed=train_seed,
-                                                              smp_bf16=smp_bf16)))
-    doc = json_safe(_document(results, train_dir, val_dir, minutes, preset, device, nnunet_trainer, n_boot, seed, started,
-                               finished=True, qmed_val=qmed_val, train_seed=train_seed, smp_bf16=smp_bf16))
+        write_json(
+            out / "quality.json",
+            json_safe(
+                _document(
+                    results,
+                    train_dir,
+                    val_dir,
+                    minutes,
+                    preset,
+                    device,
+                    nnunet_trainer,
+                    n_boot,
+                    seed,
+                    started,
+                    qmed_val=qmed_val,
+                    train_seed=train_seed,
+                    smp_bf16=smp_bf16,
+                )
+            ),
+        )
+    doc = json_safe(
+        _document(
+            results,
+            train_dir,
+            val_dir,
+            minutes,
+            preset,
+            device,
+            nnunet_trainer,
+            n_boot,
+            seed,
+            started,
+            finished=True,
+            qmed_val=qmed_val,
+            train_seed=train_seed,
+            smp_bf16=smp_bf16,
+        )
+    )
     write_json(out / "quality.json", doc)
     write_text(out / "quality.md", _markdown(doc, results))
     return doc
 
 
-def _document(results, train_dir, val_dir, minutes, preset, device, nnunet_trainer, n_boot, seed, started,
-              finished: bool = False, qmed_val: bool = True, train_seed: int = 0, smp_bf16: bool = False) -> dict:
-    settings = {"train": str(Path(train_dir).resolve()), "val": str(Path(val_dir).resolve()), "minutes_per_method": minutes,
-                "preset": preset, "device": str(pick_device(device)), "nnunet_trainer": nnunet_trainer, "n_boot": n_boot, "seed": seed,
-                "qmed_trained_with_val": qmed_val, "train_seed": train_seed, "smp_bf16": smp_bf16}
+def _document(
+    results,
+    train_dir,
+    val_dir,
+    minutes,
+    preset,
+    device,
+    nnunet_trainer,
+    n_boot,
+    seed,
+    started,
+    finished: bool = False,
+    qmed_val: bool = True,
+    train_seed: int = 0,
+    smp_bf16: bool = False,
+) -> dict:
+    settings = {
+        "train": str(Path(train_dir).resolve()),
+        "val": str(Path(val_dir).resolve()),
+        "minutes_per_method": minutes,
+        "preset": preset,
+        "device": str(pick_device(device)),
+        "nnunet_trainer": nnunet_trainer,
+        "n_boot": n_boot,
+        "seed": seed,
+        "qmed_trained_with_val": qmed_val,
+        "train_seed": train_seed,
+        "smp_bf16": smp_bf16,
+    }
     return result_document("quality", results, settings, started, finished)
 
 
 def _markdown(doc: dict, results: list[dict]) -> str:
-    return f"# qmed benchmark quality\n\n{settings_sentence(doc, doc['settings']['minutes_per_method'], 'method')}\n\n" + markdown_table(results)
-
-
+    return (
+        f"# qmed benchmark quality\n\n{settings_sentence(doc, doc['settings']['minutes_per_method'], 'method')}\n\n"
+        + markdown_table(results)
+    )

@@ -53,9 +53,9 @@ import resource
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -73,6 +73,7 @@ EDGE_TARGET = 0.05  # edge channel <= 5 % of a step
 
 
 # -- memory --------------------------------------------------------------------------------------
+
 
 def _proc_status_kb(key: str) -> int | None:
     try:
@@ -131,12 +132,14 @@ class PeakMemory:
 
 # -- timing --------------------------------------------------------------------------------------
 
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 # -- data ----------------------------------------------------------------------------------------
+
 
 class MemoryPairs:
     """Images held in memory in LoadedPairs' item format: (float32 HxWx3 image, bool mask, int32 labels)."""
@@ -192,6 +195,7 @@ class BatchMaker:
 
 # -- models --------------------------------------------------------------------------------------
 
+
 class BareSmp(nn.Module):
     """What a user would write: ImageNet normalisation + smp UNet++ (same encoder, decoder, SCSE)."""
 
@@ -203,9 +207,14 @@ class BareSmp(nn.Module):
         from qmed.models.segmenter import ARCHS
 
         # the Table II ladder's archs (qmed decoders) are compared with smp's plain Unet
-        self.net = getattr(smp, ARCHS.get(model_cfg.arch, "Unet"))(encoder_name=model_cfg.encoder, encoder_weights=None, in_channels=3, classes=1,
-                                                       decoder_channels=list(model_cfg.decoder_channels),
-                                                       decoder_attention_type=model_cfg.attention)
+        self.net = getattr(smp, ARCHS.get(model_cfg.arch, "Unet"))(
+            encoder_name=model_cfg.encoder,
+            encoder_weights=None,
+            in_channels=3,
+            classes=1,
+            decoder_channels=list(model_cfg.decoder_channels),
+            decoder_attention_type=model_cfg.attention,
+        )
         register_imagenet_stats(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -247,11 +256,15 @@ def train_step_fn(s: StepParts, batches: list) -> Callable[[int], None]:
 
 # -- the benchmark -------------------------------------------------------------------------------
 
+
 def _check_device(device: str, amp: bool) -> torch.device:
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise QmedInputError(None, f"--device {device}: no CUDA device is available here (torch {torch.__version__}, "
-                             f"built for CUDA {torch.version.cuda or 'none'})")
+        raise QmedInputError(
+            None,
+            f"--device {device}: no CUDA device is available here (torch {torch.__version__}, "
+            f"built for CUDA {torch.version.cuda or 'none'})",
+        )
     if dev.type not in ("cpu", "cuda"):
         raise QmedInputError(None, f"--device {device}: choose cpu or cuda[:N]")
     if amp and dev.type == "cpu" and not runtime.cpu_has_native_bf16():
@@ -259,9 +272,20 @@ def _check_device(device: str, amp: bool) -> torch.device:
     return dev
 
 
-def run_speed(preset: str = "cpu", size: int = 256, batch: int | None = None, device: str = "cpu", amp: bool = False,
-              channels_last: bool = False, steps: int = 10, warmup: int = WARMUP, data: str | Path | None = None,
-              infer_batch: int | None = None, overrides: list[str] | None = None, say: Callable = print) -> dict:
+def run_speed(
+    preset: str = "cpu",
+    size: int = 256,
+    batch: int | None = None,
+    device: str = "cpu",
+    amp: bool = False,
+    channels_last: bool = False,
+    steps: int = 10,
+    warmup: int = WARMUP,
+    data: str | Path | None = None,
+    infer_batch: int | None = None,
+    overrides: list[str] | None = None,
+    say: Callable = print,
+) -> dict:
     """Measure everything; returns the JSON document (see the module docstring)."""
     from qmed.config import deep_merge, parse_overrides, resolve_config
     from qmed.experiments.common import smp_baseline_config
@@ -290,10 +314,23 @@ def run_speed(preset: str = "cpu", size: int = 256, batch: int | None = None, de
     run.add_parts(recipe_batches, bs)
     run.add_inference(recipe_batches, ibs)
     run.time_rounds(steps)
-    settings = {"preset": preset, "encoder": cfg.model.encoder, "size": size, "batch": bs, "infer_batch": ibs,
-                "device": str(dev), "amp": amp, "channels_last": channels_last, "steps": steps, "warmup": warmup,
-                "accumulate": cfg.train.accumulate, "loss": cfg.train.loss, "input_mode": cfg.model.input_mode,
-                "data": str(data) if data is not None else "synthetic", "tta_views": cfg.predict.tta}
+    settings = {
+        "preset": preset,
+        "encoder": cfg.model.encoder,
+        "size": size,
+        "batch": bs,
+        "infer_batch": ibs,
+        "device": str(dev),
+        "amp": amp,
+        "channels_last": channels_last,
+        "steps": steps,
+        "warmup": warmup,
+        "accumulate": cfg.train.accumulate,
+        "loss": cfg.train.loss,
+        "input_mode": cfg.model.input_mode,
+        "data": str(data) if data is not None else "synthetic",
+        "tta_views": cfg.predict.tta,
+    }
     return _clean(_document(run.results, run.mem_method, settings, dev, bs))
 
 
@@ -302,15 +339,31 @@ class SpeedRun:
     then timed together, round-robin, by `time_rounds`."""
 
     def __init__(self, cfg, dev: torch.device, amp: bool, channels_last: bool, warmup: int, say: Callable):
-        self.cfg, self.dev, self.amp, self.channels_last, self.warmup, self.say = cfg, dev, amp, channels_last, warmup, say
+        self.cfg, self.dev, self.amp, self.channels_last, self.warmup, self.say = (
+            cfg,
+            dev,
+            amp,
+            channels_last,
+            warmup,
+            say,
+        )
         self.tasks: list[Task] = []
         self.results: dict[str, dict] = {}
         self.mem_method = None
         self.setups: dict[str, StepParts] = {}
         self.steps: dict[str, Callable[[int], None]] = {}
 
-    def add(self, name: str, fn: Callable[[int], object], images: int, make: Callable[[], object] | None = None, group: int = 1,
-            every: int = 1, memory: bool = True, **extra) -> None:
+    def add(
+        self,
+        name: str,
+        fn: Callable[[int], object],
+        images: int,
+        make: Callable[[], object] | None = None,
+        group: int = 1,
+        every: int = 1,
+        memory: bool = True,
+        **extra,
+    ) -> None:
         """Set the task up and warm it up (its peak memory is taken over both), then queue it for timing."""
         self.say(f"warm-up: {name}")
         w = -(-self.warmup // group) * group  # whole groups, so timing starts on a group boundary
@@ -322,7 +375,11 @@ class SpeedRun:
                 fn(i)
         self.tasks.append(Task(name, fn, images, group, every, w, extra))
         if mem is not None:
-            self.results[name] = {"peak_mb": mem.peak_mb, "start_mb": mem.start_mb, "rise_mb": mem.peak_mb - mem.start_mb}
+            self.results[name] = {
+                "peak_mb": mem.peak_mb,
+                "start_mb": mem.start_mb,
+                "rise_mb": mem.peak_mb - mem.start_mb,
+            }
             if mem.reserved_mb is not None:
                 self.results[name]["reserved_mb"] = mem.reserved_mb
             self.mem_method = mem.method
@@ -339,8 +396,11 @@ class SpeedRun:
         if kind == "recipe":
             model = build(cfg.model, pretrained=False)
             opt_cls = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
-            loss, acc, clip = (loss_from_config(cfg.train, cfg.model.deep_supervision, cfg.model.instance_head),
-                               cfg.train.accumulate, cfg.train.clip_grad)
+            loss, acc, clip = (
+                loss_from_config(cfg.train, cfg.model.deep_supervision, cfg.model.instance_head),
+                cfg.train.accumulate,
+                cfg.train.clip_grad,
+            )
             lr, wd = cfg.train.lr, cfg.train.weight_decay
         else:
             model, opt_cls, loss, acc, clip = BareSmp(cfg.model), torch.optim.Adam, build_loss("dice_bce"), 1, None
@@ -350,10 +410,17 @@ class SpeedRun:
             model = model.to(memory_format=torch.channels_last)
         model.train()
         # the trainer's step without its schedule and weight EMA (after_step), as before
-        return StepParts(model, loss, opt_cls(model.parameters(), lr=lr, weight_decay=wd),
-                         torch.amp.GradScaler("cuda", enabled=self.amp and self.dev.type == "cuda"), self.dev,
-                         runtime.autocast_dtype(self.dev, self.amp, cpu_bf16=self.amp), acc, clip,
-                         channels_last=self.channels_last)
+        return StepParts(
+            model,
+            loss,
+            opt_cls(model.parameters(), lr=lr, weight_decay=wd),
+            torch.amp.GradScaler("cuda", enabled=self.amp and self.dev.type == "cuda"),
+            self.dev,
+            runtime.autocast_dtype(self.dev, self.amp, cpu_bf16=self.amp),
+            acc,
+            clip,
+            channels_last=self.channels_last,
+        )
 
     def add_data(self, pairs, base_cfg, bs: int) -> tuple[deque, deque]:
         """The two data pipelines; batches are drawn on the CPU in the main process (qmed trains
@@ -368,6 +435,7 @@ class SpeedRun:
     def add_train_steps(self, recipe_batches: deque, bare_batches: deque, bs: int) -> None:
         """Train steps, each set up inside its memory measurement, so rise_mb is its own footprint."""
         for kind, batches in (("bare", bare_batches), ("recipe", recipe_batches)):
+
             def make(kind=kind, batches=batches) -> None:
                 self.setups[kind] = self.setup(kind)
                 self.steps[kind] = train_step_fn(self.setups[kind], batches)
@@ -376,7 +444,9 @@ class SpeedRun:
                 self.setups[kind].model.train()
                 self.steps[kind](i)
 
-            self.add(f"train_compute_{kind}", step, bs, make=make, group=self.cfg.train.accumulate if kind == "recipe" else 1)
+            self.add(
+                f"train_compute_{kind}", step, bs, make=make, group=self.cfg.train.accumulate if kind == "recipe" else 1
+            )
 
     def add_parts(self, recipe_batches: deque, bs: int) -> None:
         """The recipe's parts, alone, on one batch: edge channel, projection, the two losses."""
@@ -387,6 +457,7 @@ class SpeedRun:
         x0 = _to_device(recipe_batches[0][0], dev, self.channels_last)
         y0 = recipe_batches[0][1].to(dev)
         if getattr(rm, "edge", None) is not None:
+
             def edge(i: int) -> None:
                 with _autocast(dev, amp):
                     rm.edge(x0)
@@ -405,6 +476,7 @@ class SpeedRun:
             self.add("projection", proj, bs)
         logits0 = torch.randn(y0.shape, device=dev) * 3
         for name, loss_fn in (("loss_recipe", loss_from_config(self.cfg.train)), ("loss_bare", build_loss("dice_bce"))):
+
             def loss_step(i: int, fn=loss_fn) -> None:
                 z = logits0.clone().requires_grad_(True)
                 fn(z, y0).backward()
@@ -419,8 +491,12 @@ class SpeedRun:
         while xi.shape[0] < ibs:
             xi = torch.cat([xi, xi])[:ibs]
         xi = _to_device(xi, self.dev, self.channels_last)
-        for name, kind, views in (("infer_bare", "bare", 1), ("infer_recipe", "recipe", 1),
-                                  ("infer_recipe_tta", "recipe", self.cfg.predict.tta)):
+        for name, kind, views in (
+            ("infer_bare", "bare", 1),
+            ("infer_recipe", "recipe", 1),
+            ("infer_recipe_tta", "recipe", self.cfg.predict.tta),
+        ):
+
             def infer(i: int, kind=kind, views=views) -> None:
                 m = self.setups[kind].model
                 m.eval()
@@ -447,8 +523,14 @@ class SpeedRun:
                 times[t.name].append((time.perf_counter() - t0) / t.group)
         for t in self.tasks:
             sec = float(np.median(times[t.name]))
-            self.results[t.name].update({"ms": sec * 1e3, "images_per_s": t.images / sec if sec > 0 else float("nan"),
-                                         "timed_calls": len(times[t.name]) * t.group, **t.extra})
+            self.results[t.name].update(
+                {
+                    "ms": sec * 1e3,
+                    "images_per_s": t.images / sec if sec > 0 else float("nan"),
+                    "timed_calls": len(times[t.name]) * t.group,
+                    **t.extra,
+                }
+            )
 
 
 def _document(results: dict, mem_method: str | None, settings: dict, dev: torch.device, bs: int) -> dict:
@@ -462,25 +544,38 @@ def _document(results: dict, mem_method: str | None, settings: dict, dev: torch.
         "loss": results["loss_recipe"]["ms"] - results["loss_bare"]["ms"],
     }
     parts["rest"] = recipe_step - bare_step - sum(parts.values())
-    overhead = {k: {"ms": v, "share_of_recipe_step": v / recipe_step, "fraction_of_bare_step": v / bare_step} for k, v in parts.items()}
+    overhead = {
+        k: {"ms": v, "share_of_recipe_step": v / recipe_step, "fraction_of_bare_step": v / bare_step}
+        for k, v in parts.items()
+    }
     return {
         "benchmark": "speed",
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "settings": settings,
         "machine": machine_info(dev),
-        "memory": {"method": mem_method, "unit": "MiB",
-                   "note": ("CUDA tensors allocated (torch.cuda.max_memory_allocated) over each task's set-up and warm-up; "
-                            "+rise = over the task's start (a train step's rise is its own footprint)" if dev.type == "cuda" else
-                            "process resident set peak (VmHWM, reset per task) over each task's set-up and warm-up; +rise = over the task's start"
-                            if mem_method == "VmHWM" else "ru_maxrss: the process's lifetime peak, not per task")},
+        "memory": {
+            "method": mem_method,
+            "unit": "MiB",
+            "note": (
+                "CUDA tensors allocated (torch.cuda.max_memory_allocated) over each task's set-up and warm-up; "
+                "+rise = over the task's start (a train step's rise is its own footprint)"
+                if dev.type == "cuda"
+                else "process resident set peak (VmHWM, reset per task) over each task's set-up and warm-up; +rise = over the task's start"
+                if mem_method == "VmHWM"
+                else "ru_maxrss: the process's lifetime peak, not per task"
+            ),
+        },
         "phases": results,
         "train_step_ms": {"bare": bare_step, "recipe": recipe_step},
         "train_images_per_s": {"bare": bs / bare_step * 1e3, "recipe": bs / recipe_step * 1e3},
         "recipe_over_bare": recipe_step / bare_step,
         "overhead": overhead,
-        "targets": {"recipe_over_bare_max": OVERHEAD_TARGET, "edge_share_max": EDGE_TARGET,
-                    "recipe_over_bare_met": recipe_step / bare_step <= OVERHEAD_TARGET,
-                    "edge_share_met": overhead["edge"]["share_of_recipe_step"] <= EDGE_TARGET},
+        "targets": {
+            "recipe_over_bare_max": OVERHEAD_TARGET,
+            "edge_share_max": EDGE_TARGET,
+            "recipe_over_bare_met": recipe_step / bare_step <= OVERHEAD_TARGET,
+            "edge_share_met": overhead["edge"]["share_of_recipe_step"] <= EDGE_TARGET,
+        },
     }
 
 
@@ -524,13 +619,22 @@ def speed_rows(doc: dict) -> list[list[str]]:
             kind = "bare" if "bare" in label else "recipe"
             ms = doc["train_step_ms"][kind]
             mem = ph[f"train_compute_{kind}"]
-            rows.append([label, num(ms), num(doc["train_images_per_s"][kind], "{:.2f}"), _mem(mem), f"{ms / bare:.3f}x"])
+            rows.append(
+                [label, num(ms), num(doc["train_images_per_s"][kind], "{:.2f}"), _mem(mem), f"{ms / bare:.3f}x"]
+            )
             continue
         if key not in ph:
             continue
         r = ph[key]
-        rows.append([label, num(r["ms"]), num(r["images_per_s"], "{:.2f}"), _mem(r) if "peak_mb" in r else "-",
-                     f"{r['ms'] / bare:.3f}x" if key.startswith(("data", "edge", "projection", "loss", "train")) else "-"])
+        rows.append(
+            [
+                label,
+                num(r["ms"]),
+                num(r["images_per_s"], "{:.2f}"),
+                _mem(r) if "peak_mb" in r else "-",
+                f"{r['ms'] / bare:.3f}x" if key.startswith(("data", "edge", "projection", "loss", "train")) else "-",
+            ]
+        )
     return rows
 
 
@@ -543,7 +647,9 @@ def _mem(r: dict) -> str:
 def overhead_rows(doc: dict) -> list[list[str]]:
     rows = []
     for k, v in doc["overhead"].items():
-        rows.append([k, f"{v['ms']:.1f}", f"{100 * v['share_of_recipe_step']:.1f} %", f"{v['fraction_of_bare_step']:+.3f}"])
+        rows.append(
+            [k, f"{v['ms']:.1f}", f"{100 * v['share_of_recipe_step']:.1f} %", f"{v['fraction_of_bare_step']:+.3f}"]
+        )
     rows.append(["recipe / bare step", "", "", f"{doc['recipe_over_bare']:.3f}x"])
     return rows
 
@@ -552,11 +658,19 @@ def rich_tables(doc: dict):
     from rich.table import Table
 
     s = doc["settings"]
-    title = (f"speed: {s['preset']} ({s['encoder']}), {s['size']} px, batch {s['batch']}, {s['device']}"
-             f"{', AMP' if s['amp'] else ''}{', channels-last' if s['channels_last'] else ''}; {s['steps']} timed steps after {s['warmup']}")
+    title = (
+        f"speed: {s['preset']} ({s['encoder']}), {s['size']} px, batch {s['batch']}, {s['device']}"
+        f"{', AMP' if s['amp'] else ''}{', channels-last' if s['channels_last'] else ''}; {s['steps']} timed steps after {s['warmup']}"
+    )
     t = Table(title=title)
     mem_head = "peak MiB (+rise)"
-    for c, j in (("phase", "left"), ("ms/batch", "right"), ("img/s", "right"), (mem_head, "right"), ("x bare step", "right")):
+    for c, j in (
+        ("phase", "left"),
+        ("ms/batch", "right"),
+        ("img/s", "right"),
+        (mem_head, "right"),
+        ("x bare step", "right"),
+    ):
         t.add_column(c, justify=j)
     for row in speed_rows(doc):
         t.add_row(*row)

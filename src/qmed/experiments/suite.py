@@ -32,8 +32,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -72,17 +72,52 @@ def dataset_splits(root: Path, name: str, out: Path) -> tuple[Path, Path, dict]:
         shutil.copy2(p.image, val_dir / "images" / p.image.name)
         shutil.copy2(p.mask, val_dir / "masks" / p.mask.name)
     train_csv = write_pairs_csv(out / "data" / name / "train.csv", train_pairs)
-    record = {"split": f"seeded: numpy default_rng({SPLIT_SEED}) permutation of the sorted names, last {n_val} to val",
-              "train": [p.name for p in train_pairs], "val": [p.name for p in val_pairs]}
+    record = {
+        "split": f"seeded: numpy default_rng({SPLIT_SEED}) permutation of the sorted names, last {n_val} to val",
+        "train": [p.name for p in train_pairs],
+        "val": [p.name for p in val_pairs],
+    }
     write_json(out / "splits" / f"{name}.json", record)
     return train_csv, val_dir, {"train": str(train_csv), "val": str(val_dir), **record}
 
 
-def _method_command(method: str, train, val: Path, out: Path, minutes: float, preset: str, device: str | None,
-                    n_boot: int, overrides: list[str] | None = None, train_seed: int = 0, smp_bf16: bool = False) -> list[str]:
-    cmd = [sys.executable, "-m", "qmed.cli", "benchmark", "quality", "--data", str(train), "--val", str(val), "--out", str(out),
-           "--minutes", f"{minutes:g}", "--methods", method, "--preset", preset, "--n-boot", str(n_boot), "--force",
-           "--train-seed", str(train_seed)]
+def _method_command(
+    method: str,
+    train,
+    val: Path,
+    out: Path,
+    minutes: float,
+    preset: str,
+    device: str | None,
+    n_boot: int,
+    overrides: list[str] | None = None,
+    train_seed: int = 0,
+    smp_bf16: bool = False,
+) -> list[str]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "qmed.cli",
+        "benchmark",
+        "quality",
+        "--data",
+        str(train),
+        "--val",
+        str(val),
+        "--out",
+        str(out),
+        "--minutes",
+        f"{minutes:g}",
+        "--methods",
+        method,
+        "--preset",
+        preset,
+        "--n-boot",
+        str(n_boot),
+        "--force",
+        "--train-seed",
+        str(train_seed),
+    ]
     if method == "qmed":  # a lever changes qmed's row only; smp stays the plain script
         cmd += [a for kv in overrides or [] for a in ("--set", kv)]
     if method == "smp" and smp_bf16:
@@ -105,7 +140,10 @@ def run_side_by_side(commands: dict[str, list[str]], logs: Path, say: Callable) 
                 os.sched_setaffinity(0, {core})
 
         fh = open(logs / f"{name}.log", "w", encoding="utf-8")
-        say(f"  {name}: started" + (f" on core {core}" if core is not None else " (not pinned: fewer cores than methods)"))
+        say(
+            f"  {name}: started"
+            + (f" on core {core}" if core is not None else " (not pinned: fewer cores than methods)")
+        )
         procs[name] = (subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, preexec_fn=pin), fh)
     codes = {}
     for name, (proc, fh) in procs.items():
@@ -114,8 +152,9 @@ def run_side_by_side(commands: dict[str, list[str]], logs: Path, say: Callable) 
     return codes
 
 
-def paired_difference(a_rows: list[dict], b_rows: list[dict], key: str = "dice_empty1", n_boot: int = 2000,
-                      seed: int = 0) -> dict:
+def paired_difference(
+    a_rows: list[dict], b_rows: list[dict], key: str = "dice_empty1", n_boot: int = 2000, seed: int = 0
+) -> dict:
     """Mean per-image difference a - b over the images both scored, with its percentile bootstrap CI."""
     a = {r["name"]: r.get(key) for r in a_rows}
     b = {r["name"]: r.get(key) for r in b_rows}
@@ -125,13 +164,30 @@ def paired_difference(a_rows: list[dict], b_rows: list[dict], key: str = "dice_e
     if diff.size == 0:
         return {"mean": float("nan"), "ci": [float("nan"), float("nan")], "n": 0, "better": 0, "worse": 0}
     lo, hi = percentile_interval(bootstrap_means(diff, n_boot, seed))
-    return {"mean": float(diff.mean()), "ci": [lo, hi], "n": int(diff.size), "better": int((diff > 0).sum()),
-            "worse": int((diff < 0).sum())}
+    return {
+        "mean": float(diff.mean()),
+        "ci": [lo, hi],
+        "n": int(diff.size),
+        "better": int((diff > 0).sum()),
+        "worse": int((diff < 0).sum()),
+    }
 
 
-def run_suite(data_root: str | Path, out: str | Path, datasets: list[str] | tuple[str, ...] = DATASETS, minutes: float = 30.0,
-              preset: str = "auto", device: str | None = None, n_boot: int = 2000, seed: int = 0, force: bool = False,
-              say: Callable = print, overrides: list[str] | None = None, train_seed: int = 0, smp_bf16: bool = False) -> dict:
+def run_suite(
+    data_root: str | Path,
+    out: str | Path,
+    datasets: list[str] | tuple[str, ...] = DATASETS,
+    minutes: float = 30.0,
+    preset: str = "auto",
+    device: str | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+    force: bool = False,
+    say: Callable = print,
+    overrides: list[str] | None = None,
+    train_seed: int = 0,
+    smp_bf16: bool = False,
+) -> dict:
     """Every dataset: qmed and smp side by side at one budget, scored and compared; -> the JSON document.
     `train_seed`: both methods' train.seed (`seed` is the bootstrap's). `smp_bf16`: smp also trains
     in bfloat16 where the CPU has it (the control for qmed's precision)."""
@@ -149,16 +205,51 @@ def run_suite(data_root: str | Path, out: str | Path, datasets: list[str] | tupl
     for name in datasets:
         say(f"[{name}] {minutes:g} min per method")
         train, val, split = dataset_splits(data_root, name, out)
-        commands = {m: _method_command(m, train, val, out / name / m, minutes, preset, device, n_boot, overrides, train_seed,
-                                     smp_bf16)
-                    for m in ("qmed", "smp")}
+        commands = {
+            m: _method_command(
+                m, train, val, out / name / m, minutes, preset, device, n_boot, overrides, train_seed, smp_bf16
+            )
+            for m in ("qmed", "smp")
+        }
         t0 = time.time()
         codes = run_side_by_side(commands, out / name / "logs", say)
         rows.append(_dataset_row(name, split, out / name, codes, n_boot, seed, time.time() - t0))
-        write_json(out / "suite.json", json_safe(_document(rows, data_root, datasets, minutes, preset, device, n_boot, seed, started, overrides=overrides,
-                                                  train_seed=train_seed, smp_bf16=smp_bf16)))
-    doc = json_safe(_document(rows, data_root, datasets, minutes, preset, device, n_boot, seed, started, finished=True, train_seed=train_seed,
-                              overrides=overrides, smp_bf16=smp_bf16))
+        write_json(
+            out / "suite.json",
+            json_safe(
+                _document(
+                    rows,
+                    data_root,
+                    datasets,
+                    minutes,
+                    preset,
+                    device,
+                    n_boot,
+                    seed,
+                    started,
+                    overrides=overrides,
+                    train_seed=train_seed,
+                    smp_bf16=smp_bf16,
+                )
+            ),
+        )
+    doc = json_safe(
+        _document(
+            rows,
+            data_root,
+            datasets,
+            minutes,
+            preset,
+            device,
+            n_boot,
+            seed,
+            started,
+            finished=True,
+            train_seed=train_seed,
+            overrides=overrides,
+            smp_bf16=smp_bf16,
+        )
+    )
     write_json(out / "suite.json", doc)
     write_text(out / "suite.md", markdown(doc))
     return doc
@@ -173,13 +264,24 @@ def method_per_image(suite: str | Path, dataset: str, method: str, folder: str |
     return (json.loads(qfile.read_text()).get("per_image") or {}).get(method) or []
 
 
-def pooled_per_image(suites: list[str | Path], dataset: str, method: str,
-                     excluded: frozenset[str] | set[str] = frozenset(), folder: str | None = None) -> tuple[list[dict], list[float]]:
+def pooled_per_image(
+    suites: list[str | Path],
+    dataset: str,
+    method: str,
+    excluded: frozenset[str] | set[str] = frozenset(),
+    folder: str | None = None,
+) -> tuple[list[dict], list[float]]:
     """One method's per-image Dice (empty = 1) averaged over several suite runs, on the images every run
     scored, and each run's mean on those images. One run cannot resolve a lead of the bar's size (the
     plain script moved 0.010 on histology run to run, docs 12g), so runs are pooled before pairing."""
-    per_run = [{r["name"]: r["dice_empty1"] for r in method_per_image(s, dataset, method, folder)
-                if r["name"] not in excluded and r.get("dice_empty1") is not None} for s in suites]
+    per_run = [
+        {
+            r["name"]: r["dice_empty1"]
+            for r in method_per_image(s, dataset, method, folder)
+            if r["name"] not in excluded and r.get("dice_empty1") is not None
+        }
+        for s in suites
+    ]
     per_run = [d for d in per_run if d]
     if not per_run:
         return [], []
@@ -188,14 +290,23 @@ def pooled_per_image(suites: list[str | Path], dataset: str, method: str,
     return rows, [float(np.mean([d[n] for n in names])) for d in per_run]
 
 
-def _dataset_row(name: str, split: dict, root: Path, codes: dict[str, int], n_boot: int, seed: int, seconds: float) -> dict:
-    row: dict = {"dataset": name, "split": {k: v for k, v in split.items() if k in ("split", "train", "val")},
-                 "wall_seconds": round(seconds, 1), "methods": {}}
+def _dataset_row(
+    name: str, split: dict, root: Path, codes: dict[str, int], n_boot: int, seed: int, seconds: float
+) -> dict:
+    row: dict = {
+        "dataset": name,
+        "split": {k: v for k, v in split.items() if k in ("split", "train", "val")},
+        "wall_seconds": round(seconds, 1),
+        "methods": {},
+    }
     per_image = {}
     for method in ("qmed", "smp"):
         qfile = root / method / "quality.json"
         if codes.get(method) != 0 or not qfile.is_file():
-            row["methods"][method] = {"status": "failed", "reason": f"exit code {codes.get(method)}; see {root / 'logs' / (method + '.log')}"}
+            row["methods"][method] = {
+                "status": "failed",
+                "reason": f"exit code {codes.get(method)}; see {root / 'logs' / (method + '.log')}",
+            }
             continue
         q = json.loads(qfile.read_text())
         r = next(x for x in q["results"] if x["method"] == method)
@@ -206,20 +317,57 @@ def _dataset_row(name: str, split: dict, root: Path, codes: dict[str, int], n_bo
     return row
 
 
-def _document(rows, data_root, datasets, minutes, preset, device, n_boot, seed, started, finished: bool = False,
-              overrides: list[str] | None = None, train_seed: int = 0, smp_bf16: bool = False) -> dict:
+def _document(
+    rows,
+    data_root,
+    datasets,
+    minutes,
+    preset,
+    device,
+    n_boot,
+    seed,
+    started,
+    finished: bool = False,
+    overrides: list[str] | None = None,
+    train_seed: int = 0,
+    smp_bf16: bool = False,
+) -> dict:
     diffs = [r["paired_dice_empty1"]["mean"] for r in rows if r.get("paired_dice_empty1")]
-    return {"benchmark": "suite", "finished": finished, "started": started,
-            "settings": {"data_root": str(Path(data_root).resolve()), "datasets": list(datasets), "minutes_per_method": minutes,
-                         "preset": preset, "qmed_overrides": list(overrides or []), "device": device or "default", "n_boot": n_boot, "seed": seed,
-                         "train_seed": train_seed, "smp_bf16": smp_bf16,
-                         "side_by_side": "one process per method, 1 torch thread each, pinned to its own core"},
-            "machine": machine_info(), "datasets": rows,
-            "mean_paired_dice_empty1": float(np.mean(diffs)) if diffs else None}
+    return {
+        "benchmark": "suite",
+        "finished": finished,
+        "started": started,
+        "settings": {
+            "data_root": str(Path(data_root).resolve()),
+            "datasets": list(datasets),
+            "minutes_per_method": minutes,
+            "preset": preset,
+            "qmed_overrides": list(overrides or []),
+            "device": device or "default",
+            "n_boot": n_boot,
+            "seed": seed,
+            "train_seed": train_seed,
+            "smp_bf16": smp_bf16,
+            "side_by_side": "one process per method, 1 torch thread each, pinned to its own core",
+        },
+        "machine": machine_info(),
+        "datasets": rows,
+        "mean_paired_dice_empty1": float(np.mean(diffs)) if diffs else None,
+    }
 
 
-COLUMNS = ["dataset", "method", "work done", "Dice empty=1 [95% CI]", "Dice fg", "Dice pooled [95% CI]", "object F1", "HD95 px",
-           "mean AP [95% CI]", "qmed - smp, paired [95% CI]"]
+COLUMNS = [
+    "dataset",
+    "method",
+    "work done",
+    "Dice empty=1 [95% CI]",
+    "Dice fg",
+    "Dice pooled [95% CI]",
+    "object F1",
+    "HD95 px",
+    "mean AP [95% CI]",
+    "qmed - smp, paired [95% CI]",
+]
 
 
 def table_rows(doc: dict) -> list[list[str]]:
@@ -233,9 +381,20 @@ def table_rows(doc: dict) -> list[list[str]]:
             if m.get("status") != "ok":
                 out.append([r["dataset"], method, m.get("reason") or "-", "-", "-", "-", "-", "-", "-", ""])
                 continue
-            out.append([r["dataset"], method, work_done(m), fmt_figure(f.get("dice_empty1")), fmt_figure(f.get("dice_fg")),
-                        fmt_figure(f.get("dice_pooled")), fmt_figure(f.get("object_f1")), fmt_figure(f.get("hd95"), 1),
-                        fmt_figure(f.get("map_dsb")), paired if method == "qmed" else ""])
+            out.append(
+                [
+                    r["dataset"],
+                    method,
+                    work_done(m),
+                    fmt_figure(f.get("dice_empty1")),
+                    fmt_figure(f.get("dice_fg")),
+                    fmt_figure(f.get("dice_pooled")),
+                    fmt_figure(f.get("object_f1")),
+                    fmt_figure(f.get("hd95"), 1),
+                    fmt_figure(f.get("map_dsb")),
+                    paired if method == "qmed" else "",
+                ]
+            )
     return out
 
 
@@ -249,10 +408,16 @@ def work_done(m: dict) -> str:
 def markdown(doc: dict) -> str:
     s = doc["settings"]
     mean = doc.get("mean_paired_dice_empty1")
-    head = (f"# qmed benchmark suite\n\nstarted {doc['started']}; {s['minutes_per_method']:g} min training per method, qmed "
-            f"preset {s['preset']}{overrides_note(s)}, {s['side_by_side']}; {doc['machine']['cpu_count']} CPUs "
-            f"({doc['machine'].get('cpu_model', doc['machine']['processor'])}{bf16_note(doc['machine'], s.get('smp_bf16', False))}); 95 % bootstrap CIs ({s['n_boot']} resamples, seed {s['seed']}).\n\n")
-    tail = f"\nMean paired difference (qmed - smp, Dice per image, empty = 1) over the datasets: {mean:+.4f}\n" if mean is not None else ""
+    head = (
+        f"# qmed benchmark suite\n\nstarted {doc['started']}; {s['minutes_per_method']:g} min training per method, qmed "
+        f"preset {s['preset']}{overrides_note(s)}, {s['side_by_side']}; {doc['machine']['cpu_count']} CPUs "
+        f"({doc['machine'].get('cpu_model', doc['machine']['processor'])}{bf16_note(doc['machine'], s.get('smp_bf16', False))}); 95 % bootstrap CIs ({s['n_boot']} resamples, seed {s['seed']}).\n\n"
+    )
+    tail = (
+        f"\nMean paired difference (qmed - smp, Dice per image, empty = 1) over the datasets: {mean:+.4f}\n"
+        if mean is not None
+        else ""
+    )
     return head + md_table(COLUMNS, table_rows(doc)) + tail
 
 
@@ -263,8 +428,11 @@ def bf16_note(machine: dict, smp_bf16: bool = False) -> str:
     if not native:
         return ", no native bfloat16: both train in float32"
     # qmed follows its config's train.cpu_bf16 (on in cpu/auto); smp is float32 unless --smp-bf16
-    return ", native bfloat16: qmed per train.cpu_bf16, smp too (--smp-bf16)" if smp_bf16 else \
-        ", native bfloat16: qmed per train.cpu_bf16, smp in float32"
+    return (
+        ", native bfloat16: qmed per train.cpu_bf16, smp too (--smp-bf16)"
+        if smp_bf16
+        else ", native bfloat16: qmed per train.cpu_bf16, smp in float32"
+    )
 
 
 def overrides_note(settings: dict) -> str:

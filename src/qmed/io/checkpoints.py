@@ -28,7 +28,9 @@ def read(path: str | Path, fmt: str = FORMAT, kind: str = "qmed checkpoint") -> 
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
-        raise QmedInputError(path, f"cannot be read as a checkpoint ({type(exc).__name__}); the file may be truncated") from None
+        raise QmedInputError(
+            path, f"cannot be read as a checkpoint ({type(exc).__name__}); the file may be truncated"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != fmt:
         raise QmedInputError(path, f"is not a {kind}")
     return state

@@ -18,9 +18,10 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 from qmed.errors import QmedInputError
 
@@ -81,7 +82,7 @@ def remove_stale(folder: str | Path, recursive: bool = False) -> int:
     if not folder.is_dir():
         return 0
     n = 0
-    for p in (folder.rglob(".*") if recursive else folder.glob(".*")):
+    for p in folder.rglob(".*") if recursive else folder.glob(".*"):
         for tag in (_STAGE_TAG, _TMP_TAG):
             if tag in p.name and not _owner_alive(p.name.split(tag, 1)[1]):
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
@@ -101,7 +102,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it over `path` (same filesystem)."""
     path = Path(path)
     make_dirs(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}{_TMP_TAG}{_owner()}-", suffix=f".tmp{path.suffix}", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.stem}{_TMP_TAG}{_owner()}-", suffix=f".tmp{path.suffix}", dir=path.parent
+    )
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -154,7 +157,9 @@ def check_not_inputs(out: str | Path, inputs: Iterable[str | Path | None], what:
         r = _resolved(src)
         if o == r or o in r.parents or r in o.parents:
             rel = "is" if o == r else ("holds" if o in r.parents else "lies inside")
-            raise QmedInputError(out, f"{what} {rel} the input {src}; qmed never writes over its inputs: choose an --out outside them")
+            raise QmedInputError(
+                out, f"{what} {rel} the input {src}; qmed never writes over its inputs: choose an --out outside them"
+            )
 
 
 def input_paths(*specs) -> list[Path]:
@@ -186,12 +191,20 @@ def read_marker(out: str | Path) -> dict | None:
 def write_marker(out: str | Path, verb: str, key: str | None = None) -> None:
     from qmed import __version__
 
-    write_json(Path(out) / OUTPUT_MARKER, {"qmed": __version__, "verb": verb, "key": key,
-                                          "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    write_json(
+        Path(out) / OUTPUT_MARKER,
+        {"qmed": __version__, "verb": verb, "key": key, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+    )
 
 
-def check_output(out: str | Path, force: bool, what: str = "output folder", hint: str = "",
-                 inputs: Iterable[str | Path | None] = (), kind: str = "folder") -> None:
+def check_output(
+    out: str | Path,
+    force: bool,
+    what: str = "output folder",
+    hint: str = "",
+    inputs: Iterable[str | Path | None] = (),
+    kind: str = "folder",
+) -> None:
     """The one --force check, before anything is written: `out` must not overlap an input; an occupied
     `out` is refused unless `force`; and with `force` a folder is replaced only when qmed wrote it
     (OUTPUT_MARKER inside), a file only by a file (`kind`)."""
@@ -205,8 +218,11 @@ def check_output(out: str | Path, force: bool, what: str = "output folder", hint
         if not out.is_dir():
             raise QmedInputError(out, f"is a file, not a {what}; qmed will not replace it, even with --force")
         if read_marker(out) is None:
-            raise QmedInputError(out, f"{what} was not written by qmed (no {OUTPUT_MARKER} inside); --force replaces only "
-                                      "qmed's own outputs: choose another --out, or empty it yourself")
+            raise QmedInputError(
+                out,
+                f"{what} was not written by qmed (no {OUTPUT_MARKER} inside); --force replaces only "
+                "qmed's own outputs: choose another --out, or empty it yourself",
+            )
     elif out.is_dir():
         raise QmedInputError(out, f"is a folder; give the {what} to write")
 
@@ -217,9 +233,16 @@ def clear_output(out: Path) -> None:
         shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
 
-def prepare_output_dir(out: str | Path, force: bool, subdirs: Sequence[str] = (), what: str = "output folder",
-                       hint: str = "", inputs: Iterable[str | Path | None] = (), verb: str = "output",
-                       key: str | None = None) -> Path:
+def prepare_output_dir(
+    out: str | Path,
+    force: bool,
+    subdirs: Sequence[str] = (),
+    what: str = "output folder",
+    hint: str = "",
+    inputs: Iterable[str | Path | None] = (),
+    verb: str = "output",
+    key: str | None = None,
+) -> Path:
     """An empty folder at `out` (with `subdirs`) holding qmed's marker: an occupied one is refused unless
     `force` (and then only if qmed wrote it), then cleared."""
     out = Path(out)

@@ -24,14 +24,19 @@ import json
 import math
 import os
 import uuid
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
 # QuPath's default class colours for the names qmed writes; others get a stable colour from their name
-_COLORS = {"Nucleus": [200, 0, 0], "Tumor": [200, 0, 0], "Stroma": [150, 200, 150], "Immune cells": [160, 90, 160],
-           "Other": [255, 200, 0]}
+_COLORS = {
+    "Nucleus": [200, 0, 0],
+    "Tumor": [200, 0, 0],
+    "Stroma": [150, 200, 150],
+    "Immune cells": [160, 90, 160],
+    "Other": [255, 200, 0],
+}
 
 
 def _color(name: str) -> list[int]:
@@ -61,17 +66,26 @@ class GeoJSONWriter:
         self.count = 0
         self._fh = None
 
-    def __enter__(self) -> "GeoJSONWriter":
+    def __enter__(self) -> GeoJSONWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.tmp.exists():
             self.tmp.unlink()  # left by a killed run
-        self._fh = (gzip_module.open(self.tmp, "wt", encoding="utf-8", compresslevel=6) if self.gzip
-                    else open(self.tmp, "w", encoding="utf-8"))
+        self._fh = (
+            gzip_module.open(self.tmp, "wt", encoding="utf-8", compresslevel=6)
+            if self.gzip
+            else open(self.tmp, "w", encoding="utf-8")
+        )
         self._fh.write('{"type": "FeatureCollection", "features": [')
         return self
 
-    def add(self, object_id: int, polygon_xy: Sequence[Sequence[float]], measurements: dict | None = None,
-            classification: str = "Nucleus", color: Sequence[int] | None = None) -> None:
+    def add(
+        self,
+        object_id: int,
+        polygon_xy: Sequence[Sequence[float]],
+        measurements: dict | None = None,
+        classification: str = "Nucleus",
+        color: Sequence[int] | None = None,
+    ) -> None:
         """One detection. `polygon_xy`: the outer ring as (x, y) in level-0 pixels, closed or not (it is closed
         here); fewer than 3 distinct points is refused."""
         if self._fh is None:
@@ -89,14 +103,19 @@ class GeoJSONWriter:
             "properties": {
                 "objectType": "detection",
                 "name": str(oid),
-                "classification": {"name": classification, "color": list(color) if color is not None else _color(classification)},
+                "classification": {
+                    "name": classification,
+                    "color": list(color) if color is not None else _color(classification),
+                },
                 "measurements": {str(k): _number(v) for k, v in (measurements or {}).items()},
             },
         }
         self._fh.write(("\n" if self.count == 0 else ",\n") + json.dumps(feature, separators=(",", ":")))
         self.count += 1
 
-    def add_many(self, items: Iterable[tuple[int, Sequence[Sequence[float]], dict]], classification: str = "Nucleus") -> None:
+    def add_many(
+        self, items: Iterable[tuple[int, Sequence[Sequence[float]], dict]], classification: str = "Nucleus"
+    ) -> None:
         for object_id, ring, measurements in items:
             self.add(object_id, ring, measurements, classification)
 
@@ -113,8 +132,9 @@ class GeoJSONWriter:
                 self.tmp.unlink()
 
 
-def label_polygons(labels: np.ndarray, offset_xy: tuple[float, float] = (0, 0), scale: float = 1.0,
-                   ids: Iterable[int] | None = None) -> Iterator[tuple[int, list[tuple[float, float]]]]:
+def label_polygons(
+    labels: np.ndarray, offset_xy: tuple[float, float] = (0, 0), scale: float = 1.0, ids: Iterable[int] | None = None
+) -> Iterator[tuple[int, list[tuple[float, float]]]]:
     """(id, outer ring) for each object of an integer label map (0 = background), in increasing id order.
 
     The ring follows the object's pixel edges (pixel (row r, column c) is the square [c, c+1] x [r, r+1]),
@@ -139,7 +159,10 @@ def label_polygons(labels: np.ndarray, offset_xy: tuple[float, float] = (0, 0), 
         return
     if top <= 4 * labels.size + (1 << 20):
         # one pass (find_objects' table has an entry per id up to the largest)
-        keys, slices = labels, ndimage.find_objects(labels.astype(np.int64, copy=False) if labels.dtype == np.uint64 else labels)
+        keys, slices = (
+            labels,
+            ndimage.find_objects(labels.astype(np.int64, copy=False) if labels.dtype == np.uint64 else labels),
+        )
         present = {i + 1: i + 1 for i, sl in enumerate(slices) if sl is not None}
     else:  # sparse huge ids (slide-unique): renumber 1..n first
         fg = labels > 0

@@ -52,7 +52,9 @@ def read_array(path: str | Path) -> np.ndarray:
         raise
     except Exception as exc:  # decoders raise many types; the user needs the file and the gist
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise QmedInputError(path, f"cannot be decoded as an image ({msg}); the file may be truncated or corrupt") from None
+        raise QmedInputError(
+            path, f"cannot be decoded as an image ({msg}); the file may be truncated or corrupt"
+        ) from None
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (2, 3, 4)):
@@ -140,8 +142,13 @@ def single_channel(arr: np.ndarray, path: Path, what: str) -> np.ndarray:
     if arr.ndim == 2:
         return arr
     colour = arr[..., :3] if arr.shape[2] >= 3 else arr[..., :1]
-    if colour.shape[2] == 3 and not (np.array_equal(colour[..., 0], colour[..., 1]) and np.array_equal(colour[..., 0], colour[..., 2])):
-        raise QmedInputError(path, f"{what} has {arr.shape[2]} channels with different values (an RGB {what}); save it as a single-channel image")
+    if colour.shape[2] == 3 and not (
+        np.array_equal(colour[..., 0], colour[..., 1]) and np.array_equal(colour[..., 0], colour[..., 2])
+    ):
+        raise QmedInputError(
+            path,
+            f"{what} has {arr.shape[2]} channels with different values (an RGB {what}); save it as a single-channel image",
+        )
     return colour[..., 0]
 
 
@@ -160,7 +167,9 @@ def _mask_from_array(arr: np.ndarray, path: Path, what: str = "mask") -> tuple[n
         elif np.all(arr >= 0) and np.all(arr == np.round(arr)):
             arr = arr.astype(np.int64)
         else:
-            raise QmedInputError(path, f"{what} holds fractional values; expected 0/1, 0/255 or integer instance labels")
+            raise QmedInputError(
+                path, f"{what} holds fractional values; expected 0/1, 0/255 or integer instance labels"
+            )
     if arr.dtype == np.bool_:
         arr = arr.astype(np.uint8)
     if np.issubdtype(arr.dtype, np.signedinteger) and arr.min() < 0:
@@ -178,9 +187,15 @@ def _mask_from_array(arr: np.ndarray, path: Path, what: str = "mask") -> tuple[n
     # can never hold trustworthy labels; a lossy-saved binary mask re-saved as PNG leaves a halo of
     # values near 0 and 255 around every edge.
     if _is_jpeg(path):
-        raise QmedInputError(path, f"{what} is a JPEG file with {values.size} distinct values; JPEG compression alters mask values, so save masks losslessly (PNG/TIFF) as 0/255 or labels")
+        raise QmedInputError(
+            path,
+            f"{what} is a JPEG file with {values.size} distinct values; JPEG compression alters mask values, so save masks losslessly (PNG/TIFF) as 0/255 or labels",
+        )
     if arr.dtype == np.uint8 and values.max() >= 250 and _looks_lossy(arr):
-        raise QmedInputError(path, f"{what} has {values.size} distinct values around 0 and 255, as a JPEG-compressed binary mask does; save masks losslessly (PNG/TIFF) as 0/255 or labels")
+        raise QmedInputError(
+            path,
+            f"{what} has {values.size} distinct values around 0 and 255, as a JPEG-compressed binary mask does; save masks losslessly (PNG/TIFF) as 0/255 or labels",
+        )
     fg = arr > 0
     return fg, arr.astype(np.int32)
 
@@ -219,7 +234,9 @@ def _probability_from_array(arr: np.ndarray, path: Path) -> np.ndarray:
         if not np.all(np.isfinite(arr)):
             raise QmedInputError(path, "probability map contains NaN or infinite values")
         if arr.min() < 0 or arr.max() > 1:
-            raise QmedInputError(path, f"probability map values span [{arr.min():.3g}, {arr.max():.3g}]; expected [0, 1]")
+            raise QmedInputError(
+                path, f"probability map values span [{arr.min():.3g}, {arr.max():.3g}]; expected [0, 1]"
+            )
         return arr.astype(np.float32)
     if np.issubdtype(arr.dtype, np.integer):
         vmax = int(arr.max())
@@ -231,7 +248,9 @@ def _probability_from_array(arr: np.ndarray, path: Path) -> np.ndarray:
             return arr.astype(np.float32) / 65535.0
         if vmax <= 255:
             return arr.astype(np.float32) / 255.0
-        raise QmedInputError(path, f"prediction has integer values up to {vmax}; expected 0/1, 0..255 or 16-bit 0..65535")
+        raise QmedInputError(
+            path, f"prediction has integer values up to {vmax}; expected 0/1, 0..255 or 16-bit 0..65535"
+        )
     raise QmedInputError(path, f"unsupported pixel type {arr.dtype}")
 
 

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -67,10 +67,20 @@ def _scratch(store: Path, shape: tuple[int, ...], dtype, chunk: int):
     return zarr.open_array(str(store), mode="w", shape=shape, dtype=dtype, chunks=(chunk, chunk) + tuple(shape[2:]))
 
 
-def write_pyramid(path: str | Path, shape: tuple[int, ...], dtype, read_tile: Callable[[int, int, int, int], np.ndarray],
-                  *, tile: int = 512, kind: str = "labels", mpp: float | None = None, min_size: int = 512,
-                  compression: str | None = "zlib", compressionargs: dict | None = None,
-                  maxworkers: int | None = None) -> None:
+def write_pyramid(
+    path: str | Path,
+    shape: tuple[int, ...],
+    dtype,
+    read_tile: Callable[[int, int, int, int], np.ndarray],
+    *,
+    tile: int = 512,
+    kind: str = "labels",
+    mpp: float | None = None,
+    min_size: int = 512,
+    compression: str | None = "zlib",
+    compressionargs: dict | None = None,
+    maxworkers: int | None = None,
+) -> None:
     """Write a pyramidal OME-TIFF at `path` from level-0 tiles.
 
     `shape`: (height, width), or (height, width, channels) for kind "image" (RGB, uint8).
@@ -113,24 +123,32 @@ def write_pyramid(path: str | Path, shape: tuple[int, ...], dtype, read_tile: Ca
                 tw = min(tile, width - x)
                 data = source(y, x, th, tw)
                 if below is not None:
-                    below[y // 2:y // 2 + (th + 1) // 2, x // 2:x // 2 + (tw + 1) // 2] = halve(data, kind)
+                    below[y // 2 : y // 2 + (th + 1) // 2, x // 2 : x // 2 + (tw + 1) // 2] = halve(data, kind)
                 yield data
 
     def level0(y, x, th, tw):
         data = np.asarray(read_tile(y, x, th, tw))
         if data.shape != (th, tw) + channels:
-            raise ValueError(f"read_tile({y}, {x}, {th}, {tw}) returned shape {data.shape}, expected {(th, tw) + channels}")
+            raise ValueError(
+                f"read_tile({y}, {x}, {th}, {tw}) returned shape {data.shape}, expected {(th, tw) + channels}"
+            )
         return data.astype(dtype, copy=False)
 
     def stored(level: int):
         import zarr
 
         array = zarr.open_array(str(scratch_dir / str(level)), mode="r")
-        return lambda y, x, th, tw: np.asarray(array[y:y + th, x:x + tw])
+        return lambda y, x, th, tw: np.asarray(array[y : y + th, x : x + tw])
 
     photometric = "rgb" if channels and channels[0] in (3, 4) else "minisblack"
-    common = dict(tile=(tile, tile), photometric=photometric, compression=compression,
-                  compressionargs=compressionargs, maxworkers=maxworkers, buffersize=_BUFFER_BYTES)
+    common = dict(
+        tile=(tile, tile),
+        photometric=photometric,
+        compression=compression,
+        compressionargs=compressionargs,
+        maxworkers=maxworkers,
+        buffersize=_BUFFER_BYTES,
+    )
 
     def resolution(level: int) -> dict:
         if mpp is None:
@@ -143,11 +161,25 @@ def write_pyramid(path: str | Path, shape: tuple[int, ...], dtype, read_tile: Ca
         metadata.update(PhysicalSizeX=mpp, PhysicalSizeXUnit="µm", PhysicalSizeY=mpp, PhysicalSizeYUnit="µm")
     try:
         with tifffile.TiffWriter(tmp, bigtiff=True, ome=True) as tw:
-            tw.write(level_tiles(0, level0), shape=shapes[0], dtype=dtype, subifds=len(shapes) - 1,
-                     metadata=metadata, **resolution(0), **common)
+            tw.write(
+                level_tiles(0, level0),
+                shape=shapes[0],
+                dtype=dtype,
+                subifds=len(shapes) - 1,
+                metadata=metadata,
+                **resolution(0),
+                **common,
+            )
             for k in range(1, len(shapes)):
-                tw.write(level_tiles(k, stored(k)), shape=shapes[k], dtype=dtype, subfiletype=1, metadata=None,
-                         **resolution(k), **common)
+                tw.write(
+                    level_tiles(k, stored(k)),
+                    shape=shapes[k],
+                    dtype=dtype,
+                    subfiletype=1,
+                    metadata=None,
+                    **resolution(k),
+                    **common,
+                )
                 _remove(scratch_dir / str(k))  # done with it: free the disk as the pyramid goes down
         os.replace(tmp, path)
     finally:
@@ -165,4 +197,3 @@ def _remove(p: Path) -> None:
 def pyramid_levels(height: int, width: int, min_size: int = 512) -> int:
     """How many levels write_pyramid writes for an image of this size."""
     return len(level_shapes(height, width, min_size))
-

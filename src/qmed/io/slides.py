@@ -21,8 +21,8 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from contextlib import contextmanager
 import xml.etree.ElementTree as ET
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -111,7 +111,9 @@ class SlideReader:
         """The (h, w, 3) uint8 RGB region whose top-left corner is (x, y), all in `level`'s pixels. Parts
         outside the slide are white (255). Reads only the tiles the region touches."""
         if not 0 <= level < self.level_count:
-            raise QmedInputError(self.path, f"level {level} does not exist (the slide has levels 0..{self.level_count - 1})")
+            raise QmedInputError(
+                self.path, f"level {level} does not exist (the slide has levels 0..{self.level_count - 1})"
+            )
         x, y, w, h = int(x), int(y), int(w), int(h)
         if w < 0 or h < 0:
             raise ValueError(f"negative region size {w}x{h}")
@@ -128,9 +130,12 @@ class SlideReader:
         except QmedInputError:
             raise
         except Exception as exc:  # a tile that does not decode: truncated or corrupt
-            raise QmedInputError(self.path, f"cannot read level {level} at x={x0}, y={y0} ({_first_line(exc)}); "
-                                            "the file may be truncated or corrupt") from None
-        out[y0 - y:y1 - y, x0 - x:x1 - x] = region
+            raise QmedInputError(
+                self.path,
+                f"cannot read level {level} at x={x0}, y={y0} ({_first_line(exc)}); "
+                "the file may be truncated or corrupt",
+            ) from None
+        out[y0 - y : y1 - y, x0 - x : x1 - x] = region
         return out
 
     def close(self) -> None:
@@ -252,10 +257,18 @@ def _level_layout(path: Path, level) -> dict:
                 raise QmedInputError(path, f"slide has {shape[c]} channels; qmed reads gray, RGB or RGBA slides")
     for i, (ax, n) in enumerate(zip(axes, shape)):
         if i not in (axes.index("Y"), axes.index("X"), c) and n != 1:
-            raise QmedInputError(path, f"TIFF series has {n} planes along axis {ax!r} (axes {axes!r}); "
-                                       "qmed reads one 2-D image per slide")
-    return {"axes": axes, "y": axes.index("Y"), "x": axes.index("X"), "c": c,
-            "width": int(shape[axes.index("X")]), "height": int(shape[axes.index("Y")])}
+            raise QmedInputError(
+                path,
+                f"TIFF series has {n} planes along axis {ax!r} (axes {axes!r}); qmed reads one 2-D image per slide",
+            )
+    return {
+        "axes": axes,
+        "y": axes.index("Y"),
+        "x": axes.index("X"),
+        "c": c,
+        "width": int(shape[axes.index("X")]),
+        "height": int(shape[axes.index("Y")]),
+    }
 
 
 def _check_extent(path: Path, levels) -> None:
@@ -266,8 +279,11 @@ def _check_extent(path: Path, levels) -> None:
     if "SubIFDs" in first.tags:
         declared = np.atleast_1d(np.asarray(first.tags["SubIFDs"].value, dtype=np.int64))
         if (declared >= size).any() or len(levels) < 1 + declared.size:
-            raise QmedInputError(path, f"file is truncated: it declares {1 + declared.size} pyramid levels but "
-                                       f"{len(levels)} can be read from its {size} bytes")
+            raise QmedInputError(
+                path,
+                f"file is truncated: it declares {1 + declared.size} pyramid levels but "
+                f"{len(levels)} can be read from its {size} bytes",
+            )
     for i, level in enumerate(levels):
         for page in level.pages:
             if page is None:
@@ -277,11 +293,15 @@ def _check_extent(path: Path, levels) -> None:
             # a tag whose values lay past the end is dropped by tifffile: the tile table comes up short
             expected = math.prod(getattr(page, "chunked", ()) or (offsets.size,))
             if offsets.size != expected or counts.size != expected:
-                raise QmedInputError(path, f"file is truncated or corrupt: level {i} lists {offsets.size} of "
-                                           f"its {expected} tiles")
+                raise QmedInputError(
+                    path, f"file is truncated or corrupt: level {i} lists {offsets.size} of its {expected} tiles"
+                )
             if offsets.size and int((offsets + counts).max()) > size:
-                raise QmedInputError(path, f"file is truncated: level {i}'s tiles end at byte "
-                                           f"{int((offsets + counts).max())} but the file has {size} bytes")
+                raise QmedInputError(
+                    path,
+                    f"file is truncated: level {i}'s tiles end at byte "
+                    f"{int((offsets + counts).max())} but the file has {size} bytes",
+                )
 
 
 def _tiff_mpp(tif, series) -> float | None:
@@ -403,8 +423,9 @@ def open_slide(path: str | Path) -> SlideReader:
             reader.close()
             raise QmedInputError(path, "slide has no pixels")
         return reader
-    raise QmedInputError(path, f"cannot be opened as a slide ({first_problem}); the file may be truncated, "
-                               "corrupt or not a slide")
+    raise QmedInputError(
+        path, f"cannot be opened as a slide ({first_problem}); the file may be truncated, corrupt or not a slide"
+    )
 
 
 def pick_level(reader: SlideReader, mpp: float | None = None, level: int | None = None) -> tuple[int, float | None]:

@@ -44,7 +44,9 @@ BACKBONES: dict[str, tuple[str, str, int]] = {
     "vgg16": ("vgg16", "classifier.6", 4096),
     "efficientnet_b0": ("efficientnet_b0", "classifier", 1280),
 }
-_DENSENET_OLD_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+_DENSENET_OLD_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+)
 
 
 def available_models() -> list[str]:
@@ -52,8 +54,15 @@ def available_models() -> list[str]:
 
 
 class Classifier(nn.Module):
-    def __init__(self, name: str, backbone: nn.Module, num_features: int, num_classes: int,
-                 pqc: PQCConfig | None = None, dropout: float = 0.2):
+    def __init__(
+        self,
+        name: str,
+        backbone: nn.Module,
+        num_features: int,
+        num_classes: int,
+        pqc: PQCConfig | None = None,
+        dropout: float = 0.2,
+    ):
         super().__init__()
         self.name = name
         self.backbone = backbone
@@ -100,8 +109,8 @@ def load_backbone_file(model: nn.Module, path: Path, head: str | None, name: str
             continue
         k = _DENSENET_OLD_KEY.sub(r"\1\2", k)
         for prefix in ("", "module.", "model.", "backbone.", "encoder.", "net."):
-            if k.startswith(prefix) and k[len(prefix):] in own:
-                kk = k[len(prefix):]
+            if k.startswith(prefix) and k[len(prefix) :] in own:
+                kk = k[len(prefix) :]
                 if own[kk].shape == v.shape:
                     matched[kk] = v
                 break
@@ -109,15 +118,20 @@ def load_backbone_file(model: nn.Module, path: Path, head: str | None, name: str
     hit = sum(1 for k in body if k in matched)
     coverage = hit / max(1, len(body))
     if coverage < 0.9:
-        raise QmedInputError(path, f"matches only {hit} of {len(body)} {name} tensors ({coverage:.0%}); is it a file for another model?")
+        raise QmedInputError(
+            path, f"matches only {hit} of {len(body)} {name} tensors ({coverage:.0%}); is it a file for another model?"
+        )
     model.load_state_dict(matched, strict=False)
     log.info("loaded %d/%d %s tensors from %s", hit, len(body), name, path)
 
 
 def _hub_error(name: str, exc: Exception) -> QmedInputError:
     msg = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
-    return QmedInputError(None, f"could not fetch ImageNet weights for {name} ({type(exc).__name__}{': ' + msg if msg else ''}); "
-                                "offline? pass a local weights file (--weights /path/to/file.pth) or --weights none")
+    return QmedInputError(
+        None,
+        f"could not fetch ImageNet weights for {name} ({type(exc).__name__}{': ' + msg if msg else ''}); "
+        "offline? pass a local weights file (--weights /path/to/file.pth) or --weights none",
+    )
 
 
 def _resolve(weights: str | Path | None, name: str) -> tuple[bool, Path | None]:
@@ -133,12 +147,19 @@ def _resolve(weights: str | Path | None, name: str) -> tuple[bool, Path | None]:
     if hub is None:
         return False, None
     if hub.lower() != "imagenet":
-        raise QmedInputError(None, f"weights {spec!r}: give imagenet, a local weights file, {OFFLINE_MOBILENET} (mobilenet_v2), or none")
+        raise QmedInputError(
+            None, f"weights {spec!r}: give imagenet, a local weights file, {OFFLINE_MOBILENET} (mobilenet_v2), or none"
+        )
     return True, None
 
 
-def build_classifier(name: str, num_classes: int, weights: str | Path | None = None, pqc: dict | PQCConfig | None = None,
-                     dropout: float = 0.2) -> Classifier:
+def build_classifier(
+    name: str,
+    num_classes: int,
+    weights: str | Path | None = None,
+    pqc: dict | PQCConfig | None = None,
+    dropout: float = 0.2,
+) -> Classifier:
     """A classifier by backbone name, with ImageNet/local/no weights and an optional PQC layer.
 
     `pqc`: None for the classical model, else a `qmed.config.PQCConfig` or a dict of its fields

@@ -66,22 +66,29 @@ def gabor_kernel(ksize: int, sigma: float, theta: float, lambd: float, gamma: fl
     if ksize % 2 != 1:
         raise ValueError(f"ksize must be odd, got {ksize}")
     half = ksize // 2
-    y, x = np.mgrid[-half:half + 1, -half:half + 1].astype(np.float64)
+    y, x = np.mgrid[-half : half + 1, -half : half + 1].astype(np.float64)
     c, s = math.cos(theta), math.sin(theta)
     xr = x * c + y * s
     yr = -x * s + y * c
     # OpenCV: exp(ex*xr² + ey*yr²) with ex = -1/(2σ²), ey = -1/(2(σ/γ)²) = -γ²/(2σ²)
-    v = np.exp(-(xr ** 2 + gamma ** 2 * yr ** 2) / (2 * sigma ** 2)) * np.cos(2 * math.pi / lambd * xr + psi)
+    v = np.exp(-(xr**2 + gamma**2 * yr**2) / (2 * sigma**2)) * np.cos(2 * math.pi / lambd * xr + psi)
     return v[::-1, ::-1].copy()  # OpenCV stores offset (x, y) at [ymax - y, xmax - x]
 
 
 def gabor_params(thetas_deg=THETAS_DEG, lambdas=LAMBDAS) -> list[tuple[float, float]]:
     """(theta in radians, lambda) for each filter, in bank order (lambda-major)."""
-    return [(math.radians(t), float(l)) for l in lambdas for t in thetas_deg]
+    return [(math.radians(t), float(lam)) for lam in lambdas for t in thetas_deg]
 
 
-def gabor_bank(ksize: int = KSIZE, sigma: float = SIGMA, gamma: float = GAMMA, psi: float = PSI,
-               thetas_deg=THETAS_DEG, lambdas=LAMBDAS, zero_mean: bool = True) -> torch.Tensor:
+def gabor_bank(
+    ksize: int = KSIZE,
+    sigma: float = SIGMA,
+    gamma: float = GAMMA,
+    psi: float = PSI,
+    thetas_deg=THETAS_DEG,
+    lambdas=LAMBDAS,
+    zero_mean: bool = True,
+) -> torch.Tensor:
     """The bank as a float32 tensor (N, 1, k, k); each kernel zero-mean unless zero_mean=False."""
     ks = [gabor_kernel(ksize, sigma, th, lam, gamma, psi) for th, lam in gabor_params(thetas_deg, lambdas)]
     bank = np.stack(ks)
@@ -119,9 +126,18 @@ class GaborEdge(torch.nn.Module):
     independent of the bank). Runs under no_grad: the map is a fixed preprocessing of the input.
     """
 
-    def __init__(self, ksize: int = KSIZE, sigma: float = SIGMA, gamma: float = GAMMA, psi: float = PSI,
-                 thetas_deg=THETAS_DEG, lambdas=LAMBDAS, percentile: float = 99.0, min_scale: float = 0.5,
-                 mode: str = "fft"):
+    def __init__(
+        self,
+        ksize: int = KSIZE,
+        sigma: float = SIGMA,
+        gamma: float = GAMMA,
+        psi: float = PSI,
+        thetas_deg=THETAS_DEG,
+        lambdas=LAMBDAS,
+        percentile: float = 99.0,
+        min_scale: float = 0.5,
+        mode: str = "fft",
+    ):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -167,7 +183,7 @@ class GaborEdge(torch.nn.Module):
         h, w = gray.shape[-2:]
         m = None
         for i in range(0, kf.shape[0], chunk):
-            r = torch.fft.irfft2(spec * kf[i:i + chunk], s=s)[..., :h, :w].amax(dim=1, keepdim=True)
+            r = torch.fft.irfft2(spec * kf[i : i + chunk], s=s)[..., :h, :w].amax(dim=1, keepdim=True)
             m = r if m is None else torch.maximum(m, r)
         return m
 

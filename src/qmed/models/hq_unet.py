@@ -59,7 +59,9 @@ class BottleneckPQC(nn.Module):
         self.placement = hq.placement
         self.layer = PQCLayer(channels, hq)  # HQConfig is a PQCConfig (the layer's settings) plus core and placement
         if hq.core == "classical":
-            self.layer.circuit = ClassicalCore(hq.qubits, twin_hidden(hq.qubits, circuit_parameters(hq.qubits, hq.layers, hq.entangler)))
+            self.layer.circuit = ClassicalCore(
+                hq.qubits, twin_hidden(hq.qubits, circuit_parameters(hq.qubits, hq.layers, hq.entangler))
+            )
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=h.device.type, enabled=False):

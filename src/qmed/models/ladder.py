@@ -29,8 +29,11 @@ from torch import nn
 
 
 def conv_bn_relu(cin: int, cout: int, k: int = 3, dilation: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=dilation * (k // 2), dilation=dilation, bias=False),
-                         nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, padding=dilation * (k // 2), dilation=dilation, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
 
 
 class AttentionGate(nn.Module):
@@ -53,8 +56,13 @@ class SqueezeExcite(nn.Module):
     def __init__(self, channels: int, reduction: int = 16):
         super().__init__()
         hidden = max(channels // reduction, 4)
-        self.fc = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True),
-                                nn.Conv2d(hidden, channels, 1), nn.Sigmoid())
+        self.fc = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(channels, hidden, 1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, channels, 1),
+            nn.Sigmoid(),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.fc(x)
@@ -66,8 +74,9 @@ class ASPP(nn.Module):
     def __init__(self, in_channels: int, channels: int, dilations: tuple[int, ...] = (2, 4)):
         super().__init__()
         self.reduce = conv_bn_relu(in_channels, channels, k=1)
-        self.branches = nn.ModuleList([conv_bn_relu(channels, channels, k=1)] +
-                                      [conv_bn_relu(channels, channels, dilation=d) for d in dilations])
+        self.branches = nn.ModuleList(
+            [conv_bn_relu(channels, channels, k=1)] + [conv_bn_relu(channels, channels, dilation=d) for d in dilations]
+        )
         # BatchNorm on a 1x1 pooled map fails for batch 1 in training; the pooled branch has none.
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, channels, 1), nn.ReLU(inplace=True))
         self.project = conv_bn_relu(channels * (len(self.branches) + 1), channels, k=1)
@@ -98,13 +107,23 @@ class DecoderBlock(nn.Module):
 class LadderDecoder(nn.Module):
     """smp-style U-Net decoder over an smp encoder's features [input, /2, /4, /8, /16, /32]."""
 
-    def __init__(self, encoder_channels: list[int], decoder_channels: list[int], gates: bool, aspp: bool, se: bool, dropout: float):
+    def __init__(
+        self,
+        encoder_channels: list[int],
+        decoder_channels: list[int],
+        gates: bool,
+        aspp: bool,
+        se: bool,
+        dropout: float,
+    ):
         super().__init__()
         deepest = encoder_channels[-1]
         self.center = ASPP(deepest, decoder_channels[0]) if aspp else nn.Identity()
         cin = [decoder_channels[0] if aspp else deepest] + list(decoder_channels[:-1])
         skips = list(reversed(encoder_channels[1:-1])) + [0]  # /16, /8, /4, /2, then none at full size
-        self.blocks = nn.ModuleList(DecoderBlock(i, s, o, gates, se, dropout) for i, s, o in zip(cin, skips, decoder_channels))
+        self.blocks = nn.ModuleList(
+            DecoderBlock(i, s, o, gates, se, dropout) for i, s, o in zip(cin, skips, decoder_channels)
+        )
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         skips = list(reversed(features[1:-1])) + [None]
@@ -117,8 +136,15 @@ class LadderDecoder(nn.Module):
 class LadderUNet(nn.Module):
     """smp encoder + `LadderDecoder` + a 3x3 head to one logit channel (as smp's SegmentationHead)."""
 
-    def __init__(self, encoder: nn.Module, decoder_channels: list[int], gates: bool = True, aspp: bool = False,
-                 se: bool = False, dropout: float = 0.0):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        decoder_channels: list[int],
+        gates: bool = True,
+        aspp: bool = False,
+        se: bool = False,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         self.encoder = encoder
         self.decoder = LadderDecoder(list(encoder.out_channels), list(decoder_channels), gates, aspp, se, dropout)

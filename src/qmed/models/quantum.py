@@ -41,11 +41,23 @@ class QuantumCircuit(nn.Module):
     Circuit: AngleEmbedding(angles, rotation) then L entangling layers with trainable weights
     (``self.qlayer.weights``: shape (L, Q, 3) for "strong", (L, Q) for "basic")."""
 
-    def __init__(self, n_qubits: int = 4, n_layers: int = 2, entangler: str = "strong", rotation: str = "Y",
-                 device: str = "default.qubit", diff_method: str = "backprop"):
+    def __init__(
+        self,
+        n_qubits: int = 4,
+        n_layers: int = 2,
+        entangler: str = "strong",
+        rotation: str = "Y",
+        device: str = "default.qubit",
+        diff_method: str = "backprop",
+    ):
         super().__init__()
         qml = _import_pennylane()
-        self.n_qubits, self.n_layers, self.entangler, self.rotation = int(n_qubits), int(n_layers), entangler, rotation.upper()
+        self.n_qubits, self.n_layers, self.entangler, self.rotation = (
+            int(n_qubits),
+            int(n_layers),
+            entangler,
+            rotation.upper(),
+        )
         wires = list(range(self.n_qubits))
         try:
             dev = qml.device(device, wires=self.n_qubits)
@@ -111,5 +123,7 @@ class PQCLayer(nn.Module):
 
     def extra_repr(self) -> str:
         c = self.config
-        return (f"in_features={self.in_features}, qubits={c.qubits}, layers={c.layers}, entangler={c.entangler}, "
-                f"rotation=R{c.rotation}, device={c.device}, diff_method={c.diff_method}")
+        return (
+            f"in_features={self.in_features}, qubits={c.qubits}, layers={c.layers}, entangler={c.entangler}, "
+            f"rotation=R{c.rotation}, device={c.device}, diff_method={c.diff_method}"
+        )

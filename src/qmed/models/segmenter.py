@@ -34,9 +34,17 @@ class Segmenter(nn.Module):
         super().__init__()
         self.input_mode = cfg.input_mode
         e = cfg.edge
-        self.edge = None if cfg.input_mode == "none" else GaborEdge(
-            ksize=e.ksize, sigma=e.sigma, gamma=e.gamma, psi=e.psi,
-            thetas_deg=tuple(180.0 * i / e.n_orientations for i in range(e.n_orientations)), lambdas=tuple(e.wavelengths),
+        self.edge = (
+            None
+            if cfg.input_mode == "none"
+            else GaborEdge(
+                ksize=e.ksize,
+                sigma=e.sigma,
+                gamma=e.gamma,
+                psi=e.psi,
+                thetas_deg=tuple(180.0 * i / e.n_orientations for i in range(e.n_orientations)),
+                lambdas=tuple(e.wavelengths),
+            )
         )
         self.projection = EdgeProjection(cfg.projection_mid) if cfg.input_mode == "projection" else None
         self.net = net
@@ -44,7 +52,9 @@ class Segmenter(nn.Module):
         # absent otherwise, so the default model's state dict is the one it always was.
         self.aux_nodes = nested_nodes(net) if cfg.deep_supervision else ()
         if self.aux_nodes:
-            self.aux_heads = nn.ModuleList(nn.Conv2d(net.decoder.blocks[n].out_channels, 1, kernel_size=1) for n in self.aux_nodes)
+            self.aux_heads = nn.ModuleList(
+                nn.Conv2d(net.decoder.blocks[n].out_channels, 1, kernel_size=1) for n in self.aux_nodes
+            )
         register_imagenet_stats(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
@@ -57,7 +67,9 @@ class Segmenter(nn.Module):
         # EMA's AveragedModel, would otherwise carry hooks that write into this module).
         feats: dict[str, torch.Tensor] = {}
         blocks = self.net.decoder.blocks
-        handles = [blocks[n].register_forward_hook(lambda _m, _a, out, n=n: feats.__setitem__(n, out)) for n in self.aux_nodes]
+        handles = [
+            blocks[n].register_forward_hook(lambda _m, _a, out, n=n: feats.__setitem__(n, out)) for n in self.aux_nodes
+        ]
         try:
             main = self._forward(x)
         finally:
@@ -107,9 +119,13 @@ def build(cfg: ModelConfig, pretrained: bool = True) -> Segmenter:
     `qmed.models.hq_unet`'s bottleneck layer."""
     hub_name, local = resolve_weights(cfg.encoder_weights, cfg.encoder) if pretrained else (None, None)
     if len(cfg.decoder_channels) != 5:
-        raise QmedInputError(None, f"model.decoder_channels needs 5 values (one per decoder stage), got {cfg.decoder_channels}")
+        raise QmedInputError(
+            None, f"model.decoder_channels needs 5 values (one per decoder stage), got {cfg.decoder_channels}"
+        )
     if cfg.dropout > 0 and cfg.arch not in LADDER_ARCHS:
-        raise QmedInputError(None, f"model.dropout applies to {' and '.join(LADDER_ARCHS)} only, not arch {cfg.arch!r}; set it to 0")
+        raise QmedInputError(
+            None, f"model.dropout applies to {' and '.join(LADDER_ARCHS)} only, not arch {cfg.arch!r}; set it to 0"
+        )
     if hub_name is not None and cfg.encoder.startswith("tu-"):
         hub_name = True  # timm encoders take a bool; the variant is part of the name
 
@@ -117,8 +133,14 @@ def build(cfg: ModelConfig, pretrained: bool = True) -> Segmenter:
         if cfg.arch in LADDER_ARCHS:
             encoder = smp.encoders.get_encoder(cfg.encoder, in_channels=3, depth=5, weights=hub_name)
             return LadderUNet(encoder, cfg.decoder_channels, dropout=cfg.dropout, **LADDER_ARCHS[cfg.arch])
-        return getattr(smp, ARCHS[cfg.arch])(encoder_name=cfg.encoder, encoder_weights=hub_name, in_channels=3, classes=cfg.out_channels,
-                                             decoder_channels=list(cfg.decoder_channels), decoder_attention_type=cfg.attention)
+        return getattr(smp, ARCHS[cfg.arch])(
+            encoder_name=cfg.encoder,
+            encoder_weights=hub_name,
+            in_channels=3,
+            classes=cfg.out_channels,
+            decoder_channels=list(cfg.decoder_channels),
+            decoder_attention_type=cfg.attention,
+        )
 
     net = _fetch(make, cfg.encoder, hub_name)
     if cfg.arch == "hq_unet":
@@ -141,7 +163,9 @@ def _fetch(make, encoder: str, hub_name):
     try:
         return make()
     except KeyError:
-        raise QmedInputError(None, f"unknown encoder {encoder!r} (see segmentation_models_pytorch's encoder list)") from None
+        raise QmedInputError(
+            None, f"unknown encoder {encoder!r} (see segmentation_models_pytorch's encoder list)"
+        ) from None
     except (OSError, RuntimeError, ValueError) as exc:
         if hub_name is None:
             raise

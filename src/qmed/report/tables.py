@@ -26,9 +26,15 @@ def fingerprint_table(fp: dict, title: str, plan: tuple[dict, dict[str, str]] | 
     t.add_row("foreground fraction per image", f"min {ff['min']:.4f} / median {ff['median']:.4f} / max {ff['max']:.4f}")
     t.add_row("empty images", f"{fp['empty_fraction']:.1%}")
     t.add_row("objects per image", f"min {op['min']} / median {op['median']:.0f} / max {op['max']}")
-    t.add_row("object size (px)", f"median {os_['median']:.0f}, 5-95 % {os_['p5']:.0f}-{os_['p95']:.0f}; {os_['small_lt_50']} of {os_['n']} objects < 50 px")
+    t.add_row(
+        "object size (px)",
+        f"median {os_['median']:.0f}, 5-95 % {os_['p5']:.0f}-{os_['p95']:.0f}; {os_['small_lt_50']} of {os_['n']} objects < 50 px",
+    )
     if fp.get("object_diameter_px"):
-        t.add_row("object diameter (px)", f"{fp['object_diameter_px']:.1f} (median over images of the mask components' median)")
+        t.add_row(
+            "object diameter (px)",
+            f"{fp['object_diameter_px']:.1f} (median over images of the mask components' median)",
+        )
     over, why = plan or ({}, {})
     t.add_row("modality", why.get("modality", fp.get("modality", "?")))
     for key, reason in why.items():
@@ -50,7 +56,11 @@ def fmt_figure(fig: dict | None, digits: int = 3) -> str:
     if m is None or not math.isfinite(m):
         return "n/a"
     lo, hi = fig.get("ci", [float("nan")] * 2)
-    ci = f" [{lo:.{digits}f}, {hi:.{digits}f}]" if lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi) else ""
+    ci = (
+        f" [{lo:.{digits}f}, {hi:.{digits}f}]"
+        if lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi)
+        else ""
+    )
     return f"{m:.{digits}f}{ci}"
 
 
@@ -63,8 +73,14 @@ def figure_cell(fig: dict | None, digits: int = 3, ci: bool = True) -> str:
     return f"{fig['mean']:.{digits}f}" + (f"\n[{lo:.{min(digits, 2)}f}, {hi:.{min(digits, 2)}f}]" if has_ci else "")
 
 
-COMPACT_FIGURES = [("Dice\nempty=1", "dice_empty1", 3, True), ("Dice\npooled", "dice_pooled", 3, False), ("IoU\nfg", "iou_fg", 3, False),
-                   ("HD95\npx", "hd95", 1, False), ("BF1", "boundary_f1", 3, False), ("small\nrecall", "small_object_recall", 3, False)]
+COMPACT_FIGURES = [
+    ("Dice\nempty=1", "dice_empty1", 3, True),
+    ("Dice\npooled", "dice_pooled", 3, False),
+    ("IoU\nfg", "iou_fg", 3, False),
+    ("HD95\npx", "hd95", 1, False),
+    ("BF1", "boundary_f1", 3, False),
+    ("small\nrecall", "small_object_recall", 3, False),
+]
 
 
 def compact_table(title: str, lead: list[str], rows: list[tuple[list[str], dict]]):
@@ -78,7 +94,9 @@ def compact_table(title: str, lead: list[str], rows: list[tuple[list[str], dict]
     for label, *_ in COMPACT_FIGURES:
         t.add_column(label, justify="right", no_wrap=True)
     for cells, figures in rows:
-        t.add_row(*cells, *[figure_cell((figures or {}).get(key), digits, ci) for _, key, digits, ci in COMPACT_FIGURES])
+        t.add_row(
+            *cells, *[figure_cell((figures or {}).get(key), digits, ci) for _, key, digits, ci in COMPACT_FIGURES]
+        )
     return t
 
 
@@ -90,9 +108,15 @@ def md_table(columns: list[str], rows: list[list[str]]) -> str:
 
 
 # The figures of the `qmed ablate` / `qmed curve` Markdown tables: (column, figures key, digits).
-MD_FIGURES = [("Dice empty=1 [95% CI]", "dice_empty1", 3), ("Dice fg", "dice_fg", 3), ("Dice pooled [95% CI]", "dice_pooled", 3),
-              ("IoU fg", "iou_fg", 3), ("HD95 px", "hd95", 1), ("boundary F1", "boundary_f1", 3),
-              ("small-obj recall", "small_object_recall", 3)]
+MD_FIGURES = [
+    ("Dice empty=1 [95% CI]", "dice_empty1", 3),
+    ("Dice fg", "dice_fg", 3),
+    ("Dice pooled [95% CI]", "dice_pooled", 3),
+    ("IoU fg", "iou_fg", 3),
+    ("HD95 px", "hd95", 1),
+    ("boundary F1", "boundary_f1", 3),
+    ("small-obj recall", "small_object_recall", 3),
+]
 
 
 def md_figures(row: dict) -> list[str]:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -24,8 +24,17 @@ def validations(epochs: int, val_every: int = 1) -> int:
     return sum(validates(e, epochs, val_every) for e in range(1, epochs + 1))
 
 
-def plan_budget(budget_s: float, t_micro: float, t_val: float, batch_size: int, accumulate: int, max_epochs: int,
-                epoch_overhead_s: float = 1.0, val_share: float = 0.25, val_every: int = 1) -> dict:
+def plan_budget(
+    budget_s: float,
+    t_micro: float,
+    t_val: float,
+    batch_size: int,
+    accumulate: int,
+    max_epochs: int,
+    epoch_overhead_s: float = 1.0,
+    val_share: float = 0.25,
+    val_every: int = 1,
+) -> dict:
     """Epochs and crops per epoch so that epochs x (micro-steps x t_micro + overhead) plus the
     validation passes (every `val_every`-th epoch and the last) take at most budget_s.
 
@@ -43,12 +52,18 @@ def plan_budget(budget_s: float, t_micro: float, t_val: float, batch_size: int, 
         epochs -= 1
     micro = max(accumulate, micro)
     est = epochs * (micro * t_micro + epoch_overhead_s) + validations(epochs, val_every) * t_val
-    return {"epochs": epochs, "samples_per_epoch": micro * batch_size, "micro_steps_per_epoch": micro,
-            "optimizer_steps": epochs * math.ceil(micro / accumulate), "estimated_seconds": round(est, 1)}
+    return {
+        "epochs": epochs,
+        "samples_per_epoch": micro * batch_size,
+        "micro_steps_per_epoch": micro,
+        "optimizer_steps": epochs * math.ceil(micro / accumulate),
+        "estimated_seconds": round(est, 1),
+    }
 
 
-def calibrate(cfg, train_dir: Path, val_dir: Path, device: str | None, n_steps: int = 2, max_val_images: int = 4,
-              warmup: int = 3) -> dict:
+def calibrate(
+    cfg, train_dir: Path, val_dir: Path, device: str | None, n_steps: int = 2, max_val_images: int = 4, warmup: int = 3
+) -> dict:
     """Time `n_steps` training micro-steps (after `warmup` untimed ones: on CPU the first few steps
     run markedly slower than the steady state, and with a single warm-up the estimate came out too
     high and left part of the budget unused; docs/benchmarks.md section 5), one validation pass (on at most
@@ -110,12 +125,25 @@ def calibrate(cfg, train_dir: Path, val_dir: Path, device: str | None, n_steps: 
         t0 = time.perf_counter()
         checkpoints.save(Path(tmp) / "last.pt", t.checkpoint_state(RunState()))
         t_ckpt = time.perf_counter() - t0
-    return {"t_micro": float(np.median(times)) + t_data, "t_val": t_sub * px_all / max(px_sub, 1), "t_data": t_data,
-            "t_checkpoint": t_ckpt, "t_setup": t_setup}
+    return {
+        "t_micro": float(np.median(times)) + t_data,
+        "t_val": t_sub * px_all / max(px_sub, 1),
+        "t_data": t_data,
+        "t_checkpoint": t_ckpt,
+        "t_setup": t_setup,
+    }
 
 
-def apply_floor(plan: dict, min_steps: int, t_micro: float, t_val: float, batch_size: int, accumulate: int,
-                epoch_overhead_s: float = 1.0, val_every: int = 1) -> dict:
+def apply_floor(
+    plan: dict,
+    min_steps: int,
+    t_micro: float,
+    t_val: float,
+    batch_size: int,
+    accumulate: int,
+    epoch_overhead_s: float = 1.0,
+    val_every: int = 1,
+) -> dict:
     """Raise a plan below `min_steps` optimizer steps to that floor: the same epochs, more crops per
     epoch. The plan says so (`overran`, `budget_steps`) and re-estimates its time."""
     if min_steps <= 0 or plan["optimizer_steps"] >= min_steps:
@@ -123,13 +151,21 @@ def apply_floor(plan: dict, min_steps: int, t_micro: float, t_val: float, batch_
     epochs = plan["epochs"]
     micro = math.ceil(min_steps / epochs) * accumulate
     est = epochs * (micro * t_micro + epoch_overhead_s) + validations(epochs, val_every) * t_val
-    return {**plan, "overran": True, "budget_steps": plan["optimizer_steps"], "budget_seconds": plan["estimated_seconds"],
-            "samples_per_epoch": micro * batch_size, "micro_steps_per_epoch": micro,
-            "optimizer_steps": epochs * math.ceil(micro / accumulate), "estimated_seconds": round(est, 1)}
+    return {
+        **plan,
+        "overran": True,
+        "budget_steps": plan["optimizer_steps"],
+        "budget_seconds": plan["estimated_seconds"],
+        "samples_per_epoch": micro * batch_size,
+        "micro_steps_per_epoch": micro,
+        "optimizer_steps": epochs * math.ceil(micro / accumulate),
+        "estimated_seconds": round(est, 1),
+    }
 
 
-def fit_to_budget(cfg, train_dir: Path, val_dir: Path | None, budget_s: float, device: str | None, say: Callable,
-                  floor: bool = True) -> tuple:
+def fit_to_budget(
+    cfg, train_dir: Path, val_dir: Path | None, budget_s: float, device: str | None, say: Callable, floor: bool = True
+) -> tuple:
     """(cfg with epochs, samples_per_epoch and max_minutes fitted to `budget_s`, the plan dict).
 
     With `floor`, a budget that affords fewer than `train.min_steps` optimizer steps trains that
@@ -143,11 +179,26 @@ def fit_to_budget(cfg, train_dir: Path, val_dir: Path | None, budget_s: float, d
     spent = time.time() - t0
     # The budget is the training loop's (epochs with their validation), as for nnU-Net; 2 % slack.
     # Per epoch besides the steps: validation, last.pt (+ best.pt when selected), metrics.csv.
-    plan = plan_budget(0.98 * budget_s, cal["t_micro"], cal["t_val"], cfg.train.batch_size,
-                       cfg.train.accumulate, cfg.train.epochs, epoch_overhead_s=2 * cal["t_checkpoint"] + 0.5,
-                       val_every=cfg.train.val_every)
-    plan = apply_floor(plan, cfg.train.min_steps if floor else 0, cal["t_micro"], cal["t_val"], cfg.train.batch_size,
-                       cfg.train.accumulate, epoch_overhead_s=2 * cal["t_checkpoint"] + 0.5, val_every=cfg.train.val_every)
+    plan = plan_budget(
+        0.98 * budget_s,
+        cal["t_micro"],
+        cal["t_val"],
+        cfg.train.batch_size,
+        cfg.train.accumulate,
+        cfg.train.epochs,
+        epoch_overhead_s=2 * cal["t_checkpoint"] + 0.5,
+        val_every=cfg.train.val_every,
+    )
+    plan = apply_floor(
+        plan,
+        cfg.train.min_steps if floor else 0,
+        cal["t_micro"],
+        cal["t_val"],
+        cfg.train.batch_size,
+        cfg.train.accumulate,
+        epoch_overhead_s=2 * cal["t_checkpoint"] + 0.5,
+        val_every=cfg.train.val_every,
+    )
     data = cfg.model_dump()
     data["train"]["epochs"] = plan["epochs"]
     data["data"]["samples_per_epoch"] = plan["samples_per_epoch"]
@@ -157,12 +208,22 @@ def fit_to_budget(cfg, train_dir: Path, val_dir: Path | None, budget_s: float, d
     # Re-planned after each epoch from the measured pace (qmed.segment.train); not when the floor
     # of useful work already overruns the budget.
     data["train"]["budget_seconds"] = None if plan["overran"] else 0.98 * budget_s
-    plan.update({"calibration_seconds": round(spent, 1), "seconds_per_micro_step": round(cal["t_micro"], 4),
-                 "seconds_per_validation": round(cal["t_val"], 2), "seconds_per_checkpoint": round(cal["t_checkpoint"], 2)})
-    say(f"  calibrated in {spent:.0f}s: {cal['t_micro']:.2f}s per batch, {cal['t_val']:.1f}s per validation -> "
-        f"{plan['epochs']} epochs x {plan['samples_per_epoch']} crops ({plan['optimizer_steps']} optimizer steps)")
+    plan.update(
+        {
+            "calibration_seconds": round(spent, 1),
+            "seconds_per_micro_step": round(cal["t_micro"], 4),
+            "seconds_per_validation": round(cal["t_val"], 2),
+            "seconds_per_checkpoint": round(cal["t_checkpoint"], 2),
+        }
+    )
+    say(
+        f"  calibrated in {spent:.0f}s: {cal['t_micro']:.2f}s per batch, {cal['t_val']:.1f}s per validation -> "
+        f"{plan['epochs']} epochs x {plan['samples_per_epoch']} crops ({plan['optimizer_steps']} optimizer steps)"
+    )
     if plan["overran"]:
-        say(f"  WARNING: {budget_s / 60:g} min affords only {plan['budget_steps']} optimizer steps on this machine, too few "
+        say(
+            f"  WARNING: {budget_s / 60:g} min affords only {plan['budget_steps']} optimizer steps on this machine, too few "
             f"for a useful model; training {plan['optimizer_steps']} instead (the floor, train.min_steps, is {cfg.train.min_steps}), "
-            f"about {plan['estimated_seconds'] / 60:.1f} min: OVER the budget (set train.min_steps=0 to keep to it)")
+            f"about {plan['estimated_seconds'] / 60:.1f} min: OVER the budget (set train.min_steps=0 to keep to it)"
+        )
     return config_from_dict(data), plan

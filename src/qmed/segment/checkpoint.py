@@ -22,9 +22,11 @@ def load_model(model_path: str | Path, device: str | torch.device = "cpu"):
     model = build(cfg.model, pretrained=False)
     weights = state.get("ema_model") or state["model"]
     if state.get("ema_model"):
-        weights = {k[len("module."):]: v for k, v in weights.items() if k.startswith("module.")}
+        weights = {k[len("module.") :]: v for k, v in weights.items() if k.startswith("module.")}
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
-        raise QmedInputError(ckpt_path, f"weights do not fit the architecture in its config ({str(exc).splitlines()[0][:120]})") from None
+        raise QmedInputError(
+            ckpt_path, f"weights do not fit the architecture in its config ({str(exc).splitlines()[0][:120]})"
+        ) from None
     return model.to(device).eval(), cfg, ckpt_path

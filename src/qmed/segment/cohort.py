@@ -28,10 +28,11 @@ import os
 import time
 import traceback
 import uuid
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from distributed import WorkerPlugin
 
@@ -45,7 +46,19 @@ LIST_SUFFIX = ".txt"
 STATUSES = ("done", "skipped", "failed")
 # compute_s: the workers' seconds on the slide (plan, blocks, outputs; summed over runs); wall_s: this run,
 # from its plan's return to its finish's (slides overlap on a cluster, so these do not add up to the run).
-TABLE_FIELDS = ("slide", "status", "objects", "tissue_mm2", "tissue_px", "blocks_run", "blocks", "compute_s", "wall_s", "out", "reason")
+TABLE_FIELDS = (
+    "slide",
+    "status",
+    "objects",
+    "tissue_mm2",
+    "tissue_px",
+    "blocks_run",
+    "blocks",
+    "compute_s",
+    "wall_s",
+    "out",
+    "reason",
+)
 # Dask runs the highest priority first: plans (cheap, and they find unreadable slides early), then
 # the slides in order, each slide's finish before the next slide's blocks, so slides complete one
 # after another and a stopped run leaves whole slides behind rather than many half-done ones.
@@ -120,8 +133,14 @@ def list_slides(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
         return [Path(p) for p in inputs]
     path = Path(inputs)
     if path.is_dir():
-        found = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".") and _has_slide_suffix(p, SLIDE_SUFFIXES)
-                       and (p.suffix.lower() not in (".tif", ".tiff") or is_slide(p) or not _readable_tiff(p)))
+        found = sorted(
+            p
+            for p in path.iterdir()
+            if p.is_file()
+            and not p.name.startswith(".")
+            and _has_slide_suffix(p, SLIDE_SUFFIXES)
+            and (p.suffix.lower() not in (".tif", ".tiff") or is_slide(p) or not _readable_tiff(p))
+        )
         if not found:
             raise QmedInputError(path, f"folder holds no slides ({', '.join(SLIDE_SUFFIXES)})")
         return found
@@ -130,8 +149,11 @@ def list_slides(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
             lines = path.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as exc:
             raise QmedInputError(path, f"cannot read the slide list ({exc.__class__.__name__})") from None
-        found = [Path(s) if Path(s).is_absolute() else path.parent / s
-                 for s in (line.strip() for line in lines) if s and not s.startswith("#")]
+        found = [
+            Path(s) if Path(s).is_absolute() else path.parent / s
+            for s in (line.strip() for line in lines)
+            if s and not s.startswith("#")
+        ]
         if not found:
             raise QmedInputError(path, "slide list names no slides")
         return found
@@ -152,7 +174,7 @@ def _readable_tiff(path: Path) -> bool:
 
     try:
         with tifffile.TiffFile(path) as tif:
-            tif.pages[0].shape
+            _ = tif.pages[0].shape  # reads the first page's header
         return True
     except Exception:  # noqa: BLE001 - whatever tifffile raises, the file is no image it can read
         return False
@@ -173,7 +195,9 @@ def slide_folders(slides: Sequence[Path], out: Path) -> list[Path]:
     for p in slides:
         n = slide_name(p)
         if n in seen:
-            raise QmedInputError(p, f"shares its output folder name {n!r} with {seen[n]}; slide names must be unique in a cohort")
+            raise QmedInputError(
+                p, f"shares its output folder name {n!r} with {seen[n]}; slide names must be unique in a cohort"
+            )
         seen[n] = p
     return [Path(out) / slide_name(p) for p in slides]
 
@@ -197,8 +221,15 @@ class _Slide:
     holder: Any = None  # the future holding its SlideJob on the cluster
 
 
-def table_row(slide: str | Path, out: str | Path, status: str, meta: dict | None = None, reason: str = "",
-              wall: float | None = None, **extra) -> dict:
+def table_row(
+    slide: str | Path,
+    out: str | Path,
+    status: str,
+    meta: dict | None = None,
+    reason: str = "",
+    wall: float | None = None,
+    **extra,
+) -> dict:
     """One line of the cohort table, from the slide's predict.json (`meta`, finish_slide's return value).
     Tissue area: the tissue mask's fraction of the slide's level-0 pixels (and mm² where the slide
     gives its pixel size); empty when the mask was not used. compute_s: the recorded seconds of the
@@ -211,18 +242,30 @@ def table_row(slide: str | Path, out: str | Path, status: str, meta: dict | None
     mpp0 = m["mpp"] / ds if m.get("mpp") else None
     compute = None
     if secs:
-        compute = sum(v for v in (secs.get("plan"), secs.get("pyramids"), secs.get("tables")) if isinstance(v, (int, float)))
+        compute = sum(
+            v for v in (secs.get("plan"), secs.get("pyramids"), secs.get("tables")) if isinstance(v, (int, float))
+        )
         compute += sum((secs.get("blocks") or {}).values())
-    row = {"slide": str(slide), "out": str(out), "status": status, "objects": counts.get("objects"),
-           "tissue_mm2": None if tissue_px is None or mpp0 is None else round(tissue_px * mpp0 ** 2 * 1e-6, 4),
-           "tissue_px": tissue_px, "blocks_run": counts.get("blocks_run"), "blocks": counts.get("blocks"),
-           "compute_s": None if compute is None else round(compute, 2), "wall_s": None if wall is None else round(wall, 2),
-           "reason": reason}
+    row = {
+        "slide": str(slide),
+        "out": str(out),
+        "status": status,
+        "objects": counts.get("objects"),
+        "tissue_mm2": None if tissue_px is None or mpp0 is None else round(tissue_px * mpp0**2 * 1e-6, 4),
+        "tissue_px": tissue_px,
+        "blocks_run": counts.get("blocks_run"),
+        "blocks": counts.get("blocks"),
+        "compute_s": None if compute is None else round(compute, 2),
+        "wall_s": None if wall is None else round(wall, 2),
+        "reason": reason,
+    }
     row.update(extra)
     return row
 
 
-def _row(s: _Slide, status: str, meta: dict | None = None, reason: str = "", wall: float | None = None, **extra) -> dict:
+def _row(
+    s: _Slide, status: str, meta: dict | None = None, reason: str = "", wall: float | None = None, **extra
+) -> dict:
     return table_row(s.path, s.out, status, meta, reason, wall, **extra)
 
 
@@ -346,9 +389,19 @@ def default_workers() -> int:
     return cores
 
 
-def predict_cohort(model_path: str | Path, inputs: str | Path | Sequence[str | Path], out: str | Path, *,
-                   scheduler: str | None = None, workers: int | None = None, client=None, force: bool = False,
-                   progress: bool | None = None, say: Callable[[str], None] | None = None, **slide_kw) -> list[dict]:
+def predict_cohort(
+    model_path: str | Path,
+    inputs: str | Path | Sequence[str | Path],
+    out: str | Path,
+    *,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    client=None,
+    force: bool = False,
+    progress: bool | None = None,
+    say: Callable[[str], None] | None = None,
+    **slide_kw,
+) -> list[dict]:
     """Predict every slide of `inputs` (see list_slides) into OUT/<slide name>/ and write the cohort
     table, OUT/cohort.csv and cohort.json (per slide: status done / skipped / failed, objects, tissue
     area, blocks, seconds, the one-line reason of a failure), after every slide and at the end.
@@ -372,7 +425,9 @@ def predict_cohort(model_path: str | Path, inputs: str | Path | Sequence[str | P
     if workers is not None and workers < 1:
         raise QmedInputError(None, f"--workers must be at least 1, got {workers}")
     if out.exists() and not out.is_dir():
-        raise QmedInputError(out, "is a file; the cohort's --out must be a folder (one folder per slide and cohort.csv go there)")
+        raise QmedInputError(
+            out, "is a file; the cohort's --out must be a folder (one folder per slide and cohort.csv go there)"
+        )
     slides_in = list_slides(inputs)
     single = isinstance(inputs, (str, Path)) and Path(inputs).is_file() and Path(inputs).suffix.lower() != LIST_SUFFIX
     if single:  # one slide: its outputs in OUT itself, as `qmed predict --input SLIDE` in one process writes them
@@ -475,8 +530,11 @@ def _connect(scheduler: str):
             return Client(scheduler_file=scheduler, timeout="30s")
         return Client(scheduler, timeout="30s")
     except (OSError, TimeoutError, ValueError) as exc:
-        raise QmedInputError(None, f"cannot reach a Dask scheduler at {scheduler} ({type(exc).__name__}); start one with "
-                                   "`dask scheduler` and its workers with `dask worker tcp://HOST:8786`") from None
+        raise QmedInputError(
+            None,
+            f"cannot reach a Dask scheduler at {scheduler} ({type(exc).__name__}); start one with "
+            "`dask scheduler` and its workers with `dask worker tcp://HOST:8786`",
+        ) from None
 
 
 # Dask's nannies set MALLOC_TRIM_THRESHOLD_=65536 in their workers (to hand freed memory back to the
@@ -495,7 +553,9 @@ def local_cluster(workers: int, **kw):
     # Processes, not threads: torch, the readers and the instance split each hold the GIL in places.
     # silence_logs: the nanny's "restarting worker" and similar warnings still reach the log.
     with dask.config.set(WORKER_ENV):
-        return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, **{"silence_logs": logging.ERROR, **kw})
+        return LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, **{"silence_logs": logging.ERROR, **kw}
+        )
 
 
 def _dashboard(client) -> str | None:
@@ -522,14 +582,21 @@ def _bars(total_slides: int, slides: bool | None, blocks: bool | None):
     def off(flag):
         return None if flag is None else not flag
 
-    slides_bar = tqdm(total=total_slides, desc="slides", unit="slide", position=0, disable=off(slides), dynamic_ncols=True)
-    blocks_bar = tqdm(total=0, desc="blocks", unit="block", position=1, disable=off(blocks), dynamic_ncols=True, leave=False)
+    slides_bar = tqdm(
+        total=total_slides, desc="slides", unit="slide", position=0, disable=off(slides), dynamic_ncols=True
+    )
+    blocks_bar = tqdm(
+        total=0, desc="blocks", unit="block", position=1, disable=off(blocks), dynamic_ncols=True, leave=False
+    )
     return slides_bar, blocks_bar
 
 
 def _failed(s: _Slide, exc: BaseException, wall: float | None) -> dict:
-    extra = {} if isinstance(exc, QmedInputError) else {
-        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-4000:]}
+    extra = (
+        {}
+        if isinstance(exc, QmedInputError)
+        else {"traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-4000:]}
+    )
     logger.info("slide %s failed: %s", s.path, _reason(exc))
     return _row(s, "failed", reason=_reason(exc), wall=wall, **extra)
 
@@ -549,11 +616,15 @@ def _blocks_here(s: _Slide, job, pending: list[int], blocks_bar, t0: float) -> d
         blocks_bar.update(1)
     from qmed.segment.slide import finish_slide
 
-    meta = finish_slide(job, extra={"wall_this_run": round(time.perf_counter() - t0, 3), "blocks_this_run": len(pending)})
+    meta = finish_slide(
+        job, extra={"wall_this_run": round(time.perf_counter() - t0, 3), "blocks_this_run": len(pending)}
+    )
     return _row(s, "done", meta, wall=time.perf_counter() - t0)
 
 
-def _run_here(model_path, slides: list[_Slide], table: Path | None, force: bool, progress: bool | None, slide_kw: dict) -> list[dict]:
+def _run_here(
+    model_path, slides: list[_Slide], table: Path | None, force: bool, progress: bool | None, slide_kw: dict
+) -> list[dict]:
     """The same steps in this process, one slide after another (no Dask)."""
     slides_bar, blocks_bar = _bars(len(slides), progress, progress)
     try:
@@ -577,8 +648,17 @@ def _run_here(model_path, slides: list[_Slide], table: Path | None, force: bool,
     return [s.row for s in slides]
 
 
-def _run_dask(client, model_path, slides: list[_Slide], table: Path | None, force: bool, progress: bool | None, slide_kw: dict,
-              planned: dict | None = None, single: bool = False) -> list[dict]:
+def _run_dask(
+    client,
+    model_path,
+    slides: list[_Slide],
+    table: Path | None,
+    force: bool,
+    progress: bool | None,
+    slide_kw: dict,
+    planned: dict | None = None,
+    single: bool = False,
+) -> list[dict]:
     """Plans first (every slide not in `planned`, index -> SlideJob), then each slide's blocks, then its
     finish once its last block is in. The client holds futures and small summaries only; block
     results stay on the workers. `single`: the one slide's error is raised, not tabled."""
@@ -610,11 +690,24 @@ def _run_dask(client, model_path, slides: list[_Slide], table: Path | None, forc
         # and its finish's): stored window sums live about two block rows, not the whole slide.
         needed, deps = task_plan(job, pending)
         order = 0.5 / (job.n_blocks + 1)
-        wins = {w: submit("windows", s, windows_task, s.holder, w, priority=rank(s) + 0.5 - w * order, suffix=f"-{w}")
-                for w in needed}
+        wins = {
+            w: submit("windows", s, windows_task, s.holder, w, priority=rank(s) + 0.5 - w * order, suffix=f"-{w}")
+            for w in needed
+        }
         s.windows = list(wins.values())
-        s.blocks = [submit("block", s, block_task, s.holder, i, *[wins[w] for w in deps[i]],
-                           priority=rank(s) + 0.5 - i * order, suffix=f"-{i}") for i in pending]
+        s.blocks = [
+            submit(
+                "block",
+                s,
+                block_task,
+                s.holder,
+                i,
+                *[wins[w] for w in deps[i]],
+                priority=rank(s) + 0.5 - i * order,
+                suffix=f"-{i}",
+            )
+            for i in pending
+        ]
         ac.update(s.blocks)
         if not pending:
             finish(s)
@@ -627,8 +720,18 @@ def _run_dask(client, model_path, slides: list[_Slide], table: Path | None, forc
         if planned and s.index in planned:
             start_blocks(s, planned[s.index])
         else:
-            ac.add(submit("plan", s, plan_task, str(model_path), str(s.path), str(s.out), {**slide_kw, "force": force},
-                          priority=_PLAN_PRIORITY))
+            ac.add(
+                submit(
+                    "plan",
+                    s,
+                    plan_task,
+                    str(model_path),
+                    str(s.path),
+                    str(s.out),
+                    {**slide_kw, "force": force},
+                    priority=_PLAN_PRIORITY,
+                )
+            )
     try:
         for fut in ac:
             what, s = kind.pop(fut.key)

@@ -55,9 +55,13 @@ SIZE_MULTIPLE = 32
 DEFAULT_OPSET = 17
 # From 17 (the opset the graph needs) to the newest this torch's exporter writes (23 with torch 2.14);
 # anything else is refused before torch prints the whole graph with its error.
-SUPPORTED_OPSETS = tuple(range(DEFAULT_OPSET, int(getattr(getattr(torch.onnx, "_constants", None), "ONNX_MAX_OPSET", 20)) + 1))
-PADDING = ("H and W must be multiples of 32: pad the image at the bottom and right by reflection "
-           "(numpy mode 'reflect') to the next multiple of 32 and crop the probability map back")
+SUPPORTED_OPSETS = tuple(
+    range(DEFAULT_OPSET, int(getattr(getattr(torch.onnx, "_constants", None), "ONNX_MAX_OPSET", 20)) + 1)
+)
+PADDING = (
+    "H and W must be multiples of 32: pad the image at the bottom and right by reflection "
+    "(numpy mode 'reflect') to the next multiple of 32 and crop the probability map back"
+)
 
 
 def sidecar_path(onnx_path: str | Path) -> Path:
@@ -119,15 +123,38 @@ def _to_onnx(module: nn.Module, sample: torch.Tensor, inp: str, out: str, opset:
     axes = {0: "N", 2: "H", 3: "W"}
     buf = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer and deprecation warnings: the shapes that matter are dynamic and tested
+        warnings.simplefilter(
+            "ignore"
+        )  # tracer and deprecation warnings: the shapes that matter are dynamic and tested
         try:
-            torch.onnx.export(module, (sample,), buf, input_names=[inp], output_names=[out], opset_version=opset,
-                              dynamic_axes={inp: axes, out: axes}, do_constant_folding=True, dynamo=False)
-        except (TypeError, NotImplementedError, AttributeError, ImportError):  # a torch without the TorchScript exporter
+            torch.onnx.export(
+                module,
+                (sample,),
+                buf,
+                input_names=[inp],
+                output_names=[out],
+                opset_version=opset,
+                dynamic_axes={inp: axes, out: axes},
+                do_constant_folding=True,
+                dynamo=False,
+            )
+        except (
+            TypeError,
+            NotImplementedError,
+            AttributeError,
+            ImportError,
+        ):  # a torch without the TorchScript exporter
             require_extra("onnxscript", "onnx", "qmed export (torch's torch.export-based ONNX exporter)")
             n, h, w = (torch.export.Dim(f"{k}_{inp}", min=1, max=4096) for k in "nhw")
-            prog = torch.onnx.export(module, (sample,), input_names=[inp], output_names=[out], opset_version=max(opset, 18),
-                                     dynamic_shapes=({0: n, 2: SIZE_MULTIPLE * h, 3: SIZE_MULTIPLE * w},), dynamo=True)
+            prog = torch.onnx.export(
+                module,
+                (sample,),
+                input_names=[inp],
+                output_names=[out],
+                opset_version=max(opset, 18),
+                dynamic_shapes=({0: n, 2: SIZE_MULTIPLE * h, 3: SIZE_MULTIPLE * w},),
+                dynamo=True,
+            )
             return prog.model_proto
     return onnx.load_model_from_string(buf.getvalue())
 
@@ -146,32 +173,57 @@ def metadata(cfg, ckpt: Path, opset: int, normalize_in_graph: bool) -> dict:
     m, e, p = cfg.model, cfg.model.edge, cfg.predict
     steps = []
     if normalize_in_graph and cfg.data.normalize == "reinhard":
-        steps.append(f"Reinhard stain normalisation: each image's L*a*b* (sRGB, D65) mean and std per channel -> "
-                     f"{list(cfg.data.stain_target)} (means, then stds), back to RGB, clipped to [0, 1]")
+        steps.append(
+            f"Reinhard stain normalisation: each image's L*a*b* (sRGB, D65) mean and std per channel -> "
+            f"{list(cfg.data.stain_target)} (means, then stds), back to RGB, clipped to [0, 1]"
+        )
     elif normalize_in_graph:
-        steps.append(f"per-image percentile scaling: percentiles {list(cfg.data.norm_percentiles)} -> 0 and 1, clipped "
-                     "(over all pixels of a gray image, all pixels and channels of an RGB one; unchanged if flat)")
+        steps.append(
+            f"per-image percentile scaling: percentiles {list(cfg.data.norm_percentiles)} -> 0 and 1, clipped "
+            "(over all pixels of a gray image, all pixels and channels of an RGB one; unchanged if flat)"
+        )
     if m.input_mode != "none":
-        steps.append(f"edge channel: max over {e.n_orientations * len(e.wavelengths)} Gabor filters "
-                     f"({e.ksize}x{e.ksize}, sigma {e.sigma}, gamma {e.gamma}, wavelengths {list(e.wavelengths)}), direct conv2d with reflect padding, "
-                     "per-image 99th percentile of the positive responses -> 1")
-    steps.append({"projection": "learned 4->3 projection of RGB + edge, then ImageNet mean/std",
-                  "stem4": "ImageNet mean/std on RGB, edge centred, a 4-channel encoder stem",
-                  "none": "ImageNet mean/std"}[m.input_mode])
+        steps.append(
+            f"edge channel: max over {e.n_orientations * len(e.wavelengths)} Gabor filters "
+            f"({e.ksize}x{e.ksize}, sigma {e.sigma}, gamma {e.gamma}, wavelengths {list(e.wavelengths)}), direct conv2d with reflect padding, "
+            "per-image 99th percentile of the positive responses -> 1"
+        )
+    steps.append(
+        {
+            "projection": "learned 4->3 projection of RGB + edge, then ImageNet mean/std",
+            "stem4": "ImageNet mean/std on RGB, edge centred, a 4-channel encoder stem",
+            "none": "ImageNet mean/std",
+        }[m.input_mode]
+    )
     steps.append(f"{m.arch} with encoder {m.encoder}, then the sigmoid")
     return {
         "format": FORMAT,
         "opset": opset,
-        "input": {"name": INPUT, "shape": ["N", 3, "H", "W"], "dtype": "float32", "range": [0.0, 1.0],
-                  "channels": "RGB; a gray image repeated to 3 channels (as qmed.io.images reads it, alpha dropped)",
-                  "size_multiple": SIZE_MULTIPLE, "padding": PADDING},
-        "output": {"name": OUTPUT, "shape": ["N", m.out_channels, "H", "W"], "dtype": "float32",
-                   "meaning": "foreground probability (sigmoid applied)" if m.out_channels == 1 else
-                   "channel 0 foreground, channel 1 contact probability (sigmoid applied; model.instance_head=contact)"},
+        "input": {
+            "name": INPUT,
+            "shape": ["N", 3, "H", "W"],
+            "dtype": "float32",
+            "range": [0.0, 1.0],
+            "channels": "RGB; a gray image repeated to 3 channels (as qmed.io.images reads it, alpha dropped)",
+            "size_multiple": SIZE_MULTIPLE,
+            "padding": PADDING,
+        },
+        "output": {
+            "name": OUTPUT,
+            "shape": ["N", m.out_channels, "H", "W"],
+            "dtype": "float32",
+            "meaning": "foreground probability (sigmoid applied)"
+            if m.out_channels == 1
+            else "channel 0 foreground, channel 1 contact probability (sigmoid applied; model.instance_head=contact)",
+        },
         "graph": steps,
-        "preprocessing": {"normalize": cfg.data.normalize, "norm_percentiles": list(cfg.data.norm_percentiles),
-                          "stain_target": list(cfg.data.stain_target) if cfg.data.stain_target else None,
-                          "in_graph": True, "normalized_tensor": NORMALIZED if normalize_in_graph else None},
+        "preprocessing": {
+            "normalize": cfg.data.normalize,
+            "norm_percentiles": list(cfg.data.norm_percentiles),
+            "stain_target": list(cfg.data.stain_target) if cfg.data.stain_target else None,
+            "in_graph": True,
+            "normalized_tensor": NORMALIZED if normalize_in_graph else None,
+        },
         "threshold": p.threshold,
         "training_crop": cfg.data.crop,
         # data.zoom: resize the image by this factor before the graph and the output back (qmed predict does)
@@ -194,7 +246,9 @@ def read_metadata(onnx_model, path: str | Path) -> dict:
         raise QmedInputError(path, "is not an ONNX model written by qmed export (no qmed metadata)")
     meta = json.loads(props[METADATA_KEY])
     if meta.get("format") != FORMAT:
-        raise QmedInputError(path, f"was written by an incompatible qmed export (format {meta.get('format')!r}, expected {FORMAT!r})")
+        raise QmedInputError(
+            path, f"was written by an incompatible qmed export (format {meta.get('format')!r}, expected {FORMAT!r})"
+        )
     return meta
 
 
@@ -235,8 +289,11 @@ def export_onnx(model_path: str | Path, out: str | Path, force: bool = False, op
     if net.edge is not None:
         net.edge.mode = "conv"
     normalize_in_graph = cfg.data.normalize in ("percentile", "reinhard")
-    pre = (ReinhardNormalization(cfg.data.stain_target) if cfg.data.normalize == "reinhard"
-           else PercentileScaling(cfg.data.norm_percentiles))
+    pre = (
+        ReinhardNormalization(cfg.data.stain_target)
+        if cfg.data.normalize == "reinhard"
+        else PercentileScaling(cfg.data.norm_percentiles)
+    )
     sample = torch.rand(1, 3, 2 * SIZE_MULTIPLE, 2 * SIZE_MULTIPLE)
     try:
         graph = _to_onnx(ProbabilityModel(net), sample, NORMALIZED if normalize_in_graph else INPUT, OUTPUT, opset)
@@ -245,13 +302,20 @@ def export_onnx(model_path: str | Path, out: str | Path, force: bool = False, op
     except QmedInputError:
         raise
     except Exception as exc:  # noqa: BLE001 - any exporter failure becomes the one-line error
-        raise QmedInputError(ckpt, f"could not be exported to ONNX ({type(exc).__name__}: {str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ''})") from None
+        raise QmedInputError(
+            ckpt,
+            f"could not be exported to ONNX ({type(exc).__name__}: {str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ''})",
+        ) from None
     meta = metadata(cfg, ckpt, opset, normalize_in_graph)
     meta["check"] = _check(graph, model, cfg, model_input)
     from qmed.io.files import json_safe
 
-    onnx.helper.set_model_props(graph, {METADATA_KEY: json.dumps(json_safe(meta), allow_nan=False)})  # strict, as the sidecar
-    graph.doc_string = "qmed segmentation model: image (N,3,H,W float32 in [0,1]; H, W multiples of 32) -> probability (N,1,H,W)"
+    onnx.helper.set_model_props(
+        graph, {METADATA_KEY: json.dumps(json_safe(meta), allow_nan=False)}
+    )  # strict, as the sidecar
+    graph.doc_string = (
+        "qmed segmentation model: image (N,3,H,W float32 in [0,1]; H, W multiples of 32) -> probability (N,1,H,W)"
+    )
     onnx.checker.check_model(graph, full_check=True)
     with atomic_path(out) as tmp:
         onnx.save_model(graph, str(tmp))

@@ -58,7 +58,17 @@ H_FRACTION = 0.05  # h-maxima height as a fraction of the object diameter ...
 # merges the false peaks of ragged stained nuclei without losing touching pairs (docs 13d).
 H_FRACTION_CONTACT = 0.1
 H_MIN = 1.0  # ... and at least this many px (below it, boundary pixels' staircase makes maxima)
-OBJECT_COLUMNS = ("id", "area", "centroid_y", "centroid_x", "bbox_min_row", "bbox_min_col", "bbox_max_row", "bbox_max_col", "mean_probability")
+OBJECT_COLUMNS = (
+    "id",
+    "area",
+    "centroid_y",
+    "centroid_x",
+    "bbox_min_row",
+    "bbox_min_col",
+    "bbox_max_row",
+    "bbox_max_col",
+    "mean_probability",
+)
 PNG_MAX_LABEL = 65535
 INSTANCES_DIR = "instances"  # qmed predict --instances: OUT/instances/NAME.png + NAME.csv
 CONTACT_THRESHOLD = 0.5
@@ -66,8 +76,14 @@ MARKER_FRACTION = 0.1  # markers under this share of a disc of the object diamet
 CONTACT_SEEDS = ("components", "distance")  # split_instances' markers with a contact map
 
 
-def split_instances(prob: np.ndarray, threshold: float = 0.5, diameter: float | None = None, h: float | None = None,
-                    contact: np.ndarray | None = None, seeds: str = "distance") -> np.ndarray:
+def split_instances(
+    prob: np.ndarray,
+    threshold: float = 0.5,
+    diameter: float | None = None,
+    h: float | None = None,
+    contact: np.ndarray | None = None,
+    seeds: str = "distance",
+) -> np.ndarray:
     """Foreground probability HxW (or a bool mask) -> int32 instance labels 1..N, 0 = background.
 
     `diameter`: the objects' typical diameter in px (None: measured on this mask's components);
@@ -181,7 +197,7 @@ def reconstruct(seed: np.ndarray, mask: np.ndarray, tile: int = 128) -> np.ndarr
                 moved = True
             if moved:
                 rec[y0:y1, x0:x1] = sub[inner]
-                again[max(0, iy - 1):iy + 2, max(0, ix - 1):ix + 2] = True
+                again[max(0, iy - 1) : iy + 2, max(0, ix - 1) : ix + 2] = True
         active = again
     return rec
 
@@ -214,20 +230,35 @@ def object_table(labels: np.ndarray, prob: np.ndarray) -> list[dict]:
 
     if not labels.any():
         return []
-    t = regionprops_table(labels, intensity_image=np.asarray(prob, dtype=np.float32),
-                          properties=("label", "area", "centroid", "bbox", "intensity_mean"))
+    t = regionprops_table(
+        labels,
+        intensity_image=np.asarray(prob, dtype=np.float32),
+        properties=("label", "area", "centroid", "bbox", "intensity_mean"),
+    )
     return [
-        {"id": int(t["label"][i]), "area": int(t["area"][i]),
-         "centroid_y": round(float(t["centroid-0"][i]), 2), "centroid_x": round(float(t["centroid-1"][i]), 2),
-         "bbox_min_row": int(t["bbox-0"][i]), "bbox_min_col": int(t["bbox-1"][i]),
-         "bbox_max_row": int(t["bbox-2"][i]), "bbox_max_col": int(t["bbox-3"][i]),
-         "mean_probability": round(float(t["intensity_mean"][i]), 4)}
+        {
+            "id": int(t["label"][i]),
+            "area": int(t["area"][i]),
+            "centroid_y": round(float(t["centroid-0"][i]), 2),
+            "centroid_x": round(float(t["centroid-1"][i]), 2),
+            "bbox_min_row": int(t["bbox-0"][i]),
+            "bbox_min_col": int(t["bbox-1"][i]),
+            "bbox_max_row": int(t["bbox-2"][i]),
+            "bbox_max_col": int(t["bbox-3"][i]),
+            "mean_probability": round(float(t["intensity_mean"][i]), 4),
+        }
         for i in range(len(t["label"]))
     ]
 
 
-def write_instances(folder: str | Path, name: str, prob: np.ndarray, threshold: float = 0.5,
-                    diameter: float | None = None, contact: np.ndarray | None = None) -> int:
+def write_instances(
+    folder: str | Path,
+    name: str,
+    prob: np.ndarray,
+    threshold: float = 0.5,
+    diameter: float | None = None,
+    contact: np.ndarray | None = None,
+) -> int:
     """Split `prob` (with an instance head's `contact` map, if given) into instances and write FOLDER/NAME.png (16-bit label map; a 32-bit NAME.tif,
     with a warning, past 65535 objects) and FOLDER/NAME.csv (OBJECT_COLUMNS), each atomically.
     Returns the number of objects."""

@@ -35,7 +35,9 @@ from scipy import ndimage
 
 def _check(logits: torch.Tensor, target: torch.Tensor) -> None:
     if logits.shape != target.shape or logits.dim() != 4:
-        raise ValueError(f"expected logits and target of the same (B, 1, H, W) shape, got {tuple(logits.shape)} and {tuple(target.shape)}")
+        raise ValueError(
+            f"expected logits and target of the same (B, 1, H, W) shape, got {tuple(logits.shape)} and {tuple(target.shape)}"
+        )
 
 
 class StabilizedLoss(nn.Module):
@@ -45,9 +47,19 @@ class StabilizedLoss(nn.Module):
     {"dice", "bce", "tversky", "pos_weight", "loss"} (dice/tversky are the *loss* terms 1 - mean score).
     """
 
-    def __init__(self, w_dice: float = 0.5, w_bce: float = 0.3, w_tversky: float = 0.2,
-                 alpha: float = 0.7, beta: float = 0.3, logit_clamp: float = 10.0, eps: float = 1e-7,
-                 smooth: float = 1.0, max_pos_weight: float = 50.0, bce_on_clamped: bool = False):
+    def __init__(
+        self,
+        w_dice: float = 0.5,
+        w_bce: float = 0.3,
+        w_tversky: float = 0.2,
+        alpha: float = 0.7,
+        beta: float = 0.3,
+        logit_clamp: float = 10.0,
+        eps: float = 1e-7,
+        smooth: float = 1.0,
+        max_pos_weight: float = 50.0,
+        bce_on_clamped: bool = False,
+    ):
         super().__init__()
         self.w_dice, self.w_bce, self.w_tversky = w_dice, w_bce, w_tversky
         self.alpha, self.beta = alpha, beta
@@ -101,8 +113,15 @@ class DiceBCELoss(nn.Module):
     lost. A sample without an outline (empty or all-foreground mask) gets w = 1.
     """
 
-    def __init__(self, w_dice: float = 0.5, w_bce: float = 0.5, smooth: float = 1.0,
-                 boundary_weight: float = 0.0, boundary_sigma: float = 3.0, per_image: bool = False):
+    def __init__(
+        self,
+        w_dice: float = 0.5,
+        w_bce: float = 0.5,
+        smooth: float = 1.0,
+        boundary_weight: float = 0.0,
+        boundary_sigma: float = 3.0,
+        per_image: bool = False,
+    ):
         super().__init__()
         self.w_dice, self.w_bce, self.smooth, self.per_image = w_dice, w_bce, smooth, per_image
         self.boundary_weight, self.boundary_sigma = boundary_weight, boundary_sigma
@@ -112,7 +131,11 @@ class DiceBCELoss(nn.Module):
         _check(logits, target)
         logits, target = logits.float(), target.float()
         p = torch.sigmoid(logits)
-        l_dice = per_image_dice_loss(p, target, self.smooth).mean() if self.per_image else soft_dice_loss(p, target, self.smooth)
+        l_dice = (
+            per_image_dice_loss(p, target, self.smooth).mean()
+            if self.per_image
+            else soft_dice_loss(p, target, self.smooth)
+        )
         if self.boundary_weight > 0:
             w = border_weights(target, self.boundary_weight, self.boundary_sigma)
             l_bce = (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * w).sum() / w.sum()
@@ -142,7 +165,7 @@ def border_weights(target: torch.Tensor, w0: float, sigma: float) -> torch.Tenso
     (computed on the CPU, no gradient)."""
     t = target.detach().cpu().numpy() > 0.5
     d = np.stack([boundary_distance(m[0])[None] for m in t])
-    return torch.from_numpy(1 + w0 * np.exp(-(d ** 2) / (2 * sigma ** 2))).to(target.device, torch.float32)
+    return torch.from_numpy(1 + w0 * np.exp(-(d**2) / (2 * sigma**2))).to(target.device, torch.float32)
 
 
 def soft_dice_loss(p: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
@@ -187,7 +210,9 @@ def signed_distance(mask: np.ndarray) -> np.ndarray:
     if not pos.any() or pos.all():
         return np.zeros(pos.shape, dtype=np.float32)
     neg = ~pos
-    return (ndimage.distance_transform_edt(neg) * neg - (ndimage.distance_transform_edt(pos) - 1) * pos).astype(np.float32)
+    return (ndimage.distance_transform_edt(neg) * neg - (ndimage.distance_transform_edt(pos) - 1) * pos).astype(
+        np.float32
+    )
 
 
 class HybridLoss(nn.Module):
@@ -204,7 +229,14 @@ class HybridLoss(nn.Module):
     Computed in float32. `self.last` holds {"dice", "focal", "boundary", "loss"} after each call.
     """
 
-    def __init__(self, w_dice: float = 0.5, w_focal: float = 0.3, w_boundary: float = 0.2, gamma: float = 2.0, smooth: float = 1.0):
+    def __init__(
+        self,
+        w_dice: float = 0.5,
+        w_focal: float = 0.3,
+        w_boundary: float = 0.2,
+        gamma: float = 2.0,
+        smooth: float = 1.0,
+    ):
         super().__init__()
         self.w_dice, self.w_focal, self.w_boundary = w_dice, w_focal, w_boundary
         self.gamma, self.smooth = gamma, smooth
@@ -222,7 +254,12 @@ class HybridLoss(nn.Module):
         phi = torch.from_numpy(np.stack([signed_distance(m[0])[None] for m in t])).to(logits.device)
         l_boundary = (p * phi).mean()
         loss = self.w_dice * l_dice + self.w_focal * l_focal + self.w_boundary * l_boundary
-        self.last = dict(zip(("dice", "focal", "boundary", "loss"), torch.stack([l_dice, l_focal, l_boundary, loss]).detach().tolist()))
+        self.last = dict(
+            zip(
+                ("dice", "focal", "boundary", "loss"),
+                torch.stack([l_dice, l_focal, l_boundary, loss]).detach().tolist(),
+            )
+        )
         return loss
 
 
@@ -291,7 +328,9 @@ class ContactLoss(nn.Module):
     def forward(self, outputs, target: torch.Tensor) -> torch.Tensor:
         main = main_logits(outputs)
         if main.dim() != 4 or main.shape[1] != 2 or target.dim() != 4 or target.shape[1] != 2:
-            raise ValueError(f"expected (B, 2, H, W) outputs and targets (foreground, contact), got {tuple(main.shape)} and {tuple(target.shape)}")
+            raise ValueError(
+                f"expected (B, 2, H, W) outputs and targets (foreground, contact), got {tuple(main.shape)} and {tuple(target.shape)}"
+            )
         fg = main[:, :1] if isinstance(outputs, torch.Tensor) else (main[:, :1], *outputs[1:])
         l_fg = self.base(fg, target[:, :1])
         l_ct = self.contact(main[:, 1:].float(), target[:, 1:])
@@ -313,7 +352,9 @@ def loss_from_config(t, deep_supervision: bool = False, instance_head: str = "no
     if t.loss == "stabilized":
         base = build_loss(t.loss, max_pos_weight=t.pos_weight_max)
     elif t.loss == "dice_bce":
-        base = build_loss(t.loss, boundary_weight=t.boundary_weight, boundary_sigma=t.boundary_sigma, per_image=t.dice_per_image)
+        base = build_loss(
+            t.loss, boundary_weight=t.boundary_weight, boundary_sigma=t.boundary_sigma, per_image=t.dice_per_image
+        )
     else:
         base = build_loss(t.loss)
     loss = DeepSupervisionLoss(base, t.deep_supervision_weights) if deep_supervision else base

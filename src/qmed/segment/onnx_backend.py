@@ -36,8 +36,11 @@ def providers_for(device: torch.device | str | None) -> list[str]:
     dev = torch.device(device)
     if dev.type == "cuda":
         if "CUDAExecutionProvider" not in available:
-            raise QmedInputError(None, "--device cuda with --backend onnxruntime needs onnxruntime-gpu (this onnxruntime has "
-                                       f"{', '.join(available)})")
+            raise QmedInputError(
+                None,
+                "--device cuda with --backend onnxruntime needs onnxruntime-gpu (this onnxruntime has "
+                f"{', '.join(available)})",
+            )
         return [("CUDAExecutionProvider", {"device_id": dev.index or 0}), "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
 
@@ -63,14 +66,19 @@ def load_onnx(path: str | Path, device: torch.device | str | None = None, whole_
 
     path = Path(path)
     if path.is_dir() or path.suffix.lower() == ".pt":
-        raise QmedInputError(path, "is a torch model; --backend onnxruntime needs the .onnx file of "
-                                   f"qmed export --model {path} --out model.onnx")
+        raise QmedInputError(
+            path,
+            "is a torch model; --backend onnxruntime needs the .onnx file of "
+            f"qmed export --model {path} --out model.onnx",
+        )
     if not path.is_file():
         raise QmedInputError(path, "ONNX model does not exist")
     try:
         model = onnx.load_model(str(path))
     except Exception as exc:  # noqa: BLE001 - onnx raises several types for a bad file
-        raise QmedInputError(path, f"cannot be read as an ONNX model ({type(exc).__name__}); the file may be truncated") from None
+        raise QmedInputError(
+            path, f"cannot be read as an ONNX model ({type(exc).__name__}); the file may be truncated"
+        ) from None
     meta = read_metadata(model, path)
     cfg = config_from_dict(meta["config"], path)
     start = INPUT

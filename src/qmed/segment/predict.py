@@ -13,8 +13,8 @@ inverted before averaging probabilities.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -69,7 +69,9 @@ def _starts(total: int, size: int, overlap: float) -> list[int]:
     return starts
 
 
-Forward = Callable[[torch.Tensor], torch.Tensor]  # (B,3,H,W) float32 -> (B,C,H,W) probabilities, channel 0 the foreground
+Forward = Callable[
+    [torch.Tensor], torch.Tensor
+]  # (B,3,H,W) float32 -> (B,C,H,W) probabilities, channel 0 the foreground
 
 
 def as_forward(model: nn.Module | Forward, device: torch.device, amp: bool, cpu_bf16: bool = False) -> Forward:
@@ -88,7 +90,9 @@ def as_forward(model: nn.Module | Forward, device: torch.device, amp: bool, cpu_
 
 
 @torch.no_grad()
-def forward_views(model: nn.Module | Forward, x: torch.Tensor, tta: int, amp: bool, cpu_bf16: bool = False) -> torch.Tensor:
+def forward_views(
+    model: nn.Module | Forward, x: torch.Tensor, tta: int, amp: bool, cpu_bf16: bool = False
+) -> torch.Tensor:
     """Mean probability over `tta` dihedral views; x (B,3,H,W) with H, W multiples of 32. `model`: a
     torch model or a probability function (as_forward)."""
     acc = None
@@ -119,13 +123,24 @@ def add_weights(norm: torch.Tensor, origin: tuple[int, int], coords, th: int, tw
     for y, x in coords:
         y0, x0, y1, x1 = max(y - oy, 0), max(x - ox, 0), min(y - oy + th, H), min(x - ox + tw, W)
         if y1 > y0 and x1 > x0:
-            norm[y0:y1, x0:x1] += weight[y0 - (y - oy):y1 - (y - oy), x0 - (x - ox):x1 - (x - ox)]
+            norm[y0:y1, x0:x1] += weight[y0 - (y - oy) : y1 - (y - oy), x0 - (x - ox) : x1 - (x - ox)]
 
 
 @torch.no_grad()
-def accumulate_windows(model: nn.Module | Forward, x: torch.Tensor, origin: tuple[int, int], coords, th: int, tw: int,
-                       tta: int = 1, batch_size: int = 4, device: torch.device | str = "cpu", amp: bool = True,
-                       cpu_bf16: bool = False, channels: bool = True) -> torch.Tensor | None:
+def accumulate_windows(
+    model: nn.Module | Forward,
+    x: torch.Tensor,
+    origin: tuple[int, int],
+    coords,
+    th: int,
+    tw: int,
+    tta: int = 1,
+    batch_size: int = 4,
+    device: torch.device | str = "cpu",
+    amp: bool = True,
+    cpu_bf16: bool = False,
+    channels: bool = True,
+) -> torch.Tensor | None:
     """The Gaussian-weighted sum of the windows' probabilities (C, H, W) over x (1, 3, H, W), whose
     top-left is `origin` (y, x) in the frame of `coords`; every window must lie inside x. None when
     `coords` is empty. Dividing by add_weights' sum of the same windows blends them."""
@@ -196,8 +211,11 @@ def predict_at_scale(model: nn.Module, image: np.ndarray, factor: float, tta: in
     if factor == 1.0:
         return predict_probability(model, image, tta=tta, **kw)
     h, w = image.shape[:2]
-    big = cv2.resize(image, (max(1, round(w * factor)), max(1, round(h * factor))),
-                     interpolation=cv2.INTER_LINEAR if factor > 1 else cv2.INTER_AREA)
+    big = cv2.resize(
+        image,
+        (max(1, round(w * factor)), max(1, round(h * factor))),
+        interpolation=cv2.INTER_LINEAR if factor > 1 else cv2.INTER_AREA,
+    )
     big = big[..., None] if big.ndim == 2 else big
     prob = predict_probability(model, big, tta=tta, **kw)
     interp = cv2.INTER_LINEAR if factor > 1 else cv2.INTER_CUBIC
@@ -206,9 +224,18 @@ def predict_at_scale(model: nn.Module, image: np.ndarray, factor: float, tta: in
     return cv2.resize(prob, (w, h), interpolation=interp).clip(0.0, 1.0)
 
 
-def predict_image(model: nn.Module, image: np.ndarray, cfg, tta: int = 1, device: torch.device | str = "cpu",
-                  threshold: float | None = None, rescale: bool | None = None,
-                  object_diameter: float | None = None, cpu_bf16: bool = False, channels: bool = False) -> tuple[np.ndarray, float]:
+def predict_image(
+    model: nn.Module,
+    image: np.ndarray,
+    cfg,
+    tta: int = 1,
+    device: torch.device | str = "cpu",
+    threshold: float | None = None,
+    rescale: bool | None = None,
+    object_diameter: float | None = None,
+    cpu_bf16: bool = False,
+    channels: bool = False,
+) -> tuple[np.ndarray, float]:
     """One image through the run's settings -> (probability HxW, or CxHxW with `channels`, as
     predict_probability; rescale factor used). The model sees the image at the run's magnification
     (data.zoom), and the probabilities come back at the image's size.
@@ -220,7 +247,15 @@ def predict_image(model: nn.Module, image: np.ndarray, cfg, tta: int = 1, device
 
     p = cfg.predict
     zoom = cfg.data.zoom
-    kw = dict(tile=p.tile, overlap=p.overlap, batch_size=p.batch_size, device=device, amp=cfg.train.amp, cpu_bf16=cpu_bf16, channels=channels)
+    kw = dict(
+        tile=p.tile,
+        overlap=p.overlap,
+        batch_size=p.batch_size,
+        device=device,
+        amp=cfg.train.amp,
+        cpu_bf16=cpu_bf16,
+        channels=channels,
+    )
     rescale = p.rescale if rescale is None else rescale
     target = p.object_diameter if object_diameter is None else object_diameter
     if not rescale or not target:
@@ -233,10 +268,23 @@ def predict_image(model: nn.Module, image: np.ndarray, cfg, tta: int = 1, device
     return predict_at_scale(model, image, zoom * f, tta=tta, **kw), f
 
 
-def predict_folder(model_path, input_path, out, tta: bool = False, threshold: float | None = None, tile: int | None = None,
-                   force: bool = False, device: str | None = None, rescale: bool | None = None,
-                   object_diameter: float | None = None, quiet: bool = False, backend: str | None = None,
-                   cpu_bf16: bool = False, instances: bool = False, say: Callable[[str], None] | None = None) -> int:
+def predict_folder(
+    model_path,
+    input_path,
+    out,
+    tta: bool = False,
+    threshold: float | None = None,
+    tile: int | None = None,
+    force: bool = False,
+    device: str | None = None,
+    rescale: bool | None = None,
+    object_diameter: float | None = None,
+    quiet: bool = False,
+    backend: str | None = None,
+    cpu_bf16: bool = False,
+    instances: bool = False,
+    say: Callable[[str], None] | None = None,
+) -> int:
     """Write OUT/NAME.png (0/255 mask) and OUT/probabilities/NAME.png (16-bit) per input image (and,
     for a model with model.instance_head=contact, OUT/contact/NAME.png, the contact probability);
     with rescaling, OUT/scales.json records each image's scale factor. OUT/predict.json records
@@ -261,7 +309,15 @@ def predict_folder(model_path, input_path, out, tta: bool = False, threshold: fl
     from qmed.data.dataset import list_images
     from qmed.errors import QmedInputError
     from qmed.evaluate.folders import PREDICTION_META
-    from qmed.io.files import file_digest, prepare_output_dir, read_json, read_marker, remove_stale, settings_key, write_json
+    from qmed.io.files import (
+        file_digest,
+        prepare_output_dir,
+        read_json,
+        read_marker,
+        remove_stale,
+        settings_key,
+        write_json,
+    )
     from qmed.io.images import read_image, write_mask_png, write_probability_png
     from qmed.runtime import pick_device
     from qmed.segment.checkpoint import load_model
@@ -280,7 +336,10 @@ def predict_folder(model_path, input_path, out, tta: bool = False, threshold: fl
         by_stem.setdefault(f.stem, []).append(f.name)
     clash = next((v for v in by_stem.values() if len(v) > 1), None)
     if clash:
-        raise QmedInputError(input_path, f"{' and '.join(clash[:3])} share the name {Path(clash[0]).stem!r}; outputs are named by it, so names must be unique")
+        raise QmedInputError(
+            input_path,
+            f"{' and '.join(clash[:3])} share the name {Path(clash[0]).stem!r}; outputs are named by it, so names must be unique",
+        )
     backend = backend or ("onnxruntime" if Path(model_path).suffix.lower() == ".onnx" else "torch")
     if backend == "onnxruntime":
         from qmed.segment.onnx_backend import load_onnx
@@ -302,20 +361,41 @@ def predict_folder(model_path, input_path, out, tta: bool = False, threshold: fl
         cfg.predict.tile = tile
     rescale = cfg.predict.rescale if rescale is None else rescale
     if rescale and not (object_diameter or cfg.predict.object_diameter):
-        raise QmedInputError(model_path, "rescaling needs the training objects' diameter, which this model does not record; pass --object-diameter PX")
+        raise QmedInputError(
+            model_path,
+            "rescaling needs the training objects' diameter, which this model does not record; pass --object-diameter PX",
+        )
     head = cfg.model.instance_head == "contact"
     contact = instances and head
-    meta = {"model": str(model_path), "checkpoint": str(Path(ckpt).resolve()), "backend": backend, "tta": n_views, "threshold": thr,
-            "tile": cfg.predict.tile, "rescale": bool(rescale), "input": str(input_path), "n_images": len(files), "instances": instances,
-            "instance_split": ("contact+distance" if contact else "distance") if instances else None}
-    key = settings_key({**{k: meta[k] for k in ("backend", "tta", "threshold", "tile", "rescale", "instances")},
-                        "model_sha256": file_digest(ckpt), "object_diameter": object_diameter, "cpu_bf16": cpu_bf16})
+    meta = {
+        "model": str(model_path),
+        "checkpoint": str(Path(ckpt).resolve()),
+        "backend": backend,
+        "tta": n_views,
+        "threshold": thr,
+        "tile": cfg.predict.tile,
+        "rescale": bool(rescale),
+        "input": str(input_path),
+        "n_images": len(files),
+        "instances": instances,
+        "instance_split": ("contact+distance" if contact else "distance") if instances else None,
+    }
+    key = settings_key(
+        {
+            **{k: meta[k] for k in ("backend", "tta", "threshold", "tile", "rescale", "instances")},
+            "model_sha256": file_digest(ckpt),
+            "object_diameter": object_diameter,
+            "cpu_bf16": cpu_bf16,
+        }
+    )
     for f in files:  # decode every image before anything is written: a bad one fails fast, with no output
         read_image(f)  # (decoding is a few % of the prediction's time; the image is read again below)
     marker = read_marker(out) if out.is_dir() else None
     resume = not force and marker is not None and marker.get("verb") == "predict" and marker.get("key") == key
     if marker is not None and marker.get("verb") == "predict" and not resume and not force:
-        raise QmedInputError(out, "holds predictions made with another model or other settings; pass --force to replace them")
+        raise QmedInputError(
+            out, "holds predictions made with another model or other settings; pass --force to replace them"
+        )
     subdirs = ["probabilities"] + ([INSTANCES_DIR] if instances else []) + ([CONTACT_DIR] if head else [])
     if resume:
         remove_stale(out, recursive=True)  # a killed run's half-written temporaries
@@ -330,16 +410,32 @@ def predict_folder(model_path, input_path, out, tta: bool = False, threshold: fl
     todo = [f for f in files if not (resume and (out / f"{f.stem}.png").exists())]
     if resume:
         say(f"resuming into {out}: {len(files) - len(todo)} of {len(files)} images already done")
-    bar = tqdm(todo, desc=f"predict{f' (TTA {n_views} views)' if n_views > 1 else ''}", unit="image", leave=False,
-               disable=True if quiet else None, dynamic_ncols=True)
+    bar = tqdm(
+        todo,
+        desc=f"predict{f' (TTA {n_views} views)' if n_views > 1 else ''}",
+        unit="image",
+        leave=False,
+        disable=True if quiet else None,
+        dynamic_ncols=True,
+    )
     diameter = object_diameter or cfg.predict.object_diameter
     created = not resume and len(list(out.iterdir())) == len(subdirs) + 1  # only what prepare_output_dir made
     done = 0
     try:
         for f in bar:
             img = model_input(read_image(f), cfg)
-            maps, scales[f.name] = predict_image(model, img, cfg, tta=n_views, device=dev, threshold=thr, rescale=rescale,
-                                                 object_diameter=object_diameter, cpu_bf16=cpu_bf16, channels=True)
+            maps, scales[f.name] = predict_image(
+                model,
+                img,
+                cfg,
+                tta=n_views,
+                device=dev,
+                threshold=thr,
+                rescale=rescale,
+                object_diameter=object_diameter,
+                cpu_bf16=cpu_bf16,
+                channels=True,
+            )
             prob = maps[0]
             write_probability_png(out / "probabilities" / f"{f.stem}.png", prob)
             if head:
@@ -354,12 +450,14 @@ def predict_folder(model_path, input_path, out, tta: bool = False, threshold: fl
         if created and done == 0:  # nothing finished: leave no output folder behind
             shutil.rmtree(out, ignore_errors=True)
         elif done or resume:
-            raise QmedInputError(exc.path, f"{exc.problem} ({done} image(s) finished this time are kept in {out}: fix or move "
-                                           "the file, then the same command continues)") from None
+            raise QmedInputError(
+                exc.path,
+                f"{exc.problem} ({done} image(s) finished this time are kept in {out}: fix or move "
+                "the file, then the same command continues)",
+            ) from None
         raise
     bar.close()
     write_json(out / PREDICTION_META, meta)
     if instances:
         write_json(out / INSTANCES_DIR / PREDICTION_META, {**meta, "kind": "labels"})
     return len(files)
-

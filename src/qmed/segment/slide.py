@@ -141,7 +141,12 @@ class SlideJob:
     def core(self, index: int) -> tuple[int, int, int, int]:
         """(x0, y0, x1, y1) of the block's core, working-level px."""
         r, c = divmod(index, self.cols)
-        return (c * self.block, r * self.block, min(self.width, (c + 1) * self.block), min(self.height, (r + 1) * self.block))
+        return (
+            c * self.block,
+            r * self.block,
+            min(self.width, (c + 1) * self.block),
+            min(self.height, (r + 1) * self.block),
+        )
 
     def read_region(self, index: int) -> tuple[int, int, int, int]:
         """The core widened by the halo, clipped to the slide."""
@@ -210,7 +215,14 @@ class Predictor:
     qmed.segment.predict.as_forward takes). Calls are serialised by a lock (the edge channel's scale
     is set per slide on the shared model)."""
 
-    def __init__(self, forward, cfg, device: torch.device | str = "cpu", backend: str = "torch", checkpoint: str | Path | None = None):
+    def __init__(
+        self,
+        forward,
+        cfg,
+        device: torch.device | str = "cpu",
+        backend: str = "torch",
+        checkpoint: str | Path | None = None,
+    ):
         self.forward = forward
         self.cfg = cfg
         self.device = torch.device(device)
@@ -239,9 +251,18 @@ class Predictor:
             if self.edge is not None:
                 self.edge.scale = job.edge_scale
             try:
-                return predict_at_scale(self.forward, img, job.scale, tta=job.tta if tta is None else tta, tile=job.tile,
-                                        overlap=job.overlap, batch_size=job.batch_size, device=self.device,
-                                        amp=self.cfg.train.amp, channels=True)
+                return predict_at_scale(
+                    self.forward,
+                    img,
+                    job.scale,
+                    tta=job.tta if tta is None else tta,
+                    tile=job.tile,
+                    overlap=job.overlap,
+                    batch_size=job.batch_size,
+                    device=self.device,
+                    amp=self.cfg.train.amp,
+                    channels=True,
+                )
             finally:
                 if self.edge is not None:
                     self.edge.scale = None
@@ -329,11 +350,16 @@ def read_region(reader, path, level: int, x: int, y: int, w: int, h: int) -> np.
     except QmedInputError:
         raise
     except Exception as exc:  # noqa: BLE001 - OpenSlide, tifffile and codecs raise many types for a bad file
-        raise QmedInputError(path, f"cannot read level {level} at x={x}, y={y} ({type(exc).__name__}: {str(exc)[:80]}); "
-                                   "the file may be truncated") from None
+        raise QmedInputError(
+            path,
+            f"cannot read level {level} at x={x}, y={y} ({type(exc).__name__}: {str(exc)[:80]}); "
+            "the file may be truncated",
+        ) from None
     rgb = np.asarray(rgb)
     if rgb.shape != (h, w, 3) or rgb.dtype != np.uint8:
-        raise QmedInputError(path, f"level {level} at x={x}, y={y} read as {rgb.shape} {rgb.dtype}, not ({h}, {w}, 3) uint8")
+        raise QmedInputError(
+            path, f"level {level} at x={x}, y={y} read as {rgb.shape} {rgb.dtype}, not ({h}, {w}, 3) uint8"
+        )
     return rgb
 
 
@@ -360,8 +386,15 @@ def histogram_percentiles(hist: np.ndarray, percentiles) -> tuple[float, ...]:
     return tuple(out)
 
 
-def block_objects(maps: np.ndarray, origin: tuple[int, int], core: tuple[int, int, int, int], slide_wh: tuple[int, int],
-                  threshold: float, diameter: float | None, instances: bool = True) -> dict:
+def block_objects(
+    maps: np.ndarray,
+    origin: tuple[int, int],
+    core: tuple[int, int, int, int],
+    slide_wh: tuple[int, int],
+    threshold: float,
+    diameter: float | None,
+    instances: bool = True,
+) -> dict:
     """The objects of one read region that its core owns.
 
     maps: (C, H, W) probabilities of the read region whose top-left is `origin` (x, y); core: (x0,
@@ -382,8 +415,11 @@ def block_objects(maps: np.ndarray, origin: tuple[int, int], core: tuple[int, in
     empty = {"labels": np.zeros((h, w), np.uint32), "table": np.zeros((0, 9), np.float64), "cut": 0, "mask": fg}
     if not labels.any():
         return empty
-    t = regionprops_table(labels, intensity_image=prob.astype(np.float32, copy=False),
-                          properties=("label", "area", "centroid", "bbox", "intensity_mean"))
+    t = regionprops_table(
+        labels,
+        intensity_image=prob.astype(np.float32, copy=False),
+        properties=("label", "area", "centroid", "bbox", "intensity_mean"),
+    )
     cy, cx = t["centroid-0"] + oy, t["centroid-1"] + ox
     py, px = np.floor(cy + 0.5), np.floor(cx + 0.5)
     x0, y0, x1, y1 = core
@@ -397,17 +433,31 @@ def block_objects(maps: np.ndarray, origin: tuple[int, int], core: tuple[int, in
     sw, sh = slide_wh
     b0, b1, b2, b3 = (t[f"bbox-{k}"][keep] for k in range(4))
     cut = ((b0 == 0) & (oy > 0)) | ((b1 == 0) & (ox > 0)) | ((b2 == h) & (oy + h < sh)) | ((b3 == w) & (ox + w < sw))
-    table = np.stack([np.arange(1, len(kept_ids) + 1), t["area"][keep], cy[keep], cx[keep],
-                      b0 + oy, b1 + ox, b2 + oy, b3 + ox, t["intensity_mean"][keep]], axis=1).astype(np.float64)
+    table = np.stack(
+        [
+            np.arange(1, len(kept_ids) + 1),
+            t["area"][keep],
+            cy[keep],
+            cx[keep],
+            b0 + oy,
+            b1 + ox,
+            b2 + oy,
+            b3 + ox,
+            t["intensity_mean"][keep],
+        ],
+        axis=1,
+    ).astype(np.float64)
     return {"labels": kept, "table": table, "cut": int(cut.sum()), "mask": fg}
 
 
-def spill(labels: np.ndarray, origin: tuple[int, int], core: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def spill(
+    labels: np.ndarray, origin: tuple[int, int], core: tuple[int, int, int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The kept objects' pixels outside the core: (y, x) in slide px (int32) and their local ids."""
     ox, oy = origin
     x0, y0, x1, y1 = core
     outside = labels > 0
-    outside[y0 - oy:y1 - oy, x0 - ox:x1 - ox] = False
+    outside[y0 - oy : y1 - oy, x0 - ox : x1 - ox] = False
     ys, xs = np.nonzero(outside)
     return (ys + oy).astype(np.int32), (xs + ox).astype(np.int32), labels[ys, xs].astype(np.uint32)
 
@@ -424,8 +474,8 @@ def paint_tile(y: int, x: int, h: int, w: int, local: np.ndarray, cores: list, s
         rx0, rx1 = max(x, cx0), min(x + w, cx1)
         if ry1 <= ry0 or rx1 <= rx0:
             continue
-        part = local[ry0 - y:ry1 - y, rx0 - x:rx1 - x]
-        out[ry0 - y:ry1 - y, rx0 - x:rx1 - x] = np.where(part > 0, part + np.uint32(offset), 0)
+        part = local[ry0 - y : ry1 - y, rx0 - x : rx1 - x]
+        out[ry0 - y : ry1 - y, rx0 - x : rx1 - x] = np.where(part > 0, part + np.uint32(offset), 0)
     for ys, xs, ids, offset in spills:
         sel = (ys >= y) & (ys < y + h) & (xs >= x) & (xs < x + w)
         if not sel.any():
@@ -497,30 +547,65 @@ def slide_statistics(predictor: Predictor, tiles: list[np.ndarray], job: SlideJo
     if d:
         ratio = job.scale / cfg.data.zoom  # model px per working-level px, beyond the training's own zoom
         stats["diameter"] = round(float(d) / ratio, 3)
-        src["diameter"] = "the model's predict.object_diameter (training masks' median)" + (f" / {ratio:.4g}" if ratio != 1 else "")
+        src["diameter"] = "the model's predict.object_diameter (training masks' median)" + (
+            f" / {ratio:.4g}" if ratio != 1 else ""
+        )
     else:
-        probe = SlideJob(**{**asdict(job), **{k: v for k, v in stats.items() if k in ("intensity", "lab", "edge_scale")}})
+        probe = SlideJob(
+            **{**asdict(job), **{k: v for k, v in stats.items() if k in ("intensity", "lab", "edge_scale")}}
+        )
         found = []
         for t in tiles[:N_DIAMETER_SAMPLES]:
             d_t = object_diameter(predictor.maps(t, probe, tta=1)[0] > job.threshold)
             if d_t:
                 found.append(d_t)
         stats["diameter"] = round(float(np.median(found)), 3) if found else None
-        src["diameter"] = (f"median of the predicted objects' median diameters on {min(len(tiles), N_DIAMETER_SAMPLES)} sample tiles"
-                           if found else "none found on the sample tiles: each block measures its own")
+        src["diameter"] = (
+            f"median of the predicted objects' median diameters on {min(len(tiles), N_DIAMETER_SAMPLES)} sample tiles"
+            if found
+            else "none found on the sample tiles: each block measures its own"
+        )
     return stats, src
 
 
-def plan_slide(model_path, slide_path, out, *, mpp: float | None = None, level: int | None = None, block: int = DEFAULT_BLOCK,
-               halo: int | None = None, tissue: bool = True, tta: bool = False, instances: bool = True, probability: bool = False,
-               threshold: float | None = None, tile: int | None = None, force: bool = False, backend: str | None = None,
-               device: str | None = None, gzip: bool = False, keep_blocks: bool = False, predictor: Predictor | None = None) -> SlideJob:
+def plan_slide(
+    model_path,
+    slide_path,
+    out,
+    *,
+    mpp: float | None = None,
+    level: int | None = None,
+    block: int = DEFAULT_BLOCK,
+    halo: int | None = None,
+    tissue: bool = True,
+    tta: bool = False,
+    instances: bool = True,
+    probability: bool = False,
+    threshold: float | None = None,
+    tile: int | None = None,
+    force: bool = False,
+    backend: str | None = None,
+    device: str | None = None,
+    gzip: bool = False,
+    keep_blocks: bool = False,
+    predictor: Predictor | None = None,
+) -> SlideJob:
     """Read the slide's metadata, tissue mask and statistics; write OUT/manifest.json (the resume key:
     the model file's sha256, the slide and the settings) unless OUT already holds this job, whose
     finished blocks are then kept. Nothing is written until every read has succeeded.
     `predictor`: a ready model (Predictor) instead of loading `model_path` (whose file still keys the job)."""
     from qmed.data.tissue import overlay, region_has_tissue, sample_points, thumbnail, tissue_from_rgb
-    from qmed.io.files import check_not_inputs, check_output, clear_output, file_digest, make_dirs, read_marker, remove_stale, settings_key, write_marker
+    from qmed.io.files import (
+        check_not_inputs,
+        check_output,
+        clear_output,
+        file_digest,
+        make_dirs,
+        read_marker,
+        remove_stale,
+        settings_key,
+        write_marker,
+    )
     from qmed.io.slides import open_slide, pick_level
 
     t0 = time.perf_counter()
@@ -542,9 +627,20 @@ def plan_slide(model_path, slide_path, out, *, mpp: float | None = None, level: 
     scale = float(cfg.data.zoom) * (lvl_mpp / mpp if mpp and lvl_mpp else 1.0)
     model_file = predictor.checkpoint if predictor.checkpoint is not None else Path(model_path)
     settings = {
-        "model_sha256": file_digest(model_file), "backend": backend, "slide": _slide_identity(slide_path),
-        "level": lvl, "mpp": mpp, "block": block, "halo": halo, "tissue": bool(tissue), "tta": bool(tta),
-        "instances": bool(instances), "probability": bool(probability), "threshold": threshold, "tile": tile, "gzip": bool(gzip),
+        "model_sha256": file_digest(model_file),
+        "backend": backend,
+        "slide": _slide_identity(slide_path),
+        "level": lvl,
+        "mpp": mpp,
+        "block": block,
+        "halo": halo,
+        "tissue": bool(tissue),
+        "tta": bool(tta),
+        "instances": bool(instances),
+        "probability": bool(probability),
+        "threshold": threshold,
+        "tile": tile,
+        "gzip": bool(gzip),
     }
     key = settings_key(settings)
     manifest = read_json(out / MANIFEST)
@@ -553,8 +649,11 @@ def plan_slide(model_path, slide_path, out, *, mpp: float | None = None, level: 
         remove_stale(out, recursive=True)
         return load_job(out, model_path, device, keep_blocks)
     if ours and not force:
-        raise QmedInputError(out, "holds a slide prediction made with another model, slide or settings; pass --force to replace "
-                                  "it, or choose another --out")
+        raise QmedInputError(
+            out,
+            "holds a slide prediction made with another model, slide or settings; pass --force to replace "
+            "it, or choose another --out",
+        )
     marker = read_marker(out) if out.is_dir() else None
     half_planned = not ours and marker is not None and marker.get("verb") == VERB  # killed while planning
     if not ours and not half_planned:
@@ -562,11 +661,32 @@ def plan_slide(model_path, slide_path, out, *, mpp: float | None = None, level: 
 
     n_views = cfg.predict.tta if tta else 1
     thr = cfg.predict.threshold if threshold is None else float(threshold)
-    job = SlideJob(model_path=str(model_path), backend=backend, device=device, slide_path=str(slide_path), out=str(out), key=key,
-                   level=lvl, downsample=downsample, mpp=lvl_mpp, width=width, height=height, block=block, halo=halo or 0,
-                   chunk=_chunk(block), scale=scale, tta=n_views, threshold=thr, tile=int(tile or cfg.predict.tile),
-                   overlap=float(cfg.predict.overlap), batch_size=int(cfg.predict.batch_size), instances=bool(instances),
-                   probability=bool(probability), gzip=bool(gzip), keep_blocks=keep_blocks)
+    job = SlideJob(
+        model_path=str(model_path),
+        backend=backend,
+        device=device,
+        slide_path=str(slide_path),
+        out=str(out),
+        key=key,
+        level=lvl,
+        downsample=downsample,
+        mpp=lvl_mpp,
+        width=width,
+        height=height,
+        block=block,
+        halo=halo or 0,
+        chunk=_chunk(block),
+        scale=scale,
+        tta=n_views,
+        threshold=thr,
+        tile=int(tile or cfg.predict.tile),
+        overlap=float(cfg.predict.overlap),
+        batch_size=int(cfg.predict.batch_size),
+        instances=bool(instances),
+        probability=bool(probability),
+        gzip=bool(gzip),
+        keep_blocks=keep_blocks,
+    )
     thumb, thumb_ds = thumbnail(reader)
     tissue_info: dict = {"used": bool(tissue)}
     mask = None
@@ -576,7 +696,9 @@ def plan_slide(model_path, slide_path, out, *, mpp: float | None = None, level: 
     blocks = []
     for i in range(job.n_blocks):
         x0, y0, x1, y1 = job.core(i)
-        if mask is None or region_has_tissue(mask, thumb_ds, x0 * downsample, y0 * downsample, x1 * downsample, y1 * downsample):
+        if mask is None or region_has_tissue(
+            mask, thumb_ds, x0 * downsample, y0 * downsample, x1 * downsample, y1 * downsample
+        ):
             blocks.append(i)
     points = sample_points(mask, (height, width), N_SAMPLES) if blocks else []
     tiles = _sample_tiles(reader, slide_path, lvl, width, height, points)
@@ -585,8 +707,17 @@ def plan_slide(model_path, slide_path, out, *, mpp: float | None = None, level: 
     if halo is None:
         h = max(math.ceil(HALO_MODEL_PX / scale), math.ceil(2 * (stats["diameter"] or 0)))
         halo = min(int(math.ceil(h / 16) * 16), block // 2)
-    job = SlideJob(**{**asdict(job), "halo": int(halo), "intensity": stats["intensity"], "lab": stats["lab"],
-                      "edge_scale": stats["edge_scale"], "diameter": stats["diameter"], "blocks": tuple(blocks)})
+    job = SlideJob(
+        **{
+            **asdict(job),
+            "halo": int(halo),
+            "intensity": stats["intensity"],
+            "lab": stats["lab"],
+            "edge_scale": stats["edge_scale"],
+            "diameter": stats["diameter"],
+            "blocks": tuple(blocks),
+        }
+    )
 
     # Every read has succeeded: now write.
     if out.is_dir() and any(out.iterdir()):
@@ -597,11 +728,25 @@ def plan_slide(model_path, slide_path, out, *, mpp: float | None = None, level: 
     _create_stores(job)
     _write_png(out / TISSUE_FILE, overlay(thumb, mask) if mask is not None else thumb)
     plan = {k: v for k, v in asdict(job).items() if k not in ("model_path", "device", "out", "keep_blocks")}
-    write_json(out / MANIFEST, {
-        "format": FORMAT, "version": 1, "key": key, "model_path": str(model_path), "settings": settings, "plan": plan,
-        "tissue": {**tissue_info, "thumbnail_downsample": round(thumb_ds, 4), "blocks_run": len(blocks), "blocks": job.n_blocks},
-        "statistics_sources": sources, "plan_seconds": round(time.perf_counter() - t0, 3),
-    })
+    write_json(
+        out / MANIFEST,
+        {
+            "format": FORMAT,
+            "version": 1,
+            "key": key,
+            "model_path": str(model_path),
+            "settings": settings,
+            "plan": plan,
+            "tissue": {
+                **tissue_info,
+                "thumbnail_downsample": round(thumb_ds, 4),
+                "blocks_run": len(blocks),
+                "blocks": job.n_blocks,
+            },
+            "statistics_sources": sources,
+            "plan_seconds": round(time.perf_counter() - t0, 3),
+        },
+    )
     return job
 
 
@@ -616,9 +761,18 @@ def load_job(out, model_path=None, device: str | None = None, keep_blocks: bool 
     if not (isinstance(manifest, dict) and manifest.get("format") == FORMAT):
         raise QmedInputError(out, f"holds no slide plan ({MANIFEST} written by qmed predict --input SLIDE)")
     plan = manifest["plan"]
-    return SlideJob(**{**plan, "model_path": str(model_path or manifest.get("model_path")), "device": device, "out": str(out),
-                       "keep_blocks": keep_blocks, "intensity": _tuple(plan["intensity"]), "lab": _tuple(plan["lab"]),
-                       "blocks": tuple(plan["blocks"])})
+    return SlideJob(
+        **{
+            **plan,
+            "model_path": str(model_path or manifest.get("model_path")),
+            "device": device,
+            "out": str(out),
+            "keep_blocks": keep_blocks,
+            "intensity": _tuple(plan["intensity"]),
+            "lab": _tuple(plan["lab"]),
+            "blocks": tuple(plan["blocks"]),
+        }
+    )
 
 
 def _write_png(path: Path, rgb: np.ndarray) -> None:
@@ -639,8 +793,14 @@ def _create_stores(job: SlideJob) -> None:
     import zarr
 
     for name, dtype in _stores(job).items():  # open_array(mode="w"): zarr 2 (Python 3.10) and 3 alike
-        zarr.open_array(str(job.blocks_dir / f"{name}.zarr"), mode="w", shape=(job.height, job.width),
-                        chunks=(job.chunk, job.chunk), dtype=dtype, fill_value=0)
+        zarr.open_array(
+            str(job.blocks_dir / f"{name}.zarr"),
+            mode="w",
+            shape=(job.height, job.width),
+            chunks=(job.chunk, job.chunk),
+            dtype=dtype,
+            fill_value=0,
+        )
 
 
 def _open_store(path: str, mode: str):
@@ -675,7 +835,12 @@ class WindowPlan:
         ws = self.owned.get(n) or []
         if not ws:
             return None
-        return (min(y for y, _ in ws), min(x for _, x in ws), max(y for y, _ in ws) + self.th, max(x for _, x in ws) + self.tw)
+        return (
+            min(y for y, _ in ws),
+            min(x for _, x in ws),
+            max(y for y, _ in ws) + self.th,
+            max(x for _, x in ws) + self.tw,
+        )
 
 
 def _model_size(n: int, scale: float) -> int:
@@ -696,7 +861,9 @@ def _source_span(n_src: int, n_dst: int, d0: int, d1: int, reach: int) -> tuple[
     """The source px that cv2.resize (n_src -> n_dst) reads for destination px [d0, d1): destination i
     sits at source (i + 0.5) n_src / n_dst - 0.5; `reach`: the filter's half-width in source px."""
     inv = n_src / n_dst
-    return max(0, math.floor((d0 + 0.5) * inv - 0.5) - reach - 1), min(n_src, math.ceil((d1 - 0.5) * inv - 0.5) + reach + 2)
+    return max(0, math.floor((d0 + 0.5) * inv - 0.5) - reach - 1), min(
+        n_src, math.ceil((d1 - 0.5) * inv - 0.5) + reach + 2
+    )
 
 
 def resize_matrix(n_src: int, n_dst: int, d0: int, d1: int, s0: int, s1: int, mode: str):
@@ -727,8 +894,11 @@ def resize_matrix(n_src: int, n_dst: int, d0: int, d1: int, s0: int, s1: int, mo
             t = fx - sx
             if mode == "cubic":
                 A = -0.75
-                w = [((A * (t + 1) - 5 * A) * (t + 1) + 8 * A) * (t + 1) - 4 * A, ((A + 2) * t - (A + 3)) * t * t + 1,
-                     ((A + 2) * (1 - t) - (A + 3)) * (1 - t) * (1 - t) + 1]
+                w = [
+                    ((A * (t + 1) - 5 * A) * (t + 1) + 8 * A) * (t + 1) - 4 * A,
+                    ((A + 2) * t - (A + 3)) * t * t + 1,
+                    ((A + 2) * (1 - t) - (A + 3)) * (1 - t) * (1 - t) + 1,
+                ]
                 w.append(1 - sum(w))
                 taps = [(min(max(sx - 1 + k, 0), n_src - 1), w[k]) for k in range(4)]
             else:
@@ -741,7 +911,9 @@ def resize_matrix(n_src: int, n_dst: int, d0: int, d1: int, s0: int, s1: int, mo
             if v == 0.0:
                 continue
             if not s0 <= j < s1:
-                raise RuntimeError(f"resize_matrix: source px {j} outside [{s0}, {s1})")  # a bug: the span is too narrow
+                raise RuntimeError(
+                    f"resize_matrix: source px {j} outside [{s0}, {s1})"
+                )  # a bug: the span is too narrow
             rows.append(i - d0)
             cols.append(j - s0)
             vals.append(v)
@@ -808,7 +980,9 @@ def windows_file(job: SlideJob, n: int) -> Path:
     return job.blocks_dir / f"{n:06d}.windows.npy"
 
 
-def model_region(job: SlideJob, plan: WindowPlan, predictor: Predictor, y0: int, x0: int, y1: int, x1: int) -> torch.Tensor:
+def model_region(
+    job: SlideJob, plan: WindowPlan, predictor: Predictor, y0: int, x0: int, y1: int, x1: int
+) -> torch.Tensor:
     """(1, 3, y1 - y0, x1 - x0) of the model-space image, as predict_at_scale's resize and
     predict_probability's padding make it from the whole working level (box inside hp x wp)."""
 
@@ -818,20 +992,30 @@ def model_region(job: SlideJob, plan: WindowPlan, predictor: Predictor, y0: int,
     ya, xa = (max(0, y0 - 32) if y1 > hs else y0), (max(0, x0 - 32) if x1 > ws else x0)
     reader = _reader(job.slide_path)
     if job.scale == 1.0:
-        img = predictor.model_input(read_region(reader, job.slide_path, job.level, xa, ya, xc - xa, yc - ya), job.stats())
+        img = predictor.model_input(
+            read_region(reader, job.slide_path, job.level, xa, ya, xc - xa, yc - ya), job.stats()
+        )
     else:  # as predict_at_scale resizes the whole level: area down, linear up
         mode = "linear" if job.scale > 1 else "area"
         reach = 2 + math.ceil(max(job.height / hs, job.width / ws))
         sy0, sy1 = _source_span(job.height, hs, ya, yc, reach)
         sx0, sx1 = _source_span(job.width, ws, xa, xc, reach)
-        src = predictor.model_input(read_region(reader, job.slide_path, job.level, sx0, sy0, sx1 - sx0, sy1 - sy0), job.stats())
-        img = resize_crop(src, resize_matrix(job.height, hs, ya, yc, sy0, sy1, mode), resize_matrix(job.width, ws, xa, xc, sx0, sx1, mode))
+        src = predictor.model_input(
+            read_region(reader, job.slide_path, job.level, sx0, sy0, sx1 - sx0, sy1 - sy0), job.stats()
+        )
+        img = resize_crop(
+            src,
+            resize_matrix(job.height, hs, ya, yc, sy0, sy1, mode),
+            resize_matrix(job.width, ws, xa, xc, sx0, sx1, mode),
+        )
     x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float()[None]
     ph, pw = y1 - yc, x1 - xc
     if ph or pw:
-        mode = "reflect" if plan.hp - hs < hs and plan.wp - ws < ws else "replicate"  # as pad_multiple decides for the whole
+        mode = (
+            "reflect" if plan.hp - hs < hs and plan.wp - ws < ws else "replicate"
+        )  # as pad_multiple decides for the whole
         x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode=mode)
-    return x[:, :, y0 - ya:, x0 - xa:]
+    return x[:, :, y0 - ya :, x0 - xa :]
 
 
 def run_windows(job: SlideJob, n: int, predictor: Predictor | None = None) -> dict:
@@ -856,8 +1040,18 @@ def run_windows(job: SlideJob, n: int, predictor: Predictor | None = None) -> di
             if predictor.edge is not None:
                 predictor.edge.scale = job.edge_scale
             try:
-                acc = accumulate_windows(predictor.forward, x, (y0, x0), plan.owned[n], plan.th, plan.tw, tta=job.tta,
-                                         batch_size=job.batch_size, device=predictor.device, amp=predictor.cfg.train.amp).numpy()
+                acc = accumulate_windows(
+                    predictor.forward,
+                    x,
+                    (y0, x0),
+                    plan.owned[n],
+                    plan.th,
+                    plan.tw,
+                    tta=job.tta,
+                    batch_size=job.batch_size,
+                    device=predictor.device,
+                    amp=predictor.cfg.train.amp,
+                ).numpy()
             finally:
                 if predictor.edge is not None:
                     predictor.edge.scale = None
@@ -865,8 +1059,11 @@ def run_windows(job: SlideJob, n: int, predictor: Predictor | None = None) -> di
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             np.save(fh, acc)
-    summary = {"index": n, "windows": len(plan.owned.get(n) or []),
-               "seconds": {"load": round(t0 - t_load, 3), "read": round(t_read - t0, 3), "predict": round(t_net - t_read, 3)}}
+    summary = {
+        "index": n,
+        "windows": len(plan.owned.get(n) or []),
+        "seconds": {"load": round(t0 - t_load, 3), "read": round(t_read - t0, 3), "predict": round(t_net - t_read, 3)},
+    }
     write_json(timing, summary)
     return summary
 
@@ -892,9 +1089,11 @@ def block_maps(job: SlideJob, index: int, predictor: Predictor | None = None) ->
             acc = np.zeros((a.shape[0], my1 - my0, mx1 - mx0), np.float32)
         oy0, ox0, oy1, ox1 = max(y0, my0), max(x0, mx0), min(y1, my1), min(x1, mx1)
         if oy1 > oy0 and ox1 > ox0:
-            acc[:, oy0 - my0:oy1 - my0, ox0 - mx0:ox1 - mx0] += a[:, oy0 - y0:oy1 - y0, ox0 - x0:ox1 - x0]
+            acc[:, oy0 - my0 : oy1 - my0, ox0 - mx0 : ox1 - mx0] += a[:, oy0 - y0 : oy1 - y0, ox0 - x0 : ox1 - x0]
     if acc is None:
-        raise RuntimeError(f"block {index} of {job.slide_path} has no windows")  # a bug: every tissue block's region has some
+        raise RuntimeError(
+            f"block {index} of {job.slide_path} has no windows"
+        )  # a bug: every tissue block's region has some
     norm = torch.zeros((my1 - my0, mx1 - mx0), dtype=torch.float32)
     add_weights(norm, (my0, mx0), coords, plan.th, plan.tw)
     p = np.divide(acc, norm.numpy(), out=np.zeros_like(acc), where=norm.numpy() > 0)
@@ -958,13 +1157,29 @@ def run_block(job: SlideJob, index: int, predictor: Predictor | None = None) -> 
         poly_xy.extend(ring)
     with atomic_path(job.result(index)) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, table=res["table"], spill_y=sy, spill_x=sx, spill_id=sid,
-                                poly_id=np.asarray(poly_id, np.int64), poly_len=np.asarray(poly_len, np.int64),
-                                poly_xy=np.asarray(poly_xy, np.float64).reshape(-1, 2))
+            np.savez_compressed(
+                fh,
+                table=res["table"],
+                spill_y=sy,
+                spill_x=sx,
+                spill_id=sid,
+                poly_id=np.asarray(poly_id, np.int64),
+                poly_len=np.asarray(poly_len, np.int64),
+                poly_xy=np.asarray(poly_xy, np.float64).reshape(-1, 2),
+            )
     n = int(res["table"].shape[0])
-    summary = {"index": index, "objects": n, "cut": res["cut"], "read_px": int((x1 - x0) * (y1 - y0)),
-               "core_px": int((cx1 - cx0) * (cy1 - cy0)),
-               "seconds": {"blend": round(t_net - t0, 3), "objects": round(t_split - t_net, 3), "write": round(time.perf_counter() - t_split, 3)}}
+    summary = {
+        "index": index,
+        "objects": n,
+        "cut": res["cut"],
+        "read_px": int((x1 - x0) * (y1 - y0)),
+        "core_px": int((cx1 - cx0) * (cy1 - cy0)),
+        "seconds": {
+            "blend": round(t_net - t0, 3),
+            "objects": round(t_split - t_net, 3),
+            "write": round(time.perf_counter() - t_split, 3),
+        },
+    }
     write_json(marker, summary)
     release_windows(job, index)
     return summary
@@ -990,7 +1205,7 @@ class _Assembly:
 
     def labels_tile(self, y: int, x: int, h: int, w: int) -> np.ndarray:
         job = self.job
-        local = self.labels[y:y + h, x:x + w]
+        local = self.labels[y : y + h, x : x + w]
         B, halo = job.block, job.halo
         cores, spills = [], []
         for r in range(max(0, (y - halo) // B), min(job.rows - 1, (y + h - 1 + halo) // B) + 1):
@@ -1022,7 +1237,10 @@ def finish_slide(job: SlideJob, extra: dict | None = None) -> dict:
         return read_json(out / PREDICTION_META)
     missing = pending_blocks(job)
     if missing:
-        raise QmedInputError(out, f"{len(missing)} of {len(job.blocks)} blocks have not finished; run the same command again to finish them")
+        raise QmedInputError(
+            out,
+            f"{len(missing)} of {len(job.blocks)} blocks have not finished; run the same command again to finish them",
+        )
     t0 = time.perf_counter()
     remove_stale(out)
     summaries = {i: read_json(job.marker(i)) for i in job.blocks}
@@ -1035,13 +1253,27 @@ def finish_slide(job: SlideJob, extra: dict | None = None) -> dict:
         raise QmedInputError(out, f"{n_objects} objects do not fit the uint32 label map")
     shape = (job.height, job.width)
     mask = _open_store(str(job.blocks_dir / "mask.zarr"), "r")
-    write_pyramid(out / MASK_FILE, shape, np.uint8, lambda y, x, h, w: mask[y:y + h, x:x + w] * np.uint8(255), kind="mask", mpp=job.mpp)
+    write_pyramid(
+        out / MASK_FILE,
+        shape,
+        np.uint8,
+        lambda y, x, h, w: mask[y : y + h, x : x + w] * np.uint8(255),
+        kind="mask",
+        mpp=job.mpp,
+    )
     asm = _Assembly(job, offsets)
     if job.instances:
         write_pyramid(out / LABELS_FILE, shape, np.uint32, asm.labels_tile, kind="labels", mpp=job.mpp)
     if job.probability:
         prob = _open_store(str(job.blocks_dir / "probability.zarr"), "r")
-        write_pyramid(out / PROB_FILE, shape, np.uint8, lambda y, x, h, w: prob[y:y + h, x:x + w], kind="probability", mpp=job.mpp)
+        write_pyramid(
+            out / PROB_FILE,
+            shape,
+            np.uint8,
+            lambda y, x, h, w: prob[y : y + h, x : x + w],
+            kind="probability",
+            mpp=job.mpp,
+        )
     t_pyr = time.perf_counter()
     geo_name = GEOJSON_FILE + (".gz" if job.gzip else "")
     _write_objects(job, offsets, out / OBJECTS_FILE, out / geo_name, GeoJSONWriter)
@@ -1051,25 +1283,58 @@ def finish_slide(job: SlideJob, extra: dict | None = None) -> dict:
     wsecs = [(read_json(windows_file(job, i).with_suffix(".json")) or {}).get("seconds", {}) for i in job.blocks]
     ds = job.downsample
     meta = {
-        "complete": True, "key": job.key, "kind": "slide", "model": job.model_path, "backend": job.backend,
-        "model_sha256": manifest.get("settings", {}).get("model_sha256"), "slide": job.slide_path,
+        "complete": True,
+        "key": job.key,
+        "kind": "slide",
+        "model": job.model_path,
+        "backend": job.backend,
+        "model_sha256": manifest.get("settings", {}).get("model_sha256"),
+        "slide": job.slide_path,
         "slide_size_level0": [round(job.width * ds), round(job.height * ds)],
-        "level": job.level, "downsample": ds, "mpp": job.mpp, "size": [job.width, job.height], "scale": job.scale,
-        "block": job.block, "halo": job.halo, "tile": job.tile, "overlap": job.overlap, "tta": job.tta, "threshold": job.threshold,
-        "instances": job.instances, "instance_split": "watershed" if job.instances else "connected components",
-        "statistics": {"intensity": job.intensity, "lab": job.lab, "edge_scale": job.edge_scale, "diameter": job.diameter,
-                       "sources": manifest.get("statistics_sources")},
+        "level": job.level,
+        "downsample": ds,
+        "mpp": job.mpp,
+        "size": [job.width, job.height],
+        "scale": job.scale,
+        "block": job.block,
+        "halo": job.halo,
+        "tile": job.tile,
+        "overlap": job.overlap,
+        "tta": job.tta,
+        "threshold": job.threshold,
+        "instances": job.instances,
+        "instance_split": "watershed" if job.instances else "connected components",
+        "statistics": {
+            "intensity": job.intensity,
+            "lab": job.lab,
+            "edge_scale": job.edge_scale,
+            "diameter": job.diameter,
+            "sources": manifest.get("statistics_sources"),
+        },
         "tissue": manifest.get("tissue"),
-        "counts": {"blocks": job.n_blocks, "blocks_run": len(job.blocks), "objects": n_objects, "cut_objects": cut,
-                   "windows": sum(len(v) for v in window_plan(job).owned.values()),
-                   "pixels_run": sum(int(s.get("core_px", 0)) for s in summaries.values()),
-                   "pixels_read": sum(int(s.get("read_px", 0)) for s in summaries.values())},
-        "seconds": {"plan": manifest.get("plan_seconds"),
-                    "blocks": {**{k: round(sum(s.get(k, 0.0) for s in wsecs), 3) for k in ("load", "read", "predict")},
-                               **{k: round(sum(s.get(k, 0.0) for s in secs), 3) for k in ("blend", "objects", "write")}},
-                    "pyramids": round(t_pyr - t0, 3), "tables": round(time.perf_counter() - t_pyr, 3), **(extra or {})},
-        "outputs": [MASK_FILE] + ([LABELS_FILE] if job.instances else []) + ([PROB_FILE] if job.probability else [])
-                   + [OBJECTS_FILE, geo_name, TISSUE_FILE],
+        "counts": {
+            "blocks": job.n_blocks,
+            "blocks_run": len(job.blocks),
+            "objects": n_objects,
+            "cut_objects": cut,
+            "windows": sum(len(v) for v in window_plan(job).owned.values()),
+            "pixels_run": sum(int(s.get("core_px", 0)) for s in summaries.values()),
+            "pixels_read": sum(int(s.get("read_px", 0)) for s in summaries.values()),
+        },
+        "seconds": {
+            "plan": manifest.get("plan_seconds"),
+            "blocks": {
+                **{k: round(sum(s.get(k, 0.0) for s in wsecs), 3) for k in ("load", "read", "predict")},
+                **{k: round(sum(s.get(k, 0.0) for s in secs), 3) for k in ("blend", "objects", "write")},
+            },
+            "pyramids": round(t_pyr - t0, 3),
+            "tables": round(time.perf_counter() - t_pyr, 3),
+            **(extra or {}),
+        },
+        "outputs": [MASK_FILE]
+        + ([LABELS_FILE] if job.instances else [])
+        + ([PROB_FILE] if job.probability else [])
+        + [OBJECTS_FILE, geo_name, TISSUE_FILE],
         "coordinates": "objects.csv and the GeoJSON in level-0 px; the pyramids at the working level (downsample, mpp)",
     }
     if cut:
@@ -1083,8 +1348,12 @@ def finish_slide(job: SlideJob, extra: dict | None = None) -> dict:
 def _write_objects(job: SlideJob, offsets: np.ndarray, csv_path: Path, geo_path: Path, writer_cls) -> None:
     """objects.csv and the GeoJSON, streamed block by block (one block's objects in memory at a time)."""
     ds = job.downsample
-    area_um2 = job.mpp ** 2 if job.mpp else None  # the working level's px area in um²
-    with atomic_path(csv_path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh, writer_cls(geo_path, gzip=job.gzip) as geo:
+    area_um2 = job.mpp**2 if job.mpp else None  # the working level's px area in um²
+    with (
+        atomic_path(csv_path) as tmp,
+        open(tmp, "w", newline="", encoding="utf-8") as fh,
+        writer_cls(geo_path, gzip=job.gzip) as geo,
+    ):
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(OBJECT_COLUMNS)
         for i in job.blocks:
@@ -1092,12 +1361,23 @@ def _write_objects(job: SlideJob, offsets: np.ndarray, csv_path: Path, geo_path:
                 table, pid, plen, pxy = z["table"], z["poly_id"], z["poly_len"], z["poly_xy"]
             off = int(offsets[i])
             starts = np.concatenate([[0], np.cumsum(plen)])
-            polys = {int(k): pxy[starts[j]:starts[j + 1]] for j, k in enumerate(pid)}
+            polys = {int(k): pxy[starts[j] : starts[j + 1]] for j, k in enumerate(pid)}
             for lid, area, cy, cx, b0, b1, b2, b3, mp in table:
                 gid = off + int(lid)
                 # pixel i of the level covers level-0 px [i ds, (i + 1) ds): its centre is level-0 (i + 0.5) ds - 0.5
-                w.writerow([gid, int(round(area * ds * ds)), round((cy + 0.5) * ds - 0.5, 2), round((cx + 0.5) * ds - 0.5, 2), int(round(b0 * ds)),
-                            int(round(b1 * ds)), int(round(b2 * ds)), int(round(b3 * ds)), round(float(mp), 4)])
+                w.writerow(
+                    [
+                        gid,
+                        int(round(area * ds * ds)),
+                        round((cy + 0.5) * ds - 0.5, 2),
+                        round((cx + 0.5) * ds - 0.5, 2),
+                        int(round(b0 * ds)),
+                        int(round(b1 * ds)),
+                        int(round(b2 * ds)),
+                        int(round(b3 * ds)),
+                        round(float(mp), 4),
+                    ]
+                )
                 ring = polys.get(int(lid))
                 if ring is None or len(ring) < 4:
                     continue
@@ -1111,7 +1391,9 @@ def _write_objects(job: SlideJob, offsets: np.ndarray, csv_path: Path, geo_path:
 # In one process
 
 
-def predict_slide(model_path, slide_path, out, *, quiet: bool = False, predictor: Predictor | None = None, **kw) -> dict:
+def predict_slide(
+    model_path, slide_path, out, *, quiet: bool = False, predictor: Predictor | None = None, **kw
+) -> dict:
     """plan_slide, every pending block in this process (a progress bar on a terminal unless `quiet`),
     finish_slide. Returns predict.json's content."""
     from tqdm.auto import tqdm
@@ -1121,7 +1403,13 @@ def predict_slide(model_path, slide_path, out, *, quiet: bool = False, predictor
     if is_finished(job):
         return read_json(Path(job.out) / PREDICTION_META)
     todo = pending_blocks(job)
-    for i in tqdm(todo, desc=f"slide blocks ({len(job.blocks)} of {job.n_blocks} hold tissue)", unit="block", leave=False,
-                  disable=True if quiet else None, dynamic_ncols=True):
+    for i in tqdm(
+        todo,
+        desc=f"slide blocks ({len(job.blocks)} of {job.n_blocks} hold tissue)",
+        unit="block",
+        leave=False,
+        disable=True if quiet else None,
+        dynamic_ncols=True,
+    ):
         run_block(job, i, predictor)
     return finish_slide(job, extra={"wall_this_run": round(time.perf_counter() - t0, 3), "blocks_this_run": len(todo)})

@@ -55,9 +55,28 @@ from qmed.segment.validate import validate
 log = logging.getLogger("qmed")
 
 CSV_FIELDS = [
-    "epoch", "opt_steps", "lr", "train_loss", "loss_dice", "loss_bce", "loss_tversky", "bad_steps",
-    "val_dice_empty1", "val_dice_fg", "val_dice_pooled", "val_iou_fg", "val_hd95", "val_small_recall",
-    "val_fp_rate_empty", "val_score", "val_ema", "outlier", "selected", "restored", "epoch_seconds", "val_seconds",
+    "epoch",
+    "opt_steps",
+    "lr",
+    "train_loss",
+    "loss_dice",
+    "loss_bce",
+    "loss_tversky",
+    "bad_steps",
+    "val_dice_empty1",
+    "val_dice_fg",
+    "val_dice_pooled",
+    "val_iou_fg",
+    "val_hd95",
+    "val_small_recall",
+    "val_fp_rate_empty",
+    "val_score",
+    "val_ema",
+    "outlier",
+    "selected",
+    "restored",
+    "epoch_seconds",
+    "val_seconds",
     "crops",
 ]
 
@@ -81,8 +100,6 @@ class RunState:
     record_seconds: float = 1.0
 
 
-
-
 def is_outlier(score: float, history: list[float], window: int, z: float, min_drop: float) -> bool:
     """Robust z-score of `score` against the last `window` accepted scores (median / 1.4826 MAD).
 
@@ -102,8 +119,17 @@ def validates(epoch: int, epochs: int, val_every: int = 1) -> bool:
     return epoch % max(1, val_every) == 0 or epoch == epochs
 
 
-def replan_samples(remaining_s: float, epoch: int, epochs: int, val_every: int, t_crop: float, t_val: float,
-                   overhead_s: float, batch_size: int, accumulate: int) -> int:
+def replan_samples(
+    remaining_s: float,
+    epoch: int,
+    epochs: int,
+    val_every: int,
+    t_crop: float,
+    t_val: float,
+    overhead_s: float,
+    batch_size: int,
+    accumulate: int,
+) -> int:
     """Crops per epoch for epochs epoch+1..epochs so that they, their validation passes (at t_val
     each) and their bookkeeping (overhead_s per epoch) fill `remaining_s`, at t_crop seconds per
     crop: a multiple of batch_size, at least one optimizer step's worth."""
@@ -186,8 +212,17 @@ def _scale_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: QmedConfig, train_source: str | Path, val_source: str | Path | None, out: str | Path,
-                 device: str | None = None, quiet: bool = False, tensorboard: bool = False, stop_after: int | None = None):
+    def __init__(
+        self,
+        cfg: QmedConfig,
+        train_source: str | Path,
+        val_source: str | Path | None,
+        out: str | Path,
+        device: str | None = None,
+        quiet: bool = False,
+        tensorboard: bool = False,
+        stop_after: int | None = None,
+    ):
         self.tensorboard = tensorboard
         self.stop_after = stop_after
         self.tb = None
@@ -209,17 +244,36 @@ class Trainer:
             train_pairs, val_pairs = pairs, find_pairs(self.val_source)
         elif cfg.data.val_fraction == 0:
             train_pairs, val_pairs = pairs, []
-            log.warning("no --val and data.val_fraction=0: training on all %d images of %s without validation; "
-                        "the last epoch is the model", len(pairs), self.train_source)
+            log.warning(
+                "no --val and data.val_fraction=0: training on all %d images of %s without validation; "
+                "the last epoch is the model",
+                len(pairs),
+                self.train_source,
+            )
         else:
             if len(pairs) < 2:
-                raise QmedInputError(self.train_source, f"holds {len(pairs)} image; training needs at least 2 (one for validation), a separate --val folder, or --set data.val_fraction=0")
-            train_pairs, val_pairs = split_pairs(pairs, cfg.data.val_fraction, cfg.data.split_seed, cfg.data.group_pattern)
-            log.warning("no --val given: validating on %d of %d images split off %s (seed %d)", len(val_pairs), len(pairs), self.train_source, cfg.data.split_seed)
+                raise QmedInputError(
+                    self.train_source,
+                    f"holds {len(pairs)} image; training needs at least 2 (one for validation), a separate --val folder, or --set data.val_fraction=0",
+                )
+            train_pairs, val_pairs = split_pairs(
+                pairs, cfg.data.val_fraction, cfg.data.split_seed, cfg.data.group_pattern
+            )
+            log.warning(
+                "no --val given: validating on %d of %d images split off %s (seed %d)",
+                len(val_pairs),
+                len(pairs),
+                self.train_source,
+                cfg.data.split_seed,
+            )
         if cfg.data.normalize == "reinhard" and cfg.data.stain_target is None:
             # the training images' typical stain, saved in the run's config for predict and export
             cfg.data.stain_target = tuple(stain_target(to_rgb(read_image(p.image)) for p in train_pairs))
-            log.info("Reinhard stain target (L*a*b* means, stds) from %d training images: %s", len(train_pairs), cfg.data.stain_target)
+            log.info(
+                "Reinhard stain target (L*a*b* means, stds) from %d training images: %s",
+                len(train_pairs),
+                cfg.data.stain_target,
+            )
         self.train_data = LoadedPairs(train_pairs, cfg, cache=cfg.data.cache)
         self.val_data = LoadedPairs(val_pairs, cfg, cache=cfg.data.cache)
         for data in (self.train_data, self.val_data):
@@ -234,15 +288,22 @@ class Trainer:
         n = max(cfg.train.batch_size, n // cfg.train.batch_size * cfg.train.batch_size)
         self.crops = TrainCrops(self.train_data, cfg)
         self.draws = EpochDraws(self.weights, n, cfg.train.seed)
-        self.loader = DataLoader(self.crops, batch_size=cfg.train.batch_size, sampler=self.draws,
-                                 num_workers=cfg.train.num_workers, drop_last=True)
+        self.loader = DataLoader(
+            self.crops,
+            batch_size=cfg.train.batch_size,
+            sampler=self.draws,
+            num_workers=cfg.train.num_workers,
+            drop_last=True,
+        )
         self.micro_per_epoch = n // cfg.train.batch_size
 
     def build_model(self, pretrained: bool) -> None:
         cfg = self.cfg
         seed_everything(cfg.train.seed)
         self.model = build(cfg.model, pretrained=pretrained).to(self.device).to(memory_format=torch.channels_last)
-        self.loss_fn = loss_from_config(cfg.train, deep_supervision=cfg.model.deep_supervision, instance_head=cfg.model.instance_head)
+        self.loss_fn = loss_from_config(
+            cfg.train, deep_supervision=cfg.model.deep_supervision, instance_head=cfg.model.instance_head
+        )
         opt_cls = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = opt_cls(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         steps_per_epoch = math.ceil(self.micro_per_epoch / cfg.train.accumulate)
@@ -254,7 +315,9 @@ class Trainer:
             self._one_cycle(steps_per_epoch * cfg.train.epochs)
         self.ema_model = None
         if cfg.train.weight_ema:
-            self.ema_model = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.weight_ema_decay), use_buffers=True)
+            self.ema_model = AveragedModel(
+                self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.weight_ema_decay), use_buffers=True
+            )
         self.amp_dtype = runtime.autocast_dtype(self.device, cfg.train.amp, cfg.train.cpu_bf16)
         # Loss scaling only for float16; bfloat16 has float32's exponent range.
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
@@ -271,13 +334,20 @@ class Trainer:
         pct = min(max(cfg.train.warmup, 1.5 / self.total_steps), 0.5)
         div = 25.0
         self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            self.optimizer, max_lr=cfg.train.lr * lr_scale, total_steps=self.total_steps, pct_start=pct,
-            anneal_strategy="cos", div_factor=div, final_div_factor=max(1.0, (cfg.train.lr / div) / cfg.train.final_lr),
+            self.optimizer,
+            max_lr=cfg.train.lr * lr_scale,
+            total_steps=self.total_steps,
+            pct_start=pct,
+            anneal_strategy="cos",
+            div_factor=div,
+            final_div_factor=max(1.0, (cfg.train.lr / div) / cfg.train.final_lr),
             cycle_momentum=False,
         )
         if done:
             self.scheduler.last_epoch = min(done, self.total_steps - 1) - 1
-            with warnings.catch_warnings():  # "step() before optimizer.step()": the optimizer has stepped, under the old scheduler
+            with (
+                warnings.catch_warnings()
+            ):  # "step() before optimizer.step()": the optimizer has stepped, under the old scheduler
                 warnings.simplefilter("ignore", UserWarning)
                 self.scheduler.step()
 
@@ -327,12 +397,25 @@ class Trainer:
                 write_text(out / "config.yaml", dump_yaml(self.cfg))
                 # Without --val, the names split off --data for validation: the report scores those.
                 split = None if self.val_source else [p.name for p in self.val_data.pairs]
-                write_json(out / "run.json", {"train": str(self.train_source.resolve()),
-                                              "val": str(self.val_source.resolve()) if self.val_source else None,
-                                              "val_split": split, "device": str(self.device), "torch": torch.__version__})
+                write_json(
+                    out / "run.json",
+                    {
+                        "train": str(self.train_source.resolve()),
+                        "val": str(self.val_source.resolve()) if self.val_source else None,
+                        "val_split": split,
+                        "device": str(self.device),
+                        "torch": torch.__version__,
+                    },
+                )
                 write_json(out / "fingerprint.json", fingerprint(self.train_data.pairs))
-                log.info("train %d images, val %d images, %s on %s, %.2fM parameters", len(self.train_data), len(self.val_data),
-                         self.cfg.model.encoder, self.device, count_parameters(self.model) / 1e6)
+                log.info(
+                    "train %d images, val %d images, %s on %s, %.2fM parameters",
+                    len(self.train_data),
+                    len(self.val_data),
+                    self.cfg.model.encoder,
+                    self.device,
+                    count_parameters(self.model) / 1e6,
+                )
             if self.tensorboard:
                 self.tb = _tensorboard_writer(out)
             self._loop(st)
@@ -356,10 +439,19 @@ class Trainer:
             hard = self._begin_epoch(epoch, st)
             tally = self._train_epoch(epoch, st, good, hard)
             st.bad_steps_total += tally.bad
-            row = {"epoch": epoch, "opt_steps": st.opt_steps, "lr": self.optimizer.param_groups[0]["lr"],
-                   "train_loss": tally.mean("loss"), "loss_dice": tally.mean("dice"),
-                   "loss_bce": tally.mean("bce"), "loss_tversky": tally.mean("tversky"),
-                   "bad_steps": tally.bad, "outlier": 0, "selected": 0, "restored": tally.restored}
+            row = {
+                "epoch": epoch,
+                "opt_steps": st.opt_steps,
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "train_loss": tally.mean("loss"),
+                "loss_dice": tally.mean("dice"),
+                "loss_bce": tally.mean("bce"),
+                "loss_tversky": tally.mean("tversky"),
+                "bad_steps": tally.bad,
+                "outlier": 0,
+                "selected": 0,
+                "restored": tally.restored,
+            }
             if len(self.val_data) and validates(epoch, cfg.train.epochs, cfg.train.val_every):
                 tv = time.time()
                 row["restored"] = self._validate_epoch(st, row, good) or tally.restored
@@ -394,18 +486,38 @@ class Trainer:
         bs, acc = cfg.train.batch_size, cfg.train.accumulate
         crops = self.micro_per_epoch * bs
         # The median pace of the last three epochs: one fast or slow epoch should not swing the plan.
-        paces = [(r["epoch_seconds"] - (r.get("val_seconds") or 0.0)) / r["crops"] for r in (st.rows + [row])[-3:] if r.get("crops")]
+        paces = [
+            (r["epoch_seconds"] - (r.get("val_seconds") or 0.0)) / r["crops"]
+            for r in (st.rows + [row])[-3:]
+            if r.get("crops")
+        ]
         t_crop = float(np.median(paces))
         vals = [r["val_seconds"] for r in st.rows + [row] if r.get("val_seconds") is not None]
         if len(self.val_data) and not vals:
             return  # the remaining validation passes cannot be costed before one has run (val_every > 1)
         t_val = vals[-1] if vals else 0.0
-        n = replan_samples(cfg.train.budget_seconds - st.loop_seconds, row["epoch"], cfg.train.epochs, cfg.train.val_every,
-                           t_crop, t_val, st.record_seconds, bs, acc)
+        n = replan_samples(
+            cfg.train.budget_seconds - st.loop_seconds,
+            row["epoch"],
+            cfg.train.epochs,
+            cfg.train.val_every,
+            t_crop,
+            t_val,
+            st.record_seconds,
+            bs,
+            acc,
+        )
         if abs(n - crops) <= 0.03 * crops:
             return
-        log.info("re-planned after epoch %d: %d crops per epoch instead of %d (%.3fs per crop, median of the last epochs; %.0fs of %.0fs left)",
-                 row["epoch"], n, crops, t_crop, cfg.train.budget_seconds - st.loop_seconds, cfg.train.budget_seconds)
+        log.info(
+            "re-planned after epoch %d: %d crops per epoch instead of %d (%.3fs per crop, median of the last epochs; %.0fs of %.0fs left)",
+            row["epoch"],
+            n,
+            crops,
+            t_crop,
+            cfg.train.budget_seconds - st.loop_seconds,
+            cfg.train.budget_seconds,
+        )
         cfg.data.samples_per_epoch = n
         self.draws.num_samples = n
         self.micro_per_epoch = n // bs
@@ -431,17 +543,34 @@ class Trainer:
         self.model.train()
         tally = EpochTally()
         self.optimizer.zero_grad(set_to_none=True)
-        bar = tqdm(self.loader, total=self.micro_per_epoch, desc=f"epoch {epoch}/{self.cfg.train.epochs}", leave=False,
-                   disable=self.quiet, dynamic_ncols=True)
+        bar = tqdm(
+            self.loader,
+            total=self.micro_per_epoch,
+            desc=f"epoch {epoch}/{self.cfg.train.epochs}",
+            leave=False,
+            disable=self.quiet,
+            dynamic_ncols=True,
+        )
         for i, (x, y) in enumerate(bar):
             self._micro_batch(epoch, i, x, y, st, good, hard, tally)
             if tally.n_ok and i % 5 == 0:
-                bar.set_postfix(loss=f"{tally.mean('loss'):.4f}", val=_fmt(st.rows[-1].get("val_score")) if st.rows else "-")
+                bar.set_postfix(
+                    loss=f"{tally.mean('loss'):.4f}", val=_fmt(st.rows[-1].get("val_score")) if st.rows else "-"
+                )
         bar.close()
         return tally
 
-    def _micro_batch(self, epoch: int, i: int, x: torch.Tensor, y: torch.Tensor, st: RunState, good: dict,
-                     hard: np.ndarray | None, tally: EpochTally) -> None:
+    def _micro_batch(
+        self,
+        epoch: int,
+        i: int,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        st: RunState,
+        good: dict,
+        hard: np.ndarray | None,
+        tally: EpochTally,
+    ) -> None:
         """The step, and the run's part of its bookkeeping: `max_bad_steps` non-finite losses or
         gradients in a row restore the last accepted weights."""
         if self.train_step(i, x, y, tally, hard):
@@ -450,7 +579,9 @@ class Trainer:
             tally.restored = self._restore(good, st, f"{tally.streak} non-finite steps in a row at epoch {epoch}")
             tally.streak = 0
 
-    def train_step(self, i: int, x: torch.Tensor, y: torch.Tensor, tally: EpochTally, hard: np.ndarray | None = None) -> bool:
+    def train_step(
+        self, i: int, x: torch.Tensor, y: torch.Tensor, tally: EpochTally, hard: np.ndarray | None = None
+    ) -> bool:
         """Micro-batch i of the epoch through the one training step (qmed.segment.trainstep), with
         an optimizer step every `accumulate` micro-batches and at the epoch's end. Returns whether it stepped."""
         last_micro = (i + 1) % self.cfg.train.accumulate == 0 or i + 1 == self.micro_per_epoch
@@ -460,8 +591,17 @@ class Trainer:
     def step_parts(self) -> trainstep.StepParts:
         """The step's view of this trainer (built per call: a re-plan replaces the scheduler)."""
         cfg = self.cfg
-        return trainstep.StepParts(self.model, self.loss_fn, self.optimizer, self.scaler, self.device, self.amp_dtype,
-                                   cfg.train.accumulate, cfg.train.clip_grad, after_step=self._after_optimizer_step)
+        return trainstep.StepParts(
+            self.model,
+            self.loss_fn,
+            self.optimizer,
+            self.scaler,
+            self.device,
+            self.amp_dtype,
+            cfg.train.accumulate,
+            cfg.train.clip_grad,
+            after_step=self._after_optimizer_step,
+        )
 
     def _record_epoch(self, st: RunState, row: dict, hard: np.ndarray | None) -> None:
         """Append the epoch's row; write last.pt (and best.pt when selected), metrics.csv, TensorBoard, the log line."""
@@ -479,9 +619,16 @@ class Trainer:
             for k, v in row.items():
                 if isinstance(v, (int, float)) and k != "epoch" and math.isfinite(v):
                     self.tb.add_scalar(k, v, epoch)
-        log.info("epoch %d: loss %.4f, val dice %s (ema %s)%s%s, %.0fs", epoch, row["train_loss"],
-                 _fmt(row.get("val_score")), _fmt(row.get("val_ema")), " OUTLIER" if row["outlier"] else "",
-                 " best" if row["selected"] else "", row["epoch_seconds"])
+        log.info(
+            "epoch %d: loss %.4f, val dice %s (ema %s)%s%s, %.0fs",
+            epoch,
+            row["train_loss"],
+            _fmt(row.get("val_score")),
+            _fmt(row.get("val_ema")),
+            " OUTLIER" if row["outlier"] else "",
+            " best" if row["selected"] else "",
+            row["epoch_seconds"],
+        )
 
     def _finish(self, st: RunState) -> None:
         """best.pt (last.pt when no epoch was ever selected) and summary.json: the run is complete."""
@@ -491,23 +638,36 @@ class Trainer:
         best_epoch = next((r["epoch"] for r in reversed(st.rows) if r["selected"]), None)
         # Without validation nothing is scored or selected: null (strict JSON), and the reason beside it.
         validated = math.isfinite(st.best_ema)
-        write_json(out / "summary.json", {"epochs": st.epoch, "opt_steps": st.opt_steps, "crops": sum(r.get("crops", 0) for r in st.rows),
-                                          "best_val_ema": st.best_ema if validated else None,
-                                          "bad_steps": st.bad_steps_total, "events": st.events,
-                                          "best_epoch": best_epoch,
-                                          **({} if validated else {"selection": "no validation ran (no validation images); "
-                                                                                "best.pt is the last epoch's weights"})})
+        write_json(
+            out / "summary.json",
+            {
+                "epochs": st.epoch,
+                "opt_steps": st.opt_steps,
+                "crops": sum(r.get("crops", 0) for r in st.rows),
+                "best_val_ema": st.best_ema if validated else None,
+                "bad_steps": st.bad_steps_total,
+                "events": st.events,
+                "best_epoch": best_epoch,
+                **(
+                    {}
+                    if validated
+                    else {"selection": "no validation ran (no validation images); best.pt is the last epoch's weights"}
+                ),
+            },
+        )
 
     def _snapshot(self, st: RunState) -> dict:
         """The last accepted state, kept in memory for recovery."""
-        return copy.deepcopy({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "lr_scale": st.lr_scale})
+        return copy.deepcopy(
+            {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "lr_scale": st.lr_scale}
+        )
 
     def _track_hardness(self, hard: np.ndarray, i: int, logits: torch.Tensor, y: torch.Tensor) -> None:
         """Running (EMA 0.5) per-image loss of micro-batch i's source images, for the next epoch's weights."""
         bs = self.cfg.train.batch_size
-        for idx, l in zip(self.draws.drawn[i * bs:(i + 1) * bs], per_sample_dice_loss(logits, y).tolist()):
-            if np.isfinite(l):
-                hard[idx] = l if not np.isfinite(hard[idx]) else 0.5 * hard[idx] + 0.5 * l
+        for idx, loss in zip(self.draws.drawn[i * bs : (i + 1) * bs], per_sample_dice_loss(logits, y).tolist()):
+            if np.isfinite(loss):
+                hard[idx] = loss if not np.isfinite(hard[idx]) else 0.5 * hard[idx] + 0.5 * loss
 
     def _after_optimizer_step(self) -> None:
         """The schedule (up to its last step) and the weight EMA follow each optimizer step taken."""
@@ -530,22 +690,40 @@ class Trainer:
     def _validate_epoch(self, st: RunState, row: dict, good: dict) -> str:
         cfg = self.cfg
         model = self.ema_model.module if self.ema_model is not None else self.model
-        summary, per_image = validate(model, self.val_data, cfg, self.device, tta=cfg.predict.tta if cfg.train.val_tta else 1,
-                                      cpu_bf16=cfg.train.cpu_bf16)
+        summary, per_image = validate(
+            model,
+            self.val_data,
+            cfg,
+            self.device,
+            tta=cfg.predict.tta if cfg.train.val_tta else 1,
+            cpu_bf16=cfg.train.cpu_bf16,
+        )
         record_val_per_image(self.out / VAL_PER_IMAGE, row["epoch"], per_image)
         score = _nan_to(summary["dice_mean_empty1"]["mean"], 0.0)
-        row.update({
-            "val_dice_empty1": summary["dice_mean_empty1"]["mean"], "val_dice_fg": summary["dice_mean_fg"]["mean"],
-            "val_dice_pooled": summary["dice_pooled"], "val_iou_fg": summary["iou_mean_fg"]["mean"],
-            "val_hd95": summary["hd95"]["mean"], "val_small_recall": summary["small_object_recall"],
-            "val_fp_rate_empty": summary["fp_rate_empty"], "val_score": score,
-        })
+        row.update(
+            {
+                "val_dice_empty1": summary["dice_mean_empty1"]["mean"],
+                "val_dice_fg": summary["dice_mean_fg"]["mean"],
+                "val_dice_pooled": summary["dice_pooled"],
+                "val_iou_fg": summary["iou_mean_fg"]["mean"],
+                "val_hd95": summary["hd95"]["mean"],
+                "val_small_recall": summary["small_object_recall"],
+                "val_fp_rate_empty": summary["fp_rate_empty"],
+                "val_score": score,
+            }
+        )
         if is_outlier(score, st.accepted, cfg.train.outlier_window, cfg.train.outlier_z, cfg.train.outlier_min_drop):
             row["outlier"] = 1
             row["val_ema"] = st.val_ema
-            return self._restore(good, st, f"validation outlier at epoch {row['epoch']} (Dice {score:.4f} vs recent median {np.median(st.accepted[-cfg.train.outlier_window:]):.4f})")
+            return self._restore(
+                good,
+                st,
+                f"validation outlier at epoch {row['epoch']} (Dice {score:.4f} vs recent median {np.median(st.accepted[-cfg.train.outlier_window :]):.4f})",
+            )
         st.accepted.append(score)
-        st.val_ema = selection_score(st.accepted, cfg.train.selection, cfg.train.val_ema_alpha, cfg.train.selection_window)
+        st.val_ema = selection_score(
+            st.accepted, cfg.train.selection, cfg.train.val_ema_alpha, cfg.train.selection_window
+        )
         row["val_ema"] = st.val_ema
         if st.val_ema > st.best_ema:
             st.best_ema = st.val_ema
@@ -569,15 +747,32 @@ def _fmt(v) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
 
 
-def train(cfg: QmedConfig, train_source, val_source, out, force: bool = False, device: str | None = None, quiet: bool = False,
-          tensorboard: bool = False, stop_after: int | None = None) -> Path:
+def train(
+    cfg: QmedConfig,
+    train_source,
+    val_source,
+    out,
+    force: bool = False,
+    device: str | None = None,
+    quiet: bool = False,
+    tensorboard: bool = False,
+    stop_after: int | None = None,
+) -> Path:
     """Train into run directory `out`. `stop_after`: leave after this many epochs (resumable)."""
-    return Trainer(cfg, train_source, val_source, out, device=device, quiet=quiet, tensorboard=tensorboard,
-                   stop_after=stop_after).fit(resume=False, force=force)
+    return Trainer(
+        cfg, train_source, val_source, out, device=device, quiet=quiet, tensorboard=tensorboard, stop_after=stop_after
+    ).fit(resume=False, force=force)
 
 
-def resume(out, device: str | None = None, quiet: bool = False, train_source=None, val_source=None, tensorboard: bool = False,
-           stop_after: int | None = None) -> Path:
+def resume(
+    out,
+    device: str | None = None,
+    quiet: bool = False,
+    train_source=None,
+    val_source=None,
+    tensorboard: bool = False,
+    stop_after: int | None = None,
+) -> Path:
     """Continue a run from checkpoints/last.pt; data folders default to those recorded in the run."""
     import json
 
@@ -588,6 +783,14 @@ def resume(out, device: str | None = None, quiet: bool = False, train_source=Non
     meta = json.loads(meta_path.read_text())
     cfg_state = checkpoints.read(out / "checkpoints" / "last.pt")["config"]
     cfg = config_from_dict(cfg_state, out / "checkpoints" / "last.pt")
-    t = Trainer(cfg, train_source or meta["train"], val_source or meta.get("val"), out, device=device, quiet=quiet, tensorboard=tensorboard,
-                stop_after=stop_after)
+    t = Trainer(
+        cfg,
+        train_source or meta["train"],
+        val_source or meta.get("val"),
+        out,
+        device=device,
+        quiet=quiet,
+        tensorboard=tensorboard,
+        stop_after=stop_after,
+    )
     return t.fit(resume=True)

@@ -7,8 +7,8 @@ group) the clipped optimizer step; a non-finite loss or gradient skips its micro
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -21,10 +21,10 @@ class EpochTally:
     """One epoch's running loss sums and step counters."""
 
     sums: dict = field(default_factory=lambda: {"loss": 0.0, "dice": 0.0, "bce": 0.0, "tversky": 0.0})
-    n_ok: int = 0      # micro-batches with a finite loss
-    bad: int = 0       # skipped micro-batches and optimizer steps
-    streak: int = 0    # non-finite in a row
-    pending: int = 0   # finite micro-batches since the last optimizer step
+    n_ok: int = 0  # micro-batches with a finite loss
+    bad: int = 0  # skipped micro-batches and optimizer steps
+    streak: int = 0  # non-finite in a row
+    pending: int = 0  # finite micro-batches since the last optimizer step
     restored: str = ""
 
     def mean(self, key: str) -> float:
@@ -69,8 +69,14 @@ def optimizer_step(p: StepParts) -> bool:
     return True
 
 
-def micro_step(p: StepParts, x: torch.Tensor, y: torch.Tensor, last_micro: bool, tally: EpochTally,
-               on_logits: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> bool:
+def micro_step(
+    p: StepParts,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    last_micro: bool,
+    tally: EpochTally,
+    on_logits: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+) -> bool:
     """One micro-batch: forward, loss, backward; at `last_micro` the optimizer step (when any
     micro-batch since the last one was finite). A non-finite loss skips the micro-batch. `on_logits`
     sees the main logits and targets (the trainer's hardness tracking). Returns whether it stepped."""

@@ -38,8 +38,13 @@ VAL_COST = 0.35  # a validation iteration (forward only) costs about a third of 
 EPOCH_OVERHEAD_S = 2.0  # logging, progress plot, an occasional checkpoint
 
 
-def plan_epochs(remaining_s: float, t_iter: float, min_epochs: int, max_iters: int = STOCK_ITERS,
-                overhead_s: float = EPOCH_OVERHEAD_S) -> tuple[int, int, int]:
+def plan_epochs(
+    remaining_s: float,
+    t_iter: float,
+    min_epochs: int,
+    max_iters: int = STOCK_ITERS,
+    overhead_s: float = EPOCH_OVERHEAD_S,
+) -> tuple[int, int, int]:
     """-> (train iterations per epoch, validation iterations per epoch, epochs) fitting remaining_s."""
     per_iter = t_iter * (1.0 + STOCK_VAL_RATIO * VAL_COST)
     iters = int((remaining_s / max(1, min_epochs) - overhead_s) / per_iter)
@@ -52,8 +57,14 @@ def plan_epochs(remaining_s: float, t_iter: float, min_epochs: int, max_iters: i
 
 class nnUNetTrainer_qmedBudget(nnUNetTrainer):
     # nnU-Net records the constructor's arguments by name (inspect.signature), so spell them out.
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
+    def __init__(
+        self,
+        plans: dict,
+        configuration: str,
+        fold: int,
+        dataset_json: dict,
+        device: torch.device = torch.device("cuda"),
+    ):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.qmed_budget_s = float(os.environ.get("QMED_NNUNET_BUDGET_S", "0") or 0)
         self.qmed_min_epochs = int(os.environ.get("QMED_NNUNET_MIN_EPOCHS", "10") or 10)
@@ -87,22 +98,34 @@ class nnUNetTrainer_qmedBudget(nnUNetTrainer):
                     t_cal = time.time()  # iteration 0 was the warm-up
                 elif not calibrated and i == 1 + self.qmed_calibration_iters:
                     t_iter = (time.time() - t_cal) / self.qmed_calibration_iters
-                    remaining = self.qmed_budget_s - (time.time() - start) + i * t_iter  # this epoch's iterations so far count
+                    remaining = (
+                        self.qmed_budget_s - (time.time() - start) + i * t_iter
+                    )  # this epoch's iterations so far count
                     iters, val_iters, epochs = plan_epochs(remaining, t_iter, self.qmed_min_epochs)
                     self.num_iterations_per_epoch = max(iters, i)
                     self.num_val_iterations_per_epoch = val_iters
                     # epoch 0's lr was set from the placeholder length: the first epoch runs at the peak lr, as in the stock schedule
                     self._qmed_set_epochs(epochs)
-                    self.qmed_log.update({"seconds_per_iteration": round(t_iter, 4), "planned_epochs": epochs,
-                                          "iterations_per_epoch": self.num_iterations_per_epoch,
-                                          "val_iterations_per_epoch": val_iters})
-                    self.print_to_log_file(f"qmed budget {self.qmed_budget_s:.0f}s: {t_iter:.3f}s per iteration -> "
-                                           f"{epochs} epochs x {self.num_iterations_per_epoch} iterations", also_print_to_console=True)
+                    self.qmed_log.update(
+                        {
+                            "seconds_per_iteration": round(t_iter, 4),
+                            "planned_epochs": epochs,
+                            "iterations_per_epoch": self.num_iterations_per_epoch,
+                            "val_iterations_per_epoch": val_iters,
+                        }
+                    )
+                    self.print_to_log_file(
+                        f"qmed budget {self.qmed_budget_s:.0f}s: {t_iter:.3f}s per iteration -> "
+                        f"{epochs} epochs x {self.num_iterations_per_epoch} iterations",
+                        also_print_to_console=True,
+                    )
                     calibrated = True
             self.on_train_epoch_end(train_outputs)
             with torch.no_grad():
                 self.on_validation_epoch_start()
-                val_outputs = [self.validation_step(next(self.dataloader_val)) for _ in range(self.num_val_iterations_per_epoch)]
+                val_outputs = [
+                    self.validation_step(next(self.dataloader_val)) for _ in range(self.num_val_iterations_per_epoch)
+                ]
                 self.on_validation_epoch_end(val_outputs)
             self.on_epoch_end()  # increments current_epoch
             epoch_times.append(time.time() - t_epoch)
@@ -113,10 +136,16 @@ class nnUNetTrainer_qmedBudget(nnUNetTrainer):
             self._qmed_set_epochs(self.current_epoch + max(0, math.floor(remaining / per_epoch)))
             if remaining < per_epoch:
                 self.num_epochs = self.current_epoch
-        self.qmed_log.update({"epochs": self.current_epoch, "train_seconds": round(time.time() - start, 1),
-                              "budget_seconds": self.qmed_budget_s, "batch_size": self.batch_size,
-                              "patch_size": [int(x) for x in self.configuration_manager.patch_size],
-                              "epoch_seconds": [round(t, 2) for t in epoch_times]})
+        self.qmed_log.update(
+            {
+                "epochs": self.current_epoch,
+                "train_seconds": round(time.time() - start, 1),
+                "budget_seconds": self.qmed_budget_s,
+                "batch_size": self.batch_size,
+                "patch_size": [int(x) for x in self.configuration_manager.patch_size],
+                "epoch_seconds": [round(t, 2) for t in epoch_times],
+            }
+        )
         self.on_train_end()
         if self.local_rank == 0:
             from qmed.io.files import write_json  # strict JSON, like every JSON qmed writes
@@ -125,7 +154,9 @@ class nnUNetTrainer_qmedBudget(nnUNetTrainer):
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         if self.fold == "all":
-            self.print_to_log_file("qmed: skipping the final validation (fold 'all' validates on the training cases)",
-                                   also_print_to_console=True)
+            self.print_to_log_file(
+                "qmed: skipping the final validation (fold 'all' validates on the training cases)",
+                also_print_to_console=True,
+            )
             return
         return super().perform_actual_validation(save_probabilities)
