@@ -9,6 +9,19 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that reads the real datasets (the shared_data fixture, directly or through
+    another fixture, or a module's REAL_* path) `shared_data`: `pytest -m "not shared_data"` runs what a
+    clone without ../shared can run, and `-m shared_data` lists what it cannot."""
+    for item in items:
+        uses_real = "shared_data" in getattr(item, "fixturenames", ())
+        uses_real |= any(
+            m.name == "skipif" and "real data" in str(m.kwargs.get("reason", "")) for m in item.iter_markers()
+        )
+        if uses_real:
+            item.add_marker(pytest.mark.shared_data)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
