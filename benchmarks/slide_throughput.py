@@ -76,7 +76,6 @@ def whole_path(args, slide: Path, out: Path) -> tuple[float, dict]:
 def bare_network(args, out: Path) -> dict:
     """The network alone over the windows the path ran: the windows of --bare-blocks evenly spaced
     tissue blocks (their model inputs prepared beforehand), timed, then scaled to all the run's windows."""
-    from qmed.segment.predict import accumulate_windows
     from qmed.segment.slide import load_job, model_region, open_predictor, window_plan
 
     job = load_job(out, args.model, args.device)
@@ -87,15 +86,12 @@ def bare_network(args, out: Path) -> dict:
         [owners[int(i)] for i in np.linspace(0, len(owners) - 1, min(args.bare_blocks, len(owners)))] if owners else []
     )
     inputs = [(plan.extent(b), model_region(job, plan, pred, *plan.extent(b)), plan.owned[b]) for b in pick]
-    if pred.edge is not None:
-        pred.edge.scale = job.edge_scale
-    kw = dict(tta=job.tta, batch_size=job.batch_size, device=pred.device, amp=pred.cfg.train.amp)
     if inputs:  # warm-up: the first call pays for lazy initialisation
         box, x, coords = inputs[0]
-        accumulate_windows(pred.forward, x, box[:2], coords[:1], plan.th, plan.tw, **kw)
+        pred.window_sums(job, x, box[:2], coords[:1], plan.th, plan.tw)
     t0 = time.perf_counter()
     for box, x, coords in inputs:
-        accumulate_windows(pred.forward, x, box[:2], coords, plan.th, plan.tw, **kw)
+        pred.window_sums(job, x, box[:2], coords, plan.th, plan.tw)
     secs = time.perf_counter() - t0
     timed = sum(len(c) for _, _, c in inputs)
     total = sum(len(v) for v in plan.owned.values())

@@ -713,6 +713,8 @@ def _run_dask(
             finish(s)
 
     def finish(s: _Slide) -> None:
+        for f in s.windows:  # window tasks are not waited on (their blocks are), so their keys leave here
+            kind.pop(f.key, None)
         s.blocks, s.windows = [], []  # their results (small dicts) may go; the markers on disk are what counts
         ac.add(submit("finish", s, finish_task, s.holder, s.run, s.started_at, priority=rank(s) + 1))
 

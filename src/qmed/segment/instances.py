@@ -36,8 +36,9 @@ Instances are computed on the stitched full-image probability map, so an object 
 sliding-window seam is never split by the seam.
 Memory: a few arrays of the image's size (float32 distance map and its reconstruction, int32
 labels, the watershed's queue), about 50 bytes per pixel at peak; time about 0.2 us per pixel on
-one CPU core (a 2176² slide block of MoNuSeg tissue with the contact head: 1.0 s, of which 6.6 s
-before `reconstruct` replaced skimage's reconstruction, whose two sorts of every pixel dominated).
+one CPU core (a slide block's split, objects table and spill: 0.89 s for 4.7 Mpx, against 6.28 s
+before `reconstruct` replaced skimage's reconstruction, whose two sorts of every pixel dominated;
+docs/benchmarks 15c, benchmarks/block_stages.py).
 """
 
 from __future__ import annotations
@@ -143,8 +144,8 @@ def _h_maxima(dist: np.ndarray, h: float) -> np.ndarray:
 
 def reconstruct(seed: np.ndarray, mask: np.ndarray, tile: int = 128) -> np.ndarray:
     """Grayscale reconstruction by dilation (8-connected) of `seed` under `mask` (float32, seed <=
-    mask, mask >= 0 as a distance map is): skimage.morphology.reconstruction's result exactly, 10-60x
-    faster on a slide block (its two sorts of every pixel were 85 % of the instance split).
+    mask, mask >= 0 as a distance map is): skimage.morphology.reconstruction's result exactly, without
+    its two sorts of every pixel, which dominated the instance split of a slide block (docs 14b).
 
     The reconstruction is the limit of geodesic dilations (dilate by 3x3, clip under the mask) from
     any start between the seed and it. Where some seed pixel is >= 0 and the mask is >= 0 everywhere,

@@ -53,6 +53,7 @@ predict.json.
 
 from __future__ import annotations
 
+import bisect
 import csv
 import hashlib
 import logging
@@ -60,6 +61,7 @@ import math
 import shutil
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -245,27 +247,51 @@ class Predictor:
         instance head's contact), at the region's size."""
         return self.probabilities(self.model_input(rgb, job.stats()), job, tta)
 
-    def probabilities(self, img: np.ndarray, job: SlideJob, tta: int | None = None) -> np.ndarray:
-        """maps() of a region already converted by model_input: the network through the windows and TTA."""
+    @contextmanager
+    def slide_settings(self, job: SlideJob):
+        """The model as a slide's blocks use it: calls serialised, the edge channel at the slide's scale."""
         with self.lock:
             if self.edge is not None:
                 self.edge.scale = job.edge_scale
             try:
-                return predict_at_scale(
-                    self.forward,
-                    img,
-                    job.scale,
-                    tta=job.tta if tta is None else tta,
-                    tile=job.tile,
-                    overlap=job.overlap,
-                    batch_size=job.batch_size,
-                    device=self.device,
-                    amp=self.cfg.train.amp,
-                    channels=True,
-                )
+                yield
             finally:
                 if self.edge is not None:
                     self.edge.scale = None
+
+    def probabilities(self, img: np.ndarray, job: SlideJob, tta: int | None = None) -> np.ndarray:
+        """maps() of a region already converted by model_input: the network through the windows and TTA."""
+        with self.slide_settings(job):
+            return predict_at_scale(
+                self.forward,
+                img,
+                job.scale,
+                tta=job.tta if tta is None else tta,
+                tile=job.tile,
+                overlap=job.overlap,
+                batch_size=job.batch_size,
+                device=self.device,
+                amp=self.cfg.train.amp,
+                channels=True,
+            )
+
+    def window_sums(
+        self, job: SlideJob, x: torch.Tensor, origin: tuple[int, int], coords, th: int, tw: int
+    ) -> np.ndarray:
+        """accumulate_windows with the job's TTA and batch, under slide_settings: (C, H, W) float32."""
+        with self.slide_settings(job):
+            return accumulate_windows(
+                self.forward,
+                x,
+                origin,
+                coords,
+                th,
+                tw,
+                tta=job.tta,
+                batch_size=job.batch_size,
+                device=self.device,
+                amp=self.cfg.train.amp,
+            ).numpy()
 
     @torch.no_grad()
     def edge_scale(self, images: list[np.ndarray]) -> float | None:
@@ -932,8 +958,6 @@ def resize_crop(img: np.ndarray, ay, ax) -> np.ndarray:
 
 def _hits(starts: list[int], size: int, a: int, b: int) -> range:
     """Indices of the windows [s, s + size) that intersect [a, b) (starts sorted)."""
-    import bisect
-
     return range(bisect.bisect_right(starts, a - size), bisect.bisect_left(starts, b))
 
 
@@ -1036,25 +1060,7 @@ def run_windows(job: SlideJob, n: int, predictor: Predictor | None = None) -> di
         y0, x0, y1, x1 = box
         x = model_region(job, plan, predictor, y0, x0, y1, x1)
         t_read = time.perf_counter()
-        with predictor.lock:
-            if predictor.edge is not None:
-                predictor.edge.scale = job.edge_scale
-            try:
-                acc = accumulate_windows(
-                    predictor.forward,
-                    x,
-                    (y0, x0),
-                    plan.owned[n],
-                    plan.th,
-                    plan.tw,
-                    tta=job.tta,
-                    batch_size=job.batch_size,
-                    device=predictor.device,
-                    amp=predictor.cfg.train.amp,
-                ).numpy()
-            finally:
-                if predictor.edge is not None:
-                    predictor.edge.scale = None
+        acc = predictor.window_sums(job, x, (y0, x0), plan.owned[n], plan.th, plan.tw)
     t_net = time.perf_counter()
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
